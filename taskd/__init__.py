@@ -1,0 +1,3 @@
+"""taskd: an asyncio task scheduler daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""`python -m taskd` runs the command-line interface."""
+
+from taskd.cli import main
+
+raise SystemExit(main())
