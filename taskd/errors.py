@@ -47,7 +47,9 @@ class ValidationError(TaskdError, ValueError):
 
     def prefixed(self, prefix: str) -> ValidationError:
         """Return the same errors with `prefix` put in front of every path."""
-        return ValidationError([FieldError(join_path(prefix, e.path), e.reason) for e in self.errors])
+        return ValidationError(
+            [FieldError(join_path(prefix, e.path), e.reason) for e in self.errors]
+        )
 
 
 def join_path(prefix: str, path: str) -> str:
