@@ -42,6 +42,8 @@ __all__ = [
     "Schedule",
     "ScheduleSet",
     "format_utc",
+    "load_timezone",
+    "parse_instant",
     "parse_schedule",
     "parse_schedules",
 ]
@@ -128,7 +130,7 @@ class CalendarSchedule:
     _next_hour: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _next_day: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _next_month: tuple[int, ...] = field(init=False, repr=False, compare=False)
-    _day_set: frozenset[int] = field(init=False, repr=False, compare=False)
+    _days_to_weekday: tuple[int, ...] = field(init=False, repr=False, compare=False)
     _scan_days: bool = field(init=False, repr=False, compare=False)
     _either_day: bool = field(init=False, repr=False, compare=False)
     _can_fire: bool = field(init=False, repr=False, compare=False)
@@ -139,7 +141,12 @@ class CalendarSchedule:
         set_attr(self, "_next_hour", _next_table(self.hours, 24))
         set_attr(self, "_next_day", _next_table(self.days_of_month, 32))
         set_attr(self, "_next_month", _next_table(self.months, 13))
-        set_attr(self, "_day_set", frozenset(self.days_of_month))
+        # Days from a date with weekday i (Monday 0) to the next date on an allowed weekday.
+        set_attr(
+            self,
+            "_days_to_weekday",
+            tuple(min(((w - i) % 7 for w in self.weekdays), default=0) for i in range(7)),
+        )
         # A field that covers its whole range does not restrict (croniter expands it to `*`).
         either = self.day_or and len(self.days_of_month) < 31 and len(self.weekdays) < 7
         set_attr(self, "_either_day", either)
@@ -196,6 +203,13 @@ class CalendarSchedule:
             instant = wall + hour * 3600 + minute * 60 - offset
             if instant < steady_until:
                 return datetime.fromtimestamp(instant, UTC)
+            # No slot matches on the wall clock before this one, and no earlier wall time
+            # repeats after `after`: the exact walk may start right here.
+            found = self._search(
+                datetime(year, month, mday, hour, minute),
+                datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None, microsecond=0),
+            )
+            return None if found is None else found.replace(tzinfo=UTC)
         return self._next_after_exact(after)
 
     def _next_after_exact(self, after: datetime) -> datetime | None:
@@ -306,18 +320,24 @@ class CalendarSchedule:
         last = _days_in_month(year, month)
         if day > last:
             return -1
+        next_day = self._next_day
         if not self._scan_days:
-            found = self._next_day[day]
+            found = next_day[day]
             return found if 0 < found <= last else -1
         weekday = date(year, month, day).weekday()
-        either = self._either_day
-        day_set, weekdays = self._day_set, self.weekdays
-        for candidate in range(day, last + 1):
-            in_days = candidate in day_set
-            in_weekdays = weekday in weekdays
-            if (in_days or in_weekdays) if either else (in_days and in_weekdays):
-                return candidate
-            weekday = weekday + 1 if weekday < 6 else 0
+        by_weekday = day + self._days_to_weekday[weekday]
+        if self._either_day:
+            found = next_day[day]
+            if found < 0 or by_weekday < found:
+                found = by_weekday
+            return found if found <= last else -1
+        if len(self.days_of_month) == 31:
+            return by_weekday if by_weekday <= last else -1
+        found = next_day[day]
+        while 0 < found <= last:
+            if (weekday + found - day) % 7 in self.weekdays:
+                return found
+            found = next_day[found + 1]
         return -1
 
 
