@@ -606,7 +606,7 @@ def _unknown_keys(
     raw: Mapping[Any, Any], allowed: Iterable[str], kind: str, path: str, errors: list[FieldError]
 ) -> None:
     for key in sorted(str(k) for k in raw.keys() - set(allowed)):
-        errors.append(FieldError(join_path(path, key), f"unknown field for a {kind} schedule"))
+        errors.append(FieldError(join_path(path, key), f"unknown field for {kind} schedule"))
 
 
 def _parse_timezone(
@@ -716,7 +716,7 @@ def _normalized_source(raw: Mapping[str, Any]) -> dict[str, Any]:
 def _parse_calendar(
     raw: Mapping[str, Any], default_timezone: str, path: str, errors: list[FieldError]
 ) -> CalendarSchedule | None:
-    _unknown_keys(raw, _CALENDAR_ALLOWED, "calendar", path, errors)
+    _unknown_keys(raw, _CALENDAR_ALLOWED, "a calendar", path, errors)
     minutes = _int_list(raw, "minutes", 0, 59, path, errors)
     hours = _int_list(raw, "hours", 0, 23, path, errors)
     days = _int_list(raw, "days_of_month", 1, 31, path, errors)
@@ -789,7 +789,7 @@ def _cron_set(values: Sequence[int | str], full: tuple[int, ...]) -> tuple[int, 
 def _parse_cron(
     raw: Mapping[str, Any], default_timezone: str, path: str, errors: list[FieldError]
 ) -> CalendarSchedule | None:
-    _unknown_keys(raw, _CRON_ALLOWED, "cron", path, errors)
+    _unknown_keys(raw, _CRON_ALLOWED, "a cron", path, errors)
     tz = _parse_timezone(raw, default_timezone, path, errors)
     expression = raw["cron"]
     cron_path = join_path(path, "cron")
@@ -832,7 +832,7 @@ def _parse_cron(
 def _parse_interval(
     raw: Mapping[str, Any], path: str, errors: list[FieldError]
 ) -> IntervalSchedule | None:
-    _unknown_keys(raw, _INTERVAL_ALLOWED, "interval", path, errors)
+    _unknown_keys(raw, _INTERVAL_ALLOWED, "an interval", path, errors)
     interval = raw["interval_sec"]
     if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
         errors.append(
