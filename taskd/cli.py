@@ -83,11 +83,34 @@ def _build_parser() -> _Parser:
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of internal errors"
     )
-    # `serve` and `ctl` join these subcommands when they exist.
     commands = parser.add_subparsers(title="commands", dest="command", required=True)
+    _add_serve(commands)
     _add_check_config(commands)
     _add_schedule(commands)
     return parser
+
+
+def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the daemon",
+        description=(
+            "Run the daemon on the config FILE until SIGTERM or SIGINT (a second one stops "
+            "running executions at once). SIGHUP reloads the file. Logs go to stderr: JSON "
+            "lines, or readable lines on a terminal."
+        ),
+    )
+    serve.add_argument(
+        "--config", required=True, type=Path, metavar="FILE", help="the TOML config file"
+    )
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Imported here: `taskd schedule next` and `check-config` need none of the daemon.
+    from taskd.daemon import serve
+
+    return serve(args.config)
 
 
 def _add_check_config(commands: argparse._SubParsersAction[_Parser]) -> None:

@@ -29,7 +29,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import croniter  # type: ignore[import-untyped]
 
 from taskd.errors import FieldError, ValidationError, join_path
 
@@ -582,6 +582,7 @@ def parse_schedule(
     if not isinstance(raw, Mapping):
         raise ValidationError.single(path, "must be an object")
     errors: list[FieldError] = []
+    schedule: CalendarSchedule | IntervalSchedule | None
     if "cron" in raw:
         schedule = _parse_cron(raw, default_timezone, path, errors)
     elif "interval_sec" in raw:

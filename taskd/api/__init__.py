@@ -1,0 +1,1 @@
+"""The HTTP control API: both dialects over one core."""

@@ -1,0 +1,202 @@
+"""Who may call the API, and what they may do.
+
+Credentials: API keys (`Authorization: <key>` or `Authorization: Bearer <key>`), read from
+the files the config names, never from the config itself; and Basic auth for configured
+users, whose passwords are stored as scrypt hashes (`taskd hash-password`). Keys and hashes
+are compared in constant time, and every key is compared, so the time taken does not tell
+which key nearly matched.
+
+Scopes follow the Nodeum API: `tasks/index`, `tasks/show`, `tasks/create`, `tasks/update`,
+`tasks/destroy`, `tasks/action`, `tasks/run_defer`, with `tasks/*` and `*` as wildcards.
+No credentials: 401. Credentials without the route's scope: 403. The Unix socket may be
+trusted (its file mode guards it): then it needs no credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from taskd.config import ApiSettings
+from taskd.errors import FieldError, ValidationError
+
+ALL_SCOPES = frozenset(
+    {
+        "tasks/index",
+        "tasks/show",
+        "tasks/create",
+        "tasks/update",
+        "tasks/destroy",
+        "tasks/action",
+        "tasks/run_defer",
+    }
+)
+
+# scrypt parameters for new hashes: about 50 ms and 16 MiB on a server core.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+_HASH_PREFIX = "scrypt"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request acts for, and what it may do."""
+
+    name: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        """Whether `scope` (`controller/action`) is granted, wildcards included."""
+        controller = scope.split("/", 1)[0]
+        return bool({"*", f"{controller}/*", scope} & self.scopes)
+
+
+UNIX_SOCKET_PRINCIPAL = Principal("unix-socket", frozenset({"*"}))
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """Return a storable scrypt hash of `password`: `scrypt$N$r$p$salt$hash` (base64)."""
+    salt = salt or os.urandom(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    encoded = [base64.b64encode(part).decode() for part in (salt, digest)]
+    return "$".join([_HASH_PREFIX, str(_SCRYPT_N), str(_SCRYPT_R), str(_SCRYPT_P), *encoded])
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether `password` matches a hash made by `hash_password` (constant-time compare)."""
+    try:
+        prefix, n, r, p, salt_b64, digest_b64 = stored.split("$")
+        if prefix != _HASH_PREFIX:
+            return False
+        salt, expected = base64.b64decode(salt_b64), base64.b64decode(digest_b64)
+        digest = hashlib.scrypt(
+            password.encode(), salt=salt, n=int(n), r=int(r), p=int(p), dklen=len(expected)
+        )
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(digest, expected)
+
+
+def check_password_hash(stored: str) -> str | None:
+    """Return why `stored` is not a usable password hash, or None if it is."""
+    parts = stored.split("$")
+    if len(parts) != 6 or parts[0] != _HASH_PREFIX:
+        return "must be a hash made by 'taskd hash-password' (scrypt$N$r$p$salt$hash)"
+    try:
+        int(parts[1]), int(parts[2]), int(parts[3])
+        base64.b64decode(parts[4], validate=True)
+        base64.b64decode(parts[5], validate=True)
+    except (ValueError, binascii.Error):
+        return "is not a well-formed scrypt hash"
+    return None
+
+
+def new_key() -> str:
+    """Return a fresh random API key (for `taskd gen-key`)."""
+    return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    name: str
+    secret: bytes
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _User:
+    name: str
+    password_hash: str
+    scopes: frozenset[str]
+
+
+class Authenticator:
+    """Checks the credentials of a request against the configured keys and users."""
+
+    def __init__(self, keys: Iterable[_Key], users: Iterable[_User]) -> None:
+        self._keys = tuple(keys)
+        self._users = {user.name: user for user in users}
+
+    @property
+    def has_credentials(self) -> bool:
+        """Whether any key or user is configured (without one, TCP serves health only)."""
+        return bool(self._keys or self._users)
+
+    @classmethod
+    def from_settings(cls, api: ApiSettings) -> Authenticator:
+        """Read the key files named in the config. Raises ValidationError naming the file."""
+        keys, errors = [], []
+        for index, ref in enumerate(api.keys):
+            path = f"api.keys[{index}].key_file"
+            try:
+                secret = _read_key(ref.key_file)
+            except ValueError as error:
+                errors.append(FieldError(path, str(error)))
+                continue
+            keys.append(_Key(ref.name, secret, frozenset(ref.scopes)))
+        users = []
+        for index, user in enumerate(api.users):
+            problem = check_password_hash(user.password_hash)
+            if problem:
+                errors.append(FieldError(f"api.users[{index}].password_hash", problem))
+            users.append(_User(user.name, user.password_hash, frozenset(user.scopes)))
+        if errors:
+            raise ValidationError(errors)
+        return cls(keys, users)
+
+    def authenticate(self, authorization: str | None) -> Principal | None:
+        """Return the principal the `Authorization` header names, or None if it names none."""
+        if not authorization:
+            return None
+        scheme, _, rest = authorization.strip().partition(" ")
+        if scheme.lower() == "basic" and rest:
+            return self._basic(rest.strip())
+        candidate = rest.strip() if scheme.lower() == "bearer" and rest else authorization.strip()
+        return self._key(candidate.encode())
+
+    def _key(self, candidate: bytes) -> Principal | None:
+        found: _Key | None = None
+        for key in self._keys:  # no early exit: every key costs the same
+            if hmac.compare_digest(key.secret, candidate):
+                found = key
+        return None if found is None else Principal(found.name, found.scopes)
+
+    def _basic(self, encoded: str) -> Principal | None:
+        try:
+            name, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            return None
+        user = self._users.get(name)
+        if user is None:
+            # Spend the same time as for a real user, so names cannot be probed.
+            verify_password(password, _dummy_hash())
+            return None
+        if not verify_password(password, user.password_hash):
+            return None
+        return Principal(user.name, user.scopes)
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    if len(text) < 16:
+        raise ValueError(f"the key in {path} is shorter than 16 characters")
+    return text.encode()
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password("taskd-dummy", salt=b"taskd-dummy-salt")

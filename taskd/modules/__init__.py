@@ -1,0 +1,1 @@
+"""Task modules: the contract, the registry and the built-ins."""

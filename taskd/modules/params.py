@@ -1,0 +1,331 @@
+"""Module parameters: checking a module's `params` definitions and a task's `task_params`.
+
+A module declares its parameters in the fylr `config_def` form, one dict per parameter:
+
+- `name` (required) and `type` (required), one of `PARAM_TYPES`:
+  `bool`; `int`; `float` (taskd's addition: an int or a float, never a bool); `text`,
+  `text-multiline` and `secret` (strings); `email` (a string holding a plausible address);
+  `select` (a string out of `options`); `string-list` (a list of strings, each out of
+  `choices` if given); `json` (any JSON value; `"schema": "object"` or `"array"` narrows it);
+- `default`: used when the task does not give the parameter; checked against the type;
+- `required` (taskd's addition, default false): the task must give the parameter;
+- `options` (`select`), `choices` (`string-list`), `schema` (`json`), `minimum` and `maximum`
+  (inclusive, `int` and `float`);
+- presentation keys that fylr clients know (`description`, `group`, `position`, ...), kept
+  as they are and not checked.
+
+`validate_params` fills the defaults in: its result holds every defined parameter, the given
+value, else the default, else None. A JSON `null` given for a parameter that is not `json`
+counts as "not given".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from taskd.errors import FieldError, ValidationError, join_path
+
+__all__ = ["PARAM_TYPES", "validate_param_defs", "validate_params"]
+
+PARAM_TYPES = (
+    "bool",
+    "int",
+    "float",
+    "text",
+    "text-multiline",
+    "secret",
+    "email",
+    "select",
+    "string-list",
+    "json",
+)
+_STRING_TYPES = frozenset({"text", "text-multiline", "secret"})
+_NUMBER_TYPES = frozenset({"int", "float"})
+_JSON_SCHEMAS = ("object", "array")
+# Type-specific keys and the types that may carry them.
+_TYPE_KEYS = {
+    "options": ("select",),
+    "choices": ("string-list",),
+    "schema": ("json",),
+    "minimum": ("int", "float"),
+    "maximum": ("int", "float"),
+}
+# Keys a definition may carry: those taskd reads, then fylr's presentation keys, which
+# clients may use and taskd passes through. Anything else is most likely a typo
+# (`requried`) that would silently change the meaning, so it is refused.
+_CHECKED_KEYS = frozenset(
+    {"name", "type", "default", "required", "options", "choices", "schema", "minimum", "maximum"}
+)
+_PRESENTATION_KEYS = frozenset(
+    {
+        "description",
+        "label",
+        "group",
+        "position",
+        "parameters",
+        "plugin_type",
+        "require_system_right",
+        "unauthenticated_visible",
+    }
+)
+# Plausible, not RFC 5322: one @, something on each side, a dot in the domain, no spaces or
+# list separators (a common mistake is pasting "a@x.org, b@x.org" into one field).
+_EMAIL = re.compile(r"[^@\s,;<>\"]+@[^@\s,;<>\".]+(\.[^@\s,;<>\".]+)+")
+
+
+class _Refused(Exception):
+    """A value does not fit its definition; `reason` says why (internal to this file)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def validate_params(
+    defs: list[dict[str, Any]], raw: object, *, path: str = "task_params"
+) -> dict[str, Any]:
+    """Check `raw` against the definitions `defs`; return the params with defaults filled in.
+
+    `defs` must be valid (see `validate_param_defs`). The result has one key per definition,
+    in definition order. Raises `ValidationError` listing every problem, each at its path
+    below `path`: `raw` not an object, an unknown parameter, a value of the wrong type or out
+    of its range or options, a required parameter missing.
+    """
+    if not isinstance(raw, Mapping):
+        raise ValidationError.single(path, f"must be an object, got {_describe(raw)}")
+    errors: list[FieldError] = []
+    known = [spec["name"] for spec in defs]
+    for key in raw:
+        if key not in known:
+            reason = f"unknown parameter (known: {', '.join(known) or 'none'})"
+            errors.append(FieldError(join_path(path, str(key)), reason))
+    params: dict[str, Any] = {}
+    for spec in defs:
+        name = spec["name"]
+        if not _given(spec, raw):
+            if spec.get("required", False):
+                errors.append(FieldError(join_path(path, name), "required parameter is missing"))
+            params[name] = _copy_json(spec.get("default"))
+            continue
+        try:
+            params[name] = _check_value(spec, raw[name])
+        except _Refused as refused:
+            errors.append(FieldError(join_path(path, name), refused.reason))
+    if errors:
+        raise ValidationError(errors)
+    return params
+
+
+def validate_param_defs(defs: object, *, path: str = "params") -> None:
+    """Check a module's own parameter definitions; raise `ValidationError` if malformed.
+
+    Refused: `defs` not a list, an item not an object, a missing or duplicate `name`, an
+    unknown `type`, an unknown key, a type-specific key on the wrong type or of the wrong
+    shape, a `required` parameter with a `default`, a `default` that its own definition
+    refuses.
+    """
+    if not isinstance(defs, list):
+        raise ValidationError.single(path, f"must be a list, got {_describe(defs)}")
+    errors: list[FieldError] = []
+    seen: set[str] = set()
+    for index, spec in enumerate(defs):
+        item_path = f"{path}[{index}]"
+        if not isinstance(spec, Mapping):
+            errors.append(FieldError(item_path, f"must be an object, got {_describe(spec)}"))
+            continue
+        name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            errors.append(FieldError(join_path(item_path, "name"), "must be a non-empty string"))
+        elif name in seen:
+            errors.append(FieldError(join_path(item_path, "name"), f"duplicate name {name!r}"))
+        else:
+            seen.add(name)
+        errors.extend(_def_errors(spec, item_path))
+    if errors:
+        raise ValidationError(errors)
+
+
+# ---------------------------------------------------------------------------------------
+# Definitions
+
+
+def _def_errors(spec: Mapping[str, Any], path: str) -> list[FieldError]:
+    """The problems of one definition (its name aside)."""
+    errors: list[FieldError] = []
+
+    def refuse(key: str, reason: str) -> None:
+        errors.append(FieldError(join_path(path, key), reason))
+
+    kind = spec.get("type")
+    if kind not in PARAM_TYPES:
+        refuse("type", f"unknown type {kind!r} (known: {', '.join(PARAM_TYPES)})")
+        return errors
+    for key in spec:
+        if key not in _CHECKED_KEYS and key not in _PRESENTATION_KEYS:
+            refuse(str(key), "unknown key in a parameter definition")
+    for key, owners in _TYPE_KEYS.items():
+        if key in spec and kind not in owners:
+            refuse(key, f"only {' and '.join(repr(o) for o in owners)} parameters have {key!r}")
+    if kind == "select" and "options" not in spec:
+        refuse("options", "a 'select' parameter needs its options")
+    for key in ("options", "choices"):
+        if key in spec and not _is_distinct_strings(spec[key]):
+            refuse(key, "must be a non-empty list of distinct strings")
+    if "schema" in spec and spec["schema"] not in _JSON_SCHEMAS:
+        refuse("schema", f"must be one of {', '.join(_JSON_SCHEMAS)}, got {spec['schema']!r}")
+    for key in ("minimum", "maximum"):
+        if key in spec and not _is_number(spec[key]):
+            refuse(key, f"must be a number, got {_describe(spec[key])}")
+    required = spec.get("required", False)
+    if not isinstance(required, bool):
+        refuse("required", f"must be true or false, got {_describe(required)}")
+    elif required and "default" in spec:
+        refuse("default", "a required parameter has no default")
+    # The default is checked with the definition itself, which must be sound for that.
+    if not errors and spec.get("default") is not None:
+        try:
+            _check_value(spec, spec["default"])
+        except _Refused as refused:
+            refuse("default", refused.reason)
+    return errors
+
+
+# ---------------------------------------------------------------------------------------
+# Values
+
+
+def _given(spec: Mapping[str, Any], raw: Mapping[str, Any]) -> bool:
+    """Whether `raw` gives the parameter: present and not null, unless null is a value."""
+    if spec["name"] not in raw:
+        return False
+    # JSON clients send null for "not set"; only an unconstrained `json` param holds null.
+    return raw[spec["name"]] is not None or (spec["type"] == "json" and "schema" not in spec)
+
+
+def _check_value(spec: Mapping[str, Any], value: Any) -> Any:
+    """Return `value` converted for its definition, or raise `_Refused`."""
+    kind = spec["type"]
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _Refused(f"must be true or false, got {_describe(value)}")
+        return value
+    if kind in _NUMBER_TYPES:
+        return _check_number(spec, value)
+    if kind in _STRING_TYPES:
+        return _check_string(value)
+    if kind == "email":
+        text = _check_string(value)
+        if not _EMAIL.fullmatch(text):
+            raise _Refused(f"must be an e-mail address such as 'ops@example.org', got {text!r}")
+        return text
+    if kind == "select":
+        text = _check_string(value)
+        options: list[str] = spec["options"]
+        if text not in options:
+            raise _Refused(f"must be one of {', '.join(options)}, got {text!r}")
+        return text
+    if kind == "string-list":
+        return _check_string_list(spec, value)
+    # json
+    copied = _copy_json(value)
+    schema = spec.get("schema")
+    if schema == "object" and not isinstance(copied, dict):
+        raise _Refused(f"must be an object, got {_describe(value)}")
+    if schema == "array" and not isinstance(copied, list):
+        raise _Refused(f"must be an array, got {_describe(value)}")
+    return copied
+
+
+def _check_number(spec: Mapping[str, Any], value: Any) -> int | float:
+    kind = spec["type"]
+    if not _is_number(value):
+        noun = "an integer" if kind == "int" else "a number"
+        raise _Refused(f"must be {noun}, got {_describe(value)}")
+    number: int | float
+    if kind == "int":
+        # JSON has one number type; clients that write 3.0 mean 3.
+        if isinstance(value, float) and not value.is_integer():
+            raise _Refused(f"must be an integer, got {_describe(value)}")
+        number = int(value)
+    else:
+        number = float(value)
+    if "minimum" in spec and number < spec["minimum"]:
+        raise _Refused(f"must be at least {spec['minimum']}, got {value!r}")
+    if "maximum" in spec and number > spec["maximum"]:
+        raise _Refused(f"must be at most {spec['maximum']}, got {value!r}")
+    return number
+
+
+def _check_string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Refused(f"must be a string, got {_describe(value)}")
+    return value
+
+
+def _check_string_list(spec: Mapping[str, Any], value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise _Refused(f"must be a list of strings, got {_describe(value)}")
+    choices: list[str] | None = spec.get("choices")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _Refused(f"item [{index}] must be a string, got {_describe(item)}")
+        if choices is not None and item not in choices:
+            raise _Refused(f"item [{index}] must be one of {', '.join(choices)}, got {item!r}")
+    return list(value)
+
+
+def _copy_json(value: Any) -> Any:
+    """Return a deep copy of `value`, or raise `_Refused` if it is not a JSON value.
+
+    The copy keeps a task's stored params apart from whatever the caller does with its input.
+    """
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Refused(f"must be a JSON value; {value} is not a finite number")
+        return value
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    if isinstance(value, Mapping):
+        for key in value:
+            if not isinstance(key, str):
+                raise _Refused(f"must be a JSON value; object key {key!r} is not a string")
+        return {key: _copy_json(item) for key, item in value.items()}
+    raise _Refused(f"must be a JSON value, got {_describe(value)}")
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass, but true is not 1 to anyone writing JSON.
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _is_distinct_strings(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(item, str) for item in value)
+        and len(set(value)) == len(value)
+    )
+
+
+def _describe(value: Any) -> str:
+    """Name a refused value for a message: its type, and the value if it is short."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value!r}" if len(value) <= 60 else "a long string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return f"a {type(value).__name__}"

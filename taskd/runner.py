@@ -1,0 +1,459 @@
+"""The runner: runs executions as coroutines, at most `max_running` at once.
+
+Jobs wait in a queue ordered by priority (higher first), then due time. Starting a batch of
+jobs commits them as `running` in one transaction, then starts their modules: a job is never
+started without the store knowing, so a crash can only leave it `running` (and recovery marks
+it interrupted), never silently `queued` for a second start.
+
+Every ending is recorded, not raised: a module's exception, a timeout, a stop or a forced stop
+each become the execution's final status, written under `asyncio.shield` so that even a
+cancelled execution records how it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from taskd.clock import Clock, to_micros
+from taskd.model import ExecutionStatus, Task
+from taskd.modules.base import LogLevel, ModuleContext, ModuleError, Trigger
+from taskd.modules.registry import ModuleRegistry
+from taskd.store import Store
+
+log = structlog.get_logger("taskd.runner")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """An execution row (already committed as `queued`) waiting to be started."""
+
+    execution_id: int
+    task: Task
+    trigger: Trigger
+    due: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """How an execution ended, handed to the scheduler (retries, queued overlap)."""
+
+    job: Job
+    status: ExecutionStatus
+    status_msg: str | None
+    stopped_by_user: bool  # a stop / force_stop / replace / shutdown, not a failure
+
+
+class ActionError(Exception):
+    """An action that cannot apply now (pause with nothing running, ...)."""
+
+
+class ExecutionContext(ModuleContext):
+    """The `ModuleContext` of one execution, backed by the store."""
+
+    def __init__(self, runner: Runner, job: Job, params: Mapping[str, Any]) -> None:
+        self._runner = runner
+        self._job = job
+        self.task_id = job.task.id
+        self.task_name = job.task.name
+        self.execution_id = job.execution_id
+        self.params = params
+        self.trigger = job.trigger
+        self.state = job.task.state
+        self.stop_grace_sec = runner.stop_grace_sec
+        self._paused = asyncio.Event()
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._stopping = asyncio.Event()
+        self._percent: float | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested."""
+        return self._stopping.is_set()
+
+    @property
+    def paused(self) -> bool:
+        """True while paused."""
+        return self._paused.is_set()
+
+    def log(self, level: LogLevel | str, msg: str) -> None:
+        """Append a task log entry (batched)."""
+        self._runner.store.log_nowait(
+            self.task_id,
+            self.execution_id,
+            str(level),
+            msg,
+            self._runner.clock.now(),
+            self._percent,
+        )
+
+    def progress(
+        self,
+        *,
+        percent: float | None = None,
+        size_todo: int | None = None,
+        size_done: int | None = None,
+        nodes_todo: int | None = None,
+        nodes_done: int | None = None,
+        bandwidth: float | None = None,
+    ) -> None:
+        """Record progress (batched); only given fields change."""
+        fields: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("progress", percent),
+                ("size_todo", size_todo),
+                ("size_done", size_done),
+                ("nodes_todo", nodes_todo),
+                ("nodes_done", nodes_done),
+                ("bandwidth", bandwidth),
+            )
+            if value is not None
+        }
+        if percent is not None:
+            self._percent = percent
+        self._runner.store.progress_nowait(self.execution_id, self.task_id, fields)
+
+    async def save_state(self, state: Mapping[str, Any]) -> None:
+        """Persist module state for a later resume; returns after commit."""
+        self.state = dict(state)
+        await self._runner.store.save_state(self.task_id, self.state)
+
+    async def checkpoint(self) -> None:
+        """Block while paused."""
+        await self._resumed.wait()
+
+    async def wait_paused(self) -> None:
+        """Return once paused."""
+        await self._paused.wait()
+
+    async def wait_resumed(self) -> None:
+        """Return once not paused."""
+        await self._resumed.wait()
+
+    async def wait_stopping(self) -> None:
+        """Return once a stop was requested."""
+        await self._stopping.wait()
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused:
+            self._resumed.clear()
+            self._paused.set()
+        else:
+            self._paused.clear()
+            self._resumed.set()
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    job: Job
+    context: ExecutionContext
+    task: asyncio.Task[None] | None = None
+    forced_reason: str | None = None  # why the runner cancelled it, if it did
+    stop_reason: str | None = None
+    grace_timer: asyncio.TimerHandle | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Runner:
+    """Starts queued jobs within `max_running`, runs them, records their endings.
+
+    `on_outcome` is awaited after each execution's final status was committed.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        modules: ModuleRegistry,
+        clock: Clock,
+        max_running: int,
+        stop_grace_sec: float,
+        on_outcome: Callable[[Outcome], Awaitable[None]] | None = None,
+        dispatcher: str | None = None,
+    ) -> None:
+        self.store = store
+        self.modules = modules
+        self.clock = clock
+        self.max_running = max_running
+        self.stop_grace_sec = stop_grace_sec
+        self.on_outcome = on_outcome
+        self.dispatcher = dispatcher or socket.gethostname()
+        self._queue: list[tuple[int, int, int, Job]] = []
+        self._queued_ids: set[int] = set()
+        self._sequence = itertools.count()
+        self._running: dict[int, _Running] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._accepting = True
+        self._hurry = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Runner:
+        self._loop_task = asyncio.create_task(self._dispatch_loop(), name="taskd-runner")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown(0)
+
+    def hurry(self) -> None:
+        """Cut a shutdown's grace short: stop running executions now."""
+        self._hurry.set()
+
+    async def shutdown(self, grace_sec: float) -> None:
+        """Stop starting jobs; give running ones `grace_sec` to finish, then stop them.
+
+        A stopped module gets the cooperative stop (and `stop_grace_sec`) before it is
+        cancelled; its state is whatever it saved. Queued jobs stay `queued` in the store
+        and are taken up by the next start.
+        """
+        self._accepting = False
+        self._queue.clear()
+        self._queued_ids.clear()
+        if self._running and grace_sec > 0 and not self._hurry.is_set():
+            waiters = [asyncio.ensure_future(r.finished.wait()) for r in self._running.values()]
+            all_done = asyncio.ensure_future(asyncio.wait(waiters))
+            hurry = asyncio.ensure_future(self._hurry.wait())
+            await asyncio.wait([all_done, hurry], timeout=grace_sec, return_when="FIRST_COMPLETED")
+            for future in (*waiters, all_done, hurry):
+                future.cancel()
+        for running in list(self._running.values()):
+            self._request_stop(running, "daemon shutting down")
+        if self._running:
+            await asyncio.wait(
+                [asyncio.ensure_future(r.finished.wait()) for r in self._running.values()],
+                timeout=self.stop_grace_sec + 5,
+            )
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+
+    # -- queries --------------------------------------------------------------------------
+
+    @property
+    def running_count(self) -> int:
+        """How many executions run now."""
+        return len(self._running)
+
+    @property
+    def queued_count(self) -> int:
+        """How many jobs wait for a free place."""
+        return len(self._queue)
+
+    def running_for_task(self, task_id: int) -> list[int]:
+        """Return the ids of the task's executions that run now."""
+        return [i for i, r in self._running.items() if r.job.task.id == task_id]
+
+    def queued_for_task(self, task_id: int) -> list[int]:
+        """Return the ids of the task's jobs waiting in the queue."""
+        return [job.execution_id for *_, job in self._queue if job.task.id == task_id]
+
+    def is_active(self, execution_id: int) -> bool:
+        """Whether the execution is queued here or running."""
+        return execution_id in self._running or execution_id in self._queued_ids
+
+    async def drain(self) -> None:
+        """Return once no job is queued or running (for tests and benchmarks)."""
+        while self._queue or self._running:
+            self._idle.clear()
+            await self._idle.wait()
+
+    # -- submitting and dispatching -------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; it starts when a place is free, by priority then due time."""
+        if not self._accepting or job.execution_id in self._queued_ids:
+            return
+        priority = int(job.task.options.get("priority", 0))
+        heapq.heappush(self._queue, (-priority, to_micros(job.due), next(self._sequence), job))
+        self._queued_ids.add(job.execution_id)
+        self._wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            free = self.max_running - len(self._running)
+            batch: list[Job] = []
+            while self._queue and len(batch) < free:
+                job = heapq.heappop(self._queue)[3]
+                self._queued_ids.discard(job.execution_id)
+                batch.append(job)
+            if batch:
+                await self._start(batch)
+            elif not self._running and not self._queue:
+                self._idle.set()
+
+    async def _start(self, batch: list[Job]) -> None:
+        now = self.clock.now()
+        startable: list[tuple[Job, Mapping[str, Any]]] = []
+        refused: list[tuple[Job, str]] = []
+        for job in batch:
+            try:
+                params = self.modules.validate(
+                    job.task.module, job.task.spec.get("task_params") or {}, path="task_params"
+                )
+            except Exception as error:  # the stored definition no longer fits the module
+                refused.append((job, str(error)))
+            else:
+                startable.append((job, params))
+        try:
+            await self.store.mark_started_many(
+                [(job.execution_id, job.task.id) for job, _ in startable], now, self.dispatcher
+            )
+        except Exception:
+            log.exception("could not record executions as started; they stay queued")
+            return
+        for job, job_params in startable:
+            running = _Running(job=job, context=ExecutionContext(self, job, job_params))
+            self._running[job.execution_id] = running
+            running.task = asyncio.create_task(
+                self._execute(running), name=f"taskd-execution-{job.execution_id}"
+            )
+        for job, reason in refused:
+            await self._record(job, ExecutionStatus.ERROR, reason, stopped_by_user=False)
+
+    async def _execute(self, running: _Running) -> None:
+        job, ctx = running.job, running.context
+        bound = log.bind(task_id=job.task.id, task=job.task.name, execution_id=job.execution_id)
+        timeout_sec = job.task.spec.get("task_timeout_sec") or None
+        started = self.clock.monotonic()
+        status, message = ExecutionStatus.DONE, None
+        stopped_by_user = False
+        bound.info("execution started", module=job.task.module, trigger=job.trigger.kind)
+        timeout = asyncio.timeout(timeout_sec)
+        try:
+            module = self.modules.get(job.task.module)
+            async with timeout:
+                result = await module.run(ctx)
+            message = result if isinstance(result, str) else None
+            if ctx.stopping:
+                status, stopped_by_user = ExecutionStatus.CANCELED, True
+                # Say why it stopped first: the module only says how far it got.
+                message = f"{running.stop_reason}: {message}" if message else running.stop_reason
+        except TimeoutError:
+            if timeout.expired():
+                status, message = ExecutionStatus.ERROR, f"timed out after {timeout_sec} s"
+            else:
+                status, message = ExecutionStatus.ERROR, "TimeoutError"
+        except asyncio.CancelledError:
+            if running.forced_reason is None:
+                raise  # not ours: the daemon itself is being torn down
+            status, message = ExecutionStatus.CANCELED, running.forced_reason
+            stopped_by_user = True
+        except ModuleError as error:
+            status, message = ExecutionStatus.ERROR, str(error) or "module error"
+        except Exception as error:
+            status, message = ExecutionStatus.ERROR, f"{type(error).__name__}: {error}"
+            bound.exception("module raised")
+        finally:
+            if running.grace_timer is not None:
+                running.grace_timer.cancel()
+            elapsed = self.clock.monotonic() - started
+            bound.info("execution ended", status=str(status), msg=message, seconds=elapsed)
+            try:
+                if message:
+                    level = LogLevel.INFO if status is ExecutionStatus.DONE else LogLevel.ERROR
+                    ctx.log(level, f"{status}: {message}")
+                await asyncio.shield(
+                    self._record(job, status, message, stopped_by_user=stopped_by_user)
+                )
+            finally:
+                self._running.pop(job.execution_id, None)
+                running.finished.set()
+                self._wake.set()
+
+    async def _record(
+        self, job: Job, status: ExecutionStatus, message: str | None, *, stopped_by_user: bool
+    ) -> None:
+        try:
+            await self.store.finish(
+                job.execution_id, job.task.id, status, message, self.clock.now()
+            )
+        except Exception:
+            log.exception("could not record the end of an execution", execution_id=job.execution_id)
+            return
+        if self.on_outcome is not None:
+            try:
+                await self.on_outcome(
+                    Outcome(
+                        job=job, status=status, status_msg=message, stopped_by_user=stopped_by_user
+                    )
+                )
+            except Exception:
+                log.exception("outcome handler failed", execution_id=job.execution_id)
+
+    # -- actions --------------------------------------------------------------------------
+
+    def _get(self, execution_id: int) -> _Running:
+        running = self._running.get(execution_id)
+        if running is None:
+            raise ActionError(f"execution {execution_id} is not running")
+        return running
+
+    def pause(self, execution_id: int) -> None:
+        """Pause a running execution (cooperative: modules block at `checkpoint`)."""
+        running = self._get(execution_id)
+        if running.context.paused:
+            raise ActionError(f"execution {execution_id} is paused already")
+        running.context._set_paused(True)
+        self.store.set_running_status_nowait(
+            execution_id, running.job.task.id, ExecutionStatus.PAUSED
+        )
+
+    def resume(self, execution_id: int) -> None:
+        """Resume a paused execution."""
+        running = self._get(execution_id)
+        if not running.context.paused:
+            raise ActionError(f"execution {execution_id} is not paused")
+        running.context._set_paused(False)
+        self.store.set_running_status_nowait(
+            execution_id, running.job.task.id, ExecutionStatus.RUNNING
+        )
+
+    def stop(self, execution_id: int, reason: str = "stopped") -> None:
+        """Ask an execution to stop; cancel it if it has not ended after `stop_grace_sec`."""
+        self._request_stop(self._get(execution_id), reason)
+
+    def force_stop(self, execution_id: int, reason: str = "force stopped") -> None:
+        """Cancel an execution now (its module kills its processes)."""
+        running = self._get(execution_id)
+        running.forced_reason = reason
+        if running.task is not None:
+            running.task.cancel()
+
+    def _request_stop(self, running: _Running, reason: str) -> None:
+        if running.context.stopping:
+            return
+        running.stop_reason = reason
+        running.context._stopping.set()
+        running.context._set_paused(False)  # a paused module must run to notice the stop
+
+        def force() -> None:
+            running.forced_reason = f"{reason} (forced after {self.stop_grace_sec} s)"
+            if running.task is not None:
+                running.task.cancel()
+
+        running.grace_timer = asyncio.get_running_loop().call_later(self.stop_grace_sec, force)
+
+    def wait_finished(self, execution_id: int) -> Awaitable[Any]:
+        """Return an awaitable that completes when the execution has ended and was recorded."""
+        running = self._running.get(execution_id)
+        if running is None:
+            return asyncio.sleep(0)
+        return running.finished.wait()

@@ -1,0 +1,450 @@
+"""The scheduler: a heap of due times, slots claimed ahead, jobs handed to the runner.
+
+It never scans all tasks: the heap holds (due time, task id) and the loop sleeps until the
+earliest entry minus a short look-ahead, a wake-up (a task changed), or one second at most
+(so a jump of the wall clock is noticed within a second).
+
+A slot fires at most once: its execution row and the task's next `next_run_at` are
+committed together (`Store.claim`) before anything starts, and rows are unique per
+(task, slot). Slots are claimed `lookahead_sec` early, so at the due instant only the
+coroutines start. Entries in the heap may be stale (the task was edited since): a claim
+names the `next_run_at` it expects and is void if the task moved on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from taskd.clock import Clock, to_micros
+from taskd.errors import ValidationError
+from taskd.model import Execution, ExecutionStatus, Task, TriggerKind
+from taskd.modules.base import Trigger
+from taskd.runner import Job, Outcome, Runner
+from taskd.schedule import ScheduleSet, format_utc, parse_schedules
+from taskd.store import NewExecution, SlotClaim, Store
+
+log = structlog.get_logger("taskd.scheduler")
+
+MAX_WAKE_INTERVAL_SEC = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerSettings:
+    """Knobs of the scheduler; the defaults suit a server."""
+
+    default_timezone: str = "UTC"
+    lookahead_sec: float = 0.1
+    # A slot more than this late counts as missed and goes through the catch-up policy.
+    misfire_grace_sec: float = 60.0
+    # At most this many missed slots of one task are run (`all`) or recorded as skipped.
+    catch_up_limit: int = 100
+
+
+@dataclass(slots=True)
+class _Planned:
+    """One task's claim and, for each row in it, whether it starts and how."""
+
+    task: Task
+    claim: SlotClaim
+    starts: list[tuple[int, Trigger, datetime, str]]  # (row index, trigger, due, overlap mode)
+
+
+class Scheduler:
+    """Turns due times into executions. Use as an async context manager around `run()`."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        runner: Runner,
+        clock: Clock,
+        settings: SchedulerSettings | None = None,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.clock = clock
+        self.settings = settings or SchedulerSettings()
+        self._heap: list[tuple[int, int]] = []
+        # Claimed jobs waiting for their instant: (due µs, sequence, job, overlap mode).
+        self._waiting: list[tuple[int, int, Job, str]] = []
+        self._sequence = itertools.count()
+        # Runs held back until the task's running execution ends, oldest first: the one
+        # kept by overlap = "queue" or "replace", and catch-up runs (catch_up = "all").
+        self._parked: dict[int, deque[Job]] = {}
+        self._schedules: dict[tuple[int, int], ScheduleSet] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        runner.on_outcome = self._on_outcome
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover from a previous process, load the due index and start the loop."""
+        now = self.clock.now()
+        for execution in await self.store.recover_interrupted(now):
+            log.warning(
+                "execution was interrupted by a crash",
+                task_id=execution.task_id,
+                execution_id=execution.id,
+            )
+            task = (await self.store.get_tasks([execution.task_id])).get(execution.task_id)
+            if task is not None:
+                await self._maybe_retry(task, execution.attempt, now)
+        await self._requeue(await self.store.queued_executions(), now)
+        self._heap = [(due, task_id) for due, task_id in await self.store.due_index()]
+        heapq.heapify(self._heap)
+        log.info("scheduler started", scheduled_tasks=len(self._heap))
+        self._loop_task = asyncio.create_task(self._run(), name="taskd-scheduler")
+
+    async def stop(self) -> None:
+        """Stop the loop. Claimed jobs not yet started stay `queued` in the store."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+
+    async def __aenter__(self) -> Scheduler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the scheduling loop runs."""
+        return self._loop_task is not None and not self._loop_task.done()
+
+    def task_changed(self, task_id: int, next_run_at: datetime | None) -> None:
+        """Tell the scheduler a task's `next_run_at` changed (created, edited, enabled)."""
+        if next_run_at is not None:
+            heapq.heappush(self._heap, (to_micros(next_run_at), task_id))
+        self._wake.set()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick(self.clock.now())
+            except Exception:
+                log.exception("scheduler tick failed; retrying")
+            delay = self._seconds_to_next(self.clock.now())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    def _seconds_to_next(self, now: datetime) -> float:
+        now_us = to_micros(now)
+        candidates = [MAX_WAKE_INTERVAL_SEC]
+        if self._heap:
+            lead = self._heap[0][0] - now_us - int(self.settings.lookahead_sec * 1e6)
+            candidates.append(lead / 1e6)
+        if self._waiting:
+            candidates.append((self._waiting[0][0] - now_us) / 1e6)
+        return max(0.0, min(candidates))
+
+    async def tick(self, now: datetime) -> None:
+        """Claim every slot due up to `now` + look-ahead; start every job due by `now`."""
+        now_us = to_micros(now)
+        horizon = now_us + int(self.settings.lookahead_sec * 1e6)
+        due: dict[int, int] = {}
+        while self._heap and self._heap[0][0] <= horizon:
+            due_us, task_id = heapq.heappop(self._heap)
+            due.setdefault(task_id, due_us)
+        if due:
+            await self._claim(due, now)
+        while self._waiting and self._waiting[0][0] <= now_us:
+            _, _, job, overlap = heapq.heappop(self._waiting)
+            self._start(job, overlap)
+
+    # -- claiming slots -------------------------------------------------------------------
+
+    async def _claim(self, due: dict[int, int], now: datetime) -> None:
+        tasks = await self.store.get_tasks(list(due))
+        plans: list[_Planned] = []
+        for task_id, due_us in due.items():
+            task = tasks.get(task_id)
+            if task is None or not task.enabled or task.next_run_at is None:
+                continue
+            if to_micros(task.next_run_at) != due_us:
+                continue  # a stale heap entry: the task's current one is in the heap too
+            try:
+                plans.append(self._plan(task, now))
+            except Exception:
+                log.exception(
+                    "could not plan a task's slot; it is disabled until edited", task_id=task.id
+                )
+                await self.store.set_next_run_at(task.id, None)
+        if not plans:
+            return
+        results = await self.store.claim([p.claim for p in plans], now)
+        for plan, result in zip(plans, results, strict=True):
+            if not result.applied:
+                # Edited meanwhile: look the task up again and queue its current due time.
+                entry = await self.store.due_entry(plan.task.id)
+                if entry is not None:
+                    heapq.heappush(self._heap, entry)
+                continue
+            if plan.claim.next_run_at is not None:
+                heapq.heappush(self._heap, (to_micros(plan.claim.next_run_at), plan.task.id))
+            for index, trigger, at, overlap in plan.starts:
+                execution_id = result.execution_ids[index]
+                if execution_id is None:
+                    continue  # this slot was accounted for before (a restart, say)
+                job = Job(execution_id=execution_id, task=plan.task, trigger=trigger, due=at)
+                heapq.heappush(self._waiting, (to_micros(at), next(self._sequence), job, overlap))
+        self._wake.set()
+
+    def _schedules_of(self, task: Task) -> ScheduleSet:
+        key = (task.id, task.version)
+        schedules = self._schedules.get(key)
+        if schedules is None:
+            if len(self._schedules) > 100_000:
+                self._schedules.clear()
+            schedules = parse_schedules(
+                list(task.spec.get("schedules") or []),
+                default_timezone=self.settings.default_timezone,
+            )
+            self._schedules[key] = schedules
+        return schedules
+
+    def _plan(self, task: Task, now: datetime) -> _Planned:
+        """Decide what the task's due slot(s) become: runs, skipped rows, next due time."""
+        assert task.next_run_at is not None
+        options = task.options
+        overlap = str(options.get("overlap", "skip"))
+        catch_up = str(options.get("catch_up", "once"))
+        try:
+            schedules = self._schedules_of(task)
+        except ValidationError:
+            schedules = ScheduleSet()
+        limit = self.settings.catch_up_limit
+        horizon = now + timedelta(seconds=self.settings.lookahead_sec)
+        missed_before = now - timedelta(seconds=self.settings.misfire_grace_sec)
+
+        # Every slot from the stored due time up to the horizon, oldest first (bounded).
+        slots = [task.next_run_at]
+        uncounted = 0
+        following = schedules.next_after(task.next_run_at) if schedules else None
+        while following is not None and following <= horizon:
+            if len(slots) <= limit:
+                slots.append(following)
+            else:
+                uncounted += 1
+                if uncounted > 100_000:  # a years-long outage of a minutely task: jump
+                    following = schedules.next_after(horizon)
+                    break
+            following = schedules.next_after(following)
+        next_run_at = following
+
+        missed = [slot for slot in slots if slot < missed_before]
+        on_time = [slot for slot in slots if slot >= missed_before]
+        rows: list[NewExecution] = []
+        starts: list[tuple[int, Trigger, datetime, str]] = []
+
+        def add_run(slot: datetime, kind: TriggerKind) -> None:
+            starts.append(
+                (len(rows), Trigger(kind=kind, scheduled_for=format_utc(slot)), slot, overlap)
+            )
+            rows.append(
+                NewExecution(task_id=task.id, trigger=kind, slot_at=slot, scheduled_for=slot)
+            )
+
+        def add_skipped(slot: datetime, reason: str) -> None:
+            rows.append(
+                NewExecution(
+                    task_id=task.id,
+                    trigger=TriggerKind.SCHEDULE,
+                    status=ExecutionStatus.SKIPPED,
+                    status_msg=reason,
+                    slot_at=slot,
+                    scheduled_for=slot,
+                )
+            )
+
+        if missed:
+            if catch_up == "all":
+                for slot in missed:
+                    add_run(slot, TriggerKind.CATCH_UP)
+            elif catch_up == "once" and not on_time:
+                for slot in missed[:-1]:
+                    add_skipped(slot, "missed; coalesced into one catch-up run (catch_up=once)")
+                add_run(missed[-1], TriggerKind.CATCH_UP)
+            else:
+                reason = (
+                    "missed; an on-time run follows (catch_up=once)"
+                    if catch_up == "once"
+                    else "missed while taskd was not running (catch_up=skip)"
+                )
+                for slot in missed:
+                    add_skipped(slot, reason)
+        for slot in on_time:
+            add_run(slot, TriggerKind.SCHEDULE)
+        if uncounted:
+            log.warning(
+                "more missed slots than recorded",
+                task_id=task.id,
+                recorded=len(slots),
+                unrecorded=uncounted,
+            )
+        claim = SlotClaim(
+            task_id=task.id,
+            expected_next_run_at=task.next_run_at,
+            next_run_at=next_run_at,
+            executions=tuple(rows),
+        )
+        return _Planned(task=task, claim=claim, starts=starts)
+
+    # -- starting, overlap, retries -------------------------------------------------------
+
+    def _start(self, job: Job, overlap: str) -> None:
+        """Hand a due job to the runner, applying the task's overlap policy."""
+        task_id = job.task.id
+        busy = [
+            i
+            for i in (*self.runner.running_for_task(task_id), *self.runner.queued_for_task(task_id))
+            if i != job.execution_id
+        ]
+        if not busy or overlap == "parallel" or job.trigger.kind not in _SLOT_TRIGGERS:
+            self.runner.submit(job)
+            return
+        parked = self._parked.setdefault(task_id, deque())
+        if job.trigger.kind is TriggerKind.CATCH_UP:
+            parked.append(job)  # missed slots run one after another, oldest first
+            return
+        if overlap == "queue":
+            if any(p.trigger.kind is TriggerKind.SCHEDULE for p in parked):
+                self._skip(job, "a run is queued already (overlap=queue)")
+            else:
+                parked.append(job)
+            return
+        if overlap == "replace":
+            for execution_id in self.runner.running_for_task(task_id):
+                self.runner.stop(execution_id, "replaced by a newer run (overlap=replace)")
+            for stale in [p for p in parked if p.trigger.kind is TriggerKind.SCHEDULE]:
+                parked.remove(stale)
+                self._skip(stale, "replaced by a newer run (overlap=replace)")
+            parked.append(job)
+            return
+        self._skip(job, "the previous run is still running (overlap=skip)")
+
+    def _skip(self, job: Job, reason: str) -> None:
+        log.info("slot skipped", task_id=job.task.id, execution_id=job.execution_id, reason=reason)
+
+        async def record() -> None:
+            await self.store.finish(
+                job.execution_id, job.task.id, ExecutionStatus.SKIPPED, reason, self.clock.now()
+            )
+
+        _spawn(record())
+
+    async def _on_outcome(self, outcome: Outcome) -> None:
+        task_id = outcome.job.task.id
+        parked = self._parked.get(task_id)
+        if parked and not self.runner.running_for_task(task_id):
+            self.runner.submit(parked.popleft())
+            if not parked:
+                del self._parked[task_id]
+        if outcome.status is ExecutionStatus.ERROR and not outcome.stopped_by_user:
+            task = (await self.store.get_tasks([task_id])).get(task_id)
+            if task is not None:
+                await self._maybe_retry(task, outcome.job.trigger.attempt, self.clock.now())
+
+    async def _maybe_retry(self, task: Task, attempt: int, now: datetime) -> None:
+        """Queue a retry of a failed execution if the task's policy allows another."""
+        options = task.options
+        max_retries = int(options.get("max_retries", 0))
+        if attempt >= max_retries:
+            return
+        delay = float(options.get("retry_delay_sec", 60)) * 2**attempt
+        due = now + timedelta(seconds=delay)
+        [execution_id] = await self.store.add_executions(
+            [
+                NewExecution(
+                    task_id=task.id,
+                    trigger=TriggerKind.RETRY,
+                    scheduled_for=due,
+                    attempt=attempt + 1,
+                )
+            ],
+            now,
+        )
+        assert execution_id is not None
+        log.info("retry queued", task_id=task.id, attempt=attempt + 1, due=format_utc(due))
+        trigger = Trigger(
+            kind=TriggerKind.RETRY, scheduled_for=format_utc(due), attempt=attempt + 1
+        )
+        self.enqueue(Job(execution_id=execution_id, task=task, trigger=trigger, due=due))
+
+    def enqueue(self, job: Job, overlap: str = "parallel") -> None:
+        """Start `job` (already committed as `queued`) at its due time."""
+        heapq.heappush(self._waiting, (to_micros(job.due), next(self._sequence), job, overlap))
+        self._wake.set()
+
+    async def _requeue(self, queued: Sequence[Execution], now: datetime) -> None:
+        """Take up executions a previous process left `queued`.
+
+        Rows of schedule slots whose time passed go through the task's catch-up policy;
+        retries, manual and deferred runs start at their time (or now).
+        """
+        if not queued:
+            return
+        tasks = await self.store.get_tasks(sorted({e.task_id for e in queued}))
+        missed_before = now - timedelta(seconds=self.settings.misfire_grace_sec)
+        by_task: dict[int, list[Execution]] = {}
+        for execution in queued:
+            by_task.setdefault(execution.task_id, []).append(execution)
+        for task_id, executions in by_task.items():
+            task = tasks[task_id]
+            catch_up = str(task.options.get("catch_up", "once"))
+            overlap = str(task.options.get("overlap", "skip"))
+            missed = [e for e in executions if e.slot_at is not None and e.slot_at < missed_before]
+            keep = [e for e in executions if e not in missed]
+            if catch_up == "all":
+                keep = executions
+            elif catch_up == "once" and missed:
+                keep.append(missed[-1])
+            for execution in missed:
+                if execution not in keep:
+                    await self.store.finish(
+                        execution.id,
+                        task_id,
+                        ExecutionStatus.SKIPPED,
+                        f"missed while taskd was not running (catch_up={catch_up})",
+                        now,
+                    )
+            for execution in sorted(keep, key=lambda e: e.id):
+                due = execution.scheduled_for or now
+                trigger = Trigger(
+                    kind=execution.trigger,
+                    metadata=execution.trigger_metadata,
+                    scheduled_for=format_utc(due),
+                    attempt=execution.attempt,
+                )
+                job = Job(execution_id=execution.id, task=task, trigger=trigger, due=due)
+                self.enqueue(job, overlap if execution.slot_at is not None else "parallel")
+
+
+_SLOT_TRIGGERS = frozenset({TriggerKind.SCHEDULE, TriggerKind.CATCH_UP})
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coroutine: Any) -> None:
+    """Run a fire-and-forget coroutine, keeping a strong reference until it ends."""
+    task = asyncio.ensure_future(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)

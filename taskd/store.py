@@ -1,0 +1,1050 @@
+"""The SQLite store: every task, execution, log entry and deferred run, in one file.
+
+One aiosqlite connection, one thread. Writes go through a group-commit queue: everything
+submitted while a transaction is being written goes into the next one, so a thousand
+executions finishing at once cost a few transactions, not a thousand. A write's awaitable
+resolves only after its transaction committed; each write runs in its own savepoint, so one
+refused write (a version conflict, say) never takes its batch-mates down with it.
+
+Times are stored as integer microseconds since the Unix epoch (UTC); JSON as text.
+WAL with synchronous=NORMAL: a committed transaction survives a crash of the process
+(kill -9), which is the durability the scheduler promises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from taskd.clock import from_micros, to_micros
+from taskd.errors import ConflictError, NotFoundError
+from taskd.model import (
+    Execution,
+    ExecutionStatus,
+    LogEntry,
+    Task,
+    TaskSource,
+    TaskStatus,
+    TriggerKind,
+)
+
+T = TypeVar("T")
+
+DB_FILE = "taskd.db"
+
+# Each entry moves the schema from version i to i + 1 (PRAGMA user_version). Never edit a
+# released entry: append a new one, so a newer taskd opens any older file.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        source TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        next_run_at INTEGER,
+        status TEXT NOT NULL DEFAULT 'new',
+        status_msg TEXT,
+        status_percent REAL,
+        run_started_at INTEGER,
+        run_finished_at INTEGER,
+        run_canceled_at INTEGER,
+        state TEXT,
+        version INTEGER NOT NULL DEFAULT 1,
+        last_execution_id INTEGER,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        created_by TEXT,
+        updated_by TEXT
+    );
+    CREATE INDEX tasks_due ON tasks (next_run_at) WHERE next_run_at IS NOT NULL AND enabled;
+    CREATE TABLE executions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+        trigger TEXT NOT NULL,
+        trigger_metadata TEXT,
+        slot_at INTEGER,
+        scheduled_for INTEGER,
+        queued_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER,
+        status TEXT NOT NULL,
+        status_msg TEXT,
+        progress REAL,
+        size_todo INTEGER,
+        size_done INTEGER,
+        nodes_todo INTEGER,
+        nodes_done INTEGER,
+        bandwidth REAL,
+        dispatcher TEXT,
+        attempt INTEGER NOT NULL DEFAULT 0
+    );
+    -- A schedule slot is accounted for once: run, or skipped with a reason. Never twice.
+    CREATE UNIQUE INDEX executions_slot ON executions (task_id, slot_at)
+        WHERE slot_at IS NOT NULL;
+    CREATE INDEX executions_task ON executions (task_id, id);
+    CREATE INDEX executions_active ON executions (status)
+        WHERE status IN ('queued', 'running', 'paused');
+    CREATE TABLE log_entries (
+        task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        execution_id INTEGER REFERENCES executions (id) ON DELETE CASCADE,
+        level TEXT NOT NULL,
+        msg TEXT NOT NULL,
+        status_percent REAL,
+        timestamp INTEGER NOT NULL,
+        PRIMARY KEY (task_id, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX log_entries_execution ON log_entries (execution_id);
+    CREATE TABLE deferred_runs (
+        defer_id TEXT PRIMARY KEY,
+        task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+        metadata TEXT,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER,
+        execution_id INTEGER
+    );
+    """,
+)
+
+_TASK_COLUMNS = (
+    "id, name, source, spec, enabled, next_run_at, status, status_msg, status_percent, "
+    "run_started_at, run_finished_at, run_canceled_at, state, version, last_execution_id, "
+    "created_at, updated_at, created_by, updated_by"
+)
+_EXECUTION_COLUMNS = (
+    "id, task_id, trigger, trigger_metadata, slot_at, scheduled_for, queued_at, started_at, "
+    "finished_at, status, status_msg, progress, size_todo, size_done, nodes_todo, nodes_done, "
+    "bandwidth, dispatcher, attempt"
+)
+# What `query_tasks` may filter and sort on, and the SQL behind each.
+TASK_QUERY_FIELDS = {
+    "id": "id",
+    "name": "name",
+    "status": "status",
+    "source": "source",
+    "next_run_at": "next_run_at",
+    "created_at": "created_at",
+    "updated_at": "updated_at",
+    "task_module": "json_extract(spec, '$.task_module')",
+    "workflow_type": "json_extract(spec, '$.workflow_type')",
+    "workflow_action": "json_extract(spec, '$.workflow_action')",
+    "priority": "coalesce(json_extract(spec, '$.options.priority'), 0)",
+}
+_PROGRESS_FIELDS = ("progress", "size_todo", "size_done", "nodes_todo", "nodes_done", "bandwidth")
+
+
+def _micros(instant: datetime | None) -> int | None:
+    return None if instant is None else to_micros(instant)
+
+
+def _instant(micros: int | None) -> datetime | None:
+    return None if micros is None else from_micros(micros)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _task_from_row(row: Sequence[Any]) -> Task:
+    return Task(
+        id=row[0],
+        name=row[1],
+        source=TaskSource(row[2]),
+        spec=json.loads(row[3]),
+        enabled=bool(row[4]),
+        next_run_at=_instant(row[5]),
+        status=TaskStatus(row[6]),
+        status_msg=row[7],
+        status_percent=row[8],
+        run_started_at=_instant(row[9]),
+        run_finished_at=_instant(row[10]),
+        run_canceled_at=_instant(row[11]),
+        state=None if row[12] is None else json.loads(row[12]),
+        version=row[13],
+        last_execution_id=row[14],
+        created_at=from_micros(row[15]),
+        updated_at=from_micros(row[16]),
+        created_by=row[17],
+        updated_by=row[18],
+    )
+
+
+def _execution_from_row(row: Sequence[Any]) -> Execution:
+    return Execution(
+        id=row[0],
+        task_id=row[1],
+        trigger=TriggerKind(row[2]),
+        trigger_metadata=json.loads(row[3]) if row[3] else {},
+        slot_at=_instant(row[4]),
+        scheduled_for=_instant(row[5]),
+        queued_at=from_micros(row[6]),
+        started_at=_instant(row[7]),
+        finished_at=_instant(row[8]),
+        status=ExecutionStatus(row[9]),
+        status_msg=row[10],
+        progress=row[11],
+        size_todo=row[12],
+        size_done=row[13],
+        nodes_todo=row[14],
+        nodes_done=row[15],
+        bandwidth=row[16],
+        dispatcher=row[17],
+        attempt=row[18],
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewExecution:
+    """An execution row to insert: a run to be started, or a slot skipped with a reason."""
+
+    task_id: int
+    trigger: TriggerKind
+    status: ExecutionStatus = ExecutionStatus.QUEUED
+    status_msg: str | None = None
+    slot_at: datetime | None = None
+    scheduled_for: datetime | None = None
+    trigger_metadata: Mapping[str, Any] = field(default_factory=dict)
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotClaim:
+    """Advance one task's `next_run_at` and record what its due slot(s) became, atomically.
+
+    Applied only if the task's `next_run_at` is still `expected_next_run_at` (else the task
+    was edited meanwhile and the claim is void). Rows whose slot was already accounted for
+    are not inserted again.
+    """
+
+    task_id: int
+    expected_next_run_at: datetime | None
+    next_run_at: datetime | None
+    executions: tuple[NewExecution, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """What a `SlotClaim` did: `applied` is False if the task changed (or is gone).
+
+    `execution_ids` lines up with the claim's executions; None where the slot was already
+    accounted for.
+    """
+
+    applied: bool
+    execution_ids: tuple[int | None, ...] = ()
+
+
+class DeferError(LookupError):
+    """A defer id that is unknown, already used or expired."""
+
+
+@dataclass(slots=True)
+class _Write:
+    apply: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any] | None
+
+
+class Store:
+    """All persistent state. Use `async with Store.open(path) as store:`.
+
+    Methods that change data return after their transaction committed, except the
+    `*_nowait` ones (log lines, progress), which are committed with the next batch.
+    Raises `NotFoundError` for unknown ids and `ConflictError` for refused writes.
+    """
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        history_per_task: int,
+        log_entries_per_execution: int,
+    ) -> None:
+        self._conn = conn
+        self._history = history_per_task
+        self._log_cap = log_entries_per_execution
+        self._pending: list[_Write] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        # Owned by the database thread only (touched inside batch functions).
+        self._next_log_idx: dict[int, int] = {}
+        self._log_count: dict[int, int] = {}
+        self._finished_since_prune: dict[int, int] = {}
+        self.batches_written = 0
+        self.last_batch_seconds = 0.0
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        path: Path,
+        *,
+        history_per_task: int = 100,
+        log_entries_per_execution: int = 1000,
+    ) -> AsyncIterator[Store]:
+        """Open (creating and migrating if needed) the database at `path` and yield a Store."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await conn.execute("PRAGMA busy_timeout = 5000")
+            await _migrate(conn)
+            store = cls(
+                conn,
+                history_per_task=history_per_task,
+                log_entries_per_execution=log_entries_per_execution,
+            )
+            store._writer = asyncio.create_task(store._write_loop(), name="taskd-store-writer")
+            try:
+                yield store
+            finally:
+                await store._close()
+        finally:
+            await conn.close()
+
+    # -- group commit -------------------------------------------------------------------
+
+    async def _submit(self, apply: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closing:
+            raise RuntimeError("store is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Write(apply, future))
+        self._idle.clear()
+        self._wake.set()
+        return await future
+
+    def _submit_nowait(self, apply: Callable[[sqlite3.Connection], Any]) -> None:
+        if self._closing:
+            return
+        self._pending.append(_Write(apply, None))
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Return once everything submitted so far has been committed."""
+        await self._idle.wait()
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                if not self._pending:
+                    self._idle.set()
+                if self._closing:
+                    return
+                continue
+            started = loop.time()
+            try:
+                # One trip to the database thread per batch: aiosqlite has no public call for
+                # running a function there, and a trip per statement would cap throughput.
+                results = await self._conn._execute(  # type: ignore[no-untyped-call]
+                    _apply_batch, self._conn._conn, batch
+                )
+            except Exception as error:  # the commit itself failed: nothing in it is durable
+                results = [error] * len(batch)
+            self.last_batch_seconds = loop.time() - started
+            self.batches_written += 1
+            for write, result in zip(batch, results, strict=True):
+                if write.future is None or write.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    write.future.set_exception(result)
+                else:
+                    write.future.set_result(result)
+            if not self._pending:
+                self._idle.set()
+                if self._closing:
+                    return
+            else:
+                self._wake.set()
+
+    async def ping(self) -> None:
+        """Commit an empty write: proves the database takes writes (for health checks)."""
+        await self._submit(lambda cx: None)
+
+    async def _close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(await self._conn.execute_fetchall(sql, params))
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def insert_task(
+        self,
+        *,
+        name: str,
+        source: TaskSource,
+        spec: Mapping[str, Any],
+        enabled: bool,
+        next_run_at: datetime | None,
+        now: datetime,
+        by: str | None = None,
+    ) -> Task:
+        """Insert a new task (version 1). Raises ConflictError if the name is taken."""
+        now_us = to_micros(now)
+
+        def apply(cx: sqlite3.Connection) -> int:
+            try:
+                cursor = cx.execute(
+                    "INSERT INTO tasks (name, source, spec, enabled, next_run_at, created_at,"
+                    " updated_at, created_by, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        source,
+                        _json(spec),
+                        enabled,
+                        _micros(next_run_at),
+                        now_us,
+                        now_us,
+                        by,
+                        by,
+                    ),
+                )
+            except sqlite3.IntegrityError as error:
+                raise ConflictError(f"a task named {name!r} exists already") from error
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+        task_id = await self._submit(apply)
+        return await self.get_task(task_id)
+
+    async def update_task(
+        self,
+        task_id: int,
+        *,
+        spec: Mapping[str, Any],
+        enabled: bool,
+        next_run_at: datetime | None,
+        now: datetime,
+        by: str | None = None,
+        name: str | None = None,
+        expected_version: int | None = None,
+    ) -> Task:
+        """Replace a task's definition and bump its version.
+
+        With `expected_version`, the write applies only if the stored version equals it
+        (ConflictError otherwise). Raises NotFoundError for an unknown id.
+        """
+
+        def apply(cx: sqlite3.Connection) -> None:
+            row = cx.execute("SELECT version FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"task {task_id} not found")
+            if expected_version is not None and row[0] != expected_version:
+                raise ConflictError(
+                    f"task {task_id} is at version {row[0]}, not {expected_version}"
+                )
+            try:
+                cx.execute(
+                    "UPDATE tasks SET spec = ?, enabled = ?, next_run_at = ?, updated_at = ?,"
+                    " updated_by = ?, name = coalesce(?, name), version = version + 1"
+                    " WHERE id = ?",
+                    (_json(spec), enabled, _micros(next_run_at), to_micros(now), by, name, task_id),
+                )
+            except sqlite3.IntegrityError as error:
+                raise ConflictError(f"a task named {name!r} exists already") from error
+
+        await self._submit(apply)
+        return await self.get_task(task_id)
+
+    async def set_next_run_at(self, task_id: int, next_run_at: datetime | None) -> None:
+        """Set a task's next due time (without a version bump: the server's own update)."""
+
+        def apply(cx: sqlite3.Connection) -> None:
+            cx.execute(
+                "UPDATE tasks SET next_run_at = ? WHERE id = ?", (_micros(next_run_at), task_id)
+            )
+
+        await self._submit(apply)
+
+    async def delete_task(self, task_id: int) -> None:
+        """Delete a task with its executions, log and deferred runs. NotFoundError if absent."""
+
+        def apply(cx: sqlite3.Connection) -> None:
+            if cx.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount == 0:
+                raise NotFoundError(f"task {task_id} not found")
+            self._next_log_idx.pop(task_id, None)
+            self._finished_since_prune.pop(task_id, None)
+
+        await self._submit(apply)
+
+    async def get_task(self, task_id: int) -> Task:
+        """Return the task with id `task_id`; NotFoundError if there is none."""
+        rows = await self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
+        if not rows:
+            raise NotFoundError(f"task {task_id} not found")
+        return _task_from_row(rows[0])
+
+    async def get_tasks(self, task_ids: Sequence[int]) -> dict[int, Task]:
+        """Return the tasks among `task_ids` that exist, by id (one query per 500 ids)."""
+        found: dict[int, Task] = {}
+        ids = list(task_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._read(
+                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id IN ({marks})", chunk
+            )
+            for row in rows:
+                task = _task_from_row(row)
+                found[task.id] = task
+        return found
+
+    async def find_task(self, name: str) -> Task | None:
+        """Return the task called `name`, or None."""
+        rows = await self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE name = ?", (name,))
+        return _task_from_row(rows[0]) if rows else None
+
+    async def list_tasks(
+        self,
+        *,
+        source: TaskSource | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Task]:
+        """Return tasks ordered by id, optionally of one source, paged."""
+        where, params = ("WHERE source = ?", [str(source)]) if source else ("", [])
+        rows = await self._read(
+            f"SELECT {_TASK_COLUMNS} FROM tasks {where} ORDER BY id LIMIT ? OFFSET ?",
+            [*params, -1 if limit is None else limit, offset],
+        )
+        return [_task_from_row(row) for row in rows]
+
+    async def query_tasks(
+        self,
+        *,
+        where: Sequence[tuple[str, str, Any]] = (),
+        order: Sequence[tuple[str, bool]] = (),
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> tuple[list[Task], int]:
+        """Return one page of tasks and the total count matching all conditions.
+
+        `where` holds (field, operator, value) with a field of `TASK_QUERY_FIELDS` and an
+        operator of `=`, `!=`, `<`, `<=`, `>`, `>=`, `in` (value a list) or `like`;
+        `order` holds (field, descending). Times are compared as datetimes. Raises
+        ValueError for an unknown field or operator (the API validates before).
+        """
+        clauses, params = [], []
+        for name, operator, value in where:
+            column = TASK_QUERY_FIELDS[name]
+            if operator == "in":
+                clauses.append(f"{column} IN ({','.join('?' * len(value))})")
+                params.extend(value)
+                continue
+            if operator not in {"=", "!=", "<", "<=", ">", ">=", "like"}:
+                raise ValueError(f"unknown operator {operator!r}")
+            clauses.append(f"{column} {operator.upper()} ?")
+            params.append(to_micros(value) if isinstance(value, datetime) else value)
+        where_sql = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        order_sql = ", ".join(
+            f"{TASK_QUERY_FIELDS[name]} {'DESC' if descending else 'ASC'}"
+            for name, descending in order
+        )
+        order_sql = f"ORDER BY {order_sql + ', ' if order_sql else ''}id"
+        total = (await self._read(f"SELECT count(*) FROM tasks {where_sql}", params))[0][0]
+        rows = await self._read(
+            f"SELECT {_TASK_COLUMNS} FROM tasks {where_sql} {order_sql} LIMIT ? OFFSET ?",
+            [*params, -1 if limit is None else limit, offset],
+        )
+        return [_task_from_row(row) for row in rows], int(total)
+
+    async def get_executions(self, execution_ids: Sequence[int]) -> dict[int, Execution]:
+        """Return the executions among `execution_ids` that exist, by id."""
+        found: dict[int, Execution] = {}
+        ids = list(execution_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = await self._read(
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions"
+                f" WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                found[row[0]] = _execution_from_row(row)
+        return found
+
+    async def due_index(self) -> list[tuple[int, int]]:
+        """Return (next_run_at in microseconds, task id) of every enabled, scheduled task."""
+        return [
+            (row[0], row[1])
+            for row in await self._read(
+                "SELECT next_run_at, id FROM tasks WHERE next_run_at IS NOT NULL AND enabled"
+            )
+        ]
+
+    async def due_entry(self, task_id: int) -> tuple[int, int] | None:
+        """Return (next_run_at in microseconds, id) of one task if it is enabled and due."""
+        rows = await self._read(
+            "SELECT next_run_at, id FROM tasks WHERE id = ? AND next_run_at IS NOT NULL"
+            " AND enabled",
+            (task_id,),
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def count_tasks(self) -> int:
+        """Return how many tasks are stored."""
+        return int((await self._read("SELECT count(*) FROM tasks"))[0][0])
+
+    # -- slots and executions -------------------------------------------------------------
+
+    async def claim(self, claims: Sequence[SlotClaim], now: datetime) -> list[ClaimResult]:
+        """Apply slot claims in one transaction; see `SlotClaim`. Returns one result each."""
+        now_us = to_micros(now)
+
+        def apply(cx: sqlite3.Connection) -> list[ClaimResult]:
+            results = []
+            for claim in claims:
+                row = cx.execute(
+                    "SELECT next_run_at FROM tasks WHERE id = ?", (claim.task_id,)
+                ).fetchone()
+                if row is None or row[0] != _micros(claim.expected_next_run_at):
+                    results.append(ClaimResult(False))
+                    continue
+                cx.execute(
+                    "UPDATE tasks SET next_run_at = ? WHERE id = ?",
+                    (_micros(claim.next_run_at), claim.task_id),
+                )
+                ids = tuple(_insert_execution(cx, new, now_us) for new in claim.executions)
+                queued = [
+                    i
+                    for i, new in zip(ids, claim.executions, strict=True)
+                    if i is not None and new.status is ExecutionStatus.QUEUED
+                ]
+                if queued:
+                    _mark_task_queued(cx, claim.task_id)
+                results.append(ClaimResult(True, ids))
+            return results
+
+        return await self._submit(apply)
+
+    async def add_executions(
+        self, executions: Sequence[NewExecution], now: datetime
+    ) -> list[int | None]:
+        """Insert execution rows (manual runs, retries, skipped slots) in one transaction.
+
+        Queued rows make their task `queued`. Returns the ids (None for a slot already
+        accounted for). Raises NotFoundError if a task does not exist.
+        """
+        now_us = to_micros(now)
+
+        def apply(cx: sqlite3.Connection) -> list[int | None]:
+            ids = []
+            for new in executions:
+                try:
+                    execution_id = _insert_execution(cx, new, now_us)
+                except sqlite3.IntegrityError as error:
+                    raise NotFoundError(f"task {new.task_id} not found") from error
+                if execution_id is not None and new.status is ExecutionStatus.QUEUED:
+                    _mark_task_queued(cx, new.task_id)
+                ids.append(execution_id)
+            return ids
+
+        return await self._submit(apply)
+
+    async def mark_started_many(
+        self, started: Sequence[tuple[int, int]], started_at: datetime, dispatcher: str
+    ) -> None:
+        """Record that executions (execution id, task id) start now, in one write.
+
+        Executions and their tasks become `running`; the task's last run times reset.
+        """
+        if not started:
+            return
+        at = to_micros(started_at)
+
+        def apply(cx: sqlite3.Connection) -> None:
+            cx.executemany(
+                "UPDATE executions SET status = 'running', started_at = ?, dispatcher = ?"
+                " WHERE id = ?",
+                [(at, dispatcher, execution_id) for execution_id, _ in started],
+            )
+            cx.executemany(
+                "UPDATE tasks SET status = 'running', status_msg = NULL, status_percent = NULL,"
+                " run_started_at = ?, run_finished_at = NULL, run_canceled_at = NULL,"
+                " last_execution_id = ? WHERE id = ?",
+                [(at, execution_id, task_id) for execution_id, task_id in started],
+            )
+
+        await self._submit(apply)
+
+    def set_running_status_nowait(
+        self, execution_id: int, task_id: int, status: ExecutionStatus
+    ) -> None:
+        """Record a pause or resume (`paused` / `running`) with the next batch."""
+
+        def apply(cx: sqlite3.Connection) -> None:
+            changed = cx.execute(
+                "UPDATE executions SET status = ? WHERE id = ? AND status IN ('running', 'paused')",
+                (status, execution_id),
+            ).rowcount
+            if changed:  # a pause that comes after the end changes nothing
+                cx.execute(
+                    "UPDATE tasks SET status = ? WHERE id = ? AND last_execution_id = ?",
+                    (status, task_id, execution_id),
+                )
+
+        self._submit_nowait(apply)
+
+    def progress_nowait(self, execution_id: int, task_id: int, fields: Mapping[str, Any]) -> None:
+        """Record progress fields (`progress` is the percent) with the next batch."""
+        columns = [name for name in _PROGRESS_FIELDS if name in fields]
+        if not columns:
+            return
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        values = [fields[name] for name in columns]
+        percent = fields.get("progress")
+
+        def apply(cx: sqlite3.Connection) -> None:
+            cx.execute(f"UPDATE executions SET {assignments} WHERE id = ?", (*values, execution_id))
+            if percent is not None:
+                cx.execute(
+                    "UPDATE tasks SET status_percent = ? WHERE id = ? AND last_execution_id = ?",
+                    (percent, task_id, execution_id),
+                )
+
+        self._submit_nowait(apply)
+
+    def log_nowait(
+        self,
+        task_id: int,
+        execution_id: int | None,
+        level: str,
+        msg: str,
+        at: datetime,
+        status_percent: float | None = None,
+    ) -> None:
+        """Append a log entry with the next batch.
+
+        An execution's entries past `log_entries_per_execution` are dropped, after one
+        final entry saying so.
+        """
+        at_us = to_micros(at)
+
+        def apply(cx: sqlite3.Connection) -> None:
+            entry_msg, entry_level = msg, level
+            if execution_id is not None:
+                count = self._log_count.get(execution_id, 0)
+                if count > self._log_cap:
+                    return
+                if count == self._log_cap:
+                    entry_msg = f"log truncated: more than {self._log_cap} entries"
+                    entry_level = "warning"
+                self._log_count[execution_id] = count + 1
+            idx = self._next_log_idx.get(task_id)
+            if idx is None:
+                row = cx.execute(
+                    "SELECT coalesce(max(idx) + 1, 0) FROM log_entries WHERE task_id = ?",
+                    (task_id,),
+                ).fetchone()
+                idx = row[0]
+            try:
+                cx.execute(
+                    "INSERT INTO log_entries (task_id, idx, execution_id, level, msg,"
+                    " status_percent, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (task_id, idx, execution_id, entry_level, entry_msg, status_percent, at_us),
+                )
+            except sqlite3.IntegrityError:
+                return  # the task or execution was deleted meanwhile
+            self._next_log_idx[task_id] = idx + 1
+
+        self._submit_nowait(apply)
+
+    async def save_state(self, task_id: int, state: Mapping[str, Any] | None) -> None:
+        """Store a task's module state (JSON) for a later resume."""
+
+        def apply(cx: sqlite3.Connection) -> None:
+            cx.execute("UPDATE tasks SET state = ? WHERE id = ?", (_json(state), task_id))
+
+        await self._submit(apply)
+
+    async def finish(
+        self,
+        execution_id: int,
+        task_id: int,
+        status: ExecutionStatus,
+        status_msg: str | None,
+        finished_at: datetime,
+    ) -> None:
+        """Record how an execution ended; the task takes its status; old history is pruned."""
+        at = to_micros(finished_at)
+        canceled_at = at if status is ExecutionStatus.CANCELED else None
+
+        def apply(cx: sqlite3.Connection) -> None:
+            cx.execute(
+                "UPDATE executions SET status = ?, status_msg = ?, finished_at = ? WHERE id = ?",
+                (status, status_msg, at, execution_id),
+            )
+            if status is ExecutionStatus.SKIPPED:
+                # A skipped slot never ran: the task keeps the status of its last run.
+                cx.execute(
+                    "UPDATE tasks SET status = coalesce((SELECT status FROM executions"
+                    " WHERE id = tasks.last_execution_id), 'new') WHERE id = ?"
+                    " AND status = 'queued' AND NOT EXISTS (SELECT 1 FROM executions"
+                    " WHERE task_id = ? AND status = 'queued' AND id != ?)",
+                    (task_id, task_id, execution_id),
+                )
+                return
+            # The task shows how its latest run ended, unless a newer one is running.
+            cx.execute(
+                "UPDATE tasks SET status = ?, status_msg = ?, run_finished_at = ?,"
+                " run_canceled_at = ?, status_percent = CASE WHEN ? = 'done' THEN 100"
+                " ELSE status_percent END, last_execution_id = ? WHERE id = ? AND"
+                " (last_execution_id IS NULL OR last_execution_id <= ?"
+                "  OR status NOT IN ('running', 'paused'))",
+                (status, status_msg, at, canceled_at, status, execution_id, task_id, execution_id),
+            )
+            self._log_count.pop(execution_id, None)
+            self._prune(cx, task_id)
+
+        await self._submit(apply)
+
+    def _prune(self, cx: sqlite3.Connection, task_id: int) -> None:
+        """Keep the newest `history_per_task` executions of a task (their logs go with them).
+
+        Runs once per tenth of the history finished, not after every execution: the bound
+        is kept within 10%, and a busy task does not pay a delete per run.
+        """
+        count = self._finished_since_prune.get(task_id, 0) + 1
+        if count < max(1, self._history // 10):
+            self._finished_since_prune[task_id] = count
+            return
+        self._finished_since_prune[task_id] = 0
+        row = cx.execute(
+            "SELECT id FROM executions WHERE task_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+            (task_id, self._history - 1),
+        ).fetchone()
+        if row is not None:
+            cx.execute(
+                "DELETE FROM executions WHERE task_id = ? AND id < ? AND status NOT IN"
+                " ('queued', 'running', 'paused')",
+                (task_id, row[0]),
+            )
+
+    async def recover_interrupted(self, now: datetime) -> list[Execution]:
+        """Mark executions a dead process left `running` or `paused` as `error`, "interrupted".
+
+        Returns them as they are now (for the retry policy).
+        """
+        at = to_micros(now)
+
+        def apply(cx: sqlite3.Connection) -> list[Execution]:
+            rows = cx.execute(
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions"
+                " WHERE status IN ('running', 'paused') ORDER BY id"
+            ).fetchall()
+            for row in rows:
+                cx.execute(
+                    "UPDATE executions SET status = 'error', status_msg = 'interrupted',"
+                    " finished_at = ? WHERE id = ?",
+                    (at, row[0]),
+                )
+                cx.execute(
+                    "UPDATE tasks SET status = 'error', status_msg = 'interrupted',"
+                    " run_finished_at = ? WHERE id = ? AND last_execution_id = ?",
+                    (at, row[1], row[0]),
+                )
+            return [
+                _execution_from_row((*row[:8], at, ExecutionStatus.ERROR, "interrupted", *row[11:]))
+                for row in rows
+            ]
+
+        return await self._submit(apply)
+
+    async def queued_executions(self) -> list[Execution]:
+        """Return executions waiting to start, oldest first."""
+        rows = await self._read(
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE status = 'queued' ORDER BY id"
+        )
+        return [_execution_from_row(row) for row in rows]
+
+    async def get_execution(self, execution_id: int) -> Execution:
+        """Return one execution; NotFoundError if there is none."""
+        rows = await self._read(
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE id = ?", (execution_id,)
+        )
+        if not rows:
+            raise NotFoundError(f"execution {execution_id} not found")
+        return _execution_from_row(rows[0])
+
+    async def list_executions(
+        self, task_id: int, *, limit: int = 50, offset: int = 0
+    ) -> list[Execution]:
+        """Return a task's executions, newest first."""
+        rows = await self._read(
+            f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE task_id = ?"
+            " ORDER BY id DESC LIMIT ? OFFSET ?",
+            (task_id, limit, offset),
+        )
+        return [_execution_from_row(row) for row in rows]
+
+    async def read_log(
+        self,
+        task_id: int,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        execution_id: int | None = None,
+    ) -> list[LogEntry]:
+        """Return a task's log entries from index `offset` on, oldest first."""
+        where, params = "task_id = ? AND idx >= ?", [task_id, offset]
+        if execution_id is not None:
+            where += " AND execution_id = ?"
+            params.append(execution_id)
+        rows = await self._read(
+            "SELECT task_id, idx, execution_id, level, msg, status_percent, timestamp"
+            f" FROM log_entries WHERE {where} ORDER BY idx LIMIT ?",
+            [*params, limit],
+        )
+        return [
+            LogEntry(
+                task_id=row[0],
+                idx=row[1],
+                execution_id=row[2],
+                level=row[3],
+                msg=row[4],
+                status_percent=row[5],
+                timestamp=from_micros(row[6]),
+            )
+            for row in rows
+        ]
+
+    # -- deferred runs --------------------------------------------------------------------
+
+    async def create_defer(
+        self, task_id: int, metadata: Mapping[str, Any], now: datetime, expires_at: datetime
+    ) -> str:
+        """Record a deferred run of a task and return its unguessable `defer_id`."""
+        defer_id = secrets.token_urlsafe(16)
+
+        def apply(cx: sqlite3.Connection) -> None:
+            try:
+                cx.execute(
+                    "INSERT INTO deferred_runs (defer_id, task_id, metadata, created_at,"
+                    " expires_at) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        defer_id,
+                        task_id,
+                        _json(dict(metadata)),
+                        to_micros(now),
+                        to_micros(expires_at),
+                    ),
+                )
+            except sqlite3.IntegrityError as error:
+                raise NotFoundError(f"task {task_id} not found") from error
+
+        await self._submit(apply)
+        return defer_id
+
+    async def use_defer(self, defer_id: str, now: datetime) -> tuple[int, dict[str, Any]]:
+        """Mark a deferred run used and return (task id, metadata); once only.
+
+        Raises DeferError if the id is unknown, used or expired.
+        """
+        now_us = to_micros(now)
+
+        def apply(cx: sqlite3.Connection) -> tuple[int, dict[str, Any]]:
+            row = cx.execute(
+                "SELECT task_id, metadata, expires_at, used_at FROM deferred_runs"
+                " WHERE defer_id = ?",
+                (defer_id,),
+            ).fetchone()
+            if row is None:
+                raise DeferError(f"unknown defer_id {defer_id!r}")
+            if row[3] is not None:
+                raise DeferError(f"defer_id {defer_id!r} was used already")
+            if row[2] <= now_us:
+                raise DeferError(f"defer_id {defer_id!r} has expired")
+            cx.execute(
+                "UPDATE deferred_runs SET used_at = ? WHERE defer_id = ?", (now_us, defer_id)
+            )
+            return row[0], json.loads(row[1]) if row[1] else {}
+
+        return await self._submit(apply)
+
+
+def _mark_task_queued(cx: sqlite3.Connection, task_id: int) -> None:
+    # A queued run does not hide a running one: the task shows its latest started execution.
+    cx.execute(
+        "UPDATE tasks SET status = 'queued' WHERE id = ? AND status NOT IN ('running', 'paused')",
+        (task_id,),
+    )
+
+
+def _insert_execution(cx: sqlite3.Connection, new: NewExecution, now_us: int) -> int | None:
+    cursor = cx.execute(
+        "INSERT INTO executions (task_id, trigger, trigger_metadata, slot_at, scheduled_for,"
+        " queued_at, status, status_msg, attempt, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
+        " ?, ?) ON CONFLICT (task_id, slot_at) WHERE slot_at IS NOT NULL DO NOTHING",
+        (
+            new.task_id,
+            new.trigger,
+            _json(dict(new.trigger_metadata)) if new.trigger_metadata else None,
+            _micros(new.slot_at),
+            _micros(new.scheduled_for),
+            now_us,
+            new.status,
+            new.status_msg,
+            new.attempt,
+            now_us if new.status is ExecutionStatus.SKIPPED else None,
+        ),
+    )
+    return cursor.lastrowid if cursor.rowcount == 1 else None
+
+
+def _apply_batch(cx: sqlite3.Connection, batch: Iterable[_Write]) -> list[Any]:
+    """Run a batch of writes in one transaction, each in its own savepoint (db thread)."""
+    results: list[Any] = []
+    cx.execute("BEGIN IMMEDIATE")
+    try:
+        for write in batch:
+            cx.execute("SAVEPOINT write")
+            try:
+                results.append(write.apply(cx))
+            except Exception as error:
+                cx.execute("ROLLBACK TO write")
+                results.append(error)
+            cx.execute("RELEASE write")
+        cx.execute("COMMIT")
+    except BaseException:
+        if cx.in_transaction:
+            cx.execute("ROLLBACK")
+        raise
+    return results
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    row = await (await conn.execute("PRAGMA user_version")).fetchone()
+    version = row[0] if row else 0
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"the database has schema version {version}; this taskd knows up to "
+            f"{len(MIGRATIONS)}: upgrade taskd"
+        )
+    for number in range(version, len(MIGRATIONS)):
+        await conn.executescript(
+            f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; COMMIT;"
+        )
