@@ -276,8 +276,6 @@ class Store:
         self._log_cap = log_entries_per_execution
         self._pending: list[_Write] = []
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         # Owned by the database thread only (touched inside batch functions).
@@ -325,7 +323,6 @@ class Store:
             raise RuntimeError("store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append(_Write(apply, future))
-        self._idle.clear()
         self._wake.set()
         return await future
 
@@ -333,12 +330,15 @@ class Store:
         if self._closing:
             return
         self._pending.append(_Write(apply, None))
-        self._idle.clear()
         self._wake.set()
 
     async def flush(self) -> None:
-        """Return once everything submitted so far has been committed."""
-        await self._idle.wait()
+        """Return once everything submitted before this call has been committed.
+
+        An empty write joins the queue behind them: batches commit in order, so when it
+        is acknowledged, so is everything ahead of it (later writes do not delay it).
+        """
+        await self._submit(lambda cx: None)
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -347,8 +347,6 @@ class Store:
             self._wake.clear()
             batch, self._pending = self._pending, []
             if not batch:
-                if not self._pending:
-                    self._idle.set()
                 if self._closing:
                     return
                 continue
@@ -370,12 +368,10 @@ class Store:
                     write.future.set_exception(result)
                 else:
                     write.future.set_result(result)
-            if not self._pending:
-                self._idle.set()
-                if self._closing:
-                    return
-            else:
+            if self._pending:
                 self._wake.set()
+            elif self._closing:
+                return
 
     async def ping(self) -> None:
         """Commit an empty write: proves the database takes writes (for health checks)."""
