@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/taskd check-config etc/taskd.toml
+	$(BIN)/taskd serve --config etc/taskd.toml
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -67,3 +67,7 @@ class NotFoundError(TaskdError, LookupError):
 
 class ConflictError(TaskdError):
     """A write that conflicts with the stored state (version mismatch, config-owned task)."""
+
+
+class DeferError(TaskdError, LookupError):
+    """A defer id that is unknown, already used or expired."""

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from taskd.clock import from_micros, to_micros
-from taskd.errors import ConflictError, NotFoundError
+from taskd.errors import ConflictError, DeferError, NotFoundError
 from taskd.model import (
     Execution,
     ExecutionStatus,
@@ -246,10 +246,6 @@ class ClaimResult:
     execution_ids: tuple[int | None, ...] = ()
 
 
-class DeferError(LookupError):
-    """A defer id that is unknown, already used or expired."""
-
-
 @dataclass(slots=True)
 class _Write:
     apply: Callable[[sqlite3.Connection], Any]
@@ -298,6 +294,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         try:
+            await _check_version(conn)
             await conn.execute("PRAGMA journal_mode = WAL")
             await conn.execute("PRAGMA synchronous = NORMAL")
             await conn.execute("PRAGMA foreign_keys = ON")
@@ -625,6 +622,9 @@ class Store:
                     (_micros(claim.next_run_at), claim.task_id),
                 )
                 ids = tuple(_insert_execution(cx, new, now_us) for new in claim.executions)
+                for new in claim.executions:
+                    if new.status is ExecutionStatus.SKIPPED:
+                        self._prune(cx, claim.task_id)  # skipped rows count as history too
                 queued = [
                     i
                     for i, new in zip(ids, claim.executions, strict=True)
@@ -673,17 +673,19 @@ class Store:
         at = to_micros(started_at)
 
         def apply(cx: sqlite3.Connection) -> None:
-            cx.executemany(
-                "UPDATE executions SET status = 'running', started_at = ?, dispatcher = ?"
-                " WHERE id = ?",
-                [(at, dispatcher, execution_id) for execution_id, _ in started],
-            )
-            cx.executemany(
-                "UPDATE tasks SET status = 'running', status_msg = NULL, status_percent = NULL,"
-                " run_started_at = ?, run_finished_at = NULL, run_canceled_at = NULL,"
-                " last_execution_id = ? WHERE id = ?",
-                [(at, execution_id, task_id) for execution_id, task_id in started],
-            )
+            for execution_id, task_id in started:
+                # Only a queued execution starts: an ended one stays as it ended.
+                if cx.execute(
+                    "UPDATE executions SET status = 'running', started_at = ?, dispatcher = ?"
+                    " WHERE id = ? AND status = 'queued'",
+                    (at, dispatcher, execution_id),
+                ).rowcount:
+                    cx.execute(
+                        "UPDATE tasks SET status = 'running', status_msg = NULL,"
+                        " status_percent = NULL, run_started_at = ?, run_finished_at = NULL,"
+                        " run_canceled_at = NULL, last_execution_id = ? WHERE id = ?",
+                        (at, execution_id, task_id),
+                    )
 
         await self._submit(apply)
 
@@ -790,10 +792,13 @@ class Store:
         canceled_at = at if status is ExecutionStatus.CANCELED else None
 
         def apply(cx: sqlite3.Connection) -> None:
-            cx.execute(
-                "UPDATE executions SET status = ?, status_msg = ?, finished_at = ? WHERE id = ?",
+            if not cx.execute(
+                "UPDATE executions SET status = ?, status_msg = ?, finished_at = ? WHERE id = ?"
+                " AND status IN ('queued', 'running', 'paused')",
                 (status, status_msg, at, execution_id),
-            )
+            ).rowcount:
+                return  # unknown, or ended already: an ending is recorded once
+            self._log_count.pop(execution_id, None)
             if status is ExecutionStatus.SKIPPED:
                 # A skipped slot never ran: the task keeps the status of its last run.
                 cx.execute(
@@ -803,6 +808,7 @@ class Store:
                     " WHERE task_id = ? AND status = 'queued' AND id != ?)",
                     (task_id, task_id, execution_id),
                 )
+                self._prune(cx, task_id)
                 return
             # The task shows how its latest run ended, unless a newer one is running.
             cx.execute(
@@ -813,7 +819,6 @@ class Store:
                 "  OR status NOT IN ('running', 'paused'))",
                 (status, status_msg, at, canceled_at, status, execution_id, task_id, execution_id),
             )
-            self._log_count.pop(execution_id, None)
             self._prune(cx, task_id)
 
         await self._submit(apply)
@@ -1032,14 +1037,23 @@ def _apply_batch(cx: sqlite3.Connection, batch: Iterable[_Write]) -> list[Any]:
     return results
 
 
-async def _migrate(conn: aiosqlite.Connection) -> None:
+async def _schema_version(conn: aiosqlite.Connection) -> int:
     row = await (await conn.execute("PRAGMA user_version")).fetchone()
-    version = row[0] if row else 0
+    return int(row[0]) if row else 0
+
+
+async def _check_version(conn: aiosqlite.Connection) -> None:
+    """Refuse a file written by a newer taskd before changing anything in it."""
+    version = await _schema_version(conn)
     if version > len(MIGRATIONS):
         raise RuntimeError(
             f"the database has schema version {version}; this taskd knows up to "
             f"{len(MIGRATIONS)}: upgrade taskd"
         )
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    version = await _schema_version(conn)
     for number in range(version, len(MIGRATIONS)):
         await conn.executescript(
             f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; COMMIT;"

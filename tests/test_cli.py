@@ -213,10 +213,12 @@ def test_check_config_example_lists_every_task() -> None:
          "2026-03-30T06:30:00Z"],
         ["heartbeat", "sleep", "2026-03-28T12:05:00Z", "2026-03-28T12:10:00Z",
          "2026-03-28T12:15:00Z"],
+        ["uptime", "shell", "2026-03-28T12:01:00Z", "2026-03-28T12:02:00Z",
+         "2026-03-28T12:03:00Z"],
         ["friday-13th-report", "python", "disabled"],
         ["new-year-announcement", "shell", "2026-12-31T23:00:00Z"],
         ["manual-cleanup", "shell", "not", "scheduled"],
-        ["etc/taskd.toml:", "OK,", "6", "tasks"],
+        ["etc/taskd.toml:", "OK,", "7", "tasks"],
     ]  # fmt: skip
 
 
@@ -224,7 +226,7 @@ def test_check_config_example_now() -> None:
     """Without --after the example still checks out (times are relative to now)."""
     result = taskd("check-config", "etc/taskd.toml")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "etc/taskd.toml: OK, 6 tasks"
+    assert result.stdout.splitlines()[-1] == "etc/taskd.toml: OK, 7 tasks"
 
 
 def test_check_config_past_one_shot() -> None:

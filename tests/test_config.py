@@ -63,17 +63,22 @@ def test_example_config_loads_with_every_field() -> None:
         "nightly-backup",
         "health-check",
         "heartbeat",
+        "uptime",
         "friday-13th-report",
         "new-year-announcement",
         "manual-cleanup",
     ]
-    backup, health, heartbeat, friday, new_year, manual = settings.tasks
-    assert backup.task_params == {"argv": ["/usr/local/bin/backup", "--all"]}
+    backup, health, heartbeat, uptime, friday, new_year, manual = settings.tasks
+    assert backup.task_params["argv"][0] == "sh"
+    assert uptime.task_params == {"command": "uptime"}
     assert backup.task_timeout_sec == 3600
     assert backup.options == TaskOptions(max_retries=2, retry_delay_sec=60.0)
     assert [r.email for r in backup.email_recipients] == ["ops@example.org"]
     assert backup.email_recipients[0].problems_only is True
-    assert health.task_params == {"url": "http://127.0.0.1:8080/health", "method": "GET"}
+    assert health.task_params == {
+        "url": "http://127.0.0.1:8470/api/v2/health",
+        "method": "GET",
+    }
     assert heartbeat.options.overlap is Overlap.QUEUE
     assert heartbeat.options.priority == -10
     assert friday.enabled is False
@@ -86,7 +91,7 @@ def test_example_config_loads_with_every_field() -> None:
 def test_example_schedules_fire_at_the_expected_instants() -> None:
     """The example's schedules give the documented times across the Berlin DST switch."""
     settings = load_config(EXAMPLE)
-    backup, health, _, friday, _, _ = settings.tasks
+    backup, health, _, _, friday, _, _ = settings.tasks
     after = utc("2026-03-28T12:00:00+00:00")
     # 02:30 does not exist on 2026-03-29 in Berlin: it fires at 03:00 CEST = 01:00 UTC.
     assert backup.upcoming(after, 3) == [

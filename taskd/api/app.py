@@ -25,9 +25,8 @@ from taskd.api.errors import ApiError, v1_error, v2_error
 from taskd.api.openapi import openapi_document
 from taskd.config import ApiSettings
 from taskd.core import Core
-from taskd.errors import ConflictError, NotFoundError, ValidationError
+from taskd.errors import ConflictError, DeferError, NotFoundError, ValidationError
 from taskd.runner import ActionError
-from taskd.store import DeferError
 
 log = structlog.get_logger("taskd.api")
 

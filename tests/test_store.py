@@ -1,0 +1,1109 @@
+"""Contract tests of the SQLite store, each against a real database file under `tmp_path`.
+
+The store's docstrings are the contract. What the store writes is checked through its own
+reads and, where "committed" is the point, through a separate plain `sqlite3` connection to
+the same file, which sees committed transactions only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from taskd.clock import to_micros
+from taskd.errors import ConflictError, NotFoundError
+from taskd.model import ExecutionStatus, Task, TaskSource, TaskStatus, TriggerKind
+from taskd.store import (
+    MIGRATIONS,
+    ClaimResult,
+    DeferError,
+    NewExecution,
+    SlotClaim,
+    Store,
+)
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+SPEC: dict[str, Any] = {"task_module": "sleep", "task_params": {"seconds": 1}}
+
+
+def at(seconds: float) -> datetime:
+    """Return the instant `seconds` after T0."""
+    return T0 + timedelta(seconds=seconds)
+
+
+def query(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run `sql` on a fresh plain sqlite3 connection: it sees committed data only."""
+    with closing(sqlite3.connect(path)) as cx:
+        return cx.execute(sql, params).fetchall()
+
+
+def count_rows(path: Path, table: str, task_id: int) -> int:
+    """Count the committed rows of `table` that belong to `task_id`."""
+    return int(query(path, f"SELECT count(*) FROM {table} WHERE task_id = ?", (task_id,))[0][0])
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """The database file of one test."""
+    return tmp_path / "taskd.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[Store]:
+    """A store with the default limits on a fresh file."""
+    async with Store.open(db_path) as opened:
+        yield opened
+
+
+def insert(store: Store, name: str, **kwargs: Any) -> Coroutine[Any, Any, Task]:
+    """Return the insert_task call of an enabled api task without a due time (overridable)."""
+    values: dict[str, Any] = {
+        "source": TaskSource.API,
+        "spec": SPEC,
+        "enabled": True,
+        "next_run_at": None,
+        "now": T0,
+    }
+    values.update(kwargs)
+    return store.insert_task(name=name, **values)
+
+
+async def add_task(store: Store, name: str = "t", **kwargs: Any) -> int:
+    """Insert a task as `insert` does and return its id."""
+    return (await insert(store, name, **kwargs)).id
+
+
+def schedule_row(task_id: int, slot: datetime) -> NewExecution:
+    """A queued execution row for the schedule slot `slot` of `task_id`."""
+    return NewExecution(task_id=task_id, trigger=TriggerKind.SCHEDULE, slot_at=slot)
+
+
+def slot_claim(
+    task_id: int, expected: datetime | None, following: datetime | None, *slots: datetime
+) -> SlotClaim:
+    """A claim moving `task_id` from `expected` to `following`, queueing `slots`."""
+    return SlotClaim(
+        task_id=task_id,
+        expected_next_run_at=expected,
+        next_run_at=following,
+        executions=tuple(schedule_row(task_id, slot) for slot in slots),
+    )
+
+
+async def queue(store: Store, task_id: int, when: datetime = T0, **kwargs: Any) -> int:
+    """Add one queued manual execution of `task_id` and return its id."""
+    [execution_id] = await store.add_executions(
+        [NewExecution(task_id=task_id, trigger=TriggerKind.MANUAL, **kwargs)], when
+    )
+    assert execution_id is not None
+    return execution_id
+
+
+async def start(store: Store, task_id: int, when: datetime = T0) -> int:
+    """Queue and start one execution of `task_id`; return its id."""
+    execution_id = await queue(store, task_id, when)
+    await store.mark_started_many([(execution_id, task_id)], when, "host-a")
+    return execution_id
+
+
+# ---------------------------------------------------------------------------------------
+# schema
+
+
+async def test_new_file_gets_current_schema_version_and_wal(store: Store, db_path: Path) -> None:
+    """A new file is migrated to user_version == len(MIGRATIONS) and put in WAL mode."""
+    assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
+    tables = {row[0] for row in query(db_path, "SELECT name FROM sqlite_master")}
+    assert {"tasks", "executions", "log_entries", "deferred_runs"} <= tables
+
+
+async def test_foreign_keys_are_enforced_on_the_store_connection(
+    store: Store, db_path: Path
+) -> None:
+    """foreign_keys is on: an execution of a missing task is refused with its whole call."""
+    task_id = await add_task(store)
+    with pytest.raises(NotFoundError):
+        await store.add_executions(
+            [
+                NewExecution(task_id=task_id, trigger=TriggerKind.MANUAL),
+                NewExecution(task_id=404, trigger=TriggerKind.MANUAL),
+            ],
+            T0,
+        )
+    assert query(db_path, "SELECT count(*) FROM executions") == [(0,)]
+    assert (await store.get_task(task_id)).status is TaskStatus.NEW
+
+
+async def test_open_creates_missing_directories(tmp_path: Path) -> None:
+    """Store.open creates the parent directories of a new database file."""
+    path = tmp_path / "state" / "taskd" / "taskd.db"
+    async with Store.open(path) as store:
+        await add_task(store)
+    assert query(path, "SELECT name FROM tasks") == [("t",)]
+
+
+async def test_reopening_keeps_data_and_schema(db_path: Path) -> None:
+    """Data written before closing is there after reopening; the schema is not re-applied."""
+    async with Store.open(db_path) as store:
+        task_id = await add_task(store, "kept", next_run_at=at(60))
+        execution_id = await start(store, task_id)
+        before = await store.get_task(task_id)
+    async with Store.open(db_path) as store:
+        assert await store.get_task(task_id) == before
+        assert (await store.get_execution(execution_id)).status is ExecutionStatus.RUNNING
+    assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+
+
+async def test_newer_schema_version_is_refused(db_path: Path) -> None:
+    """A file with a higher user_version than this taskd knows is refused, and not migrated."""
+    newer = len(MIGRATIONS) + 1
+    with closing(sqlite3.connect(db_path)) as cx:
+        cx.execute(f"PRAGMA user_version = {newer}")
+    with pytest.raises(RuntimeError, match=rf"schema version {newer}.*upgrade taskd"):
+        async with Store.open(db_path):
+            pytest.fail("a newer database was opened")
+    assert query(db_path, "PRAGMA user_version") == [(newer,)]
+    assert query(db_path, "SELECT name FROM sqlite_master") == []
+
+
+# ---------------------------------------------------------------------------------------
+# tasks
+
+
+async def test_insert_get_find(store: Store) -> None:
+    """An inserted task is version 1, status new, and found by id and by name."""
+    task = await store.insert_task(
+        name="backup",
+        source=TaskSource.CONFIG,
+        spec=SPEC,
+        enabled=False,
+        next_run_at=at(30),
+        now=T0,
+        by="alice",
+    )
+    assert task.name == "backup"
+    assert task.source is TaskSource.CONFIG
+    assert task.spec == SPEC
+    assert task.enabled is False
+    assert task.next_run_at == at(30)
+    assert task.status is TaskStatus.NEW
+    assert task.version == 1
+    assert task.created_at == task.updated_at == T0
+    assert task.created_by == task.updated_by == "alice"
+    assert task.state is None
+    assert task.last_execution_id is None
+    assert await store.get_task(task.id) == task
+    assert await store.find_task("backup") == task
+    assert await store.find_task("absent") is None
+
+
+async def test_times_round_trip_as_utc_to_the_microsecond(store: Store) -> None:
+    """Aware times in any zone come back as the same instant in UTC, microseconds kept."""
+    berlin = datetime(2026, 3, 29, 3, 0, 0, 123456, tzinfo=ZoneInfo("Europe/Berlin"))
+    task = await store.get_task(await add_task(store, next_run_at=berlin, now=at(0.000001)))
+    assert task.next_run_at == berlin
+    assert task.next_run_at is not None
+    assert task.next_run_at.tzinfo is UTC
+    assert task.next_run_at.microsecond == 123456
+    assert task.created_at == at(0.000001)
+
+
+async def test_list_tasks_filters_by_source_and_pages(store: Store) -> None:
+    """list_tasks orders by id, filters by source, honours limit and offset; count_tasks counts."""
+    ids = [
+        await add_task(store, f"t{i}", source=TaskSource.CONFIG if i % 3 == 0 else TaskSource.API)
+        for i in range(10)
+    ]
+    assert [t.id for t in await store.list_tasks()] == ids
+    assert [t.id for t in await store.list_tasks(source=TaskSource.CONFIG)] == ids[0::3]
+    api_ids = [i for n, i in enumerate(ids) if n % 3 != 0]
+    assert [t.id for t in await store.list_tasks(source=TaskSource.API)] == api_ids
+    assert [t.id for t in await store.list_tasks(limit=3)] == ids[:3]
+    assert [t.id for t in await store.list_tasks(limit=3, offset=8)] == ids[8:]
+    assert [t.id for t in await store.list_tasks(offset=7)] == ids[7:]
+    assert [t.id for t in await store.list_tasks(source=TaskSource.API, limit=2, offset=1)] == (
+        api_ids[1:3]
+    )
+    assert await store.count_tasks() == 10
+
+
+async def test_duplicate_name_is_a_conflict_and_changes_nothing(
+    store: Store, db_path: Path
+) -> None:
+    """Inserting a taken name raises ConflictError; the stored task and the count stay."""
+    first = await store.insert_task(
+        name="dup", source=TaskSource.API, spec=SPEC, enabled=True, next_run_at=None, now=T0
+    )
+    with pytest.raises(ConflictError, match="dup"):
+        await store.insert_task(
+            name="dup",
+            source=TaskSource.CONFIG,
+            spec={"task_module": "shell"},
+            enabled=False,
+            next_run_at=at(1),
+            now=at(1),
+        )
+    assert await store.get_task(first.id) == first
+    assert await store.count_tasks() == 1
+    assert query(db_path, "SELECT count(*) FROM tasks") == [(1,)]
+
+
+async def test_update_bumps_version(store: Store) -> None:
+    """update_task replaces the definition, bumps the version and keeps the creation data."""
+    task_id = await add_task(store, "u", by="alice")
+    new_spec = {"task_module": "shell", "task_params": {"argv": ["true"]}}
+    updated = await store.update_task(
+        task_id, spec=new_spec, enabled=False, next_run_at=at(5), now=at(1), by="bob"
+    )
+    assert updated.version == 2
+    assert updated.spec == new_spec
+    assert updated.enabled is False
+    assert updated.next_run_at == at(5)
+    assert updated.updated_at == at(1)
+    assert updated.updated_by == "bob"
+    assert updated.created_at == T0
+    assert updated.created_by == "alice"
+    assert updated.name == "u"
+    renamed = await store.update_task(
+        task_id,
+        spec=new_spec,
+        enabled=True,
+        next_run_at=None,
+        now=at(2),
+        name="v",
+        expected_version=2,
+    )
+    assert renamed.version == 3
+    assert renamed.name == "v"
+    assert await store.find_task("u") is None
+
+
+async def test_update_with_stale_version_is_a_conflict_and_changes_nothing(store: Store) -> None:
+    """A mismatched expected_version raises ConflictError and leaves the task as it was."""
+    task_id = await add_task(store, "v")
+    await store.update_task(task_id, spec=SPEC, enabled=True, next_run_at=None, now=at(1))
+    before = await store.get_task(task_id)
+    assert before.version == 2
+    for stale in (1, 3):
+        with pytest.raises(ConflictError):
+            await store.update_task(
+                task_id,
+                spec={"task_module": "shell"},
+                enabled=False,
+                next_run_at=at(9),
+                now=at(2),
+                expected_version=stale,
+            )
+    assert await store.get_task(task_id) == before
+
+
+async def test_update_to_a_taken_name_is_a_conflict_and_changes_nothing(store: Store) -> None:
+    """Renaming a task to another task's name raises ConflictError; neither task changes."""
+    a = await store.get_task(await add_task(store, "a"))
+    b = await store.get_task(await add_task(store, "b"))
+    with pytest.raises(ConflictError):
+        await store.update_task(
+            b.id, spec={"task_module": "x"}, enabled=False, next_run_at=None, now=at(1), name="a"
+        )
+    assert await store.get_task(a.id) == a
+    assert await store.get_task(b.id) == b
+
+
+async def test_unknown_task_id_is_not_found(store: Store) -> None:
+    """get, update and delete of an unknown id raise NotFoundError."""
+    with pytest.raises(NotFoundError):
+        await store.get_task(404)
+    with pytest.raises(NotFoundError):
+        await store.update_task(404, spec=SPEC, enabled=True, next_run_at=None, now=T0)
+    with pytest.raises(NotFoundError):
+        await store.delete_task(404)
+    assert await store.count_tasks() == 0
+
+
+async def test_delete_cascades_executions_log_and_defers(store: Store, db_path: Path) -> None:
+    """Deleting a task removes its executions, log entries and deferred runs, nothing else."""
+    doomed, kept = await add_task(store, "doomed"), await add_task(store, "kept")
+    for task_id in (doomed, kept):
+        execution_id = await start(store, task_id)
+        store.log_nowait(task_id, execution_id, "info", "hello", T0)
+        store.log_nowait(task_id, None, "info", "task-level", T0)
+        await store.create_defer(task_id, {"k": 1}, T0, at(3600))
+    await store.flush()
+    tables = ("executions", "log_entries", "deferred_runs")
+    assert [count_rows(db_path, t, doomed) for t in tables] == [1, 2, 1]
+    await store.delete_task(doomed)
+    assert [count_rows(db_path, t, doomed) for t in tables] == [0, 0, 0]
+    assert [count_rows(db_path, t, kept) for t in tables] == [1, 2, 1]
+    assert query(db_path, "SELECT id FROM tasks") == [(kept,)]
+    with pytest.raises(NotFoundError):
+        await store.get_task(doomed)
+
+
+async def test_get_tasks_many_ids_across_chunks(store: Store) -> None:
+    """get_tasks returns every existing task among more than 500 ids, and skips unknown ids."""
+    tasks = await asyncio.gather(*(insert(store, f"m{i}") for i in range(1203)))
+    ids = [task.id for task in tasks]
+    found = await store.get_tasks([*ids, 999_999, -1])
+    assert found == {task.id: task for task in tasks}
+    assert await store.get_tasks([]) == {}
+
+
+async def test_due_index_lists_enabled_scheduled_tasks_only(store: Store) -> None:
+    """due_index and due_entry list enabled tasks with a next_run_at, in microseconds."""
+    due = await add_task(store, "due", next_run_at=at(10))
+    unscheduled = await add_task(store, "unscheduled", next_run_at=None)
+    disabled = await add_task(store, "disabled", enabled=False, next_run_at=at(20))
+    assert await store.due_index() == [(to_micros(at(10)), due)]
+    assert await store.due_entry(due) == (to_micros(at(10)), due)
+    assert await store.due_entry(unscheduled) is None
+    assert await store.due_entry(disabled) is None
+    await store.set_next_run_at(due, at(11))
+    await store.set_next_run_at(unscheduled, at(5))
+    assert sorted(await store.due_index()) == [
+        (to_micros(at(5)), unscheduled),
+        (to_micros(at(11)), due),
+    ]
+    assert (await store.get_task(due)).version == 1  # the server's own update: no bump
+
+
+async def test_save_state_round_trip(db_path: Path) -> None:
+    """save_state stores JSON that get_task returns, across a reopen; None clears it."""
+    state = {"cursor": 17, "done": ["a", "b"], "nested": {"x": 1.5, "ok": True, "none": None}}
+    async with Store.open(db_path) as store:
+        task_id = await add_task(store, "s")
+        await store.save_state(task_id, state)
+        assert (await store.get_task(task_id)).state == state
+    async with Store.open(db_path) as store:
+        assert (await store.get_task(task_id)).state == state
+        await store.save_state(task_id, None)
+        assert (await store.get_task(task_id)).state is None
+
+
+# ---------------------------------------------------------------------------------------
+# durability and group commit
+
+
+async def test_awaited_write_is_committed(store: Store, db_path: Path) -> None:
+    """Once `await insert_task(...)` returns, another connection sees the row."""
+    task_id = await add_task(store, "acked")
+    assert query(db_path, "SELECT id, name FROM tasks") == [(task_id, "acked")]
+    await store.save_state(task_id, {"n": 1})
+    assert query(db_path, "SELECT state FROM tasks") == [('{"n":1}',)]
+
+
+async def test_nowait_writes_are_committed_by_flush(store: Store, db_path: Path) -> None:
+    """log/progress/status `*_nowait` writes are visible to another connection after flush()."""
+    task_id = await add_task(store)
+    execution_id = await start(store, task_id)
+    store.log_nowait(task_id, execution_id, "info", "one", at(1))
+    store.progress_nowait(execution_id, task_id, {"progress": 50.0})
+    store.set_running_status_nowait(execution_id, task_id, ExecutionStatus.PAUSED)
+    await store.flush()
+    assert query(db_path, "SELECT msg FROM log_entries") == [("one",)]
+    assert query(db_path, "SELECT progress, status FROM executions") == [(50.0, "paused")]
+    assert query(db_path, "SELECT status_percent, status FROM tasks") == [(50.0, "paused")]
+
+
+async def test_closing_commits_pending_nowait_writes(db_path: Path) -> None:
+    """Leaving the store's context commits `*_nowait` writes still pending."""
+    async with Store.open(db_path) as store:
+        task_id = await add_task(store)
+        store.log_nowait(task_id, None, "info", "last words", T0)
+    assert query(db_path, "SELECT msg FROM log_entries") == [("last words",)]
+
+
+async def test_flush_with_nothing_pending_returns(store: Store) -> None:
+    """flush() on an idle store returns at once."""
+    async with asyncio.timeout(1):
+        await store.flush()
+
+
+async def test_flush_returns_while_other_writes_keep_coming(store: Store, db_path: Path) -> None:
+    """flush() returns once earlier writes committed, even if new writes keep arriving."""
+    task_id = await add_task(store)
+
+    async def chatter() -> None:
+        for n in range(20_000):
+            store.log_nowait(task_id, None, "debug", f"chatter {n}", T0)
+            await asyncio.sleep(0)
+
+    producer = asyncio.create_task(chatter())
+    try:
+        await asyncio.sleep(0)
+        store.log_nowait(task_id, None, "info", "marker", T0)
+        await store.flush()
+        assert query(db_path, "SELECT count(*) FROM log_entries WHERE msg = 'marker'") == [(1,)]
+        assert not producer.done(), "flush() returned only after the stream of writes ended"
+    finally:
+        await producer
+
+
+async def test_concurrent_writes_share_few_transactions(store: Store, db_path: Path) -> None:
+    """500 concurrent writes are all committed, in far fewer transactions than writes."""
+    before = store.batches_written
+    tasks = await asyncio.gather(*(insert(store, f"c{i}", next_run_at=at(i)) for i in range(500)))
+    batches = store.batches_written - before
+    assert 1 <= batches <= 10, batches
+    assert len({task.id for task in tasks}) == 500
+    assert query(db_path, "SELECT count(*) FROM tasks") == [(500,)]
+    assert await store.count_tasks() == 500
+
+
+async def test_a_refused_write_fails_alone_in_its_batch(store: Store, db_path: Path) -> None:
+    """A duplicate-name insert among 50 good ones in one batch fails; the 50 commit."""
+    original = await store.get_task(await add_task(store, "taken"))
+    other = await add_task(store, "other")
+    before = store.batches_written
+    names = [f"g{i}" for i in range(25)] + ["taken"] + [f"g{i}" for i in range(25, 50)]
+    results = await asyncio.gather(
+        *(insert(store, name, spec={"n": name}, now=at(1)) for name in names),
+        store.update_task(
+            other, spec=SPEC, enabled=True, next_run_at=None, now=at(1), expected_version=7
+        ),
+        store.delete_task(404),
+        return_exceptions=True,
+    )
+    assert store.batches_written - before == 1, "precondition: all writes in one batch"
+    errors = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+    assert sorted(errors) == [25, 51, 52]
+    assert isinstance(errors[25], ConflictError)
+    assert isinstance(errors[51], ConflictError)
+    assert isinstance(errors[52], NotFoundError)
+    assert await store.get_task(original.id) == original
+    assert (await store.get_task(other)).version == 1
+    committed = {row[0] for row in query(db_path, "SELECT name FROM tasks")}
+    assert committed == {"taken", "other", *(f"g{i}" for i in range(50))}
+
+
+# ---------------------------------------------------------------------------------------
+# claims
+
+
+async def test_claim_applies_only_if_next_run_at_still_matches(store: Store, db_path: Path) -> None:
+    """A claim naming a stale next_run_at is void: ClaimResult(applied=False), nothing written."""
+    task_id = await add_task(store, next_run_at=at(60))
+    stale = slot_claim(task_id, at(30), at(120), at(60))
+    missing = slot_claim(404, None, at(1))
+    assert await store.claim([stale, missing], T0) == [ClaimResult(False), ClaimResult(False)]
+    task = await store.get_task(task_id)
+    assert task.next_run_at == at(60)
+    assert task.status is TaskStatus.NEW
+    assert query(db_path, "SELECT count(*) FROM executions") == [(0,)]
+
+
+async def test_claim_advances_next_run_at_and_queues_the_slot(store: Store) -> None:
+    """A matching claim sets next_run_at, inserts its rows and makes the task queued."""
+    task_id = await add_task(store, next_run_at=at(60))
+    row = NewExecution(
+        task_id=task_id,
+        trigger=TriggerKind.SCHEDULE,
+        slot_at=at(60),
+        scheduled_for=at(60),
+        trigger_metadata={"why": "slot"},
+    )
+    claim = SlotClaim(
+        task_id=task_id, expected_next_run_at=at(60), next_run_at=at(120), executions=(row,)
+    )
+    [result] = await store.claim([claim], at(59.9))
+    assert result.applied
+    [execution_id] = result.execution_ids
+    assert execution_id is not None
+    task = await store.get_task(task_id)
+    assert task.next_run_at == at(120)
+    assert task.status is TaskStatus.QUEUED
+    execution = await store.get_execution(execution_id)
+    assert execution.status is ExecutionStatus.QUEUED
+    assert execution.trigger is TriggerKind.SCHEDULE
+    assert execution.slot_at == execution.scheduled_for == at(60)
+    assert execution.queued_at == at(59.9)
+    assert execution.trigger_metadata == {"why": "slot"}
+    assert execution.started_at is None
+    assert execution.finished_at is None
+
+
+async def test_claims_are_independent_within_one_call(store: Store) -> None:
+    """Each claim of one call is applied or refused on its own."""
+    a = await add_task(store, "a", next_run_at=at(10))
+    b = await add_task(store, "b", next_run_at=at(10))
+    results = await store.claim([slot_claim(a, at(10), at(20)), slot_claim(b, at(5), at(20))], T0)
+    assert results == [ClaimResult(True, ()), ClaimResult(False)]
+    assert (await store.get_task(a)).next_run_at == at(20)
+    assert (await store.get_task(b)).next_run_at == at(10)
+
+
+async def test_a_slot_is_never_inserted_twice(store: Store, db_path: Path) -> None:
+    """A second row for the same (task, slot_at), by claim or add_executions, yields None."""
+    task_id = await add_task(store, next_run_at=at(60))
+    other = await add_task(store, "other")
+    [first] = await store.claim([slot_claim(task_id, at(60), at(120), at(60))], T0)
+    [second] = await store.claim([slot_claim(task_id, at(120), at(180), at(60), at(120))], T0)
+    assert first.applied
+    assert second.applied
+    assert first.execution_ids[0] is not None
+    assert second.execution_ids[0] is None
+    assert second.execution_ids[1] is not None
+    rows = [
+        schedule_row(task_id, at(60)),
+        schedule_row(other, at(60)),
+        schedule_row(task_id, at(180)),
+    ]
+    ids = await store.add_executions(rows, T0)
+    assert ids[0] is None
+    assert ids[1] is not None  # the same instant of another task is another slot
+    assert ids[2] is not None
+    assert (await store.get_task(task_id)).next_run_at == at(180)
+    slots = query(
+        db_path, "SELECT slot_at FROM executions WHERE task_id = ? ORDER BY id", (task_id,)
+    )
+    assert slots == [(to_micros(at(60)),), (to_micros(at(120)),), (to_micros(at(180)),)]
+
+
+async def test_rows_without_slot_are_never_deduplicated(store: Store) -> None:
+    """Manual runs and retries (slot_at None) may be added any number of times."""
+    task_id = await add_task(store)
+    rows = [NewExecution(task_id=task_id, trigger=TriggerKind.MANUAL) for _ in range(3)]
+    ids = await store.add_executions(rows, T0)
+    assert None not in ids
+    assert len(set(ids)) == 3
+
+
+async def test_queued_rows_make_the_task_queued_but_skipped_rows_do_not(store: Store) -> None:
+    """Only queued rows make a task `queued`; a `skipped` row leaves its status alone."""
+    task_id = await add_task(store, next_run_at=at(60))
+    [skipped] = await store.add_executions(
+        [
+            NewExecution(
+                task_id=task_id,
+                trigger=TriggerKind.SCHEDULE,
+                status=ExecutionStatus.SKIPPED,
+                status_msg="task disabled",
+                slot_at=at(1),
+            )
+        ],
+        at(2),
+    )
+    assert skipped is not None
+    assert (await store.get_task(task_id)).status is TaskStatus.NEW
+    execution = await store.get_execution(skipped)
+    assert execution.status is ExecutionStatus.SKIPPED
+    assert execution.status_msg == "task disabled"
+    assert execution.finished_at == at(2)
+    await queue(store, task_id, at(3))
+    assert (await store.get_task(task_id)).status is TaskStatus.QUEUED
+
+
+async def test_a_queued_row_does_not_hide_a_running_one(store: Store) -> None:
+    """A task that runs stays `running` when another execution of it is queued."""
+    task_id = await add_task(store)
+    await start(store, task_id)
+    await queue(store, task_id, at(1))
+    [result] = await store.claim([slot_claim(task_id, None, None, at(2))], at(2))
+    assert result.applied
+    assert (await store.get_task(task_id)).status is TaskStatus.RUNNING
+
+
+# ---------------------------------------------------------------------------------------
+# runs
+
+
+async def test_mark_started_many_sets_executions_and_tasks_running(store: Store) -> None:
+    """Started executions and their tasks become running; the task's last run times reset."""
+    a, b = await add_task(store, "a"), await add_task(store, "b")
+    old = await start(store, a)
+    store.progress_nowait(old, a, {"progress": 30.0})
+    await store.finish(old, a, ExecutionStatus.CANCELED, "stopped", at(1))
+    before = await store.get_task(a)
+    assert before.run_canceled_at == before.run_finished_at == at(1)
+    ea, eb = await queue(store, a, at(2)), await queue(store, b, at(2))
+    await store.mark_started_many([(ea, a), (eb, b)], at(3), "host-b")
+    for task_id, execution_id in ((a, ea), (b, eb)):
+        execution = await store.get_execution(execution_id)
+        assert execution.status is ExecutionStatus.RUNNING
+        assert execution.started_at == at(3)
+        assert execution.dispatcher == "host-b"
+        task = await store.get_task(task_id)
+        assert task.status is TaskStatus.RUNNING
+        assert task.run_started_at == at(3)
+        assert task.run_finished_at is None
+        assert task.run_canceled_at is None
+        assert task.status_msg is None
+        assert task.status_percent is None
+        assert task.last_execution_id == execution_id
+    await store.mark_started_many([], at(4), "host-b")  # nothing to do, no error
+
+
+@pytest.mark.parametrize(
+    ("status", "percent", "canceled"),
+    [
+        (ExecutionStatus.DONE, 100, False),
+        (ExecutionStatus.ERROR, 40.0, False),
+        (ExecutionStatus.CANCELED, 40.0, True),
+    ],
+)
+async def test_finish_records_the_end_and_the_task_takes_the_status(
+    store: Store, status: ExecutionStatus, percent: float, canceled: bool
+) -> None:
+    """finish() records status, message and time; the task follows (done: 100 %)."""
+    task_id = await add_task(store)
+    execution_id = await start(store, task_id, at(1))
+    store.progress_nowait(execution_id, task_id, {"progress": 40.0})
+    await store.finish(execution_id, task_id, status, f"ended {status}", at(5))
+    execution = await store.get_execution(execution_id)
+    assert execution.status is status
+    assert execution.status_msg == f"ended {status}"
+    assert execution.finished_at == at(5)
+    assert execution.started_at == at(1)
+    task = await store.get_task(task_id)
+    assert task.status == TaskStatus(str(status))
+    assert task.status_msg == f"ended {status}"
+    assert task.status_percent == percent
+    assert task.run_started_at == at(1)
+    assert task.run_finished_at == at(5)
+    assert task.run_canceled_at == (at(5) if canceled else None)
+    assert task.last_execution_id == execution_id
+
+
+async def test_skipped_finish_keeps_the_status_of_the_last_run(store: Store) -> None:
+    """A queued slot finished as `skipped` gives the task back its last run's status."""
+    task_id = await add_task(store)
+    ran = await start(store, task_id)
+    await store.finish(ran, task_id, ExecutionStatus.DONE, None, at(1))
+    slot = await queue(store, task_id, at(2))
+    assert (await store.get_task(task_id)).status is TaskStatus.QUEUED
+    await store.finish(slot, task_id, ExecutionStatus.SKIPPED, "overlap", at(3))
+    execution = await store.get_execution(slot)
+    assert execution.status is ExecutionStatus.SKIPPED
+    assert execution.status_msg == "overlap"
+    assert execution.finished_at == at(3)
+    task = await store.get_task(task_id)
+    assert task.status is TaskStatus.DONE
+    assert task.last_execution_id == ran
+    assert task.run_finished_at == at(1)
+
+
+async def test_skipped_finish_of_a_never_run_task_goes_back_to_new(store: Store) -> None:
+    """A task whose only queued slot is skipped is `new` again, never `skipped`."""
+    task_id = await add_task(store)
+    slot = await queue(store, task_id)
+    await store.finish(slot, task_id, ExecutionStatus.SKIPPED, "missed", at(1))
+    assert (await store.get_task(task_id)).status is TaskStatus.NEW
+
+
+async def test_skipped_finish_keeps_queued_and_running_tasks(store: Store) -> None:
+    """Skipping one slot leaves a task `queued` if another row waits, `running` if it runs."""
+    task_id = await add_task(store)
+    first, _second = await queue(store, task_id), await queue(store, task_id)
+    await store.finish(first, task_id, ExecutionStatus.SKIPPED, "coalesced", at(1))
+    assert (await store.get_task(task_id)).status is TaskStatus.QUEUED
+    other = await add_task(store, "other")
+    await start(store, other)
+    slot = await queue(store, other, at(2))
+    await store.finish(slot, other, ExecutionStatus.SKIPPED, "overlap", at(3))
+    assert (await store.get_task(other)).status is TaskStatus.RUNNING
+
+
+async def test_finish_of_an_older_run_does_not_hide_a_newer_running_one(store: Store) -> None:
+    """When an older parallel run ends, a task whose newer run is running stays `running`."""
+    task_id = await add_task(store)
+    older = await start(store, task_id)
+    newer = await start(store, task_id, at(1))
+    await store.finish(older, task_id, ExecutionStatus.ERROR, "boom", at(2))
+    assert (await store.get_execution(older)).status is ExecutionStatus.ERROR
+    task = await store.get_task(task_id)
+    assert task.status is TaskStatus.RUNNING
+    assert task.last_execution_id == newer
+    assert task.run_finished_at is None
+
+
+async def test_finish_of_a_never_started_execution_updates_the_task(store: Store) -> None:
+    """An execution refused before it started (error) still gives the task its status."""
+    task_id = await add_task(store)
+    execution_id = await queue(store, task_id)
+    await store.finish(execution_id, task_id, ExecutionStatus.ERROR, "bad params", at(1))
+    assert (await store.get_execution(execution_id)).status is ExecutionStatus.ERROR
+    task = await store.get_task(task_id)
+    assert task.status is TaskStatus.ERROR
+    assert task.status_msg == "bad params"
+
+
+async def test_a_finished_execution_is_not_finished_again(store: Store) -> None:
+    """A second finish() of an ended execution changes neither it nor its task."""
+    task_id = await add_task(store)
+    execution_id = await start(store, task_id)
+    await store.finish(execution_id, task_id, ExecutionStatus.DONE, "fine", at(1))
+    execution, task = await store.get_execution(execution_id), await store.get_task(task_id)
+    with contextlib.suppress(ConflictError):
+        await store.finish(execution_id, task_id, ExecutionStatus.ERROR, "late", at(2))
+    assert await store.get_execution(execution_id) == execution
+    assert await store.get_task(task_id) == task
+
+
+async def test_a_finished_execution_is_not_started_again(store: Store) -> None:
+    """mark_started_many() leaves an execution that has already ended as it was."""
+    task_id = await add_task(store)
+    execution_id = await queue(store, task_id)
+    await store.finish(execution_id, task_id, ExecutionStatus.SKIPPED, "overlap", at(1))
+    execution, task = await store.get_execution(execution_id), await store.get_task(task_id)
+    with contextlib.suppress(ConflictError):
+        await store.mark_started_many([(execution_id, task_id)], at(2), "host-a")
+    assert await store.get_execution(execution_id) == execution
+    assert await store.get_task(task_id) == task
+
+
+async def test_progress_nowait_records_fields_and_task_percent(store: Store) -> None:
+    """progress_nowait sets the known progress fields; `progress` becomes the task's percent."""
+    task_id = await add_task(store)
+    execution_id = await start(store, task_id)
+    fields = {
+        "progress": 42.5,
+        "size_todo": 1000,
+        "size_done": 425,
+        "nodes_todo": 8,
+        "nodes_done": 3,
+        "bandwidth": 12.5,
+        "unknown": "ignored",
+    }
+    store.progress_nowait(execution_id, task_id, fields)
+    await store.flush()
+    execution = await store.get_execution(execution_id)
+    assert (
+        execution.progress,
+        execution.size_todo,
+        execution.size_done,
+        execution.nodes_todo,
+        execution.nodes_done,
+        execution.bandwidth,
+    ) == (42.5, 1000, 425, 8, 3, 12.5)
+    assert (await store.get_task(task_id)).status_percent == 42.5
+    store.progress_nowait(execution_id, task_id, {"size_done": 500})
+    await store.flush()
+    assert (await store.get_execution(execution_id)).size_done == 500
+    assert (await store.get_execution(execution_id)).progress == 42.5
+    assert (await store.get_task(task_id)).status_percent == 42.5
+
+
+async def test_progress_of_an_older_execution_leaves_the_task_percent(store: Store) -> None:
+    """Progress of an execution that is not the task's latest does not show on the task."""
+    task_id = await add_task(store)
+    older = await start(store, task_id)
+    newer = await start(store, task_id, at(1))
+    store.progress_nowait(newer, task_id, {"progress": 10.0})
+    store.progress_nowait(older, task_id, {"progress": 90.0})
+    await store.flush()
+    assert (await store.get_execution(older)).progress == 90.0
+    assert (await store.get_task(task_id)).status_percent == 10.0
+
+
+async def test_set_running_status_nowait_pauses_and_resumes(store: Store) -> None:
+    """set_running_status_nowait moves execution and task between running and paused."""
+    task_id = await add_task(store)
+    execution_id = await start(store, task_id)
+    store.set_running_status_nowait(execution_id, task_id, ExecutionStatus.PAUSED)
+    await store.flush()
+    assert (await store.get_execution(execution_id)).status is ExecutionStatus.PAUSED
+    assert (await store.get_task(task_id)).status is TaskStatus.PAUSED
+    store.set_running_status_nowait(execution_id, task_id, ExecutionStatus.RUNNING)
+    await store.flush()
+    assert (await store.get_execution(execution_id)).status is ExecutionStatus.RUNNING
+    assert (await store.get_task(task_id)).status is TaskStatus.RUNNING
+
+
+async def test_set_running_status_nowait_leaves_a_finished_execution(store: Store) -> None:
+    """A pause that comes after the execution ended does not change the execution."""
+    task_id = await add_task(store)
+    execution_id = await start(store, task_id)
+    await store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(1))
+    store.set_running_status_nowait(execution_id, task_id, ExecutionStatus.PAUSED)
+    await store.flush()
+    assert (await store.get_execution(execution_id)).status is ExecutionStatus.DONE
+
+
+async def test_late_pause_does_not_change_a_finished_task(store: Store) -> None:
+    """A pause recorded after finish() leaves the task with its final status."""
+    task_id = await add_task(store)
+    execution_id = await start(store, task_id)
+    await store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(1))
+    store.set_running_status_nowait(execution_id, task_id, ExecutionStatus.PAUSED)
+    await store.flush()
+    assert (await store.get_task(task_id)).status is TaskStatus.DONE
+
+
+# ---------------------------------------------------------------------------------------
+# log
+
+
+async def test_log_idx_counts_per_task_across_executions_and_reopen(db_path: Path) -> None:
+    """idx counts from 0 per task, continues across executions and after reopening."""
+    async with Store.open(db_path) as store:
+        a, b = await add_task(store, "a"), await add_task(store, "b")
+        first = await start(store, a)
+        for n in range(3):
+            store.log_nowait(a, first, "info", f"a{n}", at(n))
+        store.log_nowait(b, None, "info", "b0", at(0))
+        second = await start(store, a, at(5))
+        store.log_nowait(a, second, "error", "a3", at(5), status_percent=12.0)
+        await store.flush()
+        assert [(e.idx, e.msg) for e in await store.read_log(a)] == [
+            (0, "a0"),
+            (1, "a1"),
+            (2, "a2"),
+            (3, "a3"),
+        ]
+        assert [(e.idx, e.msg) for e in await store.read_log(b)] == [(0, "b0")]
+    async with Store.open(db_path) as store:
+        store.log_nowait(a, None, "info", "a4", at(9))
+        store.log_nowait(b, None, "info", "b1", at(9))
+        await store.flush()
+        log_a = await store.read_log(a)
+        assert [e.idx for e in log_a] == [0, 1, 2, 3, 4]
+        assert [(e.idx, e.msg) for e in await store.read_log(b)] == [(0, "b0"), (1, "b1")]
+    entry = log_a[3]
+    assert (entry.task_id, entry.execution_id, entry.level, entry.msg) == (a, second, "error", "a3")
+    assert entry.status_percent == 12.0
+    assert entry.timestamp == at(5)
+
+
+async def test_read_log_offset_limit_and_execution_filter(store: Store) -> None:
+    """read_log returns entries from idx `offset`, at most `limit`, optionally of one execution."""
+    task_id = await add_task(store)
+    first = await start(store, task_id)
+    second = await start(store, task_id, at(1))
+    for n in range(10):
+        store.log_nowait(task_id, (first, second)[n % 2], "info", f"m{n}", at(n))
+    await store.flush()
+    assert [e.idx for e in await store.read_log(task_id, offset=4)] == [4, 5, 6, 7, 8, 9]
+    assert [e.idx for e in await store.read_log(task_id, offset=4, limit=3)] == [4, 5, 6]
+    assert [e.idx for e in await store.read_log(task_id, limit=2)] == [0, 1]
+    assert [e.idx for e in await store.read_log(task_id, execution_id=second)] == [1, 3, 5, 7, 9]
+    assert [e.msg for e in await store.read_log(task_id, offset=4, execution_id=first)] == [
+        "m4",
+        "m6",
+        "m8",
+    ]
+    assert await store.read_log(task_id, offset=10) == []
+    assert await store.read_log(404) == []
+
+
+async def test_log_is_capped_per_execution(db_path: Path) -> None:
+    """Past log_entries_per_execution, one 'log truncated' warning is kept and the rest dropped."""
+    async with Store.open(db_path, log_entries_per_execution=5) as store:
+        task_id = await add_task(store)
+        capped = await start(store, task_id)
+        for n in range(20):
+            store.log_nowait(task_id, capped, "info", f"line {n}", at(n))
+        other = await start(store, task_id, at(30))
+        for n in range(3):
+            store.log_nowait(task_id, other, "info", f"other {n}", at(30 + n))
+        store.log_nowait(task_id, None, "info", "task-level", at(40))
+        await store.flush()
+        entries = await store.read_log(task_id, execution_id=capped)
+        assert [e.msg for e in entries[:5]] == [f"line {n}" for n in range(5)]
+        assert len(entries) == 6
+        assert entries[5].level == "warning"
+        assert entries[5].msg.startswith("log truncated")
+        assert [e.msg for e in await store.read_log(task_id, execution_id=other)] == [
+            "other 0",
+            "other 1",
+            "other 2",
+        ]
+        assert [e.idx for e in await store.read_log(task_id)] == list(range(10))
+
+
+async def test_ids_of_deleted_tasks_and_executions_are_not_issued_again(
+    db_path: Path,
+) -> None:
+    """After a delete, new tasks and executions get new ids, and a full log allowance."""
+    async with Store.open(db_path, log_entries_per_execution=5) as store:
+        old_task = await add_task(store, "old")
+        old = await start(store, old_task)
+        for n in range(10):
+            store.log_nowait(old_task, old, "info", f"old {n}", at(n))
+        await store.flush()
+        await store.delete_task(old_task)
+        new_task = await add_task(store, "new")
+        new = await start(store, new_task, at(20))
+        assert new_task != old_task
+        assert new != old
+        with pytest.raises(NotFoundError):
+            await store.get_task(old_task)
+        with pytest.raises(NotFoundError):
+            await store.get_execution(old)
+        for n in range(5):
+            store.log_nowait(new_task, new, "info", f"new {n}", at(21 + n))
+        await store.flush()
+        assert [e.msg for e in await store.read_log(new_task)] == [f"new {n}" for n in range(5)]
+
+
+# ---------------------------------------------------------------------------------------
+# history retention
+
+
+async def test_history_is_pruned_to_the_newest_executions(db_path: Path) -> None:
+    """With history_per_task=10, 50 finished runs leave at most 11, the newest, with their log."""
+    async with Store.open(db_path, history_per_task=10) as store:
+        task_id = await add_task(store)
+        other = await add_task(store, "other")
+        other_run = await start(store, other)
+        await store.finish(other_run, other, ExecutionStatus.DONE, None, T0)
+        old_queued = await queue(store, task_id)
+        old_running = await start(store, task_id)
+        finished = []
+        for n in range(50):
+            execution_id = await start(store, task_id, at(n))
+            store.log_nowait(task_id, execution_id, "info", f"run {n}", at(n))
+            await store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(n))
+            finished.append(execution_id)
+        await store.flush()
+        kept = [e.id for e in await store.list_executions(task_id, limit=1000)]
+        kept_finished = [i for i in kept if i in finished]
+        assert 10 <= len(kept_finished) <= 11
+        assert sorted(kept_finished) == finished[-len(kept_finished) :]
+        assert old_queued in kept
+        assert old_running in kept
+        log_executions = {e.execution_id for e in await store.read_log(task_id, limit=1000)}
+        assert log_executions == set(kept_finished)
+        assert [e.id for e in await store.list_executions(other)] == [other_run]
+    orphans = query(
+        db_path,
+        "SELECT count(*) FROM log_entries WHERE execution_id IS NOT NULL"
+        " AND execution_id NOT IN (SELECT id FROM executions)",
+    )
+    assert orphans == [(0,)]
+
+
+async def test_history_bound_holds_within_ten_percent(tmp_path: Path) -> None:
+    """With history_per_task=20, the kept finished runs never exceed 22 while runs finish."""
+    async with Store.open(tmp_path / "h.db", history_per_task=20) as store:
+        task_id = await add_task(store)
+        for n in range(60):
+            execution_id = await start(store, task_id, at(n))
+            await store.finish(execution_id, task_id, ExecutionStatus.ERROR, "boom", at(n))
+            count = len(await store.list_executions(task_id, limit=1000))
+            assert count <= 22, (n, count)
+        assert count >= 20
+
+
+# ---------------------------------------------------------------------------------------
+# recovery after a crash
+
+
+async def test_recover_interrupted_marks_running_and_paused_as_error(store: Store) -> None:
+    """Running and paused executions become error "interrupted"; queued ones stay queued."""
+    running_task, paused_task = await add_task(store, "r"), await add_task(store, "p")
+    queued_task, done_task = await add_task(store, "q"), await add_task(store, "d")
+    running = await start(store, running_task, at(1))
+    paused = await start(store, paused_task, at(2))
+    store.set_running_status_nowait(paused, paused_task, ExecutionStatus.PAUSED)
+    store.progress_nowait(paused, paused_task, {"progress": 25.0, "size_done": 7})
+    done = await start(store, done_task, at(3))
+    await store.finish(done, done_task, ExecutionStatus.DONE, "fine", at(4))
+    queued_early = await queue(store, queued_task, at(5))
+    queued_late = await queue(store, running_task, at(6))
+    done_before = await store.get_task(done_task)
+    queued_before = await store.get_task(queued_task)
+
+    recovered = await store.recover_interrupted(at(100))
+
+    assert [e.id for e in recovered] == [running, paused]
+    for execution in recovered:
+        assert execution.status is ExecutionStatus.ERROR
+        assert execution.status_msg == "interrupted"
+        assert execution.finished_at == at(100)
+        assert execution == await store.get_execution(execution.id)
+    assert recovered[1].progress == 25.0
+    assert recovered[1].size_done == 7
+    assert recovered[1].started_at == at(2)
+    for task_id in (running_task, paused_task):
+        task = await store.get_task(task_id)
+        assert task.status is TaskStatus.ERROR
+        assert task.status_msg == "interrupted"
+        assert task.run_finished_at == at(100)
+    assert await store.get_task(done_task) == done_before
+    assert await store.get_task(queued_task) == queued_before
+    assert [e.id for e in await store.queued_executions()] == [queued_early, queued_late]
+    assert await store.recover_interrupted(at(200)) == []
+
+
+async def test_queued_executions_lists_oldest_first(store: Store) -> None:
+    """queued_executions() returns only queued rows, oldest first."""
+    a, b = await add_task(store, "a"), await add_task(store, "b")
+    first = await queue(store, b, at(1))
+    await start(store, a, at(2))
+    second = await queue(store, a, at(3), attempt=2, scheduled_for=at(60))
+    third = await queue(store, b, at(4))
+    queued = await store.queued_executions()
+    assert [e.id for e in queued] == [first, second, third]
+    assert all(e.status is ExecutionStatus.QUEUED for e in queued)
+    assert (queued[1].attempt, queued[1].scheduled_for, queued[1].queued_at) == (2, at(60), at(3))
+
+
+async def test_get_execution_of_unknown_id_is_not_found(store: Store) -> None:
+    """get_execution raises NotFoundError for an unknown id."""
+    with pytest.raises(NotFoundError):
+        await store.get_execution(404)
+
+
+# ---------------------------------------------------------------------------------------
+# deferred runs
+
+
+async def test_defer_is_used_once(store: Store, db_path: Path) -> None:
+    """use_defer returns the task and metadata once; a second use raises DeferError."""
+    task_id = await add_task(store)
+    defer_id = await store.create_defer(task_id, {"reason": "later", "n": [1]}, T0, at(3600))
+    assert await store.use_defer(defer_id, at(10)) == (task_id, {"reason": "later", "n": [1]})
+    with pytest.raises(DeferError, match="used"):
+        await store.use_defer(defer_id, at(11))
+    assert query(db_path, "SELECT used_at FROM deferred_runs") == [(to_micros(at(10)),)]
+
+
+async def test_defer_ids_are_unguessable(store: Store) -> None:
+    """Defer ids are long random tokens, all different, not derived from the task id."""
+    task_id = await add_task(store)
+    ids = [await store.create_defer(task_id, {}, T0, at(60)) for _ in range(20)]
+    assert len(set(ids)) == 20
+    assert all(len(defer_id) >= 16 for defer_id in ids)
+    assert all(str(task_id) != defer_id for defer_id in ids)
+
+
+async def test_unknown_and_expired_defers_are_refused(store: Store, db_path: Path) -> None:
+    """An unknown or expired defer id raises DeferError and marks nothing used."""
+    task_id = await add_task(store)
+    defer_id = await store.create_defer(task_id, {}, T0, at(60))
+    with pytest.raises(DeferError, match="unknown"):
+        await store.use_defer("no-such-id", at(1))
+    with pytest.raises(DeferError, match="expired"):
+        await store.use_defer(defer_id, at(60))
+    with pytest.raises(DeferError, match="expired"):
+        await store.use_defer(defer_id, at(61))
+    assert query(db_path, "SELECT used_at FROM deferred_runs") == [(None,)]
+    assert await store.use_defer(await store.create_defer(task_id, {}, T0, at(60)), at(59)) == (
+        task_id,
+        {},
+    )
+
+
+async def test_defer_of_an_unknown_task_is_not_found(store: Store, db_path: Path) -> None:
+    """create_defer for an unknown task raises NotFoundError and writes nothing."""
+    with pytest.raises(NotFoundError):
+        await store.create_defer(404, {}, T0, at(60))
+    assert query(db_path, "SELECT count(*) FROM deferred_runs") == [(0,)]
+
+
+async def test_defer_of_a_deleted_task_is_unknown(store: Store) -> None:
+    """A deferred run goes with its task: using it afterwards raises DeferError."""
+    task_id = await add_task(store)
+    defer_id = await store.create_defer(task_id, {}, T0, at(60))
+    await store.delete_task(task_id)
+    with pytest.raises(DeferError):
+        await store.use_defer(defer_id, at(1))
