@@ -1,13 +1,17 @@
-"""The command line: `taskd check-config FILE` and `taskd schedule next ...`.
+"""The command line: `taskd serve`, `check-config`, `schedule next`, `ctl ...` (the client
+of a running daemon), and the admin helpers `gen-key` and `hash-password`.
 
-This is the edge where typed errors become messages and exit codes: 0 success, 2 invalid input
-(usage, config file, schedule), 70 an internal error (a bug). Messages go to stderr, one per
-line, prefixed `taskd: `; results go to stdout. Invalid input never shows a traceback.
+This is the edge where typed errors become messages and exit codes: 0 success, 1 a refused
+action (the daemon refused or failed, could not be reached, a file was not overwritten),
+2 invalid input (usage, config file, schedule, task file, the API's validation), 70 an
+internal error (a bug), 130 interrupted (Ctrl-C). Messages go to stderr, one per line,
+prefixed `taskd: `; results go to stdout. Invalid input never shows a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -15,18 +19,30 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from taskd import __version__
 from taskd.config import TaskSpec, load_config
 from taskd.errors import FieldError, ValidationError
 from taskd.schedule import ScheduleSet, format_utc, load_timezone, parse_schedule, parse_schedules
 
-__all__ = ["EXIT_INTERNAL", "EXIT_INVALID", "EXIT_OK", "main"]
+if TYPE_CHECKING:
+    from taskd import ctl
+
+__all__ = [
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "main",
+]
 
 EXIT_OK = 0
+EXIT_REFUSED = 1
 EXIT_INVALID = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE from sysexits.h
+EXIT_INTERRUPTED = 128 + 2  # what a shell reports for a process ended by SIGINT
 _EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIGPIPE
 
 MAX_COUNT = 10_000
@@ -87,6 +103,9 @@ def _build_parser() -> _Parser:
     _add_serve(commands)
     _add_check_config(commands)
     _add_schedule(commands)
+    _add_ctl(commands)
+    _add_gen_key(commands)
+    _add_hash_password(commands)
     return parser
 
 
@@ -270,6 +289,276 @@ def _known_module_names() -> frozenset[str]:
     # Module names only, nothing imported: a broken third-party module is the engine's
     # problem at start-up, not a reason to refuse the config file.
     return _BUILTIN_MODULES | {ep.name for ep in entry_points(group=_MODULE_ENTRY_POINTS)}
+
+
+# ---------------------------------------------------------------------------------------
+# ctl: the client of a running daemon
+
+_CTL_ACTIONS = {
+    "pause": ("pause", "pause the task's running execution"),
+    "resume": ("resume", "resume a paused execution, or continue a stopped or interrupted one"),
+    "stop": ("stop", "stop the running execution (cooperatively, forced after the grace)"),
+    "kill": ("force_stop", "stop the running execution now (force_stop)"),
+}
+
+
+def _add_ctl(commands: argparse._SubParsersAction[_Parser]) -> None:
+    ctl = commands.add_parser(
+        "ctl",
+        help="control a running daemon",
+        description=(
+            "Talk to a running daemon over its Unix socket (by default the one its config "
+            "file names: --config, else $TASKD_SOCKET, else $CONFIGURATION_DIRECTORY/taskd.toml, "
+            "/etc/taskd/taskd.toml or ./etc/taskd.toml) or over TCP with --url and --key-file. "
+            "TASK is a task's name or id (a number is tried as an id first). Times are UTC. "
+            "Exit status: 0 done, 1 refused by the daemon or daemon unreachable, 2 invalid "
+            "input, 130 interrupted."
+        ),
+    )
+    _add_ctl_options(ctl, suppress=False)
+    actions = ctl.add_subparsers(title="commands", dest="ctl_command", required=True)
+    # The options are accepted after the command too (`taskd ctl list --json`).
+    common = _Parser(add_help=False)
+    _add_ctl_options(common, suppress=True)
+
+    def add(name: str, help_text: str) -> _Parser:
+        parser = actions.add_parser(
+            name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+            parents=[common],
+        )  # fmt: skip
+        return parser
+
+    add("list", "list the tasks: name, id, status, module, next and last run")
+    add("show", "show one task in full").add_argument("task", metavar="TASK")
+    apply = add(
+        "apply",
+        "create or update the tasks of a file ([[task]] tables in TOML, or a JSON list of "
+        "task objects; '-' reads stdin), found by name; fields left out get their defaults",
+    )
+    apply.add_argument("file", metavar="FILE", type=Path)
+    for name, help_text, what in (
+        ("run", "run a task now and print the execution id", "execution"),
+        ("defer", "prepare a run for 'run-defer' and print the defer id", "deferred run"),
+    ):
+        action = add(name, help_text)
+        action.add_argument("task", metavar="TASK")
+        action.add_argument(
+            "--metadata",
+            metavar="JSON",
+            help=f"a JSON object handed to the {what} as trigger metadata",
+        )
+    add("run-defer", "start a deferred run and print the execution id").add_argument(
+        "defer_id", metavar="DEFER_ID"
+    )
+    for name, (_, help_text) in _CTL_ACTIONS.items():
+        add(name, help_text).add_argument("task", metavar="TASK")
+    add("delete", "delete a task (its running execution is stopped)").add_argument(
+        "task", metavar="TASK"
+    )
+    log = add(
+        "log",
+        "print the log of the task's latest execution (or of --execution ID, or --all kept "
+        "ones); with -f, follow it until the execution ends",
+    )
+    log.add_argument("task", metavar="TASK")
+    log.add_argument("-f", "--follow", action="store_true", help="print new lines as they come")
+    which = log.add_mutually_exclusive_group()
+    which.add_argument("--execution", type=_positive_argument, metavar="ID")
+    which.add_argument(
+        "--all", action="store_true", dest="every_execution", help="every kept execution"
+    )
+    log.add_argument(
+        "--offset", type=_natural_argument, metavar="N", help="start at the task's log line N"
+    )
+    log.add_argument("--limit", type=_positive_argument, metavar="N", help="print at most N lines")
+    executions = add("executions", "list a task's executions, newest first")
+    executions.add_argument("task", metavar="TASK")
+    executions.add_argument("--limit", type=_positive_argument, metavar="N")
+    add("modules", "list the modules tasks can use, with their params")
+    ctl.set_defaults(handler=_ctl)
+
+
+def _add_ctl_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("connection and output")
+    group.add_argument(
+        "--socket", type=Path, metavar="PATH", default=default(None),
+        help="the daemon's Unix socket",
+    )  # fmt: skip
+    group.add_argument(
+        "--url", metavar="URL", default=default(None),
+        help="the daemon's TCP address instead, e.g. http://127.0.0.1:8470",
+    )  # fmt: skip
+    group.add_argument(
+        "--key-file", type=Path, metavar="FILE", default=default(None),
+        help="a file holding the API key to send (Authorization: Bearer)",
+    )  # fmt: skip
+    group.add_argument(
+        "--config", type=Path, metavar="FILE", default=default(None),
+        help="the daemon's config file, to find its socket",
+    )  # fmt: skip
+    group.add_argument(
+        "--json", action="store_true", default=default(False),
+        help="print the server's JSON instead of tables",
+    )  # fmt: skip
+
+
+def _natural_argument(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def _positive_argument(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    # Imported here: aiohttp is needed by `ctl` only.
+    from taskd import ctl
+
+    try:
+        command = _ctl_command(args)
+        endpoint = ctl.find_endpoint(
+            socket=args.socket,
+            url=args.url,
+            key_file=args.key_file,
+            config=args.config,
+            environ=os.environ,
+            cwd=Path.cwd(),
+        )
+        ctl.run(endpoint, command, ctl.Output(json=args.json))
+    except ctl.InvalidInputError as error:
+        return _refuse(error.messages)
+    except ctl.CtlError as error:
+        for message in error.messages:
+            _say(message)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _ctl_command(args: argparse.Namespace) -> ctl.Command:
+    """The command to run against the daemon, its local input (files, JSON) checked first."""
+    from taskd import ctl
+
+    task: str = getattr(args, "task", "")
+    match args.ctl_command:
+        case "list":
+            return ctl.list_tasks
+        case "show":
+            return lambda client, out: ctl.show_task(client, out, task)
+        case "apply":
+            tasks = ctl.read_task_file(args.file)
+            return lambda client, out: ctl.apply(client, out, tasks)
+        case "run":
+            metadata = ctl.parse_metadata(args.metadata)
+            return lambda client, out: ctl.run_task(client, out, task, metadata)
+        case "defer":
+            metadata = ctl.parse_metadata(args.metadata)
+            return lambda client, out: ctl.defer_task(client, out, task, metadata)
+        case "run-defer":
+            return lambda client, out: ctl.run_deferred(client, out, args.defer_id)
+        case "delete":
+            return lambda client, out: ctl.delete_task(client, out, task)
+        case "log":
+            return lambda client, out: ctl.show_log(
+                client,
+                out,
+                task,
+                follow=args.follow,
+                execution=args.execution,
+                every_execution=args.every_execution,
+                offset=args.offset,
+                limit=args.limit,
+            )
+        case "executions":
+            return lambda client, out: ctl.list_executions(client, out, task, args.limit)
+        case "modules":
+            return ctl.list_modules
+        case action:
+            verb = _CTL_ACTIONS[action][0]
+            return lambda client, out: ctl.act(client, out, task, verb)
+
+
+# ---------------------------------------------------------------------------------------
+# Admin helpers
+
+
+def _add_gen_key(commands: argparse._SubParsersAction[_Parser]) -> None:
+    gen_key = commands.add_parser(
+        "gen-key",
+        help="make a new random API key",
+        description=(
+            "Print a new random API key, or write it to FILE (created with mode 0600; an "
+            "existing file is never overwritten). Name the file in an [[api.keys]] key_file."
+        ),
+    )
+    gen_key.add_argument("--out", type=Path, metavar="FILE", help="write the key to FILE")
+    gen_key.set_defaults(handler=_gen_key)
+
+
+def _gen_key(args: argparse.Namespace) -> int:
+    from taskd.api.auth import new_key
+
+    key = new_key()
+    out: Path | None = args.out
+    if out is None:
+        print(key)
+        return EXIT_OK
+    try:
+        descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _say(f"{out} exists; not overwriting it (remove it first to replace the key)")
+        return EXIT_REFUSED
+    except OSError as error:
+        _say(f"cannot create {out}: {(error.strerror or str(error)).lower()}")
+        return EXIT_REFUSED
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        os.fchmod(descriptor, 0o600)  # whatever the umask
+        file.write(key + "\n")
+    print(f"wrote a new API key to {out} (mode 0600)")
+    return EXIT_OK
+
+
+def _add_hash_password(commands: argparse._SubParsersAction[_Parser]) -> None:
+    hash_command = commands.add_parser(
+        "hash-password",
+        help="hash a password for [[api.users]] password_hash",
+        description=(
+            "Read a password (asked twice without echo on a terminal, else the first line of "
+            "stdin) and print its scrypt hash, for password_hash in an [[api.users]] table."
+        ),
+    )
+    hash_command.set_defaults(handler=_hash_password)
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    from taskd.api.auth import hash_password
+
+    try:
+        if sys.stdin.isatty():
+            password = getpass.getpass("Password: ")
+            if password and getpass.getpass("Again: ") != password:
+                _say("the two passwords differ")
+                return EXIT_INVALID
+        else:
+            password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    except EOFError:  # Ctrl-D at the prompt
+        password = ""
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # end the prompt's line
+        return EXIT_INTERRUPTED
+    if not password:
+        _say("no password given (an empty one is refused)")
+        return EXIT_INVALID
+    print(hash_password(password))
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------

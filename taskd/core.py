@@ -107,7 +107,7 @@ class Core:
             now=now,
             by=by,
         )
-        self.scheduler.task_changed(task.id, next_run_at)
+        self.scheduler.task_changed(task.id, task)
         return task
 
     async def update_task(
@@ -142,13 +142,14 @@ class Core:
             name=spec.name,
             expected_version=expected_version,
         )
-        self.scheduler.task_changed(task_id, next_run_at)
+        self.scheduler.task_changed(task_id, updated)
         return updated
 
     async def delete_task(self, task_id: int, *, as_config: bool = False) -> None:
         """Delete a task; its running executions are stopped first (forced)."""
         task = await self.store.get_task(task_id)
         self._check_editable(task, as_config)
+        self.scheduler.task_changed(task_id, None)  # runs not started yet are dropped
         for execution_id in self.runner.running_for_task(task_id):
             self.runner.force_stop(execution_id, "task deleted")
             await self.runner.wait_finished(execution_id)
@@ -209,7 +210,9 @@ class Core:
         task = await self.store.get_task(task_id)
         overlap = str(task.options.get("overlap", "skip"))
         if overlap == "skip" and (
-            self.runner.running_for_task(task_id) or self.runner.queued_for_task(task_id)
+            self.runner.running_for_task(task_id)
+            or self.runner.queued_for_task(task_id)
+            or self.scheduler.pending_for_task(task_id)
         ):
             raise ActionError(f"task {task.name!r} is running and its overlap policy is 'skip'")
         now = self.clock.now()

@@ -263,6 +263,16 @@ class Runner:
         """Return the ids of the task's jobs waiting in the queue."""
         return [job.execution_id for *_, job in self._queue if job.task.id == task_id]
 
+    def remove_queued(self, task_id: int) -> list[Job]:
+        """Take the task's jobs out of the queue (it was deleted or disabled); return them."""
+        removed = [entry[3] for entry in self._queue if entry[3].task.id == task_id]
+        if removed:
+            self._queue = [entry for entry in self._queue if entry[3].task.id != task_id]
+            heapq.heapify(self._queue)
+            for job in removed:
+                self._queued_ids.discard(job.execution_id)
+        return removed
+
     def is_active(self, execution_id: int) -> bool:
         """Whether the execution is queued here or running."""
         return execution_id in self._running or execution_id in self._queued_ids
@@ -296,7 +306,7 @@ class Runner:
                 batch.append(job)
             if batch:
                 await self._start(batch)
-            elif not self._running and not self._queue:
+            if not self._running and not self._queue:
                 self._idle.set()
 
     async def _start(self, batch: list[Job]) -> None:
@@ -326,7 +336,15 @@ class Runner:
                 self._execute(running), name=f"taskd-execution-{job.execution_id}"
             )
         for job, reason in refused:
-            await self._record(job, ExecutionStatus.ERROR, reason, stopped_by_user=False)
+            if await self._record(job, ExecutionStatus.ERROR, reason):
+                await self._tell(
+                    Outcome(
+                        job=job,
+                        status=ExecutionStatus.ERROR,
+                        status_msg=reason,
+                        stopped_by_user=False,
+                    )
+                )
 
     async def _execute(self, running: _Running) -> None:
         job, ctx = running.job, running.context
@@ -362,41 +380,52 @@ class Runner:
             status, message = ExecutionStatus.ERROR, f"{type(error).__name__}: {error}"
             bound.exception("module raised")
         finally:
+            if ctx.stopping and status is ExecutionStatus.ERROR and running.stop_reason:
+                # Asked to stop, the module ended badly (a command trapping SIGTERM exits 3,
+                # say): it was still a stop, not a failure to retry.
+                status, stopped_by_user = ExecutionStatus.CANCELED, True
+                message = f"{running.stop_reason}: {message}"
             if running.grace_timer is not None:
                 running.grace_timer.cancel()
             elapsed = self.clock.monotonic() - started
             bound.info("execution ended", status=str(status), msg=message, seconds=elapsed)
+            recorded = False
             try:
                 if message:
                     level = LogLevel.INFO if status is ExecutionStatus.DONE else LogLevel.ERROR
                     ctx.log(level, f"{status}: {message}")
-                await asyncio.shield(
-                    self._record(job, status, message, stopped_by_user=stopped_by_user)
-                )
+                recorded = await asyncio.shield(self._record(job, status, message))
             finally:
                 self._running.pop(job.execution_id, None)
                 running.finished.set()
                 self._wake.set()
+            if recorded:
+                # Told only now that it no longer counts as running, so the handler may
+                # start the task's next run.
+                await self._tell(
+                    Outcome(
+                        job=job, status=status, status_msg=message, stopped_by_user=stopped_by_user
+                    )
+                )
 
-    async def _record(
-        self, job: Job, status: ExecutionStatus, message: str | None, *, stopped_by_user: bool
-    ) -> None:
+    async def _record(self, job: Job, status: ExecutionStatus, message: str | None) -> bool:
+        """Commit how an execution ended; False (logged) if the store refused."""
         try:
             await self.store.finish(
                 job.execution_id, job.task.id, status, message, self.clock.now()
             )
         except Exception:
             log.exception("could not record the end of an execution", execution_id=job.execution_id)
+            return False
+        return True
+
+    async def _tell(self, outcome: Outcome) -> None:
+        if self.on_outcome is None:
             return
-        if self.on_outcome is not None:
-            try:
-                await self.on_outcome(
-                    Outcome(
-                        job=job, status=status, status_msg=message, stopped_by_user=stopped_by_user
-                    )
-                )
-            except Exception:
-                log.exception("outcome handler failed", execution_id=job.execution_id)
+        try:
+            await self.on_outcome(outcome)
+        except Exception:
+            log.exception("outcome handler failed", execution_id=outcome.job.execution_id)
 
     # -- actions --------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -126,11 +126,41 @@ class Scheduler:
         """Whether the scheduling loop runs."""
         return self._loop_task is not None and not self._loop_task.done()
 
-    def task_changed(self, task_id: int, next_run_at: datetime | None) -> None:
-        """Tell the scheduler a task's `next_run_at` changed (created, edited, enabled)."""
-        if next_run_at is not None:
-            heapq.heappush(self._heap, (to_micros(next_run_at), task_id))
+    def task_changed(self, task_id: int, task: Task | None) -> None:
+        """Tell the scheduler a task was created, edited or (`task` None) deleted.
+
+        Its new due time joins the heap. Runs claimed but not started yet take up the new
+        definition; if the task was disabled or deleted they do not start (a disabled
+        task's become `skipped` rows, "task disabled").
+        """
+        if task is not None and task.enabled and task.next_run_at is not None:
+            heapq.heappush(self._heap, (to_micros(task.next_run_at), task_id))
+        pending = [entry for entry in self._waiting if entry[2].task.id == task_id]
+        parked = list(self._parked.pop(task_id, ()))
+        queued = self.runner.remove_queued(task_id)
+        if pending:
+            self._waiting = [entry for entry in self._waiting if entry[2].task.id != task_id]
+            heapq.heapify(self._waiting)
+        for due_us, sequence, job, overlap in pending:
+            if task is not None and task.enabled:
+                job = replace(job, task=task)
+                heapq.heappush(self._waiting, (due_us, sequence, job, overlap))
+            elif task is not None:
+                self._skip(job, "task disabled")
+        if task is not None and task.enabled:
+            if parked:  # still waiting for the running one to end
+                self._parked[task_id] = deque(replace(job, task=task) for job in parked)
+            for job in queued:
+                self.runner.submit(replace(job, task=task))
+        elif task is not None:
+            for job in (*parked, *queued):
+                self._skip(job, "task disabled")
         self._wake.set()
+
+    def pending_for_task(self, task_id: int) -> int:
+        """How many of the task's runs wait here for their time or for a running one."""
+        waiting = sum(1 for entry in self._waiting if entry[2].task.id == task_id)
+        return waiting + len(self._parked.get(task_id, ()))
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -160,27 +190,34 @@ class Scheduler:
         """Claim every slot due up to `now` + look-ahead; start every job due by `now`."""
         now_us = to_micros(now)
         horizon = now_us + int(self.settings.lookahead_sec * 1e6)
-        due: dict[int, int] = {}
+        due: dict[int, set[int]] = {}
         while self._heap and self._heap[0][0] <= horizon:
             due_us, task_id = heapq.heappop(self._heap)
-            due.setdefault(task_id, due_us)
+            due.setdefault(task_id, set()).add(due_us)
         if due:
-            await self._claim(due, now)
+            try:
+                await self._claim(due, now)
+            except BaseException:
+                # Nothing was claimed: put the due times back for the next tick.
+                for task_id, times in due.items():
+                    for due_us in times:
+                        heapq.heappush(self._heap, (due_us, task_id))
+                raise
         while self._waiting and self._waiting[0][0] <= now_us:
             _, _, job, overlap = heapq.heappop(self._waiting)
             self._start(job, overlap)
 
     # -- claiming slots -------------------------------------------------------------------
 
-    async def _claim(self, due: dict[int, int], now: datetime) -> None:
+    async def _claim(self, due: dict[int, set[int]], now: datetime) -> None:
         tasks = await self.store.get_tasks(list(due))
         plans: list[_Planned] = []
-        for task_id, due_us in due.items():
+        for task_id, due_times in due.items():
             task = tasks.get(task_id)
             if task is None or not task.enabled or task.next_run_at is None:
                 continue
-            if to_micros(task.next_run_at) != due_us:
-                continue  # a stale heap entry: the task's current one is in the heap too
+            if to_micros(task.next_run_at) not in due_times:
+                continue  # stale heap entries: the task's current one is still in the heap
             try:
                 plans.append(self._plan(task, now))
             except Exception:
@@ -240,7 +277,7 @@ class Scheduler:
         uncounted = 0
         following = schedules.next_after(task.next_run_at) if schedules else None
         while following is not None and following <= horizon:
-            if len(slots) <= limit:
+            if len(slots) < limit:
                 slots.append(following)
             else:
                 uncounted += 1
@@ -416,15 +453,19 @@ class Scheduler:
             if catch_up == "all":
                 keep = executions
             elif catch_up == "once" and missed:
-                keep.append(missed[-1])
+                next_missed = task.next_run_at is not None and task.next_run_at < missed_before
+                if not next_missed:
+                    # Otherwise the task's own past due time makes the one catch-up run.
+                    keep.append(missed[-1])
             for execution in missed:
                 if execution not in keep:
+                    reason = (
+                        "missed; coalesced into one catch-up run (catch_up=once)"
+                        if catch_up == "once"
+                        else f"missed while taskd was not running (catch_up={catch_up})"
+                    )
                     await self.store.finish(
-                        execution.id,
-                        task_id,
-                        ExecutionStatus.SKIPPED,
-                        f"missed while taskd was not running (catch_up={catch_up})",
-                        now,
+                        execution.id, task_id, ExecutionStatus.SKIPPED, reason, now
                     )
             for execution in sorted(keep, key=lambda e: e.id):
                 due = execution.scheduled_for or now

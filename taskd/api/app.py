@@ -145,7 +145,7 @@ async def serve_api(
     """Listen on every configured TCP address and the Unix socket until the block ends."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    socket_path = settings.unix_socket
+    created: Path | None = None  # the socket file this call made, and so must remove
     try:
         for address in settings.listen:
             site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
@@ -154,20 +154,23 @@ async def serve_api(
         if unix_socket_fd is not None:
             sock = socket.socket(fileno=unix_socket_fd)
             await web.SockSite(runner, sock).start()
-            log.info("listening on an inherited socket", fd=unix_socket_fd)
-            socket_path = None  # systemd owns it
-        elif socket_path is not None:
+            log.info("listening on an inherited socket", fd=unix_socket_fd)  # systemd owns it
+        elif settings.unix_socket is not None:
+            socket_path = settings.unix_socket
             _clear_stale_socket(socket_path)
             socket_path.parent.mkdir(parents=True, exist_ok=True)
             await web.UnixSite(runner, str(socket_path)).start()
+            created = socket_path
             os.chmod(socket_path, 0o660)
             log.info("listening", unix_socket=str(socket_path))
         yield runner
     finally:
         await runner.cleanup()
-        if socket_path is not None:
+        # Only a file this call bound: when binding failed (a live daemon serves the path,
+        # or a file that is no socket sits there), the file is someone else's.
+        if created is not None:
             with contextlib.suppress(FileNotFoundError):
-                socket_path.unlink()
+                created.unlink()
 
 
 def _clear_stale_socket(path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -21,7 +21,12 @@ AUTH = web.AppKey("auth", Authenticator)
 API_SETTINGS = web.AppKey("api_settings", ApiSettings)
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 HEALTH: web.AppKey[HealthCheck] = web.AppKey("health")
-PRINCIPAL = "taskd_principal"
+if TYPE_CHECKING or hasattr(web, "RequestKey"):
+    # A typed key: aiohttp 3.14 warns about str keys, and a warning must not fail a request
+    # where warnings are errors (the test suite).
+    PRINCIPAL = web.RequestKey("taskd_principal", Principal)
+else:  # older aiohttp has no RequestKey and no warning
+    PRINCIPAL = "taskd_principal"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
@@ -45,19 +50,84 @@ def principal(request: web.Request) -> Principal:
     return found
 
 
+# Nesting deeper than this is refused: nothing taskd stores needs it, and validating,
+# storing and rendering a value recurse over it (Python's stack is the limit otherwise).
+MAX_JSON_DEPTH = 64
+# Ids are SQLite integers: anything larger cannot name a row.
+MAX_ID = 2**63 - 1
+
+
+def _malformed(reason: str) -> ApiError:
+    return ApiError(400, "malformed_json", f"the body is not valid JSON: {reason}")
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON does not have.
+    raise _malformed(f"{name} is not a JSON value")
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests arrays and objects (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                break
+            stack.extend(
+                (item, level) for item in (node.values() if isinstance(node, dict) else node)
+            )
+    return deepest
+
+
 async def read_json(request: web.Request) -> Any:
-    """Parse the request body as JSON; 400 naming the position if it is not."""
-    text = await request.text()
+    """Parse the request body as JSON (UTF-8, RFC 8259); 400 saying why if it is not.
+
+    Refused: bytes that are not UTF-8, NaN and Infinity, numbers Python will not convert
+    (more than 4300 digits), nesting deeper than `MAX_JSON_DEPTH`.
+    """
+    raw = await request.read()
+    try:
+        # JSON is UTF-8 (RFC 8259, 8.1); a charset parameter is not consulted.
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _malformed(f"it is not UTF-8 (invalid byte at offset {error.start})") from None
     if not text.strip():
         return None
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
-        raise ApiError(
-            400,
-            "malformed_json",
-            f"the body is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}",
-        ) from None
+        raise _malformed(f"{error.msg} at line {error.lineno}, column {error.colno}") from None
+    except (ValueError, RecursionError) as error:
+        # int() refusing a huge number, or arrays nested past Python's recursion limit.
+        reason = "it nests too deeply" if isinstance(error, RecursionError) else str(error)
+        raise _malformed(reason) from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise _malformed(f"it nests arrays and objects more than {MAX_JSON_DEPTH} deep")
+    return value
+
+
+def parse_id(value: object) -> int | None:
+    """An id as a path, query or body gives it (ASCII digits, or a JSON integer), or None.
+
+    None for anything that cannot name a row: other digits (`'²'.isdigit()` holds, but
+    `int('²')` fails), signs, bools, fractions, numbers past SQLite's integers.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()) or len(value) > 19:
+            return None
+        number = int(value)
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    else:
+        return None
+    return number if 0 < number <= MAX_ID else None
 
 
 async def read_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:
@@ -129,7 +199,18 @@ def query_time(value: str, name: str) -> datetime:
 async def task_from_path(request: web.Request, key: str) -> Task:
     """The task named by a path parameter: numeric id or name. 404 if there is none."""
     core = request.app[CORE]
+    text = request.match_info[key]
     try:
-        return await core.find(request.match_info[key])
+        task_id = parse_id(text)
+        if task_id is not None:
+            return await core.find(task_id)  # by id; else a task named with these digits
+        if text.isdigit():
+            # Digits that name no row (too large, or not ASCII): only a name can match, and
+            # `Core.find` would try them as an id first.
+            found = await core.store.find_task(text)
+            if found is None:
+                raise NotFoundError(f"no task {text!r}")
+            return found
+        return await core.find(text)
     except NotFoundError as error:
         raise ApiError(404, "not_found", str(error)) from None

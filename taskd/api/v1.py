@@ -1,8 +1,8 @@
 """The fylr dialect (`/api/v1`): tasks wrapped as `{"_user": ..., "task": {...}}`.
 
 `POST /task` takes an array: items without `_id` are created, items with `_id` are updated
-and must carry `version` = current + 1. The whole array is validated before anything is
-written, so one bad item changes nothing.
+and must carry `version` = current + 1. The whole array is checked (validation, versions,
+config-owned tasks, names taken) before anything is written, so one bad item changes nothing.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
-from taskd.api.common import CORE, principal, query_int, read_json, scope
+from taskd.api.common import CORE, parse_id, principal, query_int, read_json, scope
 from taskd.api.errors import ApiError
 from taskd.api.render import log_entry_json, task_v1
 from taskd.config import TaskSpec
+from taskd.core import Core
 from taskd.errors import ConflictError, FieldError, NotFoundError, ValidationError
-from taskd.model import Task
+from taskd.model import Task, TaskSource
 
 routes = web.RouteTableDef()
 
@@ -47,10 +48,11 @@ READ_ONLY = frozenset(
 
 async def _task(request: web.Request) -> Task:
     text = request.match_info["task_id"]
+    task_id = parse_id(text)
     try:
-        if not text.isdigit():
+        if task_id is None:
             raise NotFoundError(f"task {text!r} not found")
-        return await request.app[CORE].store.get_task(int(text))
+        return await request.app[CORE].store.get_task(task_id)
     except NotFoundError as error:
         raise ApiError(404, "not_found", str(error)) from None
 
@@ -80,7 +82,11 @@ def _definition(item: Mapping[str, Any], base: Mapping[str, Any] | None) -> dict
 @routes.post("/task")
 @scope("tasks/create")
 async def save_tasks(request: web.Request) -> web.Response:
-    """Create or update tasks from an array of wrapped tasks; all or nothing at validation."""
+    """Create or update tasks from an array of wrapped tasks: all or nothing.
+
+    Everything that can refuse an item is checked before the first write: validation (400),
+    the scope for updates (403), versions, config-owned tasks and names already taken (409).
+    """
     core = request.app[CORE]
     body = await read_json(request)
     if not isinstance(body, list):
@@ -92,6 +98,7 @@ async def save_tasks(request: web.Request) -> web.Response:
         )
     errors: list[FieldError] = []
     plans: list[tuple[Task | None, TaskSpec, int | None]] = []
+    updated_ids: set[int] = set()
     for index, item in enumerate(body):
         path = f"[{index}].task"
         inner = item.get("task") if isinstance(item, dict) else None
@@ -101,11 +108,19 @@ async def save_tasks(request: web.Request) -> web.Response:
         existing: Task | None = None
         expected: int | None = None
         if "_id" in inner:
-            try:
-                existing = await core.store.get_task(int(inner["_id"]))
-            except (NotFoundError, TypeError, ValueError):
-                errors.append(FieldError(f"{path}._id", f"no task {inner['_id']!r}"))
+            task_id = parse_id(inner["_id"])
+            if task_id is None:
+                errors.append(FieldError(f"{path}._id", "must be the id of a task"))
                 continue
+            if task_id in updated_ids:
+                errors.append(FieldError(f"{path}._id", f"task {task_id} is given twice"))
+                continue
+            try:
+                existing = await core.store.get_task(task_id)
+            except NotFoundError:
+                errors.append(FieldError(f"{path}._id", f"no task {task_id}"))
+                continue
+            updated_ids.add(task_id)
             version = inner.get("version")
             if isinstance(version, bool) or not isinstance(version, int):
                 errors.append(FieldError(f"{path}.version", "is required: current version + 1"))
@@ -121,20 +136,48 @@ async def save_tasks(request: web.Request) -> web.Response:
         raise ValidationError(errors)
     if not _user_may_update(request) and any(existing for existing, _, _ in plans):
         raise ApiError(403, "forbidden", "updating tasks needs the scope tasks/update")
+    await _check_conflicts(core, plans)
     saved = []
     for existing, spec, expected in plans:
         if existing is None:
             saved.append(await core.create_task(spec, by=principal(request).name))
         else:
-            try:
-                saved.append(
-                    await core.update_task(
-                        existing.id, spec, expected_version=expected, by=principal(request).name
-                    )
+            saved.append(
+                await core.update_task(
+                    existing.id, spec, expected_version=expected, by=principal(request).name
                 )
-            except ConflictError as error:
-                raise ApiError(409, "conflict", str(error)) from None
+            )
     return web.json_response([task_v1(task) for task in saved])
+
+
+async def _check_conflicts(
+    core: Core, plans: list[tuple[Task | None, TaskSpec, int | None]]
+) -> None:
+    """Raise ConflictError (409) for the first item the store would refuse.
+
+    The store checks again when it writes; checking first keeps a refused item from leaving
+    the items before it written.
+    """
+    names: dict[str, int] = {}
+    for index, (existing, spec, expected) in enumerate(plans):
+        if existing is not None:
+            if existing.source is TaskSource.CONFIG:
+                raise ConflictError(
+                    f"task {existing.name!r} is defined in {core.config_source}: edit it there"
+                )
+            if expected is not None and expected != existing.version:
+                raise ConflictError(
+                    f"task {existing.id} is at version {existing.version}: send version "
+                    f"{existing.version + 1}, not {expected + 1}"
+                )
+        if spec.name in names:
+            raise ConflictError(
+                f"items {names[spec.name]} and {index} are both named {spec.name!r}"
+            )
+        names[spec.name] = index
+        holder = await core.store.find_task(spec.name)
+        if holder is not None and (existing is None or holder.id != existing.id):
+            raise ConflictError(f"a task named {spec.name!r} exists already")
 
 
 def _user_may_update(request: web.Request) -> bool:

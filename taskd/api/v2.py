@@ -15,6 +15,7 @@ from taskd.api.common import (
     CORE,
     HEALTH,
     PUBLIC,
+    parse_id,
     principal,
     query_bool,
     query_int,
@@ -105,15 +106,15 @@ def _filters(request: web.Request) -> list[tuple[str, str, Any]]:
     where: list[tuple[str, str, Any]] = []
     query = request.query
     if "id" in query:
-        ids = [part.strip() for part in query["id"].split(",") if part.strip()]
-        if not all(part.isdigit() for part in ids):
+        ids = [parse_id(part.strip()) for part in query["id"].split(",") if part.strip()]
+        if not ids or None in ids:
             raise ApiError(
                 400,
                 "invalid_query",
                 "query parameter 'id' takes ids, e.g. 1,2,3",
                 [FieldError("id", "must be a comma-separated list of ids")],
             )
-        where.append(("id", "in", [int(part) for part in ids]))
+        where.append(("id", "in", ids))
     if "name" in query:
         name = query["name"]
         # `*` is a wildcard; the rest matches literally.
@@ -320,10 +321,11 @@ async def index_executions(request: web.Request) -> web.Response:
 async def show_execution(request: web.Request) -> web.Response:
     """One execution."""
     text = request.match_info["execution_id"]
-    if not text.isdigit():
+    execution_id = parse_id(text)
+    if execution_id is None:
         raise ApiError(404, "not_found", f"execution {text!r} not found")
     try:
-        execution = await request.app[CORE].store.get_execution(int(text))
+        execution = await request.app[CORE].store.get_execution(execution_id)
     except NotFoundError as error:
         raise ApiError(404, "not_found", str(error)) from None
     return web.json_response(execution_json(execution))

@@ -1,0 +1,443 @@
+"""The core's task operations over a real store, runner and scheduler, with a fake clock.
+
+Definitions (create, update, delete, the config file's tasks) and actions (run, defer, pause,
+resume, stop, force stop) are checked by what the store holds afterwards and by what the
+`gate` module was called with. The scheduler's loop is off: `Engine.tick` starts what the
+core enqueued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_fixtures import (
+    EVERY_15_MIN,
+    QUARTER,
+    T0,
+    Engine,
+    FakeClock,
+    at,
+    open_engine,
+    settle,
+    until,
+)
+
+from taskd.config import TaskSpec
+from taskd.core import ConfigChanges
+from taskd.errors import ConflictError, NotFoundError, ValidationError
+from taskd.model import ExecutionStatus, TaskSource, TaskStatus, TriggerKind
+from taskd.runner import ActionError
+from taskd.store import DeferError, NewExecution
+
+
+@pytest.fixture
+async def eng(tmp_path: Path) -> AsyncIterator[Engine]:
+    """An engine with the scheduler's loop off, the clock one second before T0."""
+    async with open_engine(tmp_path / "taskd.db", clock=FakeClock(at(-1))) as engine:
+        yield engine
+
+
+def spec(eng: Engine, name: str = "job", **fields: Any) -> TaskSpec:
+    """A validated gate task definition; `fields` as in an API body."""
+    raw: dict[str, Any] = {"name": name, "task_module": "gate", **fields}
+    return eng.core.validate(raw)
+
+
+# -- definitions --------------------------------------------------------------------------
+
+
+async def test_create_stores_version_1_and_the_first_due_time(eng: Engine) -> None:
+    """create: version 1, source api, next_run_at from the schedules, status new."""
+    task = await eng.core.create_task(spec(eng, schedules=EVERY_15_MIN), by="alice")
+    stored = await eng.task(task.id)
+    assert (stored.version, stored.source, stored.status) == (1, TaskSource.API, TaskStatus.NEW)
+    assert stored.next_run_at == T0
+    assert (stored.created_at, stored.created_by) == (at(-1), "alice")
+    assert stored.spec["task_params"] == {}
+    assert await eng.core.find("job") == stored
+    assert await eng.core.find(str(task.id)) == stored
+    with pytest.raises(NotFoundError):
+        await eng.core.find("nope")
+
+
+async def test_create_refuses_a_taken_name_and_bad_params(eng: Engine) -> None:
+    """A taken name is a ConflictError; params the module refuses are a ValidationError."""
+    await eng.core.create_task(spec(eng))
+    with pytest.raises(ConflictError, match="exists already"):
+        await eng.core.create_task(spec(eng))
+    with pytest.raises(ValidationError) as refused:
+        spec(eng, "other", task_params={"nope": 1})
+    assert [error.path for error in refused.value.errors] == ["task_params.nope"]
+    assert len(await eng.store.list_tasks()) == 1
+
+
+async def test_update_bumps_the_version_and_checks_the_expected_one(eng: Engine) -> None:
+    """update: version + 1; a stale expected_version is a ConflictError and changes nothing."""
+    task = await eng.core.create_task(spec(eng, description="one"))
+    updated = await eng.core.update_task(
+        task.id, spec(eng, description="two"), expected_version=1, by="bob"
+    )
+    assert (updated.version, updated.spec["description"], updated.updated_by) == (2, "two", "bob")
+    with pytest.raises(ConflictError, match="version 2"):
+        await eng.core.update_task(task.id, spec(eng, description="three"), expected_version=1)
+    stored = await eng.task(task.id)
+    assert (stored.version, stored.spec["description"]) == (2, "two")
+    with pytest.raises(NotFoundError):
+        await eng.core.update_task(task.id + 1, spec(eng, "x"))
+
+
+async def test_config_tasks_cannot_be_edited_or_deleted_through_the_api(eng: Engine) -> None:
+    """A config-defined task refuses update and delete (naming the file) but may be run."""
+    task = await eng.core.create_task(spec(eng, "nightly"), source=TaskSource.CONFIG)
+    with pytest.raises(ConflictError, match=r"defined in etc/test\.toml"):
+        await eng.core.update_task(task.id, spec(eng, "nightly", description="x"))
+    with pytest.raises(ConflictError, match=r"defined in etc/test\.toml"):
+        await eng.core.delete_task(task.id)
+    stored = await eng.task(task.id)
+    assert (stored.version, stored.spec["description"]) == (1, "")
+
+    execution_id = await eng.core.run(task.id)
+    await eng.tick()
+    [call] = await eng.gate.wait_calls(1)
+    assert call.ctx.execution_id == execution_id
+
+
+async def test_update_that_keeps_the_schedules_keeps_next_run_at(eng: Engine) -> None:
+    """Editing params keeps the stored due time (even an overdue one); editing schedules
+    recomputes it from now."""
+    task = await eng.core.create_task(spec(eng, schedules=EVERY_15_MIN))
+    await eng.tick(at(0))  # fires 10:00, next 10:15
+    (await eng.gate.wait_calls(1))[0].release.set()
+    await eng.drain()
+    eng.clock.set(T0 + timedelta(minutes=20))
+
+    kept = await eng.core.update_task(
+        task.id, spec(eng, schedules=EVERY_15_MIN, task_params={"label": "new"})
+    )
+    assert kept.next_run_at == T0 + QUARTER  # overdue, still due: not skipped by the edit
+    assert kept.version == 2
+
+    moved = await eng.core.update_task(task.id, spec(eng, schedules=[{"interval_sec": 3600}]))
+    assert moved.next_run_at == T0 + 4 * QUARTER  # 11:00, the first hourly slot after 10:20
+
+
+async def test_delete_stops_running_executions(eng: Engine) -> None:
+    """delete force-stops the task's running execution, then removes task and history."""
+    task = await eng.core.create_task(spec(eng, task_params={"ignore_stop": True}))
+    await eng.core.run(task.id)
+    await eng.tick()
+    [call] = await eng.gate.wait_calls(1)
+    await eng.core.delete_task(task.id)
+    assert call.finished.is_set()
+    assert call.ended == "cancelled"
+    assert eng.runner.running_count == 0
+    with pytest.raises(NotFoundError):
+        await eng.task(task.id)
+    assert await eng.store.list_executions(task.id) == []
+    with pytest.raises(NotFoundError):
+        await eng.core.delete_task(task.id)
+
+
+async def test_delete_drops_runs_that_have_not_started(eng: Engine) -> None:
+    """A run enqueued before the delete never starts once the task is gone."""
+    task = await eng.core.create_task(spec(eng, task_params={"auto": True}))
+    await eng.core.run(task.id)
+    await eng.core.delete_task(task.id)
+    await eng.tick()
+    await eng.drain()
+    assert eng.gate.calls == []
+
+
+# -- run and deferred runs ----------------------------------------------------------------
+
+
+async def test_run_starts_a_manual_execution_with_its_metadata(eng: Engine) -> None:
+    """run: a `manual` execution now; the metadata reaches ctx.trigger.metadata and the row."""
+    task = await eng.core.create_task(spec(eng, schedules=EVERY_15_MIN))
+    metadata: Mapping[str, Any] = {"reason": "hotfix", "files": {"a": "b"}}
+    execution_id = await eng.core.run(task.id, metadata)
+    queued = await eng.store.get_execution(execution_id)
+    assert (queued.status, queued.trigger, queued.slot_at) == (
+        ExecutionStatus.QUEUED,
+        TriggerKind.MANUAL,
+        None,
+    )
+    assert queued.trigger_metadata == metadata
+    assert queued.scheduled_for == at(-1)
+
+    await eng.tick()
+    [call] = await eng.gate.wait_calls(1)
+    assert call.ctx.trigger.kind == "manual"
+    assert call.ctx.trigger.metadata == metadata
+    assert call.ctx.execution_id == execution_id
+    assert (await eng.task(task.id)).next_run_at == T0  # the schedule is untouched
+    call.release.set()
+    await eng.drain()
+    assert (await eng.store.get_execution(execution_id)).status is ExecutionStatus.DONE
+    with pytest.raises(NotFoundError):
+        await eng.core.run(task.id + 1)
+
+
+async def test_run_is_refused_while_running_under_overlap_skip(eng: Engine) -> None:
+    """run raises ActionError while the task runs with overlap=skip; parallel allows it."""
+    skip = await eng.core.create_task(spec(eng, "skip"))
+    parallel = await eng.core.create_task(spec(eng, "par", options={"overlap": "parallel"}))
+    await eng.core.run(skip.id)
+    await eng.core.run(parallel.id)
+    await eng.tick()
+    await eng.gate.wait_calls(2)
+
+    with pytest.raises(ActionError, match="overlap policy is 'skip'"):
+        await eng.core.run(skip.id)
+    await eng.core.run(parallel.id)
+    await eng.tick()
+    await eng.gate.wait_calls(3)
+    assert len(await eng.executions(skip.id)) == 1
+    assert [str(e.status) for e in await eng.executions(parallel.id)] == ["running", "running"]
+
+
+async def test_two_quick_runs_under_overlap_skip_start_once(eng: Engine) -> None:
+    """A second run before the first has started is refused under overlap=skip."""
+    task = await eng.core.create_task(spec(eng))
+    await eng.core.run(task.id)
+    with pytest.raises(ActionError):
+        await eng.core.run(task.id)
+    await eng.tick()
+    await eng.gate.wait_calls(1)
+    await settle(eng.store)
+    assert len(eng.gate.calls) == 1
+
+
+async def test_defer_run_then_run_defer_starts_once(eng: Engine) -> None:
+    """defer_run returns an id; run_defer starts a `defer` execution with the metadata, once."""
+    task = await eng.core.create_task(spec(eng, task_params={"auto": True}))
+    defer_id = await eng.core.defer_run(task.id, {"ticket": 42})
+    assert await eng.executions(task.id) == []
+
+    execution_id = await eng.core.run_defer(defer_id)
+    await eng.tick()
+    [call] = await eng.gate.wait_calls(1)
+    await eng.drain()
+    assert (call.ctx.trigger.kind, call.ctx.trigger.metadata) == ("defer", {"ticket": 42})
+    [row] = await eng.executions(task.id)
+    assert (row.id, row.trigger, row.status) == (execution_id, "defer", "done")
+    assert row.trigger_metadata == {"ticket": 42}
+
+    with pytest.raises(DeferError, match="used already"):
+        await eng.core.run_defer(defer_id)
+    with pytest.raises(DeferError, match="unknown"):
+        await eng.core.run_defer("no-such-id")
+    with pytest.raises(NotFoundError):
+        await eng.core.defer_run(task.id + 1)
+    assert len(eng.gate.calls) == 1
+
+
+async def test_a_deferred_run_expires(eng: Engine) -> None:
+    """run_defer after the defer's lifetime is refused."""
+    task = await eng.core.create_task(spec(eng))
+    defer_id = await eng.core.defer_run(task.id)
+    eng.clock.advance(8 * 24 * 3600)
+    with pytest.raises(DeferError, match="expired"):
+        await eng.core.run_defer(defer_id)
+
+
+# -- pause, resume, stop, force stop ------------------------------------------------------
+
+
+async def test_actions_raise_when_nothing_runs(eng: Engine) -> None:
+    """pause, resume, stop and force_stop raise ActionError when the task has no run."""
+    task = await eng.core.create_task(spec(eng))
+    for action in (eng.core.pause, eng.core.stop, eng.core.force_stop):
+        with pytest.raises(ActionError, match="no running execution"):
+            await action(task.id)
+    with pytest.raises(ActionError, match="nothing to resume"):
+        await eng.core.resume(task.id)
+    for action in (eng.core.pause, eng.core.resume, eng.core.stop, eng.core.force_stop):
+        with pytest.raises(NotFoundError):
+            await action(task.id + 1)
+
+
+async def test_pause_and_resume_a_running_task(eng: Engine) -> None:
+    """pause holds the run at its checkpoint; a second pause and a resume of a running task
+    are refused; resume lets it finish."""
+    task = await eng.core.create_task(spec(eng))
+    execution_id = await eng.core.run(task.id)
+    await eng.tick()
+    [call] = await eng.gate.wait_calls(1)
+    with pytest.raises(ActionError, match="running, not paused"):
+        await eng.core.resume(task.id)
+
+    assert await eng.core.pause(task.id) == [execution_id]
+    with pytest.raises(ActionError, match="paused already"):
+        await eng.core.pause(task.id)
+    await settle(eng.store)
+    assert (await eng.task(task.id)).status is TaskStatus.PAUSED
+    call.release.set()
+    assert await eng.core.resume(task.id) == [execution_id]
+    await eng.finished(execution_id)
+    assert call.checkpoint_passed.is_set()
+    assert (await eng.store.get_execution(execution_id)).status is ExecutionStatus.DONE
+
+
+async def test_stop_and_force_stop(eng: Engine) -> None:
+    """stop ends a cooperative run canceled; force_stop cancels one that ignores stops."""
+    polite = await eng.core.create_task(spec(eng, "polite"))
+    stubborn = await eng.core.create_task(spec(eng, "stubborn", task_params={"ignore_stop": True}))
+    polite_id = await eng.core.run(polite.id)
+    stubborn_id = await eng.core.run(stubborn.id)
+    await eng.tick()
+    await eng.gate.wait_calls(2)
+
+    assert await eng.core.stop(polite.id, "enough") == [polite_id]
+    assert await eng.core.force_stop(stubborn.id) == [stubborn_id]
+    await eng.finished(polite_id)
+    await eng.finished(stubborn_id)
+    assert [c.ended for c in eng.gate.calls] == ["stopped", "cancelled"]
+    first = await eng.store.get_execution(polite_id)
+    second = await eng.store.get_execution(stubborn_id)
+    assert (first.status, first.status_msg) == (ExecutionStatus.CANCELED, "enough")
+    assert (second.status, second.status_msg) == (ExecutionStatus.CANCELED, "force stopped")
+
+
+async def test_resume_of_a_stopped_task_continues_from_its_saved_state(eng: Engine) -> None:
+    """resume after a stop starts a `resume` execution that gets the saved state."""
+    task = await eng.core.create_task(spec(eng, task_params={"save_state": {"cursor": 3}}))
+    first_id = await eng.core.run(task.id)
+    await eng.tick()
+    await eng.gate.wait_calls(1)
+    await eng.core.stop(task.id)
+    await eng.finished(first_id)
+    assert (await eng.task(task.id)).state == {"cursor": 3}
+
+    [resumed_id] = await eng.core.resume(task.id)
+    await eng.tick()
+    _, call = await eng.gate.wait_calls(2)
+    assert call.ctx.execution_id == resumed_id
+    assert call.ctx.trigger.kind == "resume"
+    assert call.ctx.state == {"cursor": 3}
+    call.release.set()
+    await eng.drain()
+    rows = await eng.executions(task.id)
+    assert [(r.trigger, r.status) for r in rows] == [
+        (TriggerKind.MANUAL, ExecutionStatus.CANCELED),
+        (TriggerKind.RESUME, ExecutionStatus.DONE),
+    ]
+    with pytest.raises(ActionError, match="nothing to resume"):
+        await eng.core.resume(task.id)
+
+
+async def test_resume_with_the_sleep_module_skips_the_steps_done(eng: Engine) -> None:
+    """The real sleep module, stopped after a step, resumes after that step."""
+    task = await eng.core.create_task(
+        eng.core.validate(
+            {"name": "nap", "task_module": "sleep", "task_params": {"seconds": 0.3, "steps": 3}}
+        )
+    )
+    first_id = await eng.core.run(task.id)
+    await eng.tick()
+
+    async def one_step_done() -> bool:
+        return bool((await eng.store.get_execution(first_id)).progress)
+
+    await until(one_step_done)
+    await eng.core.stop(task.id)
+    await eng.finished(first_id)
+    stopped = await eng.store.get_execution(first_id)
+    done_steps = (await eng.task(task.id)).state["done_steps"]  # type: ignore[index]
+    assert done_steps >= 1
+    assert (stopped.status, stopped.status_msg) == (
+        ExecutionStatus.CANCELED,
+        f"stopped: stopped after {done_steps} steps",  # the reason, then the module's word
+    )
+
+    [resumed_id] = await eng.core.resume(task.id)
+    await eng.tick()
+    await until(lambda: eng.runner.is_active(resumed_id))
+    await eng.finished(resumed_id)
+    resumed = await eng.store.get_execution(resumed_id)
+    assert (resumed.trigger, resumed.status) == (TriggerKind.RESUME, ExecutionStatus.DONE)
+    messages = [e.msg for e in await eng.store.read_log(task.id, execution_id=resumed_id)]
+    assert f"resuming after step {done_steps} of 3" in messages
+
+
+async def test_resume_after_a_crash_continues_the_interrupted_run(tmp_path: Path) -> None:
+    """After a crash, resume of an interrupted execution starts a `resume` run with the state."""
+    db = tmp_path / "taskd.db"
+    async with open_engine(db, clock=FakeClock(at(-1))) as dead:
+        task = await dead.core.create_task(spec(dead, task_params={"auto": True}))
+        [execution_id] = await dead.store.add_executions(
+            [NewExecution(task_id=task.id, trigger=TriggerKind.MANUAL, scheduled_for=T0)], T0
+        )
+        assert execution_id is not None
+        await dead.store.mark_started_many([(execution_id, task.id)], T0, "dead-host")
+        await dead.store.save_state(task.id, {"page": 12})
+
+    async with open_engine(db, clock=FakeClock(at(60)), start=True) as eng:
+        await settle(eng.store)
+        interrupted = await eng.store.get_execution(execution_id)
+        assert (interrupted.status, interrupted.status_msg) == (
+            ExecutionStatus.ERROR,
+            "interrupted",
+        )
+        [resumed_id] = await eng.core.resume(task.id)
+        [call] = await eng.gate.wait_calls(1)
+        await eng.drain()
+        assert (call.ctx.trigger.kind, call.ctx.state) == ("resume", {"page": 12})
+        resumed = await eng.store.get_execution(resumed_id)
+        assert (resumed.trigger, resumed.status) == (TriggerKind.RESUME, ExecutionStatus.DONE)
+
+
+# -- the config file's tasks --------------------------------------------------------------
+
+
+async def test_apply_config_adds_updates_removes_and_refuses(eng: Engine) -> None:
+    """apply_config makes the config tasks match: add, update, remove; an API task's name is
+    refused; applying the same specs again changes nothing."""
+    api_task = await eng.core.create_task(spec(eng, "taken", description="mine"))
+    changes = await eng.core.apply_config(
+        [spec(eng, "alpha", schedules=EVERY_15_MIN), spec(eng, "beta"), spec(eng, "taken")]
+    )
+    assert changes == ConfigChanges(added=("alpha", "beta"), refused=("taken",))
+    alpha = await eng.core.find("alpha")
+    assert (alpha.source, alpha.version, alpha.next_run_at) == (TaskSource.CONFIG, 1, T0)
+    assert alpha.created_by == "config"
+    assert (await eng.task(api_task.id)).spec["description"] == "mine"
+
+    again = await eng.core.apply_config(
+        [spec(eng, "alpha", schedules=EVERY_15_MIN), spec(eng, "beta"), spec(eng, "taken")]
+    )
+    assert again == ConfigChanges(refused=("taken",))
+    assert (await eng.core.find("alpha")).version == 1
+
+    changes = await eng.core.apply_config(
+        [
+            spec(eng, "alpha", schedules=EVERY_15_MIN, description="edited"),
+            spec(eng, "gamma"),
+        ]
+    )
+    assert changes == ConfigChanges(added=("gamma",), updated=("alpha",), removed=("beta",))
+    alpha = await eng.core.find("alpha")
+    assert (alpha.version, alpha.spec["description"], alpha.next_run_at) == (2, "edited", T0)
+    assert await eng.store.find_task("beta") is None
+    assert {t.name for t in await eng.store.list_tasks(source=TaskSource.CONFIG)} == {
+        "alpha",
+        "gamma",
+    }
+    assert (await eng.core.find("taken")).source is TaskSource.API
+
+
+async def test_apply_config_removing_a_running_task_stops_it(eng: Engine) -> None:
+    """A config task that leaves the file is stopped (forced) and deleted."""
+    await eng.core.apply_config([spec(eng, "leaving", task_params={"ignore_stop": True})])
+    task = await eng.core.find("leaving")
+    await eng.core.run(task.id)
+    await eng.tick()
+    [call] = await eng.gate.wait_calls(1)
+    assert await eng.core.apply_config([]) == ConfigChanges(removed=("leaving",))
+    assert call.ended == "cancelled"
+    assert await eng.store.find_task("leaving") is None
+    assert eng.runner.running_count == 0
