@@ -1,0 +1,701 @@
+"""End-to-end tests of `taskd serve`: the real daemon as a subprocess.
+
+Each test writes a config file into `tmp_path` (state_dir inside it, the API off), starts
+`python -m taskd serve --config FILE`, follows its JSON log lines on stderr and reads its
+SQLite file with the stdlib `sqlite3` (SELECTs only). Every wait is bounded and every daemon
+is killed in the fixture teardown, whatever happened.
+
+The kill -9 test can be repeated by hand:
+`TASKD_KILL_LOOPS=20 pytest tests/test_daemon.py -k kill_9` runs it 20 times, each with a
+fresh state dir and a different moment of the kill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+WAIT_SEC = 10.0  # the bound of every wait for the daemon
+KILL_LOOPS = int(os.environ.get("TASKD_KILL_LOOPS", "1"))
+DB_NAME = "taskd.db"
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers: config files, the daemon process, the database
+
+
+def write_config(path: Path, tasks: str, **daemon: object) -> Path:
+    """Write a config file with state_dir `state` next to it, the API off, and `tasks`."""
+    settings = {"state_dir": "state", **daemon}
+    lines = ["[daemon]"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    lines += ["", "[api]", "listen = []", "unix_socket = false", "", tasks]
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text("\n".join(lines) + "\n")
+    temporary.replace(path)  # atomic: a SIGHUP never reads half a file
+    return path
+
+
+def task_toml(name: str, module: str, params: str, **fields: str) -> str:
+    """One `[[task]]` table; `fields` are TOML values written as given."""
+    lines = ["[[task]]", f'name = "{name}"', f'task_module = "{module}"']
+    lines.append(f"task_params = {params}")
+    lines += [f"{key} = {value}" for key, value in fields.items()]
+    return "\n".join(lines) + "\n"
+
+
+def utc_in(seconds: float) -> str:
+    """An RFC 3339 UTC instant `seconds` from now, as a TOML string."""
+    instant = datetime.now(UTC) + timedelta(seconds=seconds)
+    return json.dumps(instant.isoformat().replace("+00:00", "Z"))
+
+
+def wait_until(check: Callable[[], T], what: str, timeout: float = WAIT_SEC) -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Db:
+    """Read-only access to the daemon's SQLite file (WAL: opened normally, SELECTs only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one SELECT on a fresh connection and return all rows."""
+        assert sql.lstrip().upper().startswith("SELECT")
+        # mode=rw: never create the file (a missing database is a failure, not an empty one).
+        connection = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=5)
+        try:
+            return connection.execute(sql, params).fetchall()
+        finally:
+            connection.close()
+
+    def value(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """Run a SELECT that yields one value."""
+        [(result,)] = self.rows(sql, params)
+        return result
+
+    def task_ids(self) -> dict[str, int]:
+        """Return {name: id} of every stored task."""
+        return {name: task_id for task_id, name in self.rows("SELECT id, name FROM tasks")}
+
+    def executions(self, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Return executions as dicts, oldest first."""
+        columns = (
+            "id, task_id, trigger, slot_at, scheduled_for, started_at, finished_at, status,"
+            " status_msg, attempt, progress"
+        )
+        names = [name.strip() for name in columns.split(",")]
+        rows = self.rows(f"SELECT {columns} FROM executions WHERE {where} ORDER BY id", params)
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+class Daemon:
+    """One `taskd serve` process with its stderr followed by a reader thread."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.lines: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "taskd", "serve", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # signals from the test's terminal never reach it
+        )
+        self._reader = threading.Thread(target=self._read, name="taskd-stderr", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        """The daemon's process id."""
+        return self.process.pid
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            with self._lock:
+                self.lines.append(line)
+                if isinstance(event, dict) and "event" in event:
+                    self.events.append(event)
+
+    def find(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        """Return the events named `event` whose fields include `fields`."""
+        with self._lock:
+            return [
+                e
+                for e in self.events
+                if e["event"] == event and all(e.get(k) == v for k, v in fields.items())
+            ]
+
+    def wait_for(self, event: str, timeout: float = WAIT_SEC, **fields: Any) -> dict[str, Any]:
+        """Wait for an event named `event` (with `fields`); fail if the daemon exits first."""
+
+        def check() -> dict[str, Any] | None:
+            found = self.find(event, **fields)
+            if found:
+                return found[0]
+            if self.process.poll() is not None:
+                time.sleep(0.1)  # let the reader catch the last lines
+                if not self.find(event, **fields):
+                    raise AssertionError(
+                        f"daemon exited ({self.process.returncode}) before {event!r}:\n"
+                        + self.stderr_tail()
+                    )
+            return None
+
+        try:
+            return wait_until(check, f"log event {event!r} {fields or ''}", timeout)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{self.stderr_tail()}") from None
+
+    def send(self, sig: signal.Signals) -> None:
+        """Send `sig` to the daemon."""
+        self.process.send_signal(sig)
+
+    def wait_exit(self, timeout: float = WAIT_SEC) -> int:
+        """Wait for the daemon to exit; return its exit code."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"daemon still running {timeout:g} s later:\n{self.stderr_tail()}"
+            ) from None
+        self._reader.join(5)
+        return code
+
+    def stderr_text(self) -> str:
+        """Everything the daemon wrote to stderr so far."""
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def stderr_tail(self, count: int = 30) -> str:
+        """The last lines of stderr, for failure messages."""
+        with self._lock:
+            return "\n".join(self.lines[-count:])
+
+    def assert_no_errors(self) -> None:
+        """No traceback on stderr, no error-level event, every line JSON."""
+        text = self.stderr_text()
+        assert "Traceback" not in text, text
+        with self._lock:
+            assert len(self.events) == len(self.lines), f"non-JSON lines on stderr:\n{text}"
+            errors = [e for e in self.events if e.get("level") in {"error", "critical"}]
+        assert not errors, errors
+
+    def close(self) -> None:
+        """Kill the daemon if it still runs, reap it and close its pipe."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(WAIT_SEC)
+        self._reader.join(5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+@pytest.fixture
+def start_daemon() -> Iterator[Callable[[Path], Daemon]]:
+    """Start daemons on config files; every one of them is killed at teardown."""
+    started: list[Daemon] = []
+
+    def start(config: Path) -> Daemon:
+        daemon = Daemon(config)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.close()
+
+
+def started(start: Callable[[Path], Daemon], config: Path) -> tuple[Daemon, Db]:
+    """Start a daemon and wait until it serves; return it and its database."""
+    daemon = start(config)
+    daemon.wait_for("taskd started")
+    return daemon, Db(config.parent / "state" / DB_NAME)
+
+
+def sleep_task(name: str, seconds: float, steps: int = 5, **fields: str) -> str:
+    """A sleep task firing every second, unless `fields` say otherwise."""
+    fields.setdefault("schedules", "[{ interval_sec = 1 }]")
+    return task_toml(name, "sleep", f"{{ seconds = {seconds}, steps = {steps} }}", **fields)
+
+
+# ---------------------------------------------------------------------------------------
+# 1. kill -9 while executions run
+
+
+RETRY_ONCE = "{ max_retries = 1, retry_delay_sec = 0.2 }"
+KILL_TASKS = {
+    # name: (seconds, options or None); max_retries per task below
+    "retry-short": (0.5, RETRY_ONCE),
+    "retry-long": (1.8, RETRY_ONCE),
+    "retry-parallel": (1.5, "{ max_retries = 1, retry_delay_sec = 0.2, overlap = 'parallel' }"),
+    "plain-short": (0.7, None),
+    "plain-long": (2.0, None),
+    "plain-queue": (1.2, "{ overlap = 'queue' }"),
+}
+MAX_RETRIES = {name: 1 if name.startswith("retry") else 0 for name in KILL_TASKS}
+
+
+def kill_config(path: Path) -> Path:
+    tasks = []
+    for name, (seconds, options) in KILL_TASKS.items():
+        fields = {"options": options} if options else {}
+        tasks.append(sleep_task(name, seconds, **fields))
+    return write_config(path, "\n".join(tasks), shutdown_grace_sec=0.5, stop_grace_sec=0.5)
+
+
+@pytest.mark.parametrize("round_", range(KILL_LOOPS))
+def test_kill_9_while_running_then_restart_loses_nothing_and_runs_no_slot_twice(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon], round_: int
+) -> None:
+    """SIGKILL mid-run, restart: interrupted runs become errors and retry, no slot runs twice."""
+    config = kill_config(tmp_path / "taskd.toml")
+    first, db = started(start_daemon, config)
+    task_ids = db.task_ids()
+    assert set(task_ids) == set(KILL_TASKS)
+    name_of = {task_id: name for name, task_id in task_ids.items()}
+
+    # Let it work a while, then kill it at a moment that differs from round to round.
+    wait_until(
+        lambda: db.value("SELECT count(*) FROM executions WHERE status = 'done'") >= 3,
+        "three finished executions",
+    )
+    time.sleep(random.Random(round_).uniform(0.0, 1.0))
+    wait_until(
+        lambda: db.value("SELECT count(*) FROM executions WHERE status = 'running'"),
+        "a running execution",
+    )
+    first.send(signal.SIGKILL)
+    assert first.wait_exit() == -signal.SIGKILL
+    first.assert_no_errors()
+
+    interrupted = db.executions("status IN ('running', 'paused')")
+    assert interrupted, "nothing was running at the kill"
+    finished_before = {
+        e["id"]: (e["status"], e["status_msg"], e["finished_at"])
+        for e in db.executions("status IN ('done', 'error', 'canceled', 'skipped')")
+    }
+    last_id_before = db.value("SELECT max(id) FROM executions")
+
+    # Restart on the same state dir.
+    restarted_at_us = int(time.time() * 1e6)
+    second, _ = started(start_daemon, config)
+    recovered = {e["execution_id"] for e in second.find("execution was interrupted by a crash")}
+    assert recovered == {e["id"] for e in interrupted}
+
+    # Each interrupted run of a task that may retry gets one retry; wait until they started.
+    expected_retries = Counter(
+        (e["task_id"], e["attempt"] + 1)
+        for e in interrupted
+        if e["attempt"] < MAX_RETRIES[name_of[e["task_id"]]]
+    )
+
+    # retry-parallel always has a run going (1.5 s every second), so this path is exercised.
+    assert expected_retries, interrupted
+
+    def retries_started() -> bool:
+        retries = db.executions("trigger = 'retry' AND started_at IS NOT NULL")
+        return Counter((e["task_id"], e["attempt"]) for e in retries) == expected_retries
+
+    wait_until(retries_started, f"retries {dict(expected_retries)} to start")
+    # And the schedules go on after the restart.
+    wait_until(
+        lambda: (
+            db.value(
+                "SELECT count(*) FROM executions WHERE trigger = 'schedule' AND started_at > ?"
+                " AND status = 'done'",
+                (restarted_at_us,),
+            )
+            >= 2
+        ),
+        "scheduled runs after the restart",
+    )
+
+    second.send(signal.SIGTERM)
+    assert second.wait_exit() == 0
+    second.wait_for("taskd stopped")
+    second.assert_no_errors()
+
+    # No slot is accounted for twice, and no slot was started twice.
+    assert (
+        db.rows(
+            "SELECT task_id, slot_at, count(*) FROM executions WHERE slot_at IS NOT NULL"
+            " GROUP BY task_id, slot_at HAVING count(*) > 1"
+        )
+        == []
+    )
+    assert (
+        db.rows(
+            "SELECT task_id, scheduled_for, count(*) FROM executions WHERE started_at IS NOT NULL"
+            " AND trigger IN ('schedule', 'catch_up') GROUP BY task_id, scheduled_for"
+            " HAVING count(*) > 1"
+        )
+        == []
+    )
+    # What the kill left running is now an error, "interrupted", with an end time.
+    for before in interrupted:
+        [after] = db.executions("id = ?", (before["id"],))
+        assert (after["status"], after["status_msg"]) == ("error", "interrupted"), after
+        assert after["finished_at"] is not None
+        assert after["started_at"] == before["started_at"]
+    # What had ended before the kill did not change.
+    for execution_id, ending in finished_before.items():
+        [after] = db.executions("id = ?", (execution_id,))
+        assert (after["status"], after["status_msg"], after["finished_at"]) == ending
+    # Retries: exactly one per interrupted run that had a retry left, after it, none else.
+    retries = db.executions("trigger = 'retry'")
+    assert Counter((e["task_id"], e["attempt"]) for e in retries) == expected_retries
+    for retry in retries:
+        assert retry["id"] > last_id_before
+        assert retry["status"] in {"done", "canceled"}, retry
+    interrupted_tasks_with_retries = {
+        name_of[e["task_id"]] for e in interrupted if MAX_RETRIES[name_of[e["task_id"]]]
+    }
+    assert {name_of[e["task_id"]] for e in retries} == interrupted_tasks_with_retries
+    # No task lost or renumbered; nothing left running after the clean stop.
+    assert db.task_ids() == task_ids
+    assert db.executions("status IN ('running', 'paused')") == []
+    assert db.rows("SELECT name FROM tasks WHERE status IN ('running', 'paused')") == []
+
+
+# ---------------------------------------------------------------------------------------
+# 2. SIGTERM with a long execution running
+
+
+def run_long_task_then_sigterm(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon]
+) -> tuple[Daemon, Db, dict[str, Any], float]:
+    """Start a 30 s sleep task, SIGTERM it after two steps; return the finished daemon."""
+    config = write_config(
+        tmp_path / "taskd.toml",
+        sleep_task("long", 30, steps=30, options="{ max_retries = 1, retry_delay_sec = 0.2 }"),
+        shutdown_grace_sec=0.5,
+        stop_grace_sec=0.5,
+    )
+    daemon, db = started(start_daemon, config)
+    [execution] = wait_until(
+        lambda: db.executions("status = 'running' AND progress >= 6.6"),
+        "two steps of the long execution",
+    )
+    started_at = time.monotonic()
+    daemon.send(signal.SIGTERM)
+    code = daemon.wait_exit()
+    elapsed = time.monotonic() - started_at
+    assert code == 0, daemon.stderr_tail()
+    return daemon, db, execution, elapsed
+
+
+def test_sigterm_stops_a_long_execution_within_the_grace_and_saves_its_state(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon]
+) -> None:
+    """SIGTERM: exit 0 quickly, the running execution canceled, the module's state saved."""
+    daemon, db, execution, elapsed = run_long_task_then_sigterm(tmp_path, start_daemon)
+    assert elapsed < 4.0, f"took {elapsed:.1f} s with shutdown_grace_sec = 0.5"
+    daemon.wait_for("taskd stopped")
+    daemon.assert_no_errors()
+    ended = daemon.wait_for("execution ended", execution_id=execution["id"])
+    assert ended["status"] == "canceled"
+
+    [after] = db.executions("id = ?", (execution["id"],))
+    assert after["status"] == "canceled", after
+    assert after["finished_at"] is not None
+    [(status, state, canceled_at)] = db.rows(
+        "SELECT status, state, run_canceled_at FROM tasks WHERE name = 'long'"
+    )
+    assert status == "canceled"
+    assert canceled_at == after["finished_at"]
+    saved = json.loads(state)
+    assert set(saved) == {"done_steps"}
+    assert 2 <= saved["done_steps"] < 30
+    # The record says why it stopped (the shutdown) and how far it got (the module).
+    assert after["status_msg"] == f"daemon shutting down: stopped after {saved['done_steps']} steps"
+    # A run stopped for the shutdown is not a failure: no retry, nothing left running.
+    assert db.executions("trigger = 'retry'") == []
+    assert db.executions("status IN ('running', 'paused')") == []
+
+
+# ---------------------------------------------------------------------------------------
+# 3. SIGHUP reload
+
+
+def test_sighup_applies_a_changed_config_and_refuses_an_invalid_one_whole(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon]
+) -> None:
+    """SIGHUP: add, change and remove tasks; an invalid file is refused and changes nothing."""
+    never = "[{ cron = '0 0 1 1 *' }]"  # 1 January: nothing runs during the test
+    path = tmp_path / "taskd.toml"
+    write_config(
+        path,
+        sleep_task("keep", 1, schedules=never)
+        + sleep_task("change", 1, schedules=never)
+        + sleep_task("remove", 1, schedules=never),
+    )
+    daemon, db = started(start_daemon, path)
+    ids = db.task_ids()
+    assert set(ids) == {"keep", "change", "remove"}
+
+    write_config(
+        path,
+        sleep_task("keep", 1, schedules=never)
+        + sleep_task("change", 2.5, steps=7, schedules=never)
+        + sleep_task("added", 1, schedules=never),
+    )
+    daemon.send(signal.SIGHUP)
+    reloaded = daemon.wait_for("config reloaded")
+    assert (reloaded["added"], reloaded["updated"], reloaded["removed"]) == (
+        ["added"],
+        ["change"],
+        ["remove"],
+    )
+    now_ids = db.task_ids()
+    assert set(now_ids) == {"keep", "change", "added"}
+    assert (now_ids["keep"], now_ids["change"]) == (ids["keep"], ids["change"])
+    rows = {
+        name: (json.loads(spec), version, source)
+        for name, spec, version, source in db.rows("SELECT name, spec, version, source FROM tasks")
+    }
+    assert rows["change"][0]["task_params"] == {"seconds": 2.5, "steps": 7}
+    assert rows["change"][1] == 2
+    assert rows["keep"][1] == 1
+    assert rows["added"][0]["task_params"] == {"seconds": 1, "steps": 5}
+    assert {source for _, _, source in rows.values()} == {"config"}
+
+    # An invalid file (hours = 25) that would also add, change and remove: refused whole.
+    snapshot = db.rows("SELECT * FROM tasks ORDER BY id")
+    write_config(
+        path,
+        sleep_task("keep", 1, schedules="[{ hours = [25], minutes = [0] }]")
+        + sleep_task("change", 9, schedules=never)
+        + sleep_task("another", 1, schedules=never),
+    )
+    daemon.send(signal.SIGHUP)
+    refused = daemon.wait_for("config reload refused")
+    assert refused["level"] == "error"
+    assert "task[keep].schedules[0].hours[0]" in refused["problem"], refused
+    assert "25" in refused["problem"]
+    time.sleep(0.3)  # nothing may follow the refusal
+    assert db.rows("SELECT * FROM tasks ORDER BY id") == snapshot
+    assert len(daemon.find("config reloaded")) == 1
+    assert daemon.process.poll() is None, "the daemon died of an invalid reload"
+    assert "Traceback" not in daemon.stderr_text()
+
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Invalid config at start
+
+
+@pytest.mark.parametrize(
+    ("tasks", "daemon_settings", "field"),
+    [
+        pytest.param(
+            sleep_task("bad", 1, schedules="[{ hours = [25] }]"),
+            {},
+            "task[bad].schedules[0].hours[0]",
+            id="hours",
+        ),
+        pytest.param(sleep_task("ok", 1), {"max_running": 0}, "daemon.max_running", id="daemon"),
+        pytest.param(
+            sleep_task("bad", 1, task_timeout="5"), {}, "task[bad].task_timeout", id="unknown-key"
+        ),
+        pytest.param(
+            task_toml("bad", "sleep", "{ steps = 3 }"),
+            {},
+            "task[bad].task_params.seconds",
+            id="module-params",
+        ),
+    ],
+)
+def test_invalid_config_at_start_exits_2_naming_the_field(
+    tmp_path: Path,
+    start_daemon: Callable[[Path], Daemon],
+    tasks: str,
+    daemon_settings: dict[str, object],
+    field: str,
+) -> None:
+    """An invalid config file: exit 2, an error line naming the field, no traceback."""
+    config = write_config(tmp_path / "taskd.toml", tasks, **daemon_settings)
+    daemon = start_daemon(config)
+    assert daemon.wait_exit() == 2
+    problems = [e["problem"] for e in daemon.find("invalid config", level="error")]
+    assert any(p.startswith(f"{field}:") for p in problems), daemon.stderr_text()
+    text = daemon.stderr_text()
+    assert "Traceback" not in text
+    assert not daemon.find("taskd started")
+    assert not (tmp_path / "state" / DB_NAME).exists(), "an invalid config touched the state"
+
+
+# ---------------------------------------------------------------------------------------
+# 5. The shell module under the daemon: a timeout kills the whole process group
+
+
+def _process_groups() -> dict[int, tuple[int, int, str]]:
+    """Return {pid: (pgid, session id, state)} of every process now."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (int(fields[2]), int(fields[3]), fields[0])
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live (not zombie) `sleep 1000`."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat[stat.rindex(")") + 2 :].split()[0]
+    return cmdline == b"sleep\x001000\x00" and state != "Z"
+
+
+def test_shell_timeout_ends_in_error_and_kills_the_whole_process_group(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon]
+) -> None:
+    """task_timeout_sec: the shell execution ends `error` "timed out" and no child survives."""
+    work = tmp_path / "work"
+    work.mkdir()
+    pids_file = work / "pids"
+    command = (
+        "sh -c 'sleep 1000 & echo $! >> pids; sleep 1000 & echo $! >> pids; wait'"
+        " & echo $! >> pids; wait"
+    )
+    params = "{ command = " + json.dumps(command) + ", cwd = " + json.dumps(str(work)) + " }"
+    config = write_config(
+        tmp_path / "taskd.toml",
+        task_toml("hang", "shell", params, task_timeout_sec="1", next_run_at=utc_in(0.5)),
+        stop_grace_sec=0.5,
+        shutdown_grace_sec=0.5,
+    )
+    pids: list[int] = []
+    try:
+        daemon, db = started(start_daemon, config)
+        wait_until(
+            lambda: pids_file.exists() and len(pids_file.read_text().split()) == 3,
+            "the shell to write its three pids",
+        )
+        pids = [int(p) for p in pids_file.read_text().split()]
+        # Written in no fixed order: the inner `sh -c` and its two `sleep 1000`.
+        assert sum(_alive(p) for p in pids) == 2, pids
+        [execution] = wait_until(
+            lambda: db.executions("status NOT IN ('queued', 'running')"), "the execution to end"
+        )
+        assert execution["status"] == "error", execution
+        assert execution["status_msg"].startswith("timed out"), execution
+        assert execution["trigger"] == "schedule"
+        # The whole group is gone: the pids written, and anything else of the group/session.
+        logs = [msg for (msg,) in db.rows("SELECT msg FROM log_entries ORDER BY idx")]
+        leaders = [int(m[1]) for text in logs if (m := re.match(r"started process (\d+) ", text))]
+        assert len(leaders) == 1, logs
+        leader = leaders[0]
+
+        def group_gone() -> bool:
+            group = {
+                pid
+                for pid, (pgid, sid, state) in _process_groups().items()
+                if (pgid == leader or sid == leader) and state != "Z"
+            }
+            return not group and not any(_alive(p) for p in pids)
+
+        wait_until(group_gone, f"process group {leader} to be gone", timeout=5)
+        assert daemon.process.poll() is None
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait_exit() == 0
+        daemon.assert_no_errors()
+    finally:
+        for pid in pids:  # only what this test's command started, should it have survived
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. A second SIGTERM skips the grace
+
+
+def test_second_sigterm_skips_the_shutdown_grace(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon]
+) -> None:
+    """A second SIGTERM during the shutdown grace stops the executions and exits at once."""
+    config = write_config(
+        tmp_path / "taskd.toml",
+        sleep_task("long", 30, steps=30),
+        shutdown_grace_sec=30,
+        stop_grace_sec=0.5,
+    )
+    daemon, db = started(start_daemon, config)
+    wait_until(lambda: db.executions("status = 'running'"), "the long execution to start")
+    daemon.send(signal.SIGTERM)
+    daemon.wait_for("taskd stopping")
+    time.sleep(0.3)  # the shutdown is now waiting for the running execution
+    daemon.send(signal.SIGTERM)
+    daemon.wait_for("second stop signal: stopping executions now")
+    started_at = time.monotonic()
+    assert daemon.wait_exit(timeout=5) == 0
+    assert time.monotonic() - started_at < 3
+    assert db.executions("status = 'canceled'")
+
+
+# ---------------------------------------------------------------------------------------
+# 7. overlap = "queue" under the daemon
+
+
+def test_overlap_queue_starts_the_pending_slot_when_the_running_one_ends(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon]
+) -> None:
+    """overlap=queue: the slot that came during a run starts as soon as that run ends."""
+    config = write_config(
+        tmp_path / "taskd.toml",
+        sleep_task("queued", 1.5, steps=3, options="{ overlap = 'queue' }"),
+        shutdown_grace_sec=0.5,
+        stop_grace_sec=0.5,
+    )
+    daemon, db = started(start_daemon, config)
+    [first] = wait_until(lambda: db.executions("status = 'done'")[:1], "the first execution to end")
+    time.sleep(0.5)
+    [second] = db.executions("slot_at = ?", (first["slot_at"] + 1_000_000,))
+    assert second["status"] != "queued", second
+    assert second["started_at"] - first["finished_at"] < 300_000, (first, second)
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
