@@ -294,6 +294,7 @@ def _known_module_names() -> frozenset[str]:
 # ---------------------------------------------------------------------------------------
 # ctl: the client of a running daemon
 
+_TASK_HELP = "a task's name or id"
 _CTL_ACTIONS = {
     "pause": ("pause", "pause the task's running execution"),
     "resume": ("resume", "resume a paused execution, or continue a stopped or interrupted one"),
@@ -316,20 +317,19 @@ def _add_ctl(commands: argparse._SubParsersAction[_Parser]) -> None:
         ),
     )
     _add_ctl_options(ctl, suppress=False)
-    actions = ctl.add_subparsers(title="commands", dest="ctl_command", required=True)
+    actions = ctl.add_subparsers(
+        title="commands", dest="ctl_command", metavar="COMMAND", required=True
+    )
     # The options are accepted after the command too (`taskd ctl list --json`).
     common = _Parser(add_help=False)
     _add_ctl_options(common, suppress=True)
 
     def add(name: str, help_text: str) -> _Parser:
-        parser = actions.add_parser(
-            name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
-            parents=[common],
-        )  # fmt: skip
-        return parser
+        description = help_text[0].upper() + help_text[1:] + "."
+        return actions.add_parser(name, help=help_text, description=description, parents=[common])
 
     add("list", "list the tasks: name, id, status, module, next and last run")
-    add("show", "show one task in full").add_argument("task", metavar="TASK")
+    add("show", "show one task in full").add_argument("task", metavar="TASK", help=_TASK_HELP)
     apply = add(
         "apply",
         "create or update the tasks of a file ([[task]] tables in TOML, or a JSON list of "
@@ -341,7 +341,7 @@ def _add_ctl(commands: argparse._SubParsersAction[_Parser]) -> None:
         ("defer", "prepare a run for 'run-defer' and print the defer id", "deferred run"),
     ):
         action = add(name, help_text)
-        action.add_argument("task", metavar="TASK")
+        action.add_argument("task", metavar="TASK", help=_TASK_HELP)
         action.add_argument(
             "--metadata",
             metavar="JSON",
@@ -351,19 +351,22 @@ def _add_ctl(commands: argparse._SubParsersAction[_Parser]) -> None:
         "defer_id", metavar="DEFER_ID"
     )
     for name, (_, help_text) in _CTL_ACTIONS.items():
-        add(name, help_text).add_argument("task", metavar="TASK")
+        add(name, help_text).add_argument("task", metavar="TASK", help=_TASK_HELP)
     add("delete", "delete a task (its running execution is stopped)").add_argument(
-        "task", metavar="TASK"
+        "task", metavar="TASK", help=_TASK_HELP
     )
     log = add(
         "log",
-        "print the log of the task's latest execution (or of --execution ID, or --all kept "
-        "ones); with -f, follow it until the execution ends",
+        "print the log of the task's current execution (the running one, else the latest "
+        "that was not a skipped slot), of --execution ID, or of --all kept ones; with -f, "
+        "follow it until the execution ends (with --json: one JSON object per line)",
     )
-    log.add_argument("task", metavar="TASK")
+    log.add_argument("task", metavar="TASK", help=_TASK_HELP)
     log.add_argument("-f", "--follow", action="store_true", help="print new lines as they come")
     which = log.add_mutually_exclusive_group()
-    which.add_argument("--execution", type=_positive_argument, metavar="ID")
+    which.add_argument(
+        "--execution", type=_positive_argument, metavar="ID", help="the log of execution ID"
+    )
     which.add_argument(
         "--all", action="store_true", dest="every_execution", help="every kept execution"
     )
@@ -372,8 +375,10 @@ def _add_ctl(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     log.add_argument("--limit", type=_positive_argument, metavar="N", help="print at most N lines")
     executions = add("executions", "list a task's executions, newest first")
-    executions.add_argument("task", metavar="TASK")
-    executions.add_argument("--limit", type=_positive_argument, metavar="N")
+    executions.add_argument("task", metavar="TASK", help=_TASK_HELP)
+    executions.add_argument(
+        "--limit", type=_positive_argument, metavar="N", help="list at most N (default: 50)"
+    )
     add("modules", "list the modules tasks can use, with their params")
     ctl.set_defaults(handler=_ctl)
 
@@ -467,6 +472,10 @@ def _ctl_command(args: argparse.Namespace) -> ctl.Command:
         case "delete":
             return lambda client, out: ctl.delete_task(client, out, task)
         case "log":
+            if args.follow and args.limit is not None:
+                raise ctl.InvalidInputError(
+                    "--limit does not go with -f: following prints every line"
+                )
             return lambda client, out: ctl.show_log(
                 client,
                 out,

@@ -40,6 +40,7 @@ from taskd.errors import FieldError, ValidationError, join_path
 
 __all__ = [
     "Client",
+    "Command",
     "CtlError",
     "Endpoint",
     "InvalidInputError",
@@ -47,12 +48,25 @@ __all__ = [
     "RefusedError",
     "TaskFile",
     "UnreachableError",
+    "act",
     "apply",
     "connect",
+    "current_execution",
     "default_config_path",
+    "defer_task",
+    "delete_task",
     "find_endpoint",
+    "list_executions",
+    "list_modules",
+    "list_tasks",
     "parse_metadata",
     "read_task_file",
+    "run",
+    "run_deferred",
+    "run_task",
+    "show_log",
+    "show_task",
+    "socket_from_config",
 ]
 
 API = "/api/v2"
@@ -124,7 +138,7 @@ class RefusedError(CtlError):
     """The daemon refused the request or failed to do it (401, 403, 404, 409, 5xx)."""
 
 
-class UnreachableError(CtlError, ConnectionError):
+class UnreachableError(CtlError):
     """The daemon could not be reached, or stopped answering."""
 
 
@@ -356,7 +370,8 @@ class Client:
         except json.JSONDecodeError:
             body = None
         problems: list[str | FieldError] = [*_problems(body)] or [
-            f"HTTP {status}: {text.strip()[:200] or 'no details'}"
+            f"{self.endpoint} answered HTTP {status} without an error in taskd's shape "
+            "(is it a taskd API?)"
         ]
         if status in {400, 413, 422}:
             return InvalidInputError(*problems)
@@ -388,8 +403,10 @@ class Client:
                     f"{where}: permission denied (is your user in the group that owns it?)"
                 )
             return UnreachableError(f"{where}: {_reason(os_error)}")
-        if isinstance(error, aiohttp.ServerDisconnectedError):
-            return UnreachableError(f"the daemon at {self.endpoint} closed the connection")
+        if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+            return UnreachableError(
+                f"the daemon at {self.endpoint} closed the connection before its answer ended"
+            )
         if isinstance(error, TimeoutError):
             return UnreachableError(f"the daemon at {self.endpoint} did not answer in time")
         return UnreachableError(f"{where}: {error}")
@@ -451,6 +468,11 @@ class Output:
 
     json: bool = False
     stream: TextIO = field(default_factory=lambda: sys.stdout)
+    notes: TextIO = field(default_factory=lambda: sys.stderr)
+
+    def note(self, message: str) -> None:
+        """Tell the user something that is neither a result nor a failure (on stderr)."""
+        print(f"taskd: note: {message}", file=self.notes, flush=True)
 
     def document(self, data: Any) -> None:
         """Print one JSON document."""
@@ -682,15 +704,14 @@ async def show_log(
     offset: int | None,
     limit: int | None,
 ) -> None:
-    """`log`: the log of the task's latest execution (or of `execution`, or of every kept
-    one), from `offset`; with `follow`, new lines as they come until that execution ends.
+    """`log`: the log of the task's current execution (see `current_execution`), or of
+    `execution`, or of every kept one, from the task's log line `offset`; with `follow`,
+    new lines as they come until that execution ends.
     """
     if execution is None and not every_execution:
-        task = await client.call("GET", task_path(name))
-        latest = task.get("last_execution")
-        if latest is None and not follow:
+        execution = await current_execution(client, name)
+        if execution is None and not follow:
             return  # it never ran: an empty log
-        execution = None if latest is None else int(latest["id"])
     query: dict[str, str | int] = {"offset": offset or 0}
     if execution is not None:
         query["execution_id"] = execution
@@ -711,6 +732,30 @@ async def show_log(
         return
     for entry in entries:
         out.line(_log_line(entry, show_execution))
+
+
+_ACTIVE = frozenset({"running", "paused"})
+
+
+async def current_execution(client: Client, name: str) -> int | None:
+    """The execution `log` shows by default: the newest running or paused one, else the
+    newest one that is not a skipped slot (a run just asked for may still be queued), else
+    the newest; None if the task has none.
+
+    (The task's `last_execution` is the latest that started, and a slot skipped while a run
+    goes on is newer than the run: neither is what "the log of the task" means.)
+    """
+    answer = await client.call("GET", task_path(name, "executions"), query={"limit": 50})
+    executions = answer["executions"]
+    for wanted in (
+        lambda e: e.get("status") in _ACTIVE,
+        lambda e: e.get("status") != "skipped",
+        lambda e: True,
+    ):
+        found = next((e for e in executions if wanted(e)), None)
+        if found is not None:
+            return int(found["id"])
+    return None
 
 
 async def _follow_log(
@@ -920,8 +965,10 @@ async def apply(client: Client, out: Output, tasks: TaskFile) -> None:
     others to match the file; print what changed.
 
     Fields the file leaves out are reset to their defaults, as the config file's tasks are,
-    except `workflow_type`, `workflow_action` and a one-shot `next_run_at`, which the API
-    cannot clear (a note says so). A task whose definition already matches is not written.
+    except what a v2 update cannot clear: `workflow_type` and `workflow_action` (a note
+    names them) and a one-shot `next_run_at` (which the API does not show apart from the
+    computed one). A task whose definition already matches is not written; one that names
+    `next_run_at` always is, as it cannot be compared.
     Nothing is written when a task names a module the daemon lacks. Otherwise every task is
     tried, and the problems are raised together at the end (InvalidInputError if any is a
     validation error).
@@ -940,7 +987,7 @@ async def apply(client: Client, out: Output, tasks: TaskFile) -> None:
     problems: list[CtlError] = []
     for item in tasks.tasks:
         try:
-            applied = await _apply_one(client, item, tasks.source)
+            applied = await _apply_one(client, out, item, tasks.source)
         except (InvalidInputError, RefusedError) as error:
             problems.append(error.below(item.path))
             continue
@@ -960,7 +1007,7 @@ async def apply(client: Client, out: Output, tasks: TaskFile) -> None:
         raise RefusedError(*messages)
 
 
-async def _apply_one(client: Client, item: FileTask, source: str) -> Applied:
+async def _apply_one(client: Client, out: Output, item: FileTask, source: str) -> Applied:
     body = item.spec.to_json()
     found = await client.call("GET", "/tasks", query={"name": item.spec.name, "limit": 1})
     if not found["tasks"]:
@@ -969,7 +1016,7 @@ async def _apply_one(client: Client, item: FileTask, source: str) -> Applied:
     before = found["tasks"][0]
     for key in _UNCLEARABLE:
         if key in before and key not in body:
-            _note(f"{source}: {item.path}: {key} stays {before[key]!r}: the API cannot clear it")
+            out.note(f"{source}: {item.path}: {key} stays {before[key]!r}: the API cannot clear it")
     if "next_run_at" not in item.given and not _differs(body, before):
         return Applied("unchanged", before)
     after = await client.call("PUT", task_path(before["id"]), body=body)
@@ -1009,10 +1056,6 @@ def _changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[str, 
         else:
             changed.append(key)
     return tuple(changed)
-
-
-def _note(message: str) -> None:
-    print(f"taskd: note: {message}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------
