@@ -128,6 +128,8 @@ class Core:
         task = await self.store.get_task(task_id)
         self._check_editable(task, as_config)
         spec_json = spec.to_json()
+        if spec_json == task.spec and expected_version is None:
+            return task  # nothing changes: no new version, no write
         if _schedule_fields(spec_json) == _schedule_fields(task.spec):
             next_run_at = task.next_run_at
         else:
@@ -241,24 +243,24 @@ class Core:
         task_id, metadata = await self.store.use_defer(defer_id, self.clock.now())
         return await self.run(task_id, metadata, kind=TriggerKind.DEFER)
 
-    def _running(self, task_id: int) -> list[int]:
-        running = self.runner.running_for_task(task_id)
+    def _running(self, task: Task) -> list[int]:
+        running = self.runner.running_for_task(task.id)
         if not running:
-            raise ActionError(f"task {task_id} has no running execution")
+            raise ActionError(f"task {task.name!r} has no running execution")
         return running
 
     async def pause(self, task_id: int) -> list[int]:
         """Pause the task's running executions. ActionError if none runs or all are paused."""
-        await self.store.get_task(task_id)
+        task = await self.store.get_task(task_id)
         paused = []
-        for execution_id in self._running(task_id):
+        for execution_id in self._running(task):
             try:
                 self.runner.pause(execution_id)
                 paused.append(execution_id)
             except ActionError:
                 pass
         if not paused:
-            raise ActionError(f"task {task_id} is paused already")
+            raise ActionError(f"task {task.name!r} is paused already")
         return paused
 
     async def resume(self, task_id: int) -> list[int]:
@@ -287,16 +289,14 @@ class Core:
 
     async def stop(self, task_id: int, reason: str = "stopped") -> list[int]:
         """Ask the task's running executions to stop (forced after the grace period)."""
-        await self.store.get_task(task_id)
-        running = self._running(task_id)
+        running = self._running(await self.store.get_task(task_id))
         for execution_id in running:
             self.runner.stop(execution_id, reason)
         return running
 
     async def force_stop(self, task_id: int) -> list[int]:
         """Cancel the task's running executions now, killing their processes."""
-        await self.store.get_task(task_id)
-        running = self._running(task_id)
+        running = self._running(await self.store.get_task(task_id))
         for execution_id in running:
             self.runner.force_stop(execution_id)
         return running
