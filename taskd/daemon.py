@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from taskd import __version__
+from taskd import __version__, systemd
 from taskd.api.app import build_app, serve_api
 from taskd.api.auth import Authenticator
 from taskd.clock import Clock, SystemClock
@@ -89,6 +89,13 @@ class Daemon:
             for problem in error.errors:
                 log.error("invalid config", problem=str(problem))
             return 2
+        unsafe = unsafe_files(
+            [(self.config_path, False), *((key.key_file, True) for key in settings.api.keys)]
+        )
+        for reason in unsafe:
+            log.error("unsafe file", problem=reason)
+        if unsafe:
+            return 2
         try:
             auth = Authenticator.from_settings(settings.api)
         except ValidationError as error:
@@ -101,7 +108,21 @@ class Daemon:
                 "(see README, 'API keys')"
             )
         daemon = settings.daemon
+        inherited = systemd.listen_fds()
+        unix_socket_fd = systemd.unix_stream_fd(inherited)
+        for extra in inherited:
+            if extra.fd != unix_socket_fd:
+                log.warning(
+                    "closing an inherited descriptor taskd has no use for",
+                    fd=extra.fd,
+                    name=extra.name,
+                )
+                os.close(extra.fd)
         async with AsyncExitStack() as stack:
+            watchdog = asyncio.create_task(
+                systemd.watchdog_loop(alive=self._alive, on_error=_notify_failed)
+            )
+            stack.callback(watchdog.cancel)
             store = await stack.enter_async_context(
                 Store.open(
                     daemon.state_dir / DB_FILE,
@@ -144,15 +165,31 @@ class Daemon:
             app = build_app(
                 core=self.core, auth=auth, api_settings=settings.api, health=self.health
             )
-            await stack.enter_async_context(serve_api(app, settings.api))
+            await stack.enter_async_context(
+                serve_api(app, settings.api, unix_socket_fd=unix_socket_fd)
+            )
             self._install_signals()
+            status = asyncio.create_task(systemd.status_loop(self._status, on_error=_notify_failed))
+            stack.callback(status.cancel)
+            _notify("READY=1")
             log.info("taskd started", state_dir=str(daemon.state_dir), pid=os.getpid())
             await self.stopping.wait()
+            _notify(f"STOPPING=1\nSTATUS={self._status()}")
             log.info("taskd stopping", grace_sec=daemon.shutdown_grace_sec)
             await scheduler.stop()
             await runner.shutdown(0 if self.skip_grace else daemon.shutdown_grace_sec)
         log.info("taskd stopped")
         return 0
+
+    def _alive(self) -> bool:
+        return self.stopping.is_set() or self.scheduler is None or self.scheduler.alive
+
+    def _status(self) -> str:
+        if self.core is None:
+            return "starting"
+        runner = self.core.runner
+        counts = f"{runner.running_count} running, {runner.queued_count} queued"
+        return f"stopping: {counts}" if self.stopping.is_set() else counts
 
     async def health(self) -> dict[str, Any]:
         """What `GET /api/v2/health` reports: scheduler alive, store writable, version."""
@@ -194,6 +231,19 @@ class Daemon:
     async def reload(self) -> bool:
         """Reload the config file's tasks; refuse an invalid file whole. Returns success."""
         assert self.core is not None
+        _notify(systemd.reloading_state())
+        try:
+            return await self._reload()
+        finally:
+            _notify("READY=1")
+
+    async def _reload(self) -> bool:
+        assert self.core is not None
+        unsafe = unsafe_files([(self.config_path, False)])
+        for reason in unsafe:
+            log.error("config reload refused", problem=reason)
+        if unsafe:
+            return False
         try:
             settings = load_settings(self.config_path, self.modules)
         except ValidationError as error:
@@ -209,6 +259,30 @@ class Daemon:
             removed=list(changes.removed),
         )
         return True
+
+
+def unsafe_files(files: list[tuple[Path, bool]]) -> list[str]:
+    """Why each of `files` (path, secret) must not be trusted; [] when all may be."""
+    problems = []
+    for path, secret in files:
+        try:
+            systemd.check_private_file(path, secret=secret)
+        except systemd.InsecureFileError as error:
+            problems.append(str(error))
+        except OSError:
+            pass  # a file that cannot be read is reported by whoever reads it
+    return problems
+
+
+def _notify(state: str) -> None:
+    try:
+        systemd.notify(state)
+    except OSError as error:
+        _notify_failed(error)
+
+
+def _notify_failed(error: OSError) -> None:
+    log.warning("cannot notify systemd", error=str(error))
 
 
 def serve(config_path: Path) -> int:
