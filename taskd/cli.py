@@ -120,16 +120,27 @@ def _add_serve(commands: argparse._SubParsersAction[_Parser]) -> None:
         ),
     )
     serve.add_argument(
-        "--config", required=True, type=Path, metavar="FILE", help="the TOML config file"
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the TOML config file (default under systemd: $CONFIGURATION_DIRECTORY/taskd.toml)",
     )
     serve.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: `taskd schedule next` and `check-config` need none of the daemon.
+    from taskd import systemd
     from taskd.daemon import serve
 
-    return serve(args.config)
+    config = args.config
+    if config is None:
+        configuration = systemd.directories().configuration
+        if configuration is None:
+            _say("serve needs --config FILE (or $CONFIGURATION_DIRECTORY from systemd)")
+            return EXIT_INVALID
+        config = configuration / "taskd.toml"
+    return serve(config)
 
 
 def _add_check_config(commands: argparse._SubParsersAction[_Parser]) -> None:

@@ -7,9 +7,11 @@ problem found, each at an attribute path (`daemon.max_running`, `api.keys[0].sco
 (0-based, in file order). Unknown keys are errors everywhere except inside the opaque JSON
 values (`task_params`, `frontend_prefs`, `metadata`), so a typo never passes silently.
 
-Relative paths in the file (`state_dir`, `unix_socket`, `key_file`) are relative to the
-directory of the config file, not to the working directory, and are stored absolute.
-Secrets are never read here: API keys stay in their files until the API loads them.
+Relative paths in the file (`state_dir`, `unix_socket`, `key_file`, `password_file`,
+`secret_file`, `ca_file`) are relative to the directory of the config file, not to the working
+directory, and are stored absolute. Secrets are never read here: API keys, the SMTP password
+and webhook secrets stay in their files until the part that uses them reads them (a password
+or secret written in the file itself is refused); the `[smtp]` and `[notify]` files must exist.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import re
 import sys
 import tomllib
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar, cast
 
+from taskd import systemd
 from taskd.errors import FieldError, ValidationError, join_path
 from taskd.schedule import (
     ScheduleSet,
@@ -40,6 +44,7 @@ from taskd.schedule import (
 )
 
 __all__ = [
+    "NOTIFY_EVENTS",
     "SCOPES",
     "WORKFLOW_ACTIONS",
     "WORKFLOW_TYPES",
@@ -50,10 +55,14 @@ __all__ = [
     "DaemonSettings",
     "EmailRecipient",
     "ListenAddress",
+    "NotifySettings",
     "Overlap",
     "Settings",
+    "SmtpSecurity",
+    "SmtpSettings",
     "TaskOptions",
     "TaskSpec",
+    "WebhookSettings",
     "load_config",
     "parse_config",
     "validate_task_spec",
@@ -107,6 +116,10 @@ WORKFLOW_ACTIONS = (
     "speedtest",
 )
 
+# The endings of an execution a webhook may subscribe to (`skipped` slots never notify).
+NOTIFY_EVENTS = ("done", "error", "canceled")
+
+_NO_DIRECTORIES = systemd.Directories()
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _NAME_RULE = "1 to 100 characters from A-Z a-z 0-9 _ . -"
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
@@ -135,6 +148,14 @@ class CatchUp(StrEnum):
     ONCE = "once"  # run once for all of them, coalesced
     SKIP = "skip"
     ALL = "all"  # run each, oldest first
+
+
+class SmtpSecurity(StrEnum):
+    """How the connection to the mail server is protected."""
+
+    NONE = "none"  # plain text (no STARTTLS even if offered)
+    STARTTLS = "starttls"  # plain connect, then STARTTLS, required
+    TLS = "tls"  # TLS from the first byte (SMTPS, port 465)
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,6 +311,58 @@ class ApiSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SmtpSettings:
+    """The `[smtp]` section: the server mail goes through.
+
+    The password stays in `password_file` (absolute; it existed when the config was
+    loaded); the notifier reads it when it connects. `ca_file` names the CA certificates
+    (PEM) to trust instead of the system's, for a server with a private CA.
+    """
+
+    host: str
+    port: int  # default 465 with security = "tls", else 25
+    security: SmtpSecurity = SmtpSecurity.STARTTLS
+    username: str | None = None
+    password_file: Path | None = None  # set exactly when username is
+    from_address: str  # `from` in the file
+    timeout_sec: float = 30.0
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookSettings:
+    """One `[[notify.webhooks]]` entry: where to POST the JSON of a finished execution.
+
+    With `secret_file` (absolute; read by the notifier), each POST carries
+    `X-Taskd-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+    """
+
+    url: str  # http or https
+    events: frozenset[str] = frozenset(NOTIFY_EVENTS)  # among NOTIFY_EVENTS
+    secret_file: Path | None = None
+    timeout_sec: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotifySettings:
+    """The `[notify]` section: webhooks and how notifications are queued and retried.
+
+    A delivery is tried up to `max_attempts` times, waiting `retry_base_delay_sec`, then
+    twice that, and so on (at most `retry_max_delay_sec`) between attempts. At most
+    `queue_size` finished executions wait to be handled; more are dropped (and logged).
+    At shutdown, pending deliveries get `shutdown_timeout_sec`.
+    """
+
+    webhooks: tuple[WebhookSettings, ...] = ()
+    log_lines: int = 20  # the last log lines of the execution quoted in a mail
+    max_attempts: int = 5
+    retry_base_delay_sec: float = 5.0
+    retry_max_delay_sec: float = 300.0
+    queue_size: int = 1000
+    shutdown_timeout_sec: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """One validated snapshot of the config file; a reload builds a new one."""
 
@@ -297,6 +370,8 @@ class Settings:
     daemon: DaemonSettings
     api: ApiSettings
     tasks: tuple[TaskSpec, ...] = ()
+    smtp: SmtpSettings | None = None  # None: no `[smtp]`, no mail
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,22 +396,41 @@ def load_config(path: Path, *, known_modules: Collection[str] | None = None) -> 
     except UnicodeDecodeError as error:
         reason = f"{path}: not UTF-8 text (invalid byte at offset {error.start})"
         raise ValidationError.single("", reason) from None
-    return parse_config(text, source=str(path), base_dir=path.parent, known_modules=known_modules)
+    return parse_config(
+        text,
+        source=str(path),
+        base_dir=path.parent,
+        known_modules=known_modules,
+        directories=systemd.directories(),
+    )
 
 
 def parse_config(
-    text: str, *, source: str, base_dir: Path, known_modules: Collection[str] | None = None
+    text: str,
+    *,
+    source: str,
+    base_dir: Path,
+    known_modules: Collection[str] | None = None,
+    directories: systemd.Directories = _NO_DIRECTORIES,
 ) -> Settings:
     """Validate config `text` and build `Settings`.
 
     `source` names the text in messages; relative paths are resolved against `base_dir`.
-    Raises `ValidationError` listing every problem (see `load_config`).
+    `directories` (systemd's StateDirectory= and RuntimeDirectory=, when set) give the
+    defaults of `state_dir` and `unix_socket`. Raises `ValidationError` listing every
+    problem (see `load_config`).
     """
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise _syntax_error(error, text, source) from None
-    return _build_settings(raw, source=source, base_dir=base_dir, known_modules=known_modules)
+    return _build_settings(
+        raw,
+        source=source,
+        base_dir=base_dir,
+        known_modules=known_modules,
+        directories=directories,
+    )
 
 
 def validate_task_spec(
@@ -401,30 +495,41 @@ def _build_settings(
     source: str,
     base_dir: Path,
     known_modules: Collection[str] | None,
+    directories: systemd.Directories,
 ) -> Settings:
     base_dir = Path(os.path.abspath(base_dir))
     top = _Fields(raw, "")
     daemon_raw: dict[str, Any] = top.get("daemon", _table, {})
     api_raw: dict[str, Any] = top.get("api", _table, {})
     tasks_raw: list[Any] = top.get("task", _array_of_tables("[[task]]"), [])
+    smtp_raw: dict[str, Any] | None = top.get("smtp", _table, None)
+    notify_raw: dict[str, Any] = top.get("notify", _table, {})
     errors = top.unknown_keys()
     # Sections fall back to the default of each value they refuse, so the rest is still
     # checked and one round shows every problem; an invalid daemon.timezone, for one, is
     # reported once there, and the schedules are meanwhile checked against UTC.
-    daemon = _daemon_settings(daemon_raw, "daemon", base_dir, errors)
-    api = _api_settings(api_raw, "api", base_dir, daemon.state_dir, errors)
+    daemon = _daemon_settings(daemon_raw, "daemon", base_dir, directories.state, errors)
+    socket_dir = directories.runtime or daemon.state_dir
+    api = _api_settings(api_raw, "api", base_dir, socket_dir, errors)
     tasks = _task_specs(tasks_raw, "task", daemon.timezone, known_modules, errors)
+    smtp = None if smtp_raw is None else _smtp_settings(smtp_raw, "smtp", base_dir, errors)
+    notify = _notify_settings(notify_raw, "notify", base_dir, errors)
     if errors:
         raise ValidationError(errors)
-    return Settings(source=source, daemon=daemon, api=api, tasks=tasks)
+    return Settings(source=source, daemon=daemon, api=api, tasks=tasks, smtp=smtp, notify=notify)
 
 
 def _daemon_settings(
-    raw: Mapping[str, Any], path: str, base_dir: Path, errors: list[FieldError]
+    raw: Mapping[str, Any],
+    path: str,
+    base_dir: Path,
+    systemd_state: Path | None,
+    errors: list[FieldError],
 ) -> DaemonSettings:
     fields = _Fields(raw, path)
+    default_state = systemd_state or _resolve(base_dir, "./var")
     settings = DaemonSettings(
-        state_dir=fields.get("state_dir", _path_in(base_dir), _resolve(base_dir, "./var")),
+        state_dir=fields.get("state_dir", _path_in(base_dir), default_state),
         timezone=fields.get("timezone", _timezone, "UTC"),
         max_running=fields.get("max_running", _integer(minimum=1), 16),
         shutdown_grace_sec=fields.get("shutdown_grace_sec", _number(minimum=0), 30.0),
@@ -439,11 +544,11 @@ def _daemon_settings(
 
 
 def _api_settings(
-    raw: Mapping[str, Any], path: str, base_dir: Path, state_dir: Path, errors: list[FieldError]
+    raw: Mapping[str, Any], path: str, base_dir: Path, socket_dir: Path, errors: list[FieldError]
 ) -> ApiSettings:
     fields = _Fields(raw, path)
     listen = fields.get("listen", _list_of(_listen_address, unique=True), ApiSettings().listen)
-    default_socket: Path | None = state_dir / "taskd.sock"
+    default_socket: Path | None = socket_dir / "taskd.sock"
     unix_socket = fields.get("unix_socket", _socket_path(base_dir), default_socket)
     if "unix_socket" not in raw and unix_socket is not None:
         # The default lives in state_dir, which may be deep enough to overflow sun_path.
@@ -505,6 +610,118 @@ def _api_user(value: Any, path: str) -> ApiUser:
         password_hash=cast(str, password_hash),
         scopes=cast(frozenset[str], scopes),
     )
+
+
+def _smtp_settings(
+    raw: Mapping[str, Any], path: str, base_dir: Path, errors: list[FieldError]
+) -> SmtpSettings | None:
+    fields = _Fields(raw, path)
+    host = fields.require("host", _host)
+    security = fields.get("security", _member(SmtpSecurity), SmtpSecurity.STARTTLS)
+    port = fields.get("port", _integer(minimum=1, maximum=65535), None)
+    username = fields.get("username", _string(), None)
+    password_file = fields.get("password_file", _existing_file(base_dir), None)
+    from_address = fields.require("from", _email_address)
+    timeout = fields.get("timeout_sec", _number(minimum=0, exclusive=True), 30.0)
+    ca_file = fields.get("ca_file", _existing_file(base_dir), None)
+    _refuse_inline_secret(raw, "password", "password_file", fields)
+    if "username" in raw and "password_file" not in raw:
+        fields.error("password_file", "is required when username is set")
+    if "password_file" in raw and "username" not in raw:
+        fields.error("username", "is required when password_file is set")
+    if (
+        "username" in raw
+        and security is SmtpSecurity.NONE
+        and host is not None
+        and not _is_loopback(host)
+    ):
+        fields.error(
+            "security",
+            "'none' would send the password in clear text to a host that is not loopback; "
+            "use 'starttls' or 'tls'",
+        )
+    errors.extend(fields.unknown_keys())
+    if host is None or from_address is None:
+        return None  # reported; nothing to build
+    return SmtpSettings(
+        host=host,
+        port=port if port is not None else (465 if security is SmtpSecurity.TLS else 25),
+        security=security,
+        username=username,
+        password_file=password_file,
+        from_address=from_address,
+        timeout_sec=timeout,
+        ca_file=ca_file,
+    )
+
+
+def _notify_settings(
+    raw: Mapping[str, Any], path: str, base_dir: Path, errors: list[FieldError]
+) -> NotifySettings:
+    fields = _Fields(raw, path)
+    webhooks: list[WebhookSettings] = fields.get(
+        "webhooks", _array_of_tables("[[notify.webhooks]]", _webhook(base_dir)), []
+    )
+    defaults = NotifySettings()
+    settings = NotifySettings(
+        webhooks=tuple(webhooks),
+        log_lines=fields.get("log_lines", _integer(minimum=0, maximum=1000), defaults.log_lines),
+        max_attempts=fields.get(
+            "max_attempts", _integer(minimum=1, maximum=100), defaults.max_attempts
+        ),
+        retry_base_delay_sec=fields.get(
+            "retry_base_delay_sec",
+            _number(minimum=0, exclusive=True),
+            defaults.retry_base_delay_sec,
+        ),
+        retry_max_delay_sec=fields.get(
+            "retry_max_delay_sec",
+            _number(minimum=0, exclusive=True),
+            defaults.retry_max_delay_sec,
+        ),
+        queue_size=fields.get("queue_size", _integer(minimum=1), defaults.queue_size),
+        shutdown_timeout_sec=fields.get(
+            "shutdown_timeout_sec", _number(minimum=0), defaults.shutdown_timeout_sec
+        ),
+    )
+    errors.extend(fields.unknown_keys())
+    return settings
+
+
+def _webhook(base_dir: Path) -> Check[WebhookSettings]:
+    def check(value: Any, path: str) -> WebhookSettings:
+        fields = _Fields.of(value, path)
+        url = fields.require("url", _http_url)
+        events = fields.get("events", _events, frozenset(NOTIFY_EVENTS))
+        secret_file = fields.get("secret_file", _existing_file(base_dir), None)
+        timeout = fields.get("timeout_sec", _number(minimum=0, exclusive=True), 10.0)
+        _refuse_inline_secret(value, "secret", "secret_file", fields)
+        fields.close()
+        return WebhookSettings(
+            url=cast(str, url), events=events, secret_file=secret_file, timeout_sec=timeout
+        )
+
+    return check
+
+
+def _refuse_inline_secret(raw: Mapping[str, Any], key: str, file_key: str, fields: _Fields) -> None:
+    """Refuse a secret written in the config, with a better message than "unknown field"."""
+
+    def check(value: Any, path: str) -> None:
+        _fail(
+            path,
+            f"a secret is never written in the config file: put it in a file only taskd "
+            f"can read and name that file in {file_key}",
+        )
+
+    fields.get(key, check, None)
+
+
+def _events(value: Any, path: str) -> frozenset[str]:
+    events = _list_of(_choice(NOTIFY_EVENTS), unique=True)(value, path)
+    if not events:
+        _fail(path, f"must name at least one of {', '.join(NOTIFY_EVENTS)}")
+    return frozenset(events)
 
 
 def _task_specs(
@@ -783,6 +1000,55 @@ def _socket_length(socket: Path, path: str) -> Path:
             f"{_MAX_SOCKET_PATH} (set api.unix_socket to a shorter path)",
         )
     return socket
+
+
+def _existing_file(base_dir: Path) -> Check[Path]:
+    """A path (relative to the config's directory) naming a file that exists now."""
+
+    def check(value: Any, path: str) -> Path:
+        file = _path_in(base_dir)(value, path)
+        if not file.is_file():
+            reason = "is a directory" if file.is_dir() else "does not exist"
+            _fail(path, f"{file} {reason}; it must name a file")
+        return file
+
+    return check
+
+
+def _host(value: Any, path: str) -> str:
+    host = _string()(value, path)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host) or host.replace(".", "").isdigit():
+            _fail(path, f"{host!r} is not a host name or IP address")
+    return host
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _http_url(value: Any, path: str) -> str:
+    url = _string()(value, path)
+    example = "such as 'https://hooks.example.org/taskd'"
+    if any(char.isspace() or not char.isprintable() for char in url):
+        _fail(path, f"must be an http or https URL {example}, without spaces, got {url!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError as error:
+        _fail(path, f"must be an http or https URL {example}: {error}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        _fail(path, f"must be an http or https URL {example}, got {url!r}")
+    if port == 0:
+        _fail(path, f"port must be in 1..65535, got {url!r}")
+    return url
 
 
 def _timezone(value: Any, path: str) -> str:

@@ -28,7 +28,8 @@ from taskd.config import Settings, load_config
 from taskd.core import Core, config_errors_for
 from taskd.errors import ValidationError
 from taskd.modules.registry import ModuleRegistry
-from taskd.runner import Runner
+from taskd.notify import Notifier
+from taskd.runner import Outcome, Runner
 from taskd.scheduler import Scheduler, SchedulerSettings
 from taskd.store import DB_FILE, Store
 
@@ -79,6 +80,7 @@ class Daemon:
         self.skip_grace = False
         self.core: Core | None = None
         self.scheduler: Scheduler | None = None
+        self.notifier: Notifier | None = None
         self._reloading: asyncio.Task[bool] | None = None
 
     async def run(self) -> int:
@@ -89,9 +91,7 @@ class Daemon:
             for problem in error.errors:
                 log.error("invalid config", problem=str(problem))
             return 2
-        unsafe = unsafe_files(
-            [(self.config_path, False), *((key.key_file, True) for key in settings.api.keys)]
-        )
+        unsafe = unsafe_files([(self.config_path, False), *secret_files(settings)])
         for reason in unsafe:
             log.error("unsafe file", problem=reason)
         if unsafe:
@@ -130,6 +130,10 @@ class Daemon:
                     log_entries_per_execution=daemon.log_entries_per_execution,
                 )
             )
+            notifier = await stack.enter_async_context(
+                Notifier.from_settings(settings, store=store, clock=self.clock)
+            )
+            self.notifier = notifier
             runner = Runner(
                 store=store,
                 modules=self.modules,
@@ -144,6 +148,14 @@ class Daemon:
                 clock=self.clock,
                 settings=SchedulerSettings(default_timezone=daemon.timezone),
             )
+            schedule_next = runner.on_outcome
+            assert schedule_next is not None
+
+            async def on_outcome(outcome: Outcome) -> None:
+                notifier.submit(outcome)  # queued: mail and webhooks never hold up the runner
+                await schedule_next(outcome)
+
+            runner.on_outcome = on_outcome
             self.core = Core(
                 store=store,
                 scheduler=scheduler,
@@ -239,19 +251,21 @@ class Daemon:
 
     async def _reload(self) -> bool:
         assert self.core is not None
-        unsafe = unsafe_files([(self.config_path, False)])
-        for reason in unsafe:
-            log.error("config reload refused", problem=reason)
-        if unsafe:
-            return False
         try:
             settings = load_settings(self.config_path, self.modules)
         except ValidationError as error:
             for problem in error.errors:
                 log.error("config reload refused", problem=str(problem))
             return False
+        unsafe = unsafe_files([(self.config_path, False), *secret_files(settings)])
+        for reason in unsafe:
+            log.error("config reload refused", problem=reason)
+        if unsafe:
+            return False
         changes = await self.core.apply_config(settings.tasks)
         self.core.runner.max_running = settings.daemon.max_running
+        if self.notifier is not None:
+            self.notifier.reconfigure(smtp=settings.smtp, settings=settings.notify)
         log.info(
             "config reloaded",
             added=list(changes.added),
@@ -259,6 +273,15 @@ class Daemon:
             removed=list(changes.removed),
         )
         return True
+
+
+def secret_files(settings: Settings) -> list[tuple[Path, bool]]:
+    """The files holding secrets the config names: API keys, SMTP password, webhook secrets."""
+    files = [key.key_file for key in settings.api.keys]
+    if settings.smtp is not None and settings.smtp.password_file is not None:
+        files.append(settings.smtp.password_file)
+    files += [hook.secret_file for hook in settings.notify.webhooks if hook.secret_file]
+    return [(path, True) for path in files]
 
 
 def unsafe_files(files: list[tuple[Path, bool]]) -> list[str]:

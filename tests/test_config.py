@@ -484,7 +484,9 @@ def test_unknown_keys_are_errors_in_every_section() -> None:
     )
     reasons = {error.path: error.reason for error in errors_of(text)}
     assert reasons == {
-        "tasks": "unknown field; did you mean 'task'? expected one of: api, daemon, task",
+        "tasks": (
+            "unknown field; did you mean 'task'? expected one of: api, daemon, notify, smtp, task"
+        ),
         "daemon.max_runing": reasons["daemon.max_runing"],
         "api.lisen": reasons["api.lisen"],
         "api.keys[0].scope": (
@@ -776,3 +778,21 @@ def test_json_form_of_a_full_spec() -> None:
         "email": {"recipients": [{"email": "a@example.org", "problems_only": False}]},
     }
     assert validate_task_spec(spec.to_json(), path="", default_timezone="UTC") == spec
+
+
+def test_systemd_directories_give_the_default_paths(tmp_path: Path) -> None:
+    """Under systemd, state_dir and unix_socket default to StateDirectory= / RuntimeDirectory=."""
+    from taskd.systemd import Directories
+
+    dirs = Directories(state=Path("/var/lib/taskd"), runtime=Path("/run/taskd"))
+    settings = parse_config("", source="t.toml", base_dir=tmp_path, directories=dirs)
+    assert settings.daemon.state_dir == Path("/var/lib/taskd")
+    assert settings.api.unix_socket == Path("/run/taskd/taskd.sock")
+    explicit = parse_config(
+        '[daemon]\nstate_dir = "s"\n[api]\nunix_socket = "x.sock"\n',
+        source="t.toml",
+        base_dir=tmp_path,
+        directories=dirs,
+    )
+    assert explicit.daemon.state_dir == tmp_path / "s"
+    assert explicit.api.unix_socket == tmp_path / "x.sock"

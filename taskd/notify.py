@@ -1,0 +1,669 @@
+"""Notifications after an execution ends: e-mail (SMTP) and webhooks (POST JSON).
+
+Wiring, in the daemon::
+
+    notifier = Notifier.from_settings(settings, store=store, clock=clock)
+    # After the store, so that it is closed (drained) before the store is.
+    await stack.enter_async_context(notifier)  # starts the worker; on exit, drains then stops
+    ...
+    notifier.submit(outcome)          # sync; from the runner's outcome hook, after the commit
+    await notifier.notify(outcome)    # the same, as an awaitable
+    notifier.reconfigure(smtp=new.smtp, settings=new.notify)  # on SIGHUP
+
+Contract:
+
+- `submit(outcome, task=None)` never blocks and never raises: it decides who is interested,
+  puts the outcome on a bounded queue and returns True, or returns False when nobody is
+  (a `skipped` slot, `problems_only` recipients of a `done` run, no webhook for the event),
+  when the queue is full or when the notifier is not running (both logged). `task` may give
+  a fresher snapshot of the task than `outcome.job.task`, whose `email.recipients` are used.
+- A worker takes outcomes off the queue, reads the execution and its last
+  `notify.log_lines` log lines from the store, and starts one delivery per mail recipient
+  and per interested webhook. Mail to a task's recipients is sent only when `[smtp]` is
+  configured (else logged once per task); each recipient gets a message of their own.
+- Each delivery is tried up to `notify.max_attempts` times with exponential backoff
+  (`retry_base_delay_sec`, doubling, at most `retry_max_delay_sec`), sleeping through the
+  injected `Clock`. Connection errors, timeouts, SMTP 4xx and HTTP 408/425/429/5xx answers are
+  retried; SMTP 5xx, an SMTP feature the server lacks and other HTTP answers are final.
+  Every ending is a structlog event: `notification sent` (info), `notification attempt
+  failed` (warning, will retry), `notification failed` (error); nothing is raised.
+- `close()` (or leaving the context) stops taking outcomes, waits up to
+  `notify.shutdown_timeout_sec` for what is queued and in flight, then abandons the rest
+  (logged with its count).
+
+Secrets (the SMTP password, webhook secrets) are read from their files at each delivery, off
+the event loop, so a rotated secret needs no reload. With a secret, a webhook POST carries
+`X-Taskd-Signature: sha256=<hex HMAC-SHA256 of the exact body>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import hashlib
+import hmac
+import json
+import socket
+import ssl
+import urllib.parse
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+import aiosmtplib
+import structlog
+
+from taskd import __version__
+from taskd.clock import Clock
+from taskd.config import NotifySettings, Settings, SmtpSecurity, SmtpSettings, WebhookSettings
+from taskd.model import Execution, ExecutionStatus, LogEntry, Task
+from taskd.runner import Outcome
+from taskd.schedule import format_utc
+
+__all__ = ["EVENT_FINISHED", "ExecutionReader", "Notifier", "sign"]
+
+log = structlog.get_logger("taskd.notify")
+
+EVENT_FINISHED = "execution.finished"
+# Endings that notify; a `skipped` slot never ran and never notifies.
+_NOTIFYING = frozenset({ExecutionStatus.DONE, ExecutionStatus.ERROR, ExecutionStatus.CANCELED})
+# Deliveries started and not yet ended; past this the worker waits, the queue fills up and
+# `submit` drops (and logs) instead of piling up retries without bound behind a dead server.
+_MAX_DELIVERIES = 100
+# Connections open at once (SMTP sessions and HTTP requests together).
+_MAX_CONNECTIONS = 8
+# Log entries read per query while looking for an execution's last lines.
+_LOG_PAGE = 500
+_RETRYABLE_HTTP = frozenset({408, 425, 429})
+
+
+class ExecutionReader(Protocol):
+    """What the notifier reads from the store (`taskd.store.Store` provides it)."""
+
+    async def get_execution(self, execution_id: int) -> Execution:
+        """Return one execution; raise `NotFoundError` if there is none."""
+        ...
+
+    async def read_log(
+        self,
+        task_id: int,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        execution_id: int | None = None,
+    ) -> list[LogEntry]:
+        """Return a task's log entries from index `offset` on, oldest first."""
+        ...
+
+
+class _FinalError(Exception):
+    """A delivery failure that another attempt would not fix (a 5xx answer, a bad secret)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Report:
+    """What a notification says about one finished execution."""
+
+    task_id: int
+    task_name: str
+    execution_id: int
+    status: str
+    status_msg: str | None
+    trigger: str
+    attempt: int
+    scheduled_for: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    host: str
+    log_lines: tuple[LogEntry, ...] = ()
+
+    @property
+    def duration_sec(self) -> float | None:
+        """Seconds from start to end, or None if either is unknown."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Delivery:
+    """One message to one destination, with what the logs say about it."""
+
+    channel: str  # "email" or "webhook"
+    target: str  # the recipient, or the webhook's index and origin (never its path or query)
+    report: _Report
+    send: Callable[[], Awaitable[None]]
+
+
+class Notifier:
+    """Sends mail and webhook notifications for finished executions; see the module docstring.
+
+    Use as an async context manager (or call `start()` and `close()`).
+    """
+
+    def __init__(
+        self,
+        *,
+        smtp: SmtpSettings | None,
+        settings: NotifySettings,
+        store: ExecutionReader,
+        clock: Clock,
+        hostname: str | None = None,
+    ) -> None:
+        self._smtp = smtp
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        # Named once: socket.getfqdn() (aiosmtplib's and make_msgid's default) may block on DNS.
+        self.hostname = hostname or socket.gethostname()
+        self._queue: asyncio.Queue[tuple[Outcome, Task]] = asyncio.Queue(settings.queue_size)
+        self._worker: asyncio.Task[None] | None = None
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._delivery_slots = asyncio.Semaphore(_MAX_DELIVERIES)
+        self._connections = asyncio.Semaphore(_MAX_CONNECTIONS)
+        self._session: aiohttp.ClientSession | None = None
+        self._tls_contexts: dict[Path | None, ssl.SSLContext] = {}
+        self._warned_no_smtp: set[int] = set()
+        self._accepting = False
+        self.sent = 0  # deliveries that succeeded
+        self.failed = 0  # deliveries that ended in failure (final error or attempts used up)
+        self.dropped = 0  # outcomes refused because the queue was full or the notifier closed
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, store: ExecutionReader, clock: Clock) -> Notifier:
+        """Build a notifier from a config snapshot (`[smtp]` and `[notify]`)."""
+        return cls(smtp=settings.smtp, settings=settings.notify, store=store, clock=clock)
+
+    def reconfigure(self, *, smtp: SmtpSettings | None, settings: NotifySettings) -> None:
+        """Use new settings for outcomes submitted from now on (`queue_size` stays as it was)."""
+        self._smtp = smtp
+        self._settings = settings
+        self._warned_no_smtp.clear()
+        self._tls_contexts.clear()  # a reload is also how a changed ca_file is taken up
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Notifier:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Start the worker; `submit` accepts outcomes from now on."""
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name="taskd-notifier")
+        self._accepting = True
+
+    async def close(self, timeout_sec: float | None = None) -> None:
+        """Stop accepting; give pending notifications `timeout_sec` (default from the
+        settings) to go out, then abandon the rest (logged) and release the HTTP session."""
+        self._accepting = False
+        if timeout_sec is None:
+            timeout_sec = self._settings.shutdown_timeout_sec
+        if self._worker is not None:
+            try:
+                async with asyncio.timeout(timeout_sec):
+                    await self.drain()
+            except TimeoutError:
+                log.warning(
+                    "notifications abandoned at shutdown",
+                    queued=self._queue.qsize(),
+                    in_flight=len(self._deliveries),
+                    timeout_sec=timeout_sec,
+                )
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        deliveries = list(self._deliveries)
+        for delivery in deliveries:
+            delivery.cancel()
+        await asyncio.gather(*deliveries, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def drain(self) -> None:
+        """Return once nothing is queued or being delivered (for tests and shutdown).
+
+        Waits for retries too; the caller bounds the wait.
+        """
+        while True:
+            await self._queue.join()
+            if not self._deliveries:
+                return
+            await asyncio.wait(set(self._deliveries))
+
+    # -- submitting -----------------------------------------------------------------------
+
+    def submit(self, outcome: Outcome, task: Task | None = None) -> bool:
+        """Queue notifications for a finished execution; never blocks, never raises.
+
+        Returns whether anything was queued (see the module docstring).
+        """
+        try:
+            return self._submit(outcome, task or outcome.job.task)
+        except Exception:  # a notification problem must never reach the runner
+            log.exception("could not queue notifications", execution_id=outcome.job.execution_id)
+            return False
+
+    async def notify(self, outcome: Outcome, task: Task | None = None) -> None:
+        """`submit` as an awaitable, for hooks that await (it returns at once)."""
+        self.submit(outcome, task)
+
+    def _submit(self, outcome: Outcome, task: Task) -> bool:
+        if outcome.status not in _NOTIFYING:
+            return False
+        if not self._recipients(task, outcome.status) and not self._webhooks(outcome.status):
+            return False
+        if not self._accepting:
+            self.dropped += 1
+            log.warning(
+                "notification dropped: the notifier is not running",
+                task=task.name,
+                execution_id=outcome.job.execution_id,
+            )
+            return False
+        try:
+            self._queue.put_nowait((outcome, task))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.error(
+                "notification dropped: queue full",
+                task=task.name,
+                execution_id=outcome.job.execution_id,
+                queue_size=self._queue.maxsize,
+            )
+            return False
+        return True
+
+    def _recipients(self, task: Task, status: ExecutionStatus) -> list[str]:
+        """The addresses that get mail about this ending (empty without `[smtp]`)."""
+        email_spec = task.spec.get("email")
+        raw = email_spec.get("recipients") if isinstance(email_spec, Mapping) else None
+        recipients = [
+            str(item["email"])
+            for item in raw or ()
+            if isinstance(item, Mapping)
+            and item.get("email")
+            and not (item.get("problems_only") and status is ExecutionStatus.DONE)
+        ]
+        if recipients and self._smtp is None:
+            if task.id not in self._warned_no_smtp:
+                self._warned_no_smtp.add(task.id)
+                log.warning(
+                    "task has e-mail recipients but [smtp] is not configured: no mail is sent",
+                    task=task.name,
+                )
+            return []
+        return list(dict.fromkeys(recipients))  # each address once, in order
+
+    def _webhooks(self, status: ExecutionStatus) -> list[tuple[int, WebhookSettings]]:
+        return [
+            (index, hook)
+            for index, hook in enumerate(self._settings.webhooks)
+            if str(status) in hook.events
+        ]
+
+    # -- the worker -----------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            outcome, task = await self._queue.get()
+            try:
+                for delivery in await self._prepare(outcome, task):
+                    await self._delivery_slots.acquire()
+                    running = asyncio.create_task(
+                        self._deliver(delivery),
+                        name=f"taskd-notify-{delivery.channel}-{outcome.job.execution_id}",
+                    )
+                    self._deliveries.add(running)
+                    running.add_done_callback(self._delivery_ended)
+            except Exception:
+                log.exception(
+                    "could not prepare notifications", execution_id=outcome.job.execution_id
+                )
+            finally:
+                self._queue.task_done()
+
+    def _delivery_ended(self, running: asyncio.Task[None]) -> None:
+        self._deliveries.discard(running)
+        self._delivery_slots.release()
+        if not running.cancelled() and running.exception() is not None:
+            # _deliver catches everything; this would be a bug in it.
+            log.error("notification delivery crashed", error=repr(running.exception()))
+
+    async def _prepare(self, outcome: Outcome, task: Task) -> list[_Delivery]:
+        recipients = self._recipients(task, outcome.status)
+        webhooks = self._webhooks(outcome.status)
+        smtp = self._smtp
+        if not recipients and not webhooks:
+            return []
+        execution_id = outcome.job.execution_id
+        execution: Execution | None = None
+        try:
+            execution = await self._store.get_execution(execution_id)
+        except Exception as error:  # pruned meanwhile, store closing: say what we know
+            log.warning(
+                "notifying without the execution record",
+                execution_id=execution_id,
+                error=str(error),
+            )
+        lines: tuple[LogEntry, ...] = ()
+        if recipients and self._settings.log_lines:
+            try:
+                lines = await self._last_log_lines(task.id, execution_id, self._settings.log_lines)
+            except Exception as error:
+                log.warning(
+                    "notifying without log lines", execution_id=execution_id, error=str(error)
+                )
+        report = self._report(outcome, task, execution, lines)
+        deliveries: list[_Delivery] = []
+        if smtp is not None:
+            for recipient in recipients:
+                message = self._mail(smtp, report, recipient)
+                deliveries.append(
+                    _Delivery(
+                        channel="email",
+                        target=recipient,
+                        report=report,
+                        send=_bind(self._send_mail, smtp, message, recipient),
+                    )
+                )
+        if webhooks:
+            body = json.dumps(_webhook_payload(report), separators=(",", ":")).encode()
+            delivery_id = str(uuid.uuid4())
+            for index, hook in webhooks:
+                deliveries.append(
+                    _Delivery(
+                        channel="webhook",
+                        target=f"webhooks[{index}] {_origin(hook.url)}",
+                        report=report,
+                        send=_bind(self._post, hook, body, delivery_id),
+                    )
+                )
+        return deliveries
+
+    async def _last_log_lines(
+        self, task_id: int, execution_id: int, count: int
+    ) -> tuple[LogEntry, ...]:
+        """The execution's last `count` log entries, oldest first.
+
+        The store reads forwards only; an execution's log is capped
+        (`log_entries_per_execution`), so paging through it is bounded.
+        """
+        last: deque[LogEntry] = deque(maxlen=count)
+        offset = 0
+        while True:
+            page = await self._store.read_log(
+                task_id, offset=offset, limit=_LOG_PAGE, execution_id=execution_id
+            )
+            last.extend(page)
+            if len(page) < _LOG_PAGE:
+                return tuple(last)
+            offset = page[-1].idx + 1
+
+    def _report(
+        self,
+        outcome: Outcome,
+        task: Task,
+        execution: Execution | None,
+        lines: tuple[LogEntry, ...],
+    ) -> _Report:
+        job = outcome.job
+        return _Report(
+            task_id=task.id,
+            task_name=task.name,
+            execution_id=job.execution_id,
+            status=str(outcome.status),
+            status_msg=outcome.status_msg,
+            trigger=str(execution.trigger) if execution else job.trigger.kind,
+            attempt=execution.attempt if execution else job.trigger.attempt,
+            scheduled_for=execution.scheduled_for if execution else job.due,
+            started_at=execution.started_at if execution else None,
+            finished_at=execution.finished_at if execution else None,
+            host=(execution.dispatcher if execution else None) or self.hostname,
+            log_lines=lines,
+        )
+
+    # -- delivering -----------------------------------------------------------------------
+
+    async def _deliver(self, delivery: _Delivery) -> None:
+        report = delivery.report
+        bound = log.bind(
+            channel=delivery.channel,
+            target=delivery.target,
+            task=report.task_name,
+            execution_id=report.execution_id,
+            status=report.status,
+        )
+        settings = self._settings
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                try:
+                    async with self._connections:
+                        await delivery.send()
+                except _FinalError as error:
+                    self.failed += 1
+                    bound.error("notification failed", attempts=attempt, error=str(error))
+                    return
+                except Exception as error:
+                    if attempt >= settings.max_attempts:
+                        self.failed += 1
+                        bound.error("notification failed", attempts=attempt, error=_describe(error))
+                        return
+                    delay = min(
+                        settings.retry_max_delay_sec,
+                        settings.retry_base_delay_sec * 2 ** (attempt - 1),
+                    )
+                    bound.warning(
+                        "notification attempt failed",
+                        attempt=attempt,
+                        retry_in_sec=delay,
+                        error=_describe(error),
+                    )
+                    await self._clock.sleep(delay)
+                else:
+                    self.sent += 1
+                    bound.info("notification sent", attempts=attempt)
+                    return
+        except asyncio.CancelledError:
+            bound.warning("notification abandoned", attempts=attempt)
+            raise
+
+    def _mail(self, smtp: SmtpSettings, report: _Report, recipient: str) -> EmailMessage:
+        message = EmailMessage()
+        message["Subject"] = f"[taskd] {report.task_name}: {report.status}"
+        message["From"] = smtp.from_address
+        message["To"] = recipient
+        message["Date"] = email.utils.format_datetime(self._clock.now())
+        message["Message-ID"] = email.utils.make_msgid("taskd", domain=self.hostname)
+        message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies
+        message.set_content(_mail_body(report, self._settings.log_lines))
+        return message
+
+    async def _send_mail(self, smtp: SmtpSettings, message: EmailMessage, recipient: str) -> None:
+        password = None
+        if smtp.password_file is not None:
+            password = (await _read_secret(smtp.password_file, "password_file")).decode()
+        tls_context = None
+        if smtp.security is not SmtpSecurity.NONE:
+            tls_context = await self._tls_context(smtp.ca_file)
+        try:
+            await aiosmtplib.send(
+                message,
+                sender=smtp.from_address,
+                recipients=[recipient],
+                hostname=smtp.host,
+                port=smtp.port,
+                username=smtp.username,
+                password=password,
+                use_tls=smtp.security is SmtpSecurity.TLS,
+                # False, not None: None would upgrade whenever the server offers it.
+                start_tls=smtp.security is SmtpSecurity.STARTTLS,
+                tls_context=tls_context,
+                timeout=smtp.timeout_sec,
+                local_hostname=self.hostname,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            if all(refused.code >= 500 for refused in error.recipients):
+                raise _FinalError(_describe(error)) from error
+            raise
+        except aiosmtplib.SMTPResponseException as error:
+            if error.code >= 500:
+                raise _FinalError(f"{error.code} {error.message}") from error
+            raise
+        except aiosmtplib.SMTPNotSupported as error:
+            raise _FinalError(f"the server does not support it: {error}") from error
+
+    async def _tls_context(self, ca_file: Path | None) -> ssl.SSLContext:
+        context = self._tls_contexts.get(ca_file)
+        if context is None:
+            # Loading CA certificates reads files: off the event loop, once.
+            cafile = str(ca_file) if ca_file is not None else None
+            context = await asyncio.to_thread(ssl.create_default_context, cafile=cafile)
+            self._tls_contexts[ca_file] = context
+        return context
+
+    async def _post(self, hook: WebhookSettings, body: bytes, delivery_id: str) -> None:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"taskd/{__version__}",
+            "X-Taskd-Event": EVENT_FINISHED,
+            # The same on every retry: a receiver may drop duplicates by it.
+            "X-Taskd-Delivery": delivery_id,
+        }
+        if hook.secret_file is not None:
+            secret = await _read_secret(hook.secret_file, "secret_file")
+            headers["X-Taskd-Signature"] = "sha256=" + sign(secret, body)
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        timeout = aiohttp.ClientTimeout(total=hook.timeout_sec)
+        async with self._session.post(
+            hook.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+        ) as response:
+            if 200 <= response.status < 300:
+                return
+            detail = f"HTTP {response.status} {response.reason or ''}".rstrip()
+            if response.status in _RETRYABLE_HTTP or response.status >= 500:
+                raise _RetryableHttpError(detail)
+            raise _FinalError(detail)
+
+
+class _RetryableHttpError(Exception):
+    """An HTTP answer worth another attempt (5xx, 429, ...)."""
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The hex HMAC-SHA256 of `body` under `secret`, as in `X-Taskd-Signature: sha256=...`."""
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def _bind(function: Callable[..., Awaitable[None]], *args: Any) -> Callable[[], Awaitable[None]]:
+    def call() -> Awaitable[None]:
+        return function(*args)
+
+    return call
+
+
+async def _read_secret(path: Path, key: str) -> bytes:
+    """Read a password or secret file (a trailing newline is not part of it)."""
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError as error:
+        raise OSError(f"cannot read {key} {path}: {error.strerror or error}") from error
+    secret = data.rstrip(b"\r\n")
+    if not secret:
+        raise _FinalError(f"{key} {path} is empty")
+    return secret
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a URL: paths and queries of webhooks often hold tokens."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+def _utc(instant: datetime | None) -> str | None:
+    return format_utc(instant) if instant is not None else None
+
+
+def _duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02}:{secs:02} ({seconds:.0f} s)"
+
+
+def _mail_body(report: _Report, log_lines: int) -> str:
+    rows = [
+        ("Task", f"{report.task_name} (id {report.task_id})"),
+        ("Execution", str(report.execution_id)),
+        ("Status", report.status),
+        ("Message", report.status_msg or "-"),
+        (
+            "Trigger",
+            report.trigger if not report.attempt else f"{report.trigger}, attempt {report.attempt}",
+        ),
+        ("Scheduled for", _utc(report.scheduled_for) or "-"),
+        ("Started", _utc(report.started_at) or "-"),
+        ("Finished", _utc(report.finished_at) or "-"),
+        ("Duration", _duration_text(report.duration_sec)),
+        ("Host", report.host),
+    ]
+    width = max(len(name) for name, _ in rows) + 1
+    text = "".join(f"{name + ':':<{width}} {value}\n" for name, value in rows)
+    if log_lines:
+        if report.log_lines:
+            text += f"\nLast {len(report.log_lines)} log lines (UTC):\n"
+            text += "".join(
+                f"{format_utc(entry.timestamp)} {entry.level:<7} {entry.msg}\n"
+                for entry in report.log_lines
+            )
+        else:
+            text += "\nNo log lines.\n"
+    return text
+
+
+def _webhook_payload(report: _Report) -> dict[str, Any]:
+    return {
+        "event": EVENT_FINISHED,
+        "task": {"id": report.task_id, "name": report.task_name},
+        "execution": {
+            "id": report.execution_id,
+            "status": report.status,
+            "status_msg": report.status_msg,
+            "trigger": report.trigger,
+            "started_at": _utc(report.started_at),
+            "finished_at": _utc(report.finished_at),
+            "duration_sec": report.duration_sec,
+            "attempt": report.attempt,
+        },
+        "host": report.host,
+    }
