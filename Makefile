@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench zipapp clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,5 +29,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/schedule.py
 
+# One file, dist/taskd.pyz, that runs with the system's Python 3.11+ on a server without pip:
+# `python3 taskd.pyz serve --config /etc/taskd/taskd.toml`. Dependencies are bundled (built
+# for this machine's Python version and architecture).
+zipapp: $(STAMP)
+	mkdir -p dist
+	$(BIN)/shiv --quiet --reproducible --console-script taskd --output-file dist/taskd.pyz .
+	@echo "built dist/taskd.pyz"
+
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) var build dist *.egg-info
