@@ -120,6 +120,8 @@ WORKFLOW_ACTIONS = (
 NOTIFY_EVENTS = ("done", "error", "canceled")
 
 _NO_DIRECTORIES = systemd.Directories()
+MAX_RETRIES = 100
+MAX_RETRY_DELAY_SEC = 86_400.0  # the first delay; doubled delays are capped by the scheduler
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _NAME_RULE = "1 to 100 characters from A-Z a-z 0-9 _ . -"
 _HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
@@ -904,7 +906,9 @@ def _integer(*, minimum: int | None = None, maximum: int | None = None) -> Check
     return check
 
 
-def _number(*, minimum: float, exclusive: bool = False) -> Check[float]:
+def _number(
+    *, minimum: float, exclusive: bool = False, maximum: float | None = None
+) -> Check[float]:
     def check(value: Any, path: str) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             _fail(path, f"must be a number, got {_describe(value)}")
@@ -913,6 +917,8 @@ def _number(*, minimum: float, exclusive: bool = False) -> Check[float]:
         if value < minimum or (exclusive and value == minimum):
             bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
             _fail(path, f"must be a number {bound}, got {value:g}")
+        if maximum is not None and value > maximum:
+            _fail(path, f"must be a number <= {maximum:g}, got {value:g}")
         return float(value)
 
     return check
@@ -1146,8 +1152,12 @@ def _task_options(value: Any, path: str) -> TaskOptions:
         priority=fields.get("priority", _integer(), 0),
         overlap=fields.get("overlap", _member(Overlap), Overlap.SKIP),
         catch_up=fields.get("catch_up", _member(CatchUp), CatchUp.ONCE),
-        max_retries=fields.get("max_retries", _integer(minimum=0), 0),
-        retry_delay_sec=fields.get("retry_delay_sec", _number(minimum=0, exclusive=True), 60.0),
+        max_retries=fields.get("max_retries", _integer(minimum=0, maximum=MAX_RETRIES), 0),
+        retry_delay_sec=fields.get(
+            "retry_delay_sec",
+            _number(minimum=0, exclusive=True, maximum=MAX_RETRY_DELAY_SEC),
+            60.0,
+        ),
     )
     fields.close()
     return options

@@ -165,10 +165,11 @@ class Core:
 
     async def find(self, name_or_id: str | int) -> Task:
         """Return a task by id or name. NotFoundError if there is none."""
-        if isinstance(name_or_id, int) or str(name_or_id).isdigit():
+        text = str(name_or_id)
+        if isinstance(name_or_id, int) or (text.isascii() and text.isdigit()):
             try:
                 return await self.store.get_task(int(name_or_id))
-            except NotFoundError:
+            except (NotFoundError, OverflowError):  # an id past SQLite's range is no id
                 pass
         task = await self.store.find_task(str(name_or_id))
         if task is None:

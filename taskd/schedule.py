@@ -68,6 +68,7 @@ class DstFold(StrEnum):
 WEEKDAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 _ONE_MINUTE = timedelta(minutes=1)
+MAX_INTERVAL_SEC = 100 * 365 * 86_400
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -481,8 +482,8 @@ class IntervalSchedule:
         anchor = self.start_at or _EPOCH
         if after < anchor:
             return anchor.astimezone(UTC)
-        step = timedelta(seconds=self.interval_sec)
         try:
+            step = timedelta(seconds=self.interval_sec)
             return (anchor + ((after - anchor) // step + 1) * step).astimezone(UTC)
         except OverflowError:
             return None
@@ -838,6 +839,13 @@ def _parse_interval(
     if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
         errors.append(
             FieldError(join_path(path, "interval_sec"), f"{interval!r} is not a whole number >= 1")
+        )
+    elif interval > MAX_INTERVAL_SEC:
+        errors.append(
+            FieldError(
+                join_path(path, "interval_sec"),
+                f"{interval} is more than {MAX_INTERVAL_SEC} (100 years)",
+            )
         )
     start_at = None
     if "start_at" in raw:

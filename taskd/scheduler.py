@@ -36,6 +36,7 @@ from taskd.store import NewExecution, SlotClaim, Store
 log = structlog.get_logger("taskd.scheduler")
 
 MAX_WAKE_INTERVAL_SEC = 1.0
+MAX_RETRY_WAIT_SEC = 7 * 86_400.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -406,7 +407,10 @@ class Scheduler:
         max_retries = int(options.get("max_retries", 0))
         if attempt >= max_retries:
             return
-        delay = float(options.get("retry_delay_sec", 60)) * 2**attempt
+        # Doubling, but never past a week: a long retry chain must not overflow the clock.
+        delay = min(
+            float(options.get("retry_delay_sec", 60)) * 2.0 ** min(attempt, 64), MAX_RETRY_WAIT_SEC
+        )
         due = now + timedelta(seconds=delay)
         [execution_id] = await self.store.add_executions(
             [

@@ -161,7 +161,9 @@ class Authenticator:
         if scheme.lower() == "basic" and rest:
             return self._basic(rest.strip())
         candidate = rest.strip() if scheme.lower() == "bearer" and rest else authorization.strip()
-        return self._key(candidate.encode())
+        # aiohttp decodes header bytes that are not UTF-8 with surrogateescape; this turns
+        # them back into the bytes sent (a plain encode() would raise on them).
+        return self._key(candidate.encode("utf-8", "surrogateescape"))
 
     def _key(self, candidate: bytes) -> Principal | None:
         found: _Key | None = None

@@ -201,9 +201,8 @@ async def task_from_path(request: web.Request, key: str) -> Task:
     core = request.app[CORE]
     text = request.match_info[key]
     try:
-        task_id = parse_id(text)
-        if task_id is not None:
-            return await core.find(task_id)  # by id; else a task named with these digits
+        if parse_id(text) is not None:
+            return await core.find(text)  # by id, else a task named with these digits
         if text.isdigit():
             # Digits that name no row (too large, or not ASCII): only a name can match, and
             # `Core.find` would try them as an id first.

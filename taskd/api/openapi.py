@@ -198,7 +198,9 @@ _EXTRA_PATHS: dict[str, dict[str, Any]] = {
                                 },
                             }
                         },
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": {
+                            "schema": {"$ref": "#/components/schemas/taskd_log_event"}
+                        },
                     },
                 },
                 "404": _not_found(),
@@ -248,13 +250,31 @@ _EXTRA_PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "summary": "This document.",
             "operationId": "openapi",
-            "security": [],
+            "description": "Any valid credentials; no scope is needed.",
             "responses": {"200": _json({"type": "object"}, "taskd's OpenAPI document.")},
         }
     },
 }
+# One server-sent event of a followed log (a stream is a sequence of them, and tools such
+# as schemathesis check each event against the schema of `text/event-stream`).
+_LOG_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["log", "end"]},
+        "data": {
+            "type": "string",
+            "description": (
+                "JSON: a log entry (`log`), or `{execution_id, status}` of the execution "
+                "that ended (`end`)."
+            ),
+        },
+        "id": {"type": "string", "description": "The entry's idx (`log` events)."},
+    },
+}
 _EXTRA_SCHEMAS = {
     "taskd_execution": _EXECUTION,
+    "taskd_log_event": _LOG_EVENT,
     "taskd_log_entry": _LOG_ENTRY,
     "taskd_health": {
         "type": "object",

@@ -342,12 +342,25 @@ async def task_log(request: web.Request) -> web.StreamResponse:
     offset = query_int(request, "offset", 0) or 0
     limit = query_int(request, "limit", 100, low=1, high=10_000) or 100
     execution_id = query_int(request, "execution_id", None, low=1)
-    if not query_bool(request, "follow"):
+    follow = query_bool(request, "follow")
+    if execution_id is not None:
+        await _check_execution_of(core, task, execution_id)
+    if not follow:
         entries = await core.store.read_log(
             task.id, offset=offset, limit=limit, execution_id=execution_id
         )
         return web.json_response({"entries": [log_entry_json(e) for e in entries]})
     return await _follow_log(request, core, task, offset, execution_id)
+
+
+async def _check_execution_of(core: Core, task: Task, execution_id: int) -> None:
+    """404 unless `execution_id` is one of the task's executions."""
+    try:
+        execution = await core.store.get_execution(execution_id)
+    except NotFoundError:
+        execution = None
+    if execution is None or execution.task_id != task.id:
+        raise ApiError(404, "not_found", f"task {task.name!r} has no execution {execution_id}")
 
 
 FOLLOW_POLL_SEC = 0.2
@@ -360,8 +373,32 @@ async def _follow_log(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
+    try:
+        await _stream_log(request, response, core, task, offset, execution_id)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away: nothing to answer, nothing went wrong
+    return response
+
+
+async def _stream_log(
+    request: web.Request,
+    response: web.StreamResponse,
+    core: Core,
+    task: Task,
+    offset: int,
+    execution_id: int | None,
+) -> None:
+    """Write log events until the watched execution has ended and its log is read."""
     watched = execution_id
+    if watched is None:
+        # The newest execution, queued ones included: the task's `last_execution_id` names
+        # the latest one that started, which is not the run just asked for.
+        newest = await core.store.list_executions(task.id, limit=1)
+        watched = newest[0].id if newest else None
     while True:
+        if request.transport is None or request.transport.is_closing():
+            return  # the client went away; stop polling for it
         entries = await core.store.read_log(
             task.id, offset=offset, limit=500, execution_id=execution_id
         )
@@ -371,9 +408,6 @@ async def _follow_log(
             offset = entry.idx + 1
         if entries:
             continue
-        if watched is None:
-            current = await core.store.get_task(task.id)
-            watched = current.last_execution_id
         if watched is None or not core.runner.is_active(watched):
             execution = None
             if watched is not None:
@@ -391,11 +425,9 @@ async def _follow_log(
                         "status": str(execution.status) if execution else None,
                     }
                     await response.write(f"event: end\ndata: {json.dumps(end)}\n\n".encode())
-                    break
+                    return
                 continue
         await asyncio.sleep(FOLLOW_POLL_SEC)
-    await response.write_eof()
-    return response
 
 
 @routes.get("/modules")

@@ -1,0 +1,267 @@
+"""What neither spec covers, served under /api/v2 in the Nodeum style: executions, logs
+(paged, per execution, followed live as server-sent events), modules, health, and taskd's
+own OpenAPI document, which must be valid and describe every route the app registers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from api_fixtures import Api, open_api, spec_problems
+from openapi_spec_validator import validate
+
+from taskd.api.app import registered_routes
+
+QUICK = {"task_module": "sleep", "task_params": {"seconds": 0}}
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    """A live API on real parts; no request may fail inside taskd."""
+    async with open_api(tmp_path) as served:
+        yield served
+        assert not served.failures()
+
+
+async def run_to_end(api: Api, task_id: str, body: dict[str, Any] | None = None) -> str:
+    """Run the task and wait until that execution is done; return its id."""
+    reply = await api.unix.put(f"/api/v2/tasks/{task_id}/action/run", body or {})
+    assert reply.status == 200, reply
+    execution_id: str = reply.json["execution_id"]
+    await api.wait_execution(execution_id, "done")
+    return execution_id
+
+
+async def test_executions_newest_first_and_paged(api: Api) -> None:
+    """A task's executions are listed newest first; limit/offset page them."""
+    task = await api.create("history")
+    ids = [await run_to_end(api, task["id"], {"n": n}) for n in range(3)]
+    listed = (await api.unix.get(f"/api/v2/tasks/{task['id']}/executions")).json["executions"]
+    assert [e["id"] for e in listed] == ids[::-1]
+    assert [e["trigger_metadata"] for e in listed] == [{"n": 2}, {"n": 1}, {"n": 0}]
+    assert all(e["task_id"] == task["id"] and e["status"] == "done" for e in listed)
+    page = await api.unix.get(f"/api/v2/tasks/{task['id']}/executions?limit=1&offset=1")
+    assert [e["id"] for e in page.json["executions"]] == [ids[1]]
+    by_name = await api.unix.get("/api/v2/tasks/history/executions")
+    assert by_name.json["executions"] == listed
+    assert (await api.unix.get("/api/v2/tasks/nope/executions")).status == 404
+
+
+async def test_execution_by_id(api: Api) -> None:
+    """One execution by id, with its times, status and dispatcher; unknown ids are 404."""
+    task = await api.create("one-run")
+    execution_id = await run_to_end(api, task["id"])
+    execution = (await api.unix.get(f"/api/v2/executions/{execution_id}")).json
+    assert execution["id"] == execution_id
+    assert execution["status"] == "done"
+    assert execution["progress"] == 100
+    assert execution["started_at"] <= execution["finished_at"]
+    assert execution["dispatcher"]
+    for ref in ("999999", "abc", "0"):
+        missing = await api.unix.get(f"/api/v2/executions/{ref}")
+        assert missing.status == 404
+        assert missing.json["details"]["base"][0]["error"] == "not_found"
+
+
+async def test_log_offset_limit_and_execution_id(api: Api) -> None:
+    """The v2 log pages by offset/limit and narrows to one execution with execution_id; an
+    execution of another task is 404."""
+    task = await api.create(
+        "talker", task_module="shell", task_params={"command": "echo one; echo two"}
+    )
+    first = await run_to_end(api, task["id"])
+    second = await run_to_end(api, task["id"])
+    path = f"/api/v2/tasks/{task['id']}/log"
+    entries = (await api.unix.get(path)).json["entries"]
+    assert [e["idx"] for e in entries] == list(range(len(entries)))
+    assert {e["execution_id"] for e in entries} == {first, second}
+    page = (await api.unix.get(path, params={"offset": "1", "limit": "2"})).json["entries"]
+    assert page == entries[1:3]
+    mine = (await api.unix.get(path, params={"execution_id": second})).json["entries"]
+    assert mine == [e for e in entries if e["execution_id"] == second]
+    assert [e["msg"] for e in mine if e["msg"] in {"one", "two"}] == ["one", "two"]
+    other = await api.create("other")
+    other_run = await run_to_end(api, other["id"])
+    foreign = await api.unix.get(path, params={"execution_id": other_run})
+    assert foreign.status == 404
+
+
+@pytest.mark.parametrize(
+    ("module", "params"),
+    [
+        ("shell", {"command": "for i in 1 2 3; do echo line $i; sleep 0.1; done"}),
+        ("sleep", {"seconds": 0.5, "steps": 5}),
+    ],
+)
+async def test_follow_streams_a_running_task_until_end(
+    api: Api, module: str, params: dict[str, Any]
+) -> None:
+    """`follow=true` answers text/event-stream: one `log` event per entry while the task
+    runs, then an `end` event naming the execution and how it ended."""
+    task = await api.create(f"follow-{module}", task_module=module, task_params=params)
+    run = await api.unix.put(f"/api/v2/tasks/{task['id']}/action/run")
+    await api.wait_status(task["id"], "running")
+    response, raw_events = await api.unix.events(
+        f"/api/v2/tasks/{task['id']}/log", {"follow": "true"}
+    )
+    assert response.headers["Content-Type"] == "text/event-stream"
+    document = (await api.unix.get("/api/v2/openapi.json")).json
+    event_schema = document["components"]["schemas"]["taskd_log_event"]
+    for event in raw_events:
+        jsonschema.validate(event, event_schema)  # each event as the document says
+    events = [(event["event"], json.loads(event["data"])) for event in raw_events]
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "end"
+    assert set(kinds[:-1]) == {"log"}
+    assert events[-1][1] == {"execution_id": run.json["execution_id"], "status": "done"}
+    logged = [data for kind, data in events if kind == "log"]
+    assert [entry["idx"] for entry in logged] == list(range(len(logged)))
+    assert [event["id"] for event in raw_events[:-1]] == [str(e["idx"]) for e in logged]
+    stored = (await api.unix.get(f"/api/v2/tasks/{task['id']}/log")).json["entries"]
+    assert logged == stored, "the stream carries every entry, in order"
+    if module == "shell":
+        assert [e["msg"] for e in logged if e["msg"].startswith("line")] == [
+            "line 1",
+            "line 2",
+            "line 3",
+        ]
+
+
+async def test_follow_an_idle_task_ends_at_once(api: Api) -> None:
+    """Following a task that never ran ends with an `end` event naming no execution."""
+    task = await api.create("idle")
+    _, events = await api.unix.events(f"/api/v2/tasks/{task['id']}/log", {"follow": "1"})
+    assert events == [{"event": "end", "data": '{"execution_id": null, "status": null}'}]
+
+
+async def test_a_follower_that_goes_away_is_no_error(api: Api) -> None:
+    """A client that drops a live stream leaves no failed request behind."""
+    task = await api.create("dropped", task_module="sleep", task_params={"seconds": 0.6})
+    await api.unix.put(f"/api/v2/tasks/{task['id']}/action/run")
+    await api.wait_status(task["id"], "running")
+    assert api.socket_path is not None
+    reader, writer = await asyncio.open_unix_connection(str(api.socket_path))
+    writer.write(
+        f"GET /api/v2/tasks/{task['id']}/log?follow=true HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    )
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    writer.close()
+    await writer.wait_closed()
+    await api.wait_status(task["id"], "done")
+    await asyncio.sleep(0.5)  # the handler notices at its next poll
+    assert api.failures() == []
+
+
+async def test_v2_modules(api: Api) -> None:
+    """GET /modules lists the modules with descriptions and params, sorted by name."""
+    modules = (await api.unix.get("/api/v2/modules")).json["modules"]
+    assert [m["name"] for m in modules] == ["http", "python", "shell", "sleep"]
+    shell = next(m for m in modules if m["name"] == "shell")
+    assert {p["name"] for p in shell["params"]} >= {"argv", "command"}
+    v1 = (await api.unix.get("/api/v1/task/modules")).json["modules"]
+    assert {m["name"]: m for m in modules} == v1
+
+
+async def test_health_needs_no_credentials(api: Api) -> None:
+    """Health answers over TCP without credentials: scheduler running, store writable."""
+    anonymous = await api.tcp(None)
+    health = await anonymous.get("/api/v2/health")
+    assert health.status == 200
+    assert health.json["status"] == "ok"
+    assert health.json["scheduler"] == "running"
+    assert health.json["store"] == "writable"
+    assert (health.json["running"], health.json["queued"]) == (0, 0)
+
+
+async def test_openapi_document_is_valid(api: Api) -> None:
+    """GET /api/v2/openapi.json is a valid OpenAPI document (openapi-spec-validator)."""
+    document = (await (await api.tcp("index")).get("/api/v2/openapi.json")).json
+    validate(document)
+    assert document["openapi"].startswith("3.")
+
+
+def _normalized(path: str) -> str:
+    """A path template with every `{param}` (and aiohttp's `{param:regex}`) as `{}`."""
+    return re.sub(r"\{[^}]*\}", "{}", path)
+
+
+async def test_openapi_document_covers_every_registered_route(api: Api) -> None:
+    """Every (method, path) the app registers is in the document, and nothing else is."""
+    document = (await api.unix.get("/api/v2/openapi.json")).json
+    documented = {
+        (method.upper(), _normalized(path))
+        for path, operations in document["paths"].items()
+        for method in operations
+        if method in HTTP_METHODS
+    }
+    registered = {
+        (route.method, _normalized(route.resource.canonical))
+        for route in registered_routes(api.app)
+        if route.resource is not None
+    }
+    assert registered == documented
+
+
+async def test_beyond_the_specs_answers_conform_to_taskds_own_document(api: Api) -> None:
+    """Executions, logs, modules, health and their 404s validate against openapi.json."""
+    c = await api.tcp("all")
+    task = await api.create("documented", task_module="shell", task_params={"argv": ["true"]})
+    execution_id = await run_to_end(api, task["id"])
+    start = len(api.exchanges)
+    for path in (
+        f"/api/v2/tasks/{task['id']}/executions?limit=5&offset=0",
+        f"/api/v2/executions/{execution_id}",
+        f"/api/v2/tasks/{task['id']}/log?offset=0&limit=10&execution_id={execution_id}",
+        "/api/v2/modules",
+        "/api/v2/health",
+        "/api/v2/openapi.json",
+        "/api/v2/executions/999999",
+        "/api/v2/tasks/nope/executions",
+        "/api/v2/tasks/nope/log",
+    ):
+        await c.get(path)
+    assert spec_problems(api.exchanges[start:], dialect="taskd") == []
+
+
+async def test_health_reports_a_stopped_scheduler_as_degraded(api: Api) -> None:
+    """With the scheduler's loop stopped, health answers 503 `degraded`."""
+    await api.scheduler.stop()
+    health = await (await api.tcp(None)).get("/api/v2/health")
+    assert health.status == 503
+    assert (health.json["status"], health.json["scheduler"]) == ("degraded", "stopped")
+    assert health.json["store"] == "writable"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/api/v2/nothing-here", 404),
+        ("GET", "/api/v1/nothing-here", 404),
+        ("POST", "/api/v2/tasks/1", 405),
+        ("PATCH", "/api/v2/tasks", 405),
+        ("PUT", "/api/v1/task", 405),
+        ("GET", "/api/v2/tasks/1/action/run", 405),
+    ],
+)
+async def test_unknown_routes_and_methods_answer_in_the_dialect(
+    api: Api, method: str, path: str, status: int
+) -> None:
+    """Unknown paths are 404 and wrong methods 405 (with Allow), in the dialect's shape."""
+    await api.create("present")
+    reply = await api.unix.call(method, path)
+    assert reply.status == status
+    if status == 405:
+        assert reply.headers["Allow"]
+    if path.startswith("/api/v1/"):
+        assert reply.json["statuscode"] == status
+    else:
+        assert reply.json["details"]["base"][0]["error"] in {"not_found", "method_not_allowed"}
