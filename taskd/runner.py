@@ -188,6 +188,8 @@ class Runner:
         self.max_running = max_running
         self.stop_grace_sec = stop_grace_sec
         self.on_outcome = on_outcome
+        # Called for each job as its module starts, with how late it starts (seconds).
+        self.on_started: Callable[[Job, float], None] | None = None
         self.dispatcher = dispatcher or socket.gethostname()
         self._queue: list[tuple[int, int, int, Job]] = []
         self._queued_ids: set[int] = set()
@@ -330,6 +332,8 @@ class Runner:
             log.exception("could not record executions as started; they stay queued")
             return
         for job, job_params in startable:
+            if self.on_started is not None:
+                self.on_started(job, (now - job.due).total_seconds())
             running = _Running(job=job, context=ExecutionContext(self, job, job_params))
             self._running[job.execution_id] = running
             running.task = asyncio.create_task(

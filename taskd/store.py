@@ -280,6 +280,8 @@ class Store:
         self._finished_since_prune: dict[int, int] = {}
         self.batches_written = 0
         self.last_batch_seconds = 0.0
+        # Called after each committed batch with its duration (seconds) and size (writes).
+        self.on_batch: Callable[[float, int], None] | None = None
 
     @classmethod
     @asynccontextmanager
@@ -358,6 +360,8 @@ class Store:
                 results = [error] * len(batch)
             self.last_batch_seconds = loop.time() - started
             self.batches_written += 1
+            if self.on_batch is not None:
+                self.on_batch(self.last_batch_seconds, len(batch))
             for write, result in zip(batch, results, strict=True):
                 if write.future is None or write.future.done():
                     continue
