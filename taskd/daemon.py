@@ -10,10 +10,13 @@ is refused whole and nothing changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from taskd.clock import Clock, SystemClock
 from taskd.config import Settings, load_config
 from taskd.core import Core, config_errors_for
 from taskd.errors import ValidationError
+from taskd.metrics import Metrics
 from taskd.modules.registry import ModuleRegistry
 from taskd.notify import Notifier
 from taskd.runner import Outcome, Runner
@@ -81,6 +85,7 @@ class Daemon:
         self.core: Core | None = None
         self.scheduler: Scheduler | None = None
         self.notifier: Notifier | None = None
+        self.metrics: Metrics | None = None
         self._reloading: asyncio.Task[bool] | None = None
 
     async def run(self) -> int:
@@ -119,6 +124,13 @@ class Daemon:
                 )
                 os.close(extra.fd)
         async with AsyncExitStack() as stack:
+            try:
+                stack.enter_context(_state_lock(daemon.state_dir))
+            except BlockingIOError:
+                log.error(
+                    "another taskd runs on this state directory", state_dir=str(daemon.state_dir)
+                )
+                return 1
             watchdog = asyncio.create_task(
                 systemd.watchdog_loop(alive=self._alive, on_error=_notify_failed)
             )
@@ -141,6 +153,10 @@ class Daemon:
                 max_running=daemon.max_running,
                 stop_grace_sec=daemon.stop_grace_sec,
             )
+            metrics = Metrics(load=runner, monotonic=self.clock.monotonic)
+            self.metrics = metrics
+            runner.on_started = metrics.observe_started
+            store.on_batch = metrics.observe_batch
             await stack.enter_async_context(runner)
             scheduler = Scheduler(
                 store=store,
@@ -152,6 +168,7 @@ class Daemon:
             assert schedule_next is not None
 
             async def on_outcome(outcome: Outcome) -> None:
+                metrics.observe_outcome(outcome)
                 notifier.submit(outcome)  # queued: mail and webhooks never hold up the runner
                 await schedule_next(outcome)
 
@@ -172,14 +189,23 @@ class Daemon:
                 updated=len(changes.updated),
                 removed=len(changes.removed),
             )
+            app = build_app(
+                core=self.core,
+                auth=auth,
+                api_settings=settings.api,
+                health=self.health,
+                metrics=metrics,
+            )
+            # Listen before anything runs: a taken address stops taskd before any task did.
+            try:
+                await stack.enter_async_context(
+                    serve_api(app, settings.api, unix_socket_fd=unix_socket_fd)
+                )
+            except OSError as error:
+                log.error("cannot listen", problem=str(error))
+                return 1
             await stack.enter_async_context(scheduler)
             self.scheduler = scheduler
-            app = build_app(
-                core=self.core, auth=auth, api_settings=settings.api, health=self.health
-            )
-            await stack.enter_async_context(
-                serve_api(app, settings.api, unix_socket_fd=unix_socket_fd)
-            )
             self._install_signals()
             status = asyncio.create_task(systemd.status_loop(self._status, on_error=_notify_failed))
             stack.callback(status.cancel)
@@ -273,6 +299,22 @@ class Daemon:
             removed=list(changes.removed),
         )
         return True
+
+
+@contextlib.contextmanager
+def _state_lock(state_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the state directory: one daemon per database.
+
+    Raises BlockingIOError if another process holds it. The kernel drops the lock when the
+    process dies, so a crash never leaves a stale one.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "taskd.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def secret_files(settings: Settings) -> list[tuple[Path, bool]]:

@@ -699,3 +699,23 @@ def test_overlap_queue_starts_the_pending_slot_when_the_running_one_ends(
     assert second["started_at"] - first["finished_at"] < 300_000, (first, second)
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0
+
+
+# ---------------------------------------------------------------------------------------
+# One daemon per state directory
+
+
+def test_a_second_daemon_on_the_same_state_directory_is_refused(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon]
+) -> None:
+    """A second taskd on the same state_dir exits 1 at once and leaves the first untouched."""
+    config = write_config(tmp_path / "taskd.toml", sleep_task("steady", 0.1))
+    first, db = started(start_daemon, config)
+    second = start_daemon(config)
+    assert second.wait_exit() == 1
+    assert second.find("another taskd runs on this state directory", level="error")
+    assert not second.find("taskd started")
+    assert "Traceback" not in second.stderr_text()
+    first.send(signal.SIGTERM)
+    assert first.wait_exit() == 0
+    assert db.task_ids() == {"steady": 1}

@@ -389,11 +389,22 @@ async def _stream_log(
     offset: int,
     execution_id: int | None,
 ) -> None:
-    """Write log events until the watched execution has ended and its log is read."""
+    """Write log events until the watched execution has ended and its log is read.
+
+    Without `execution_id` the watched one is the task's newest execution; a task that has
+    never run is waited for until its first execution comes.
+    """
     watched = execution_id
     if watched is None:
         # The newest execution, queued ones included: the task's `last_execution_id` names
         # the latest one that started, which is not the run just asked for.
+        newest = await core.store.list_executions(task.id, limit=1)
+        watched = newest[0].id if newest else None
+    while watched is None:
+        # The task has never run: follow its first run, whenever that comes.
+        if request.transport is None or request.transport.is_closing():
+            return
+        await asyncio.sleep(FOLLOW_POLL_SEC)
         newest = await core.store.list_executions(task.id, limit=1)
         watched = newest[0].id if newest else None
     while True:
