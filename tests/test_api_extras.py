@@ -135,11 +135,22 @@ async def test_follow_streams_a_running_task_until_end(
         ]
 
 
-async def test_follow_an_idle_task_ends_at_once(api: Api) -> None:
-    """Following a task that never ran ends with an `end` event naming no execution."""
-    task = await api.create("idle")
-    _, events = await api.unix.events(f"/api/v2/tasks/{task['id']}/log", {"follow": "1"})
-    assert events == [{"event": "end", "data": '{"execution_id": null, "status": null}'}]
+async def test_follow_a_task_that_never_ran_waits_for_its_first_run(api: Api) -> None:
+    """Following a task that never ran waits for its first run, then streams it to its end."""
+    task = await api.create("idle", task_module="shell", task_params={"command": "echo first run"})
+    follower = asyncio.ensure_future(
+        api.unix.events(f"/api/v2/tasks/{task['id']}/log", {"follow": "1"})
+    )
+    await asyncio.sleep(0.5)
+    assert not follower.done(), "the stream waits while the task has not run"
+    run = await api.unix.put(f"/api/v2/tasks/{task['id']}/action/run")
+    _, events = await follower
+    assert events[-1]["event"] == "end"
+    assert json.loads(events[-1]["data"]) == {
+        "execution_id": run.json["execution_id"],
+        "status": "done",
+    }
+    assert "first run" in [json.loads(e["data"])["msg"] for e in events[:-1]]
 
 
 async def test_a_follower_that_goes_away_is_no_error(api: Api) -> None:
