@@ -84,6 +84,7 @@ SCOPES = frozenset(
         "tasks/destroy",
         "tasks/action",
         "tasks/run_defer",
+        "metrics",
         "tasks/*",
         "*",
     }

@@ -20,12 +20,24 @@ from aiohttp.web_urldispatcher import AbstractRoute
 
 from taskd.api import v1, v2
 from taskd.api.auth import UNIX_SOCKET_PRINCIPAL, Authenticator
-from taskd.api.common import API_SETTINGS, AUTH, CORE, HEALTH, PRINCIPAL, PUBLIC, Handler
+from taskd.api.common import (
+    API_SETTINGS,
+    AUTH,
+    CORE,
+    HEALTH,
+    METRICS,
+    PRINCIPAL,
+    PUBLIC,
+    Handler,
+    scope,
+)
 from taskd.api.errors import ApiError, v1_error, v2_error
-from taskd.api.openapi import openapi_document
+from taskd.api.openapi import METRICS_PATH, openapi_document
 from taskd.config import ApiSettings
 from taskd.core import Core
 from taskd.errors import ConflictError, DeferError, NotFoundError, ValidationError
+from taskd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from taskd.metrics import Metrics
 from taskd.runner import ActionError
 
 log = structlog.get_logger("taskd.api")
@@ -82,10 +94,14 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Check credentials and the route's scope (401 without, 403 outside the scopes)."""
+    """Check credentials and the route's scope (401 without, 403 outside the scopes).
+
+    A route marked with several scopes lets credentials with any one of them through; an
+    unmarked route, any valid credentials.
+    """
     route_handler = request.match_info.handler
-    needed: str | None = getattr(route_handler, "taskd_scope", None)
-    if needed == PUBLIC:
+    needed: tuple[str, ...] = getattr(route_handler, "taskd_scope", ())
+    if PUBLIC in needed:
         return await handler(request)
     settings = request.app[API_SETTINGS]
     if _is_unix(request) and settings.trust_unix_socket:
@@ -99,8 +115,8 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
             "credentials required: an API key (Authorization: Bearer <key>) or Basic auth",
             headers={"WWW-Authenticate": 'Basic realm="taskd", Bearer realm="taskd"'},
         )
-    if needed is not None and not principal.allows(needed):
-        raise ApiError(403, "forbidden", f"the credentials lack the scope {needed}")
+    if needed and not any(principal.allows(name) for name in needed):
+        raise ApiError(403, "forbidden", f"the credentials lack the scope {' or '.join(needed)}")
     request[PRINCIPAL] = principal
     return await handler(request)
 
@@ -112,14 +128,25 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app.router))
 
 
+@scope("metrics", "tasks/index")
+async def _metrics(request: web.Request) -> web.Response:
+    """taskd's metrics in the Prometheus text format. A scraper's key needs only `metrics`;
+    `tasks/index` already lists more than the metrics tell, so it is enough too.
+    """
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
 def build_app(
     *,
     core: Core,
     auth: Authenticator,
     api_settings: ApiSettings,
     health: Callable[[], Awaitable[dict[str, Any]]],
+    metrics: Metrics | None = None,
 ) -> web.Application:
-    """The application serving both dialects over `core`."""
+    """The application serving both dialects over `core`, and `GET /metrics` if given
+    `metrics`."""
     app = web.Application(client_max_size=api_settings.max_body_bytes, middlewares=[_errors, _auth])
     app[CORE] = core
     app[AUTH] = auth
@@ -130,6 +157,9 @@ def build_app(
             assert isinstance(route, web.RouteDef)
             app.router.add_route(route.method, prefix + route.path, route.handler)
     app.router.add_get(V2_PREFIX + "/openapi.json", _openapi)
+    if metrics is not None:
+        app[METRICS] = metrics
+        app.router.add_get(METRICS_PATH, _metrics)
     return app
 
 

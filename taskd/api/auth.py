@@ -7,7 +7,8 @@ are compared in constant time, and every key is compared, so the time taken does
 which key nearly matched.
 
 Scopes follow the Nodeum API: `tasks/index`, `tasks/show`, `tasks/create`, `tasks/update`,
-`tasks/destroy`, `tasks/action`, `tasks/run_defer`, with `tasks/*` and `*` as wildcards.
+`tasks/destroy`, `tasks/action`, `tasks/run_defer`, with `tasks/*` and `*` as wildcards;
+and `metrics`, for a Prometheus scraper's key (`GET /metrics`; `tasks/index` reads it too).
 No credentials: 401. Credentials without the route's scope: 403. The Unix socket may be
 trusted (its file mode guards it): then it needs no credentials.
 """
@@ -37,6 +38,7 @@ ALL_SCOPES = frozenset(
         "tasks/destroy",
         "tasks/action",
         "tasks/run_defer",
+        "metrics",
     }
 )
 

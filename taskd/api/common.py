@@ -14,6 +14,7 @@ from taskd.api.errors import ApiError
 from taskd.config import ApiSettings
 from taskd.core import Core
 from taskd.errors import FieldError, NotFoundError
+from taskd.metrics import Metrics
 from taskd.model import Task
 
 CORE = web.AppKey("core", Core)
@@ -21,6 +22,7 @@ AUTH = web.AppKey("auth", Authenticator)
 API_SETTINGS = web.AppKey("api_settings", ApiSettings)
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 HEALTH: web.AppKey[HealthCheck] = web.AppKey("health")
+METRICS = web.AppKey("metrics", Metrics)
 if TYPE_CHECKING or hasattr(web, "RequestKey"):
     # A typed key: aiohttp 3.14 warns about str keys, and a warning must not fail a request
     # where warnings are errors (the test suite).
@@ -34,11 +36,12 @@ H = TypeVar("H", bound=Handler)
 PUBLIC = "public"
 
 
-def scope(name: str) -> Callable[[H], H]:
-    """Mark a handler with the scope it needs (`tasks/show`), or `PUBLIC`."""
+def scope(*names: str) -> Callable[[H], H]:
+    """Mark a handler with the scope it needs (`tasks/show`), or `PUBLIC`; given several
+    (`"metrics", "tasks/index"`), any one of them suffices."""
 
     def mark(handler: H) -> H:
-        handler.taskd_scope = name  # type: ignore[attr-defined]
+        handler.taskd_scope = names  # type: ignore[attr-defined]
         return handler
 
     return mark

@@ -1,5 +1,5 @@
 """taskd's own OpenAPI 3 document: both dialects' specs under their prefixes, plus the
-routes neither covers (executions, logs, modules, health, this document).
+routes neither covers (executions, logs, modules, health, metrics, this document).
 
 The two specs ship inside the package (`specs/`). Their component names clash (both have
 a `task`), so each spec's components get a prefix (`fylr_`, `nodeum_`) and its `$ref`s are
@@ -18,6 +18,7 @@ from aiohttp import web
 
 from taskd import __version__
 
+METRICS_PATH = "/metrics"  # where Prometheus scrapes by default
 _SPECS = (("fylr", "/api/v1", "fylr-openapi.json"), ("nodeum", "/api/v2", "nodeum-openapi.json"))
 
 
@@ -254,6 +255,22 @@ _EXTRA_PATHS: dict[str, dict[str, Any]] = {
             "responses": {"200": _json({"type": "object"}, "taskd's OpenAPI document.")},
         }
     },
+    METRICS_PATH: {
+        "get": {
+            "summary": "taskd's metrics, in the Prometheus text format.",
+            "operationId": "metrics",
+            "description": (
+                "**API Key Scope**: metrics, or tasks / index. Served when the daemon runs "
+                "(always by `taskd serve`); open on a trusted Unix socket, like every route."
+            ),
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format 0.0.4.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
 }
 # One server-sent event of a followed log (a stream is a sequence of them, and tools such
 # as schemathesis check each event against the schema of `text/event-stream`).
@@ -339,5 +356,11 @@ def _base_document() -> dict[str, Any]:
 
 
 def openapi_document(router: web.UrlDispatcher | None = None) -> dict[str, Any]:
-    """Return taskd's OpenAPI document (a fresh copy)."""
-    return copy.deepcopy(_base_document())
+    """Return taskd's OpenAPI document (a fresh copy); of the routes `router` serves, if
+    given (an app built without metrics has no `/metrics`)."""
+    document = copy.deepcopy(_base_document())
+    if router is not None and not any(
+        resource.canonical == METRICS_PATH for resource in router.resources()
+    ):
+        del document["paths"][METRICS_PATH]
+    return document
