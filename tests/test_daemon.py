@@ -17,6 +17,7 @@ import os
 import random
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -719,3 +720,50 @@ def test_a_second_daemon_on_the_same_state_directory_is_refused(
     first.send(signal.SIGTERM)
     assert first.wait_exit() == 0
     assert db.task_ids() == {"steady": 1}
+
+
+# ---------------------------------------------------------------------------------------
+# A failure mail, end to end: the daemon, a failing task, a real SMTP server on loopback
+
+
+def test_a_failing_task_sends_a_mail_through_the_configured_smtp_server(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon]
+) -> None:
+    """A task that fails under the real daemon mails its recipient through [smtp]."""
+    from aiosmtpd.controller import Controller
+
+    received: list[str] = []
+
+    class Collect:
+        async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+            received.append(envelope.content.decode())
+            return "250 OK"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(Collect(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        task = task_toml(
+            "disk-check",
+            "shell",
+            '{ command = "echo disk almost full; exit 3" }',
+            next_run_at=utc_in(1),
+            email='{ recipients = [{ email = "ops@example.org", problems_only = true }] }',
+        )
+        smtp = (
+            f'\n[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
+            'from = "taskd@example.org"\n'
+        )
+        config = write_config(tmp_path / "taskd.toml", task + smtp)
+        daemon, _ = started(start_daemon, config)
+        wait_until(lambda: received, "the failure mail", timeout=15)
+        mail = received[0]
+        assert "Subject: [taskd] disk-check: error" in mail
+        assert "exit code 3" in mail
+        assert "disk almost full" in mail
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait_exit() == 0
+    finally:
+        controller.stop()
