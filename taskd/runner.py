@@ -195,6 +195,11 @@ class Runner:
         self._queued_ids: set[int] = set()
         self._sequence = itertools.count()
         self._running: dict[int, _Running] = {}
+        # Per task, the ids of its queued and running executions: overlap checks are O(1).
+        self._queued_by_task: dict[int, set[int]] = {}
+        self._running_by_task: dict[int, set[int]] = {}
+        # Validated params by (task id, version): a task's definition changes its version.
+        self._params: dict[tuple[int, int], Mapping[str, Any]] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -259,20 +264,21 @@ class Runner:
 
     def running_for_task(self, task_id: int) -> list[int]:
         """Return the ids of the task's executions that run now."""
-        return [i for i, r in self._running.items() if r.job.task.id == task_id]
+        return sorted(self._running_by_task.get(task_id, ()))
 
     def queued_for_task(self, task_id: int) -> list[int]:
         """Return the ids of the task's jobs waiting in the queue."""
-        return [job.execution_id for *_, job in self._queue if job.task.id == task_id]
+        return sorted(self._queued_by_task.get(task_id, ()))
 
     def remove_queued(self, task_id: int) -> list[Job]:
         """Take the task's jobs out of the queue (it was deleted or disabled); return them."""
+        if not self._queued_by_task.pop(task_id, None):
+            return []
         removed = [entry[3] for entry in self._queue if entry[3].task.id == task_id]
-        if removed:
-            self._queue = [entry for entry in self._queue if entry[3].task.id != task_id]
-            heapq.heapify(self._queue)
-            for job in removed:
-                self._queued_ids.discard(job.execution_id)
+        self._queue = [entry for entry in self._queue if entry[3].task.id != task_id]
+        heapq.heapify(self._queue)
+        for job in removed:
+            self._queued_ids.discard(job.execution_id)
         return removed
 
     def is_active(self, execution_id: int) -> bool:
@@ -287,6 +293,23 @@ class Runner:
 
     # -- submitting and dispatching -------------------------------------------------------
 
+    def prepare(self, job: Job) -> Mapping[str, Any]:
+        """Validate the job's params against its module now (cached per task version).
+
+        The scheduler calls it when it claims a slot ahead of time, so that at the due
+        instant nothing but the start itself is left. Raises ValidationError.
+        """
+        key = (job.task.id, job.task.version)
+        params = self._params.get(key)
+        if params is None:
+            params = self.modules.validate(
+                job.task.module, job.task.spec.get("task_params") or {}, path="task_params"
+            )
+            if len(self._params) >= 10_000:
+                self._params.clear()
+            self._params[key] = params
+        return params
+
     def submit(self, job: Job) -> None:
         """Queue a job; it starts when a place is free, by priority then due time."""
         if not self._accepting or job.execution_id in self._queued_ids:
@@ -294,6 +317,7 @@ class Runner:
         priority = int(job.task.options.get("priority", 0))
         heapq.heappush(self._queue, (-priority, to_micros(job.due), next(self._sequence), job))
         self._queued_ids.add(job.execution_id)
+        self._queued_by_task.setdefault(job.task.id, set()).add(job.execution_id)
         self._wake.set()
 
     async def _dispatch_loop(self) -> None:
@@ -305,6 +329,7 @@ class Runner:
             while self._queue and len(batch) < free:
                 job = heapq.heappop(self._queue)[3]
                 self._queued_ids.discard(job.execution_id)
+                _discard(self._queued_by_task, job.task.id, job.execution_id)
                 batch.append(job)
             if batch:
                 await self._start(batch)
@@ -317,13 +342,11 @@ class Runner:
         refused: list[tuple[Job, str]] = []
         for job in batch:
             try:
-                params = self.modules.validate(
-                    job.task.module, job.task.spec.get("task_params") or {}, path="task_params"
-                )
+                params = self.prepare(job)
             except Exception as error:  # the stored definition no longer fits the module
                 refused.append((job, str(error)))
-            else:
-                startable.append((job, params))
+                continue
+            startable.append((job, params))
         try:
             await self.store.mark_started_many(
                 [(job.execution_id, job.task.id) for job, _ in startable], now, self.dispatcher
@@ -336,6 +359,7 @@ class Runner:
                 self.on_started(job, (now - job.due).total_seconds())
             running = _Running(job=job, context=ExecutionContext(self, job, job_params))
             self._running[job.execution_id] = running
+            self._running_by_task.setdefault(job.task.id, set()).add(job.execution_id)
             running.task = asyncio.create_task(
                 self._execute(running), name=f"taskd-execution-{job.execution_id}"
             )
@@ -357,7 +381,7 @@ class Runner:
         started = self.clock.monotonic()
         status, message = ExecutionStatus.DONE, None
         stopped_by_user = False
-        bound.info("execution started", module=job.task.module, trigger=job.trigger.kind)
+        bound.debug("execution started", module=job.task.module, trigger=job.trigger.kind)
         timeout = asyncio.timeout(timeout_sec)
         try:
             module = self.modules.get(job.task.module)
@@ -392,7 +416,15 @@ class Runner:
             if running.grace_timer is not None:
                 running.grace_timer.cancel()
             elapsed = self.clock.monotonic() - started
-            bound.info("execution ended", status=str(status), msg=message, seconds=elapsed)
+            # The one event per execution at info level: what ran, why, and how it ended.
+            bound.info(
+                "execution ended",
+                module=job.task.module,
+                trigger=str(job.trigger.kind),
+                status=str(status),
+                msg=message,
+                seconds=round(elapsed, 6),
+            )
             recorded = False
             try:
                 if message:
@@ -401,6 +433,7 @@ class Runner:
                 recorded = await asyncio.shield(self._record(job, status, message))
             finally:
                 self._running.pop(job.execution_id, None)
+                _discard(self._running_by_task, job.task.id, job.execution_id)
                 running.finished.set()
                 self._wake.set()
             if recorded:
@@ -490,3 +523,11 @@ class Runner:
         if running is None:
             return asyncio.sleep(0)
         return running.finished.wait()
+
+
+def _discard(index: dict[int, set[int]], task_id: int, execution_id: int) -> None:
+    ids = index.get(task_id)
+    if ids is not None:
+        ids.discard(execution_id)
+        if not ids:
+            del index[task_id]

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -78,6 +78,7 @@ class Scheduler:
         self._heap: list[tuple[int, int]] = []
         # Claimed jobs waiting for their instant: (due µs, sequence, job, overlap mode).
         self._waiting: list[tuple[int, int, Job, str]] = []
+        self._waiting_by_task: Counter[int] = Counter()
         self._sequence = itertools.count()
         # Runs held back until the task's running execution ends, oldest first: the one
         # kept by overlap = "queue" or "replace", and catch-up runs (catch_up = "all").
@@ -136,16 +137,21 @@ class Scheduler:
         """
         if task is not None and task.enabled and task.next_run_at is not None:
             heapq.heappush(self._heap, (to_micros(task.next_run_at), task_id))
-        pending = [entry for entry in self._waiting if entry[2].task.id == task_id]
+        pending = (
+            [entry for entry in self._waiting if entry[2].task.id == task_id]
+            if self._waiting_by_task[task_id]
+            else []
+        )
         parked = list(self._parked.pop(task_id, ()))
         queued = self.runner.remove_queued(task_id)
         if pending:
             self._waiting = [entry for entry in self._waiting if entry[2].task.id != task_id]
             heapq.heapify(self._waiting)
+            del self._waiting_by_task[task_id]
         for due_us, sequence, job, overlap in pending:
             if task is not None and task.enabled:
                 job = replace(job, task=task)
-                heapq.heappush(self._waiting, (due_us, sequence, job, overlap))
+                self._wait((due_us, sequence, job, overlap))
             elif task is not None:
                 self._skip(job, "task disabled")
         if task is not None and task.enabled:
@@ -158,10 +164,13 @@ class Scheduler:
                 self._skip(job, "task disabled")
         self._wake.set()
 
+    def _wait(self, entry: tuple[int, int, Job, str]) -> None:
+        heapq.heappush(self._waiting, entry)
+        self._waiting_by_task[entry[2].task.id] += 1
+
     def pending_for_task(self, task_id: int) -> int:
         """How many of the task's runs wait here for their time or for a running one."""
-        waiting = sum(1 for entry in self._waiting if entry[2].task.id == task_id)
-        return waiting + len(self._parked.get(task_id, ()))
+        return self._waiting_by_task[task_id] + len(self._parked.get(task_id, ()))
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -206,6 +215,9 @@ class Scheduler:
                 raise
         while self._waiting and self._waiting[0][0] <= now_us:
             _, _, job, overlap = heapq.heappop(self._waiting)
+            self._waiting_by_task[job.task.id] -= 1
+            if not self._waiting_by_task[job.task.id]:
+                del self._waiting_by_task[job.task.id]
             self._start(job, overlap)
 
     # -- claiming slots -------------------------------------------------------------------
@@ -243,7 +255,9 @@ class Scheduler:
                 if execution_id is None:
                     continue  # this slot was accounted for before (a restart, say)
                 job = Job(execution_id=execution_id, task=plan.task, trigger=trigger, due=at)
-                heapq.heappush(self._waiting, (to_micros(at), next(self._sequence), job, overlap))
+                with contextlib.suppress(Exception):  # a refusal is recorded when it starts
+                    self.runner.prepare(job)
+                self._wait((to_micros(at), next(self._sequence), job, overlap))
         self._wake.set()
 
     def _schedules_of(self, task: Task) -> ScheduleSet:
@@ -432,7 +446,7 @@ class Scheduler:
 
     def enqueue(self, job: Job, overlap: str = "parallel") -> None:
         """Start `job` (already committed as `queued`) at its due time."""
-        heapq.heappush(self._waiting, (to_micros(job.due), next(self._sequence), job, overlap))
+        self._wait((to_micros(job.due), next(self._sequence), job, overlap))
         self._wake.set()
 
     async def _requeue(self, queued: Sequence[Execution], now: datetime) -> None:

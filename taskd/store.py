@@ -677,19 +677,23 @@ class Store:
         at = to_micros(started_at)
 
         def apply(cx: sqlite3.Connection) -> None:
-            for execution_id, task_id in started:
-                # Only a queued execution starts: an ended one stays as it ended.
-                if cx.execute(
-                    "UPDATE executions SET status = 'running', started_at = ?, dispatcher = ?"
-                    " WHERE id = ? AND status = 'queued'",
-                    (at, dispatcher, execution_id),
-                ).rowcount:
-                    cx.execute(
-                        "UPDATE tasks SET status = 'running', status_msg = NULL,"
-                        " status_percent = NULL, run_started_at = ?, run_finished_at = NULL,"
-                        " run_canceled_at = NULL, last_execution_id = ? WHERE id = ?",
-                        (at, execution_id, task_id),
-                    )
+            # Only a queued execution starts: an ended one stays as it ended.
+            cx.executemany(
+                "UPDATE executions SET status = 'running', started_at = ?, dispatcher = ?"
+                " WHERE id = ? AND status = 'queued'",
+                [(at, dispatcher, execution_id) for execution_id, _ in started],
+            )
+            cx.executemany(
+                "UPDATE tasks SET status = 'running', status_msg = NULL,"
+                " status_percent = NULL, run_started_at = ?, run_finished_at = NULL,"
+                " run_canceled_at = NULL, last_execution_id = ? WHERE id = ? AND EXISTS"
+                " (SELECT 1 FROM executions WHERE id = ? AND status = 'running'"
+                " AND started_at = ?)",
+                [
+                    (at, execution_id, task_id, execution_id, at)
+                    for execution_id, task_id in started
+                ],
+            )
 
         await self._submit(apply)
 
