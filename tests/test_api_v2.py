@@ -407,3 +407,18 @@ async def test_tasks_named_with_digits_are_found_by_name(api: Api) -> None:
         assert (shown.status, shown.json["id"]) == (200, created["id"]), name
     by_id = await api.unix.get("/api/v2/tasks/1")
     assert by_id.json["name"] == "from-config"
+
+
+async def test_a_task_sent_back_as_it_was_read_changes_nothing(api: Api) -> None:
+    """PUT of the JSON a GET returned keeps the schedule's due time and the version."""
+    task = await api.create("roundtrip", schedules=[{"cron": "0 3 * * *"}])
+    shown = (await api.unix.get(f"/api/v2/tasks/{task['id']}")).json
+    assert "next_run_at" in shown
+    reply = await api.unix.put(f"/api/v2/tasks/{task['id']}", {
+        key: value for key, value in shown.items() if key != "version"
+    })  # fmt: skip
+    assert reply.status == 200, str(reply)
+    stored = await api.task(task["id"])
+    assert "next_run_at" not in stored.spec, "the computed due time did not become a one-shot"
+    assert stored.version == 1
+    assert reply.json["next_run_at"] == shown["next_run_at"]

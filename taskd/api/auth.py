@@ -29,19 +29,6 @@ from pathlib import Path
 from taskd.config import ApiSettings
 from taskd.errors import FieldError, ValidationError
 
-ALL_SCOPES = frozenset(
-    {
-        "tasks/index",
-        "tasks/show",
-        "tasks/create",
-        "tasks/update",
-        "tasks/destroy",
-        "tasks/action",
-        "tasks/run_defer",
-        "metrics",
-    }
-)
-
 # scrypt parameters for new hashes: about 50 ms and 16 MiB on a server core.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _HASH_PREFIX = "scrypt"

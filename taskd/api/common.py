@@ -35,6 +35,27 @@ H = TypeVar("H", bound=Handler)
 
 PUBLIC = "public"
 
+# What the server keeps up to date on a task: never part of a definition. Both dialects
+# ignore these in request bodies, since clients send back what they got.
+LIVE_FIELDS = frozenset(
+    {
+        "status",
+        "status_msg",
+        "status_percent",
+        "run_started_at",
+        "run_finished_at",
+        "run_canceled_at",
+        "state",
+        "created_at",
+        "updated_at",
+        "created_by",
+        "updated_by",
+        "last_execution",
+        "source",
+        "version",
+    }
+)
+
 
 def scope(*names: str) -> Callable[[H], H]:
     """Mark a handler with the scope it needs (`tasks/show`), or `PUBLIC`; given several

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from taskd.api.common import CORE, parse_id, principal, query_int, read_json, scope
+from taskd.api.common import CORE, LIVE_FIELDS, parse_id, principal, query_int, read_json, scope
 from taskd.api.errors import ApiError
 from taskd.api.render import log_entry_json, task_v1
 from taskd.config import TaskSpec
@@ -24,26 +24,7 @@ from taskd.model import Task, TaskSource
 routes = web.RouteTableDef()
 
 # Fields a client may send back as it got them; they are not part of a definition.
-READ_ONLY = frozenset(
-    {
-        "_id",
-        "status",
-        "status_msg",
-        "status_percent",
-        "run_started_at",
-        "run_finished_at",
-        "run_canceled_at",
-        "state",
-        "created_at",
-        "updated_at",
-        "created_by",
-        "updated_by",
-        "source",
-        "version",
-        "last_execution",
-        "comment",
-    }
-)
+READ_ONLY = LIVE_FIELDS | {"_id", "comment"}
 
 
 async def _task(request: web.Request) -> Task:

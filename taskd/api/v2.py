@@ -14,6 +14,7 @@ from aiohttp import web
 from taskd.api.common import (
     CORE,
     HEALTH,
+    LIVE_FIELDS,
     PUBLIC,
     parse_id,
     principal,
@@ -29,31 +30,13 @@ from taskd.api.render import execution_json, log_entry_json, task_v2
 from taskd.core import Core
 from taskd.errors import FieldError, NotFoundError, ValidationError
 from taskd.model import Task
+from taskd.schedule import format_utc
 from taskd.store import TASK_QUERY_FIELDS
 
 routes = web.RouteTableDef()
 
 # Fields a client may send back as it got them; they are not part of a definition.
-READ_ONLY = frozenset(
-    {
-        "id",
-        "user",
-        "status",
-        "status_msg",
-        "status_percent",
-        "run_started_at",
-        "run_finished_at",
-        "run_canceled_at",
-        "state",
-        "created_at",
-        "updated_at",
-        "created_by",
-        "updated_by",
-        "last_execution",
-        "source",
-        "version",
-    }
-)
+READ_ONLY = LIVE_FIELDS | {"id", "user"}
 MAX_PAGE = 1000
 _SORTABLE = frozenset(TASK_QUERY_FIELDS)
 _TIME_FILTERS = ("created_at", "updated_at")
@@ -205,6 +188,9 @@ async def update_task(request: web.Request) -> web.Response:
     core = request.app[CORE]
     task = await task_from_path(request, "task_id")
     body = await read_object(request)
+    if task.next_run_at is not None and body.get("next_run_at") == format_utc(task.next_run_at):
+        # The computed due time a GET showed, sent back unchanged: not a one-shot request.
+        body = {key: value for key, value in body.items() if key != "next_run_at"}
     try:
         expected = _expected_version(body)
         spec = core.validate(definition_from_v2(body, task.spec))
