@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -209,6 +210,9 @@ class Daemon:
             self._install_signals()
             status = asyncio.create_task(systemd.status_loop(self._status, on_error=_notify_failed))
             stack.callback(status.cancel)
+            # Everything built so far lives as long as the daemon: keep the collector from
+            # walking it again and again (full collections stalled requests for ~30 ms).
+            gc.freeze()
             _notify("READY=1")
             log.info("taskd started", state_dir=str(daemon.state_dir), pid=os.getpid())
             await self.stopping.wait()
@@ -273,6 +277,9 @@ class Daemon:
         try:
             return await self._reload()
         finally:
+            # Everything built so far lives as long as the daemon: keep the collector from
+            # walking it again and again (full collections stalled requests for ~30 ms).
+            gc.freeze()
             _notify("READY=1")
 
     async def _reload(self) -> bool:

@@ -262,6 +262,10 @@ class Runner:
         """How many jobs wait for a free place."""
         return len(self._queue)
 
+    def busy_with_task(self, task_id: int) -> bool:
+        """Whether any execution of the task runs or waits in the queue (O(1))."""
+        return task_id in self._running_by_task or task_id in self._queued_by_task
+
     def running_for_task(self, task_id: int) -> list[int]:
         """Return the ids of the task's executions that run now."""
         return sorted(self._running_by_task.get(task_id, ()))

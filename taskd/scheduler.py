@@ -365,12 +365,11 @@ class Scheduler:
     def _start(self, job: Job, overlap: str) -> None:
         """Hand a due job to the runner, applying the task's overlap policy."""
         task_id = job.task.id
-        busy = [
-            i
-            for i in (*self.runner.running_for_task(task_id), *self.runner.queued_for_task(task_id))
-            if i != job.execution_id
-        ]
-        if not busy or overlap == "parallel" or job.trigger.kind not in _SLOT_TRIGGERS:
+        if (
+            overlap == "parallel"
+            or job.trigger.kind not in _SLOT_TRIGGERS
+            or not (self.runner.busy_with_task(task_id))
+        ):
             self.runner.submit(job)
             return
         parked = self._parked.setdefault(task_id, deque())

@@ -510,6 +510,24 @@ class Store:
                 found[task.id] = task
         return found
 
+    async def get_task_with_last_execution(
+        self, task_id: int
+    ) -> tuple[Task, Execution | None] | None:
+        """Return a task and its last execution in one query, or None if there is no task."""
+        columns = ", ".join(f"e.{c.strip()}" for c in _EXECUTION_COLUMNS.split(","))
+        task_columns = ", ".join(f"t.{c.strip()}" for c in _TASK_COLUMNS.split(","))
+        rows = await self._read(
+            f"SELECT {task_columns}, {columns} FROM tasks t LEFT JOIN executions e"
+            " ON e.id = t.last_execution_id WHERE t.id = ?",
+            (task_id,),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        width = len(_TASK_COLUMNS.split(","))
+        last = None if row[width] is None else _execution_from_row(row[width:])
+        return _task_from_row(row[:width]), last
+
     async def find_task(self, name: str) -> Task | None:
         """Return the task called `name`, or None."""
         rows = await self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE name = ?", (name,))

@@ -176,6 +176,12 @@ async def create_task(request: web.Request) -> web.Response:
 async def show_task(request: web.Request) -> web.Response:
     """One task with its last execution."""
     core = request.app[CORE]
+    task_id = parse_id(request.match_info["task_id"])
+    if task_id is not None:
+        # The common case, a numeric id: task and last execution in one read.
+        found = await core.store.get_task_with_last_execution(task_id)
+        if found is not None:
+            return web.json_response(task_v2(*found))
     task = await task_from_path(request, "task_id")
     [rendered] = await render_tasks(core, [task])
     return web.json_response(rendered)
