@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from taskd import __version__
-from taskd.config import TaskSpec, load_config
+from taskd.config import load_config
 from taskd.errors import FieldError, ValidationError
+from taskd.model import TaskSpec
 from taskd.schedule import ScheduleSet, format_utc, load_timezone, parse_schedule, parse_schedules
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ from typing import Any
 import structlog
 
 from taskd.clock import Clock
-from taskd.config import TaskSpec, validate_task_spec
+from taskd.config import validate_task_spec
 from taskd.errors import ConflictError, FieldError, NotFoundError, ValidationError, join_path
-from taskd.model import ExecutionStatus, Task, TaskSource, TriggerKind
+from taskd.model import ExecutionStatus, Task, TaskSource, TaskSpec, TriggerKind
 from taskd.modules.base import Trigger
 from taskd.modules.registry import ModuleRegistry
 from taskd.runner import ActionError, Job, Runner

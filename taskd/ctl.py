@@ -35,8 +35,9 @@ import aiohttp
 from yarl import URL
 
 from taskd import __version__
-from taskd.config import TaskSpec, validate_task_spec
+from taskd.config import validate_task_spec
 from taskd.errors import FieldError, ValidationError, join_path
+from taskd.model import TaskSpec
 
 __all__ = [
     "Client",

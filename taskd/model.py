@@ -5,11 +5,14 @@ Records are frozen; a change builds a new record. Times are aware UTC datetimes.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from taskd.schedule import ScheduleSet, format_utc
 
 
 class TaskStatus(StrEnum):
@@ -136,3 +139,113 @@ class LogEntry:
     msg: str
     status_percent: float | None
     timestamp: datetime
+
+
+class Overlap(StrEnum):
+    """What a slot does when it comes while the task is still running."""
+
+    SKIP = "skip"  # log it and skip it
+    QUEUE = "queue"  # keep one pending run
+    PARALLEL = "parallel"
+    REPLACE = "replace"  # stop the running one, then start
+
+
+class CatchUp(StrEnum):
+    """What happens to slots missed while the daemon was down."""
+
+    ONCE = "once"  # run once for all of them, coalesced
+    SKIP = "skip"
+    ALL = "all"  # run each, oldest first
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskOptions:
+    """A task's run policies (the Nodeum `options`, limited to what taskd acts on)."""
+
+    priority: int = 0
+    overlap: Overlap = Overlap.SKIP
+    catch_up: CatchUp = CatchUp.ONCE
+    max_retries: int = 0
+    retry_delay_sec: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmailRecipient:
+    """Who gets mail after a run; with `problems_only`, only when the run did not end `done`."""
+
+    email: str
+    problems_only: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSpec:
+    """A validated task definition: what a config `[[task]]` or an API body asks for.
+
+    The dict fields hold JSON values copied from the input; treat them as read-only.
+    `next_run_at` is aware UTC or None. `enabled=False` also stands for the API's explicit
+    `next_run_at: null` ("do not run").
+    """
+
+    name: str
+    task_module: str
+    description: str = ""
+    task_params: dict[str, Any] = field(default_factory=dict)
+    task_timeout_sec: int = 0
+    schedules: ScheduleSet = field(default_factory=ScheduleSet)
+    next_run_at: datetime | None = None
+    enabled: bool = True
+    options: TaskOptions = field(default_factory=TaskOptions)
+    email_recipients: tuple[EmailRecipient, ...] = ()
+    frontend_prefs: dict[str, Any] = field(default_factory=dict)
+    workflow_type: str | None = None
+    workflow_action: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def upcoming(self, after: datetime, count: int) -> list[datetime]:
+        """Return up to `count` fire times strictly after `after` (aware), in order, in UTC.
+
+        Merges the one-shot `next_run_at` with the schedules' slots. Ignores `enabled`: this
+        answers "when would it fire", the scheduler decides whether it does.
+        """
+        times = self.schedules.times(after, count)
+        if self.next_run_at is not None and self.next_run_at > after:
+            times = sorted({*times, self.next_run_at})[:count]
+        return times
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the normalized JSON form; `validate_task_spec` turns it back into this spec.
+
+        Absent values are left out rather than written as null: a null `next_run_at` would
+        mean "do not run".
+        """
+        result: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "task_module": self.task_module,
+            "task_params": copy.deepcopy(self.task_params),
+            "task_timeout_sec": self.task_timeout_sec,
+            "schedules": self.schedules.to_json(),
+            "enabled": self.enabled,
+            "options": {
+                "priority": self.options.priority,
+                "overlap": str(self.options.overlap),
+                "catch_up": str(self.options.catch_up),
+                "max_retries": self.options.max_retries,
+                "retry_delay_sec": self.options.retry_delay_sec,
+            },
+            "email": {
+                "recipients": [
+                    {"email": r.email, "problems_only": r.problems_only}
+                    for r in self.email_recipients
+                ]
+            },
+            "frontend_prefs": copy.deepcopy(self.frontend_prefs),
+            "metadata": copy.deepcopy(self.metadata),
+        }
+        if self.next_run_at is not None:
+            result["next_run_at"] = format_utc(self.next_run_at)
+        if self.workflow_type is not None:
+            result["workflow_type"] = self.workflow_type
+        if self.workflow_action is not None:
+            result["workflow_action"] = self.workflow_action
+        return result

@@ -11,16 +11,14 @@ import pytest
 
 from taskd.config import (
     ApiKeyRef,
-    CatchUp,
     ListenAddress,
-    Overlap,
     Settings,
-    TaskOptions,
     load_config,
     parse_config,
     validate_task_spec,
 )
 from taskd.errors import FieldError, ValidationError
+from taskd.model import CatchUp, Overlap, TaskOptions
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "etc" / "taskd.toml"

@@ -26,10 +26,9 @@ from engine_fixtures import (
     until,
 )
 
-from taskd.config import TaskSpec
 from taskd.core import ConfigChanges
 from taskd.errors import ConflictError, NotFoundError, ValidationError
-from taskd.model import ExecutionStatus, TaskSource, TaskStatus, TriggerKind
+from taskd.model import ExecutionStatus, TaskSource, TaskSpec, TaskStatus, TriggerKind
 from taskd.runner import ActionError
 from taskd.store import DeferError, NewExecution
 

@@ -190,7 +190,7 @@ def daemon() -> Iterator[Daemon]:
             except OSError:
                 return False
 
-        wait_until(healthy, "the daemon to answer GET /api/v2/health")
+        wait_until(healthy, "the daemon to answer GET /api/v2/health", timeout=3 * WAIT_SEC)
         yield started
     finally:
         # SIGTERM first, so the daemon stops the processes its shell tasks started; then

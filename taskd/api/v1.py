@@ -16,10 +16,9 @@ from aiohttp import web
 from taskd.api.common import CORE, LIVE_FIELDS, parse_id, principal, query_int, read_json, scope
 from taskd.api.errors import ApiError
 from taskd.api.render import log_entry_json, task_v1
-from taskd.config import TaskSpec
 from taskd.core import Core
 from taskd.errors import ConflictError, FieldError, NotFoundError, ValidationError
-from taskd.model import Task, TaskSource
+from taskd.model import Task, TaskSource, TaskSpec
 
 routes = web.RouteTableDef()
 
