@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _common import thread_cpu_seconds
 
 import taskd
 from taskd.clock import SystemClock
@@ -176,25 +177,6 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 
 
 # -- CPU accounting ---------------------------------------------------------------------------
-
-
-def thread_cpu_seconds(pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) of `pid`'s main thread and of all its other threads."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    main = other = 0.0
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(f"/proc/{pid}/task"):
-            try:
-                with open(f"{entry.path}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except FileNotFoundError:
-                continue  # the thread ended meanwhile
-            seconds = (int(fields[11]) + int(fields[12])) / ticks
-            if int(entry.name) == pid:
-                main += seconds
-            else:
-                other += seconds
-    return main, other
 
 
 @dataclass(slots=True)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
+from _common import calibration_ms, load_average
 
 from taskd.clock import SystemClock, from_micros
 from taskd.config import validate_task_spec
@@ -104,24 +105,6 @@ class RunResult:
     done_rows: int
     loop_cpu_ms: float  # event loop CPU from just before the claim to the last start
     load: float  # 1-minute load average after the run
-
-
-def load_average() -> float:
-    """The 1-minute load average (other work on the machine skews the figures)."""
-    return os.getloadavg()[0]
-
-
-def calibration_ms() -> float:
-    """CPU milliseconds of a fixed pure-Python loop: how fast this CPU is right now.
-
-    On a shared machine (SMT siblings, other load) it varies between runs; figures taken
-    at different times compare only together with it.
-    """
-    started = time.thread_time()
-    total = 0
-    for number in range(1_000_000):
-        total += number
-    return (time.thread_time() - started) * 1000
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

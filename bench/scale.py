@@ -48,6 +48,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from _common import calibration_ms, load_average
+
 from taskd.clock import to_micros
 from taskd.config import validate_task_spec
 from taskd.store import DB_FILE, Store
@@ -212,24 +214,6 @@ def wait_for_event(
             print(f"# taskd logged: {record}", file=sys.stderr)
         if record.get("event") == event:
             return arrived
-
-
-def load_average() -> float:
-    """The 1-minute load average (other work on the machine skews the figures)."""
-    return os.getloadavg()[0]
-
-
-def calibration_ms() -> float:
-    """CPU milliseconds of a fixed pure-Python loop: how fast this CPU is right now.
-
-    On a shared machine (SMT siblings, other load) it varies between runs; figures taken
-    at different times compare only together with it.
-    """
-    started = time.thread_time()
-    total = 0
-    for number in range(1_000_000):
-        total += number
-    return (time.thread_time() - started) * 1000
 
 
 def proc_status_mb(pid: int, field: str) -> float:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
+from _common import calibration_ms, load_average, thread_cpu_seconds
 
 from taskd.clock import SystemClock
 from taskd.config import validate_task_spec
@@ -118,43 +119,6 @@ def configure_bench_logging(mode: str, log_file: TextIO) -> None:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=log_file))
     if mode == "none":
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-
-
-def load_average() -> float:
-    """The 1-minute load average (other work on the machine skews the figures)."""
-    return os.getloadavg()[0]
-
-
-def calibration_ms() -> float:
-    """CPU milliseconds of a fixed pure-Python loop: how fast this CPU is right now.
-
-    On a shared machine (SMT siblings, other load) it varies between runs; figures taken
-    at different times compare only together with it.
-    """
-    started = time.thread_time()
-    total = 0
-    for number in range(1_000_000):
-        total += number
-    return (time.thread_time() - started) * 1000
-
-
-def thread_cpu_seconds() -> tuple[float, float]:
-    """CPU seconds (user + system) of this process's main thread and of all other threads."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    main_tid = threading.main_thread().native_id
-    main = other = 0.0
-    for entry in os.scandir(f"/proc/{os.getpid()}/task"):
-        try:
-            with open(f"{entry.path}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue  # the thread ended meanwhile
-        seconds = (int(fields[11]) + int(fields[12])) / ticks
-        if int(entry.name) == main_tid:
-            main += seconds
-        else:
-            other += seconds
-    return main, other
 
 
 def task_spec(index: int) -> dict[str, Any]:
@@ -233,7 +197,7 @@ async def _drive(args: argparse.Namespace, db_path: Path) -> RunResult:
             noop.window_free = args.window
             noop.window_event.set()
             batches_before = store.batches_written
-            cpu_before = thread_cpu_seconds()
+            cpu_before = thread_cpu_seconds(os.getpid(), threading.main_thread().native_id)
             profiler = cProfile.Profile() if args.profile else None
             if profiler is not None:
                 profiler.enable()
@@ -266,7 +230,7 @@ async def _drive(args: argparse.Namespace, db_path: Path) -> RunResult:
                 profiler.disable()
                 profiler.dump_stats(args.profile)
                 print(f"# cProfile of the timed run: {args.profile}")
-            cpu_after = thread_cpu_seconds()
+            cpu_after = thread_cpu_seconds(os.getpid(), threading.main_thread().native_id)
             batches = store.batches_written - batches_before
             await scheduler.stop()
     return RunResult(
