@@ -61,7 +61,7 @@ class _Planned:
 
 
 class Scheduler:
-    """Turns due times into executions. Use as an async context manager around `run()`."""
+    """Turns due times into executions: `async with Scheduler(...)` runs its loop."""
 
     def __init__(
         self,
@@ -93,17 +93,19 @@ class Scheduler:
     async def start(self) -> None:
         """Recover from a previous process, load the due index and start the loop."""
         now = self.clock.now()
-        for execution in await self.store.recover_interrupted(now):
+        interrupted = await self.store.recover_interrupted(now)
+        tasks = await self.store.get_tasks(sorted({e.task_id for e in interrupted}))
+        for execution in interrupted:
             log.warning(
                 "execution was interrupted by a crash",
                 task_id=execution.task_id,
                 execution_id=execution.id,
             )
-            task = (await self.store.get_tasks([execution.task_id])).get(execution.task_id)
+            task = tasks.get(execution.task_id)
             if task is not None:
                 await self._maybe_retry(task, execution.attempt, now)
         await self._requeue(await self.store.queued_executions(), now)
-        self._heap = [(due, task_id) for due, task_id in await self.store.due_index()]
+        self._heap = await self.store.due_index()
         heapq.heapify(self._heap)
         log.info("scheduler started", scheduled_tasks=len(self._heap))
         self._loop_task = asyncio.create_task(self._run(), name="taskd-scheduler")

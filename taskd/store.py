@@ -116,6 +116,8 @@ MIGRATIONS: tuple[str, ...] = (
         execution_id INTEGER
     );
     """,
+    # Config reconciliation lists the tasks of one source on every start and reload.
+    "CREATE INDEX tasks_source ON tasks (source)",
 )
 
 _TASK_COLUMNS = (
@@ -385,7 +387,8 @@ class Store:
             await self._writer
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return list(await self._conn.execute_fetchall(sql, params))
+        rows = await self._conn.execute_fetchall(sql, params)
+        return rows if isinstance(rows, list) else list(rows)
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -541,12 +544,9 @@ class Store:
         offset: int = 0,
     ) -> list[Task]:
         """Return tasks ordered by id, optionally of one source, paged."""
-        where, params = ("WHERE source = ?", [str(source)]) if source else ("", [])
-        rows = await self._read(
-            f"SELECT {_TASK_COLUMNS} FROM tasks {where} ORDER BY id LIMIT ? OFFSET ?",
-            [*params, -1 if limit is None else limit, offset],
-        )
-        return [_task_from_row(row) for row in rows]
+        where = [("source", "=", str(source))] if source else []
+        tasks, _ = await self.query_tasks(where=where, limit=limit, offset=offset, with_total=False)
+        return tasks
 
     async def query_tasks(
         self,
@@ -555,8 +555,10 @@ class Store:
         order: Sequence[tuple[str, bool]] = (),
         limit: int | None = None,
         offset: int = 0,
+        with_total: bool = True,
     ) -> tuple[list[Task], int]:
-        """Return one page of tasks and the total count matching all conditions.
+        """Return one page of tasks and the total count matching all conditions
+        (-1 without `with_total`, which saves the count query).
 
         `where` holds (field, operator, value) with a field of `TASK_QUERY_FIELDS` and an
         operator of `=`, `!=`, `<`, `<=`, `>`, `>=`, `in` (value a list) or `like`;
@@ -580,12 +582,15 @@ class Store:
             for name, descending in order
         )
         order_sql = f"ORDER BY {order_sql + ', ' if order_sql else ''}id"
-        total = (await self._read(f"SELECT count(*) FROM tasks {where_sql}", params))[0][0]
         rows = await self._read(
             f"SELECT {_TASK_COLUMNS} FROM tasks {where_sql} {order_sql} LIMIT ? OFFSET ?",
             [*params, -1 if limit is None else limit, offset],
         )
-        return [_task_from_row(row) for row in rows], int(total)
+        tasks = [_task_from_row(row) for row in rows]
+        if not with_total:
+            return tasks, -1
+        total = (await self._read(f"SELECT count(*) FROM tasks {where_sql}", params))[0][0]
+        return tasks, int(total)
 
     async def get_executions(self, execution_ids: Sequence[int]) -> dict[int, Execution]:
         """Return the executions among `execution_ids` that exist, by id."""
@@ -604,12 +609,10 @@ class Store:
 
     async def due_index(self) -> list[tuple[int, int]]:
         """Return (next_run_at in microseconds, task id) of every enabled, scheduled task."""
-        return [
-            (row[0], row[1])
-            for row in await self._read(
-                "SELECT next_run_at, id FROM tasks WHERE next_run_at IS NOT NULL AND enabled"
-            )
-        ]
+        # The rows are (next_run_at, id) tuples already: no copy of a million-entry list.
+        return await self._read(
+            "SELECT next_run_at, id FROM tasks WHERE next_run_at IS NOT NULL AND enabled"
+        )
 
     async def due_entry(self, task_id: int) -> tuple[int, int] | None:
         """Return (next_run_at in microseconds, id) of one task if it is enabled and due."""

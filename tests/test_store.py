@@ -164,6 +164,20 @@ async def test_reopening_keeps_data_and_schema(db_path: Path) -> None:
     assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
 
 
+async def test_an_older_file_is_migrated_and_keeps_its_data(db_path: Path) -> None:
+    """A file at schema version 1 gets the later migrations on open; its tasks stay."""
+    async with Store.open(db_path) as store:
+        task_id = await add_task(store, "old")
+    with closing(sqlite3.connect(db_path)) as cx:
+        cx.execute("DROP INDEX tasks_source")
+        cx.execute("PRAGMA user_version = 1")
+    async with Store.open(db_path) as store:
+        assert (await store.get_task(task_id)).name == "old"
+    assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    indexes = query(db_path, "SELECT name FROM sqlite_master WHERE name = 'tasks_source'")
+    assert indexes == [("tasks_source",)]
+
+
 async def test_newer_schema_version_is_refused(db_path: Path) -> None:
     """A file with a higher user_version than this taskd knows is refused, and not migrated."""
     newer = len(MIGRATIONS) + 1
