@@ -1,10 +1,24 @@
-"""Helpers the benchmarks share: how loaded and how fast the machine is, CPU per thread."""
+"""Helpers the benchmarks share: how loaded and how fast the machine is, CPU per thread,
+percentiles, temporary state dirs, taskd's logging set up for a benchmark."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
+import platform
+import shutil
+import sys
+import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from taskd.daemon import configure_logging
 
 
 def load_average() -> float:
@@ -46,3 +60,36 @@ def thread_cpu_seconds(pid: int, main_tid: int | None = None) -> tuple[float, fl
             else:
                 other += seconds
     return main, other
+
+
+def python_and_cpus() -> str:
+    """`CPython 3.x.y, N CPUs`: the start of the benchmarks' header lines."""
+    return f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs"
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of `values` (`fraction` in 0..1)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+@contextlib.contextmanager
+def state_dir(keep: bool, prefix: str) -> Iterator[Path]:
+    """A fresh temporary directory named `prefix...`, removed afterwards unless `keep`."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"# kept {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def configure_bench_logging(mode: str, log_file: TextIO) -> None:
+    """Log like `taskd serve` (JSON lines) into `log_file`; `none` keeps only critical."""
+    configure_logging(json_lines=True)
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=log_file))
+    if mode == "none":
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))

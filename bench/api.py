@@ -74,7 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _common import thread_cpu_seconds
+from _common import percentile, thread_cpu_seconds
 
 import taskd
 from taskd.clock import SystemClock
@@ -169,11 +169,6 @@ def median_result(results: Sequence[Result]) -> Result:
         drain_sec=med("drain_sec"),
         error_kinds=(),
     )
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """The nearest-rank percentile `q` (0..1) of sorted values."""
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 # -- CPU accounting ---------------------------------------------------------------------------

@@ -22,29 +22,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import logging
 import math
-import os
-import platform
-import shutil
 import sqlite3
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-import structlog
-from _common import calibration_ms, load_average
+from _common import (
+    calibration_ms,
+    configure_bench_logging,
+    load_average,
+    percentile,
+    python_and_cpus,
+    state_dir,
+)
 
 from taskd.clock import SystemClock, from_micros
 from taskd.config import validate_task_spec
-from taskd.daemon import configure_logging
 from taskd.model import TaskSource
 from taskd.modules.base import ModuleContext
 from taskd.modules.registry import ModuleRegistry
@@ -107,34 +105,6 @@ class RunResult:
     load: float  # 1-minute load average after the run
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile of `values` (`fraction` in 0..1)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
-
-
-@contextmanager
-def state_dir(keep: bool) -> Iterator[Path]:
-    """A fresh temporary state dir, removed afterwards unless `keep`."""
-    path = Path(tempfile.mkdtemp(prefix="taskd-bench-fire-"))
-    try:
-        yield path
-    finally:
-        if keep:
-            print(f"# kept {path}", file=sys.stderr)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def configure_bench_logging(mode: str, log_file: TextIO) -> None:
-    """Log like `taskd serve` (JSON lines) into `log_file`; `none` keeps only critical."""
-    configure_logging(json_lines=True)
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=log_file))
-    if mode == "none":
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-
-
 def task_spec(index: int, schedule: str, due: datetime) -> dict[str, Any]:
     """The stored JSON definition of benchmark task `index`, validated like an API body."""
     raw: dict[str, Any] = {"name": f"fire-{index:06d}", "task_module": "noop"}
@@ -158,7 +128,7 @@ async def gather_chunked(coroutines: Iterator[Any], chunk: int = 1000) -> None:
 
 async def one_run(k: int, args: argparse.Namespace) -> RunResult:
     """Set up K tasks due at one instant, run the real scheduler, measure the starts."""
-    with state_dir(args.keep) as directory:
+    with state_dir(args.keep, prefix="taskd-bench-fire-") as directory:
         return await _measure(k, args, directory)
 
 
@@ -353,15 +323,17 @@ def main() -> None:
     args = parser.parse_args()
 
     print(
-        f"# taskd fire latency: {platform.python_implementation()} {platform.python_version()},"
-        f" {os.cpu_count()} CPUs, schedule={args.schedule}, lead={args.lead}s,"
+        f"# taskd fire latency: {python_and_cpus()}, schedule={args.schedule}, lead={args.lead}s,"
         f" lookahead={args.lookahead}s, log={args.log}, hold={args.hold}s, max_running=K,"
         f" repeat={args.repeat}, calibration {calibration_ms():.0f} ms"
     )
     print("# lateness = time.time() on entering the no-op run() - due instant")
     print(HEADER)
     # One log file for the whole process: taskd's loggers cache their output on first use.
-    with state_dir(keep=False) as log_dir, open(log_dir / "taskd.log", "w") as log_file:
+    with (
+        state_dir(keep=False, prefix="taskd-bench-fire-") as log_dir,
+        open(log_dir / "taskd.log", "w") as log_file,
+    ):
         configure_bench_logging(args.log, log_file)
         medians = run_all(args)
     for result in medians:

@@ -29,26 +29,22 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import queue
 import random
-import shutil
 import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from _common import calibration_ms, load_average
+from _common import calibration_ms, load_average, python_and_cpus, state_dir
 
 from taskd.clock import to_micros
 from taskd.config import validate_task_spec
@@ -80,19 +76,6 @@ class RunResult:
     exit_code: int | None
     stop_sec: float
     load: float  # 1-minute load average after the run
-
-
-@contextmanager
-def state_dir(keep: bool) -> Iterator[Path]:
-    """A fresh temporary directory, removed afterwards unless `keep`."""
-    path = Path(tempfile.mkdtemp(prefix="taskd-bench-scale-"))
-    try:
-        yield path
-    finally:
-        if keep:
-            print(f"# kept {path}", file=sys.stderr)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def spec_templates(now: datetime) -> list[tuple[str, int]]:
@@ -285,7 +268,7 @@ def measure_daemon(directory: Path, size: int, args: argparse.Namespace) -> dict
 
 def one_run(size: int, args: argparse.Namespace) -> RunResult:
     """Populate a fresh state dir with `size` tasks and measure one daemon start."""
-    with state_dir(args.keep) as directory:
+    with state_dir(args.keep, prefix="taskd-bench-scale-") as directory:
         db_path = directory / "state" / DB_FILE
         insert_sec = populate(db_path, size)
         db_mb = db_path.stat().st_size / 1e6
@@ -362,8 +345,7 @@ def main() -> None:
     args = parser.parse_args()
 
     print(
-        f"# taskd scale: {platform.python_implementation()} {platform.python_version()},"
-        f" {os.cpu_count()} CPUs, sizes={args.sizes}, idle window {args.idle_sec}s,"
+        f"# taskd scale: {python_and_cpus()}, sizes={args.sizes}, idle window {args.idle_sec}s,"
         f" repeat={args.repeat}, page cache {'cold' if args.cold else 'warm'},"
         f" calibration {calibration_ms():.0f} ms;"
         " times from spawn, MB = 10^6 bytes"

@@ -26,29 +26,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import logging
 import os
-import platform
-import shutil
 import sqlite3
 import statistics
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-import structlog
-from _common import calibration_ms, load_average, thread_cpu_seconds
+from _common import (
+    calibration_ms,
+    configure_bench_logging,
+    load_average,
+    python_and_cpus,
+    state_dir,
+    thread_cpu_seconds,
+)
 
 from taskd.clock import SystemClock
 from taskd.config import validate_task_spec
 from taskd.core import Core
-from taskd.daemon import configure_logging
 from taskd.model import Task, TaskSource, TriggerKind
 from taskd.modules.base import ModuleContext, Trigger
 from taskd.modules.registry import ModuleRegistry
@@ -100,27 +99,6 @@ class RunResult:
     load: float = 0.0  # 1-minute load average after the run
 
 
-@contextmanager
-def state_dir(keep: bool, prefix: str = "taskd-bench-throughput-") -> Iterator[Path]:
-    """A fresh temporary directory, removed afterwards unless `keep`."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        yield path
-    finally:
-        if keep:
-            print(f"# kept {path}", file=sys.stderr)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def configure_bench_logging(mode: str, log_file: TextIO) -> None:
-    """Log like `taskd serve` (JSON lines) into `log_file`; `none` keeps only critical."""
-    configure_logging(json_lines=True)
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=log_file))
-    if mode == "none":
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-
-
 def task_spec(index: int) -> dict[str, Any]:
     """The stored JSON definition of benchmark task `index` (manual runs only)."""
     raw = {
@@ -135,7 +113,7 @@ def task_spec(index: int) -> dict[str, Any]:
 
 async def one_run(args: argparse.Namespace) -> RunResult:
     """Set up the tasks, drive `--executions` runs through taskd, verify the database."""
-    with state_dir(args.keep) as directory:
+    with state_dir(args.keep, prefix="taskd-bench-throughput-") as directory:
         db_path = directory / DB_FILE
         result = await _drive(args, db_path)
         return _verify(db_path, args, result)
@@ -355,8 +333,7 @@ def main() -> None:
     args.window = args.window or 2 * args.max_running
 
     print(
-        f"# taskd throughput: {platform.python_implementation()} {platform.python_version()},"
-        f" {os.cpu_count()} CPUs, path={args.path}, executions={args.executions},"
+        f"# taskd throughput: {python_and_cpus()}, path={args.path}, executions={args.executions},"
         f" tasks={args.tasks}, max_running={args.max_running}, window={args.window},"
         f" history_per_task={HISTORY_PER_TASK}, log={args.log}, repeat={args.repeat},"
         f" calibration {calibration_ms():.0f} ms"
