@@ -48,10 +48,9 @@ _EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIG
 
 MAX_COUNT = 10_000
 CHECK_CONFIG_TIMES = 3
-# The built-in modules, known before the module registry exists; third-party modules
-# register through this entry-point group.
+# The built-in modules, known without importing them (the registry's `builtin()` does);
+# third-party modules register through the registry's entry-point group.
 _BUILTIN_MODULES = frozenset({"shell", "http", "sleep", "python"})
-_MODULE_ENTRY_POINTS = "taskd.modules"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -299,8 +298,11 @@ def _when(task: TaskSpec, after: datetime) -> str:
 
 def _known_module_names() -> frozenset[str]:
     # Module names only, nothing imported: a broken third-party module is the engine's
-    # problem at start-up, not a reason to refuse the config file.
-    return _BUILTIN_MODULES | {ep.name for ep in entry_points(group=_MODULE_ENTRY_POINTS)}
+    # problem at start-up, not a reason to refuse the config file. Imported here: the
+    # registry pulls in structlog, which the other commands do without.
+    from taskd.modules.registry import ENTRY_POINT_GROUP
+
+    return _BUILTIN_MODULES | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 # ---------------------------------------------------------------------------------------

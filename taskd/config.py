@@ -340,7 +340,7 @@ def validate_task_spec(
     "do not run") gives a disabled task. Raises `ValidationError` listing every problem.
     """
     fields = _Fields.of(raw, path)
-    name = fields.require("name", _task_name)
+    name = fields.require("name", _name)
     module = fields.require("task_module", _module_name(known_modules))
     description = fields.get("description", _string(allow_empty=True), "")
     params: dict[str, Any] = fields.get("task_params", _json_object, {})
@@ -480,7 +480,7 @@ def _check_unique_principals(
 def _api_key(base_dir: Path) -> Check[ApiKeyRef]:
     def check(value: Any, path: str) -> ApiKeyRef:
         fields = _Fields.of(value, path)
-        name = fields.require("name", _principal_name)
+        name = fields.require("name", _name)
         key_file = fields.require("key_file", _path_in(base_dir))
         scopes = fields.require("scopes", _scopes)
         fields.close()
@@ -493,7 +493,7 @@ def _api_key(base_dir: Path) -> Check[ApiKeyRef]:
 
 def _api_user(value: Any, path: str) -> ApiUser:
     fields = _Fields.of(value, path)
-    name = fields.require("name", _principal_name)
+    name = fields.require("name", _name)
     password_hash = fields.require("password_hash", _string())
     scopes = fields.require("scopes", _scopes)
     fields.close()
@@ -984,14 +984,6 @@ def _is_ipv4(text: str) -> bool:
     return True
 
 
-def _principal_name(value: Any, path: str) -> str:
-    # The name shows up as created_by; for Basic auth it must also hold no ':'.
-    name = _string()(value, path)
-    if not _NAME.fullmatch(name):
-        _fail(path, f"must be {_NAME_RULE}, got {name!r}")
-    return name
-
-
 def _scopes(value: Any, path: str) -> frozenset[str]:
     scopes = _list_of(_choice(sorted(SCOPES)))(value, path)
     if not scopes:
@@ -999,7 +991,9 @@ def _scopes(value: Any, path: str) -> frozenset[str]:
     return frozenset(scopes)
 
 
-def _task_name(value: Any, path: str) -> str:
+def _name(value: Any, path: str) -> str:
+    """A task's or an API principal's name: a principal's shows up as created_by, and for
+    Basic auth it must also hold no ':' (which `_NAME` keeps out)."""
     name = _string()(value, path)
     if not _NAME.fullmatch(name):
         _fail(path, f"must be {_NAME_RULE}, got {name!r}")

@@ -103,6 +103,10 @@ class ExecutionReader(Protocol):
         ...
 
 
+# What `submit` queues: the outcome, the task, and the recipients and webhooks it chose.
+_Queued = tuple[Outcome, Task, list[str], list[tuple[int, WebhookSettings]]]
+
+
 class _FinalError(Exception):
     """A delivery failure that another attempt would not fix (a 5xx answer, a bad secret)."""
 
@@ -163,7 +167,7 @@ class Notifier:
         self._clock = clock
         # Named once: socket.getfqdn() (aiosmtplib's and make_msgid's default) may block on DNS.
         self.hostname = hostname or socket.gethostname()
-        self._queue: asyncio.Queue[tuple[Outcome, Task]] = asyncio.Queue(settings.queue_size)
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(settings.queue_size)
         self._worker: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
         self._delivery_slots = asyncio.Semaphore(_MAX_DELIVERIES)
@@ -263,7 +267,9 @@ class Notifier:
     def _submit(self, outcome: Outcome, task: Task) -> bool:
         if outcome.status not in _NOTIFYING:
             return False
-        if not self._recipients(task, outcome.status) and not self._webhooks(outcome.status):
+        recipients = self._recipients(task, outcome.status)
+        webhooks = self._webhooks(outcome.status)
+        if not recipients and not webhooks:
             return False
         if not self._accepting:
             self.dropped += 1
@@ -274,7 +280,8 @@ class Notifier:
             )
             return False
         try:
-            self._queue.put_nowait((outcome, task))
+            # Who is interested was decided here: the worker does not decide it again.
+            self._queue.put_nowait((outcome, task, recipients, webhooks))
         except asyncio.QueueFull:
             self.dropped += 1
             log.error(
@@ -318,9 +325,9 @@ class Notifier:
 
     async def _work(self) -> None:
         while True:
-            outcome, task = await self._queue.get()
+            outcome, task, recipients, webhooks = await self._queue.get()
             try:
-                for delivery in await self._prepare(outcome, task):
+                for delivery in await self._prepare(outcome, task, recipients, webhooks):
                     await self._delivery_slots.acquire()
                     running = asyncio.create_task(
                         self._deliver(delivery),
@@ -342,12 +349,16 @@ class Notifier:
             # _deliver catches everything; this would be a bug in it.
             log.error("notification delivery crashed", error=repr(running.exception()))
 
-    async def _prepare(self, outcome: Outcome, task: Task) -> list[_Delivery]:
-        recipients = self._recipients(task, outcome.status)
-        webhooks = self._webhooks(outcome.status)
+    async def _prepare(
+        self,
+        outcome: Outcome,
+        task: Task,
+        recipients: list[str],
+        webhooks: list[tuple[int, WebhookSettings]],
+    ) -> list[_Delivery]:
         smtp = self._smtp
-        if not recipients and not webhooks:
-            return []
+        if smtp is None:  # `[smtp]` removed by a reload since `submit`
+            recipients = []
         execution_id = outcome.job.execution_id
         execution: Execution | None = None
         try:
