@@ -35,6 +35,7 @@ import aiohttp
 from yarl import URL
 
 from taskd import __version__
+from taskd.api.render import SPEC_FIELDS
 from taskd.config import validate_task_spec
 from taskd.errors import FieldError, ValidationError, join_path
 from taskd.model import TaskSpec
@@ -85,21 +86,6 @@ READ_BUFFER_BYTES = 2**22
 # Schedules and params are validated again by the daemon; the client checks a file's
 # structure with the same validator first, using a zone that always exists.
 _CHECK_TIMEZONE = "UTC"
-# Fields of a rendered task that a definition holds, besides `name` and `comment`;
-# `next_run_at` is rendered live (computed), so it is left out of comparisons.
-_DEFINITION_FIELDS = (
-    "task_module",
-    "task_params",
-    "task_timeout_sec",
-    "schedules",
-    "enabled",
-    "options",
-    "email",
-    "frontend_prefs",
-    "metadata",
-    "workflow_type",
-    "workflow_action",
-)
 # A definition may set these, but a v2 update cannot clear them (an absent field keeps its
 # stored value and the validator refuses null for them).
 _UNCLEARABLE = ("workflow_type", "workflow_action")
@@ -396,7 +382,7 @@ class Client:
                 what = (
                     "connection refused"
                     if isinstance(os_error, ConnectionRefusedError)
-                    else ("no such socket")
+                    else "no such socket"
                 )
                 return UnreachableError(f"{where}: {what} (is 'taskd serve' running?)")
             if isinstance(os_error, PermissionError):
@@ -519,9 +505,8 @@ def _time(value: Any, *, millis: bool = False) -> str:
         instant = datetime.fromisoformat(value).astimezone(UTC)
     except ValueError:
         return value
-    if millis:
-        return instant.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return instant.isoformat(timespec="seconds").replace("+00:00", "Z")
+    timespec = "milliseconds" if millis else "seconds"
+    return instant.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def _seconds_between(start: Any, end: Any) -> float | None:
@@ -1026,8 +1011,11 @@ async def _apply_one(client: Client, out: Output, item: FileTask, source: str) -
 
 
 def _definition(rendered: Mapping[str, Any]) -> dict[str, Any]:
-    """The definition fields of a rendered task, named as in `TaskSpec.to_json`."""
-    fields = {key: rendered[key] for key in _DEFINITION_FIELDS if key in rendered}
+    """The definition fields of a rendered task, named as in `TaskSpec.to_json`: the
+    rendered spec fields, and `comment` as `description` (`next_run_at` is rendered live,
+    computed, so it is left out of comparisons).
+    """
+    fields = {key: rendered[key] for key in SPEC_FIELDS if key in rendered}
     fields["description"] = rendered.get("comment") or ""
     return fields
 

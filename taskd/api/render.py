@@ -13,8 +13,9 @@ from typing import Any
 from taskd.model import Execution, LogEntry, Task, TaskStatus
 from taskd.schedule import format_utc
 
-# Fields of a stored definition that both dialects show under their own name.
-_SPEC_FIELDS = (
+# Fields of a stored definition that both dialects show under their own name (`ctl`
+# compares them too).
+SPEC_FIELDS = (
     "task_module",
     "task_params",
     "task_timeout_sec",
@@ -95,7 +96,7 @@ def task_v2(task: Task, last_execution: Execution | None = None) -> dict[str, An
         "comment": spec.get("description") or None,
         "status": str(task.status),
         "user": task.created_by,
-        **{name: spec.get(name) for name in _SPEC_FIELDS},
+        **{name: spec.get(name) for name in SPEC_FIELDS},
         **_live_fields(task),
     }
     if last_execution is not None:
@@ -111,7 +112,7 @@ def task_v1(task: Task) -> dict[str, Any]:
         "name": task.name,
         "description": spec.get("description", ""),
         "status": _V1_STATUS.get(task.status, str(task.status)),
-        **{name: spec.get(name) for name in _SPEC_FIELDS},
+        **{name: spec.get(name) for name in SPEC_FIELDS},
         **_live_fields(task),
     }
     user = task.updated_by or task.created_by or "taskd"

@@ -117,15 +117,14 @@ async def save_tasks(request: web.Request) -> web.Response:
     if not _user_may_update(request) and any(existing for existing, _, _ in plans):
         raise ApiError(403, "forbidden", "updating tasks needs the scope tasks/update")
     await _check_conflicts(core, plans)
+    by = principal(request).name
     saved = []
     for existing, spec, expected in plans:
         if existing is None:
-            saved.append(await core.create_task(spec, by=principal(request).name))
+            saved.append(await core.create_task(spec, by=by))
         else:
             saved.append(
-                await core.update_task(
-                    existing.id, spec, expected_version=expected, by=principal(request).name
-                )
+                await core.update_task(existing.id, spec, expected_version=expected, by=by)
             )
     return web.json_response([task_v1(task) for task in saved])
 

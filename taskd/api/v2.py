@@ -29,7 +29,7 @@ from taskd.api.errors import ApiError
 from taskd.api.render import execution_json, log_entry_json, task_v2
 from taskd.core import Core
 from taskd.errors import FieldError, NotFoundError, ValidationError
-from taskd.model import Task
+from taskd.model import Execution, Task
 from taskd.schedule import format_utc
 from taskd.store import TASK_QUERY_FIELDS
 
@@ -347,12 +347,24 @@ async def task_log(request: web.Request) -> web.StreamResponse:
 
 async def _check_execution_of(core: Core, task: Task, execution_id: int) -> None:
     """404 unless `execution_id` is one of the task's executions."""
-    try:
-        execution = await core.store.get_execution(execution_id)
-    except NotFoundError:
-        execution = None
+    execution = await _execution_or_none(core, execution_id)
     if execution is None or execution.task_id != task.id:
         raise ApiError(404, "not_found", f"task {task.name!r} has no execution {execution_id}")
+
+
+async def _execution_or_none(core: Core, execution_id: int) -> Execution | None:
+    try:
+        return await core.store.get_execution(execution_id)
+    except NotFoundError:
+        return None
+
+
+async def _newest_execution_id(core: Core, task: Task) -> int | None:
+    """The task's newest execution, queued ones included: its `last_execution_id` names
+    the latest one that started, which is not the run just asked for.
+    """
+    newest = await core.store.list_executions(task.id, limit=1)
+    return newest[0].id if newest else None
 
 
 FOLLOW_POLL_SEC = 0.2
@@ -388,17 +400,13 @@ async def _stream_log(
     """
     watched = execution_id
     if watched is None:
-        # The newest execution, queued ones included: the task's `last_execution_id` names
-        # the latest one that started, which is not the run just asked for.
-        newest = await core.store.list_executions(task.id, limit=1)
-        watched = newest[0].id if newest else None
+        watched = await _newest_execution_id(core, task)
     while watched is None:
         # The task has never run: follow its first run, whenever that comes.
         if request.transport is None or request.transport.is_closing():
             return
         await asyncio.sleep(FOLLOW_POLL_SEC)
-        newest = await core.store.list_executions(task.id, limit=1)
-        watched = newest[0].id if newest else None
+        watched = await _newest_execution_id(core, task)
     while True:
         if request.transport is None or request.transport.is_closing():
             return  # the client went away; stop polling for it
@@ -411,20 +419,15 @@ async def _stream_log(
             offset = entry.idx + 1
         if entries:
             continue
-        if watched is None or not core.runner.is_active(watched):
-            execution = None
-            if watched is not None:
-                try:
-                    execution = await core.store.get_execution(watched)
-                except NotFoundError:
-                    execution = None
+        if not core.runner.is_active(watched):
+            execution = await _execution_or_none(core, watched)
             if execution is None or execution.status.finished:
                 await core.store.flush()
                 if not await core.store.read_log(
                     task.id, offset=offset, limit=1, execution_id=execution_id
                 ):
                     end = {
-                        "execution_id": str(watched) if watched else None,
+                        "execution_id": str(watched),
                         "status": str(execution.status) if execution else None,
                     }
                     await response.write(f"event: end\ndata: {json.dumps(end)}\n\n".encode())
