@@ -120,6 +120,8 @@ WORKFLOW_ACTIONS = (
 NOTIFY_EVENTS = ("done", "error", "canceled")
 
 _NO_DIRECTORIES = systemd.Directories()
+DEFAULT_STATE_DIR = "./var"  # relative to the config file's directory
+SOCKET_NAME = "taskd.sock"  # in state_dir, or in systemd's RuntimeDirectory=
 MAX_RETRIES = 100
 MAX_RETRY_DELAY_SEC = 86_400.0  # the first delay; doubled delays are capped by the scheduler
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
@@ -419,7 +421,7 @@ def _daemon_settings(
     errors: list[FieldError],
 ) -> DaemonSettings:
     fields = _Fields(raw, path)
-    default_state = systemd_state or _resolve(base_dir, "./var")
+    default_state = systemd_state or resolve_path(base_dir, DEFAULT_STATE_DIR)
     settings = DaemonSettings(
         state_dir=fields.get("state_dir", _path_in(base_dir), default_state),
         timezone=fields.get("timezone", _timezone, "UTC"),
@@ -440,7 +442,7 @@ def _api_settings(
 ) -> ApiSettings:
     fields = _Fields(raw, path)
     listen = fields.get("listen", _list_of(_listen_address, unique=True), ApiSettings().listen)
-    default_socket: Path | None = socket_dir / "taskd.sock"
+    default_socket: Path | None = socket_dir / SOCKET_NAME
     unix_socket = fields.get("unix_socket", _socket_path(base_dir), default_socket)
     if "unix_socket" not in raw and unix_socket is not None:
         # The default lives in state_dir, which may be deep enough to overflow sun_path.
@@ -865,12 +867,12 @@ def _path_in(base_dir: Path) -> Check[Path]:
         text = _string()(value, path)
         if "\0" in text:
             _fail(path, "must not contain a NUL character")
-        return _resolve(base_dir, text)
+        return resolve_path(base_dir, text)
 
     return check
 
 
-def _resolve(base_dir: Path, text: str) -> Path:
+def resolve_path(base_dir: Path, text: str) -> Path:
     """Make `text` absolute against `base_dir`, lexically (the path need not exist yet)."""
     return Path(os.path.normpath(os.path.join(base_dir, text)))
 

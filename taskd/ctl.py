@@ -36,7 +36,7 @@ from yarl import URL
 
 from taskd import __version__
 from taskd.api.render import SPEC_FIELDS
-from taskd.config import validate_task_spec
+from taskd.config import DEFAULT_STATE_DIR, SOCKET_NAME, resolve_path, validate_task_spec
 from taskd.errors import FieldError, ValidationError, join_path
 from taskd.model import TaskSpec
 
@@ -216,9 +216,9 @@ def socket_from_config(path: Path) -> Path:
     if not isinstance(socket, str) or not socket:
         state_dir = daemon.get("state_dir")
         if not isinstance(state_dir, str) or not state_dir:
-            state_dir = "./var"
-        socket = os.path.join(state_dir, "taskd.sock")
-    return Path(os.path.normpath(os.path.join(base_dir, socket)))
+            state_dir = DEFAULT_STATE_DIR
+        socket = os.path.join(state_dir, SOCKET_NAME)
+    return resolve_path(base_dir, socket)
 
 
 def _base_url(text: str) -> str:
