@@ -48,10 +48,10 @@ from _common import (
 from taskd.clock import SystemClock
 from taskd.config import validate_task_spec
 from taskd.core import Core
-from taskd.model import Task, TaskSource, TriggerKind
+from taskd.model import Job, Task, TaskSource, TriggerKind
 from taskd.modules.base import ModuleContext, Trigger
 from taskd.modules.registry import ModuleRegistry
-from taskd.runner import Job, Runner
+from taskd.runner import Runner
 from taskd.schedule import format_utc
 from taskd.scheduler import Scheduler
 from taskd.store import DB_FILE, NewExecution, Store

@@ -15,11 +15,17 @@ import structlog
 
 from taskd.clock import Clock
 from taskd.config import validate_task_spec
-from taskd.errors import ConflictError, FieldError, NotFoundError, ValidationError, join_path
-from taskd.model import ExecutionStatus, Task, TaskSource, TaskSpec, TriggerKind
-from taskd.modules.base import Trigger
+from taskd.errors import (
+    ActionError,
+    ConflictError,
+    FieldError,
+    NotFoundError,
+    ValidationError,
+    join_path,
+)
+from taskd.model import ExecutionStatus, Job, Task, TaskSource, TaskSpec, Trigger, TriggerKind
 from taskd.modules.registry import ModuleRegistry
-from taskd.runner import ActionError, Job, Runner
+from taskd.runner import Runner
 from taskd.schedule import format_utc
 from taskd.scheduler import Scheduler
 from taskd.store import NewExecution, Store

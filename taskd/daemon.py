@@ -32,9 +32,10 @@ from taskd.config import Settings, load_config
 from taskd.core import Core, config_errors_for
 from taskd.errors import ValidationError
 from taskd.metrics import Metrics
+from taskd.model import Outcome
 from taskd.modules.registry import ModuleRegistry
 from taskd.notify import Notifier
-from taskd.runner import Outcome, Runner
+from taskd.runner import Runner
 from taskd.scheduler import Scheduler, SchedulerSettings
 from taskd.store import DB_FILE, Store
 

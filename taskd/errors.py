@@ -69,5 +69,9 @@ class ConflictError(TaskdError):
     """A write that conflicts with the stored state (version mismatch, config-owned task)."""
 
 
+class ActionError(TaskdError):
+    """An action that cannot apply now (pause with nothing running, run while `skip` runs, ...)."""
+
+
 class DeferError(TaskdError, LookupError):
     """A defer id that is unknown, already used or expired."""

@@ -19,7 +19,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 from taskd import __version__
-from taskd.runner import Job, Outcome
+from taskd.model import Job, Outcome
 
 # The text format `generate_latest` writes (Prometheus exposition format 0.0.4).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -14,6 +14,24 @@ from typing import Any
 
 from taskd.schedule import ScheduleSet, format_utc
 
+# The task fields a store can filter and sort on (`Store.query_tasks`); each store maps them
+# to its own query language.
+TASK_QUERY_FIELDS = frozenset(
+    {
+        "id",
+        "name",
+        "status",
+        "source",
+        "next_run_at",
+        "created_at",
+        "updated_at",
+        "task_module",
+        "workflow_type",
+        "workflow_action",
+        "priority",
+    }
+)
+
 
 class TaskStatus(StrEnum):
     """Status of a task: that of its latest execution, `new` before any."""
@@ -249,3 +267,37 @@ class TaskSpec:
         if self.workflow_action is not None:
             result["workflow_action"] = self.workflow_action
         return result
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Trigger:
+    """Why an execution runs: `schedule`, `manual`, `defer`, `catch_up`, `retry`, `resume`.
+
+    `metadata` is the body of a `run` action (or empty); `scheduled_for` is the slot's
+    instant for schedule-triggered runs, as RFC 3339 UTC.
+    """
+
+    kind: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    scheduled_for: str | None = None
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """An execution row (already committed as `queued`) waiting to be started."""
+
+    execution_id: int
+    task: Task
+    trigger: Trigger
+    due: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """How an execution ended, handed to the scheduler (retries, queued overlap)."""
+
+    job: Job
+    status: ExecutionStatus
+    status_msg: str | None
+    stopped_by_user: bool  # a stop / force_stop / replace / shutdown, not a failure

@@ -63,8 +63,7 @@ import structlog
 from taskd import __version__
 from taskd.clock import Clock
 from taskd.config import NotifySettings, Settings, SmtpSecurity, SmtpSettings, WebhookSettings
-from taskd.model import Execution, ExecutionStatus, LogEntry, Task
-from taskd.runner import Outcome
+from taskd.model import Execution, ExecutionStatus, LogEntry, Outcome, Task
 from taskd.schedule import format_utc
 
 __all__ = ["EVENT_FINISHED", "ExecutionReader", "Notifier", "sign"]

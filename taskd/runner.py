@@ -19,42 +19,18 @@ import itertools
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import structlog
 
 from taskd.clock import Clock, to_micros
-from taskd.model import ExecutionStatus, Task
-from taskd.modules.base import LogLevel, ModuleContext, ModuleError, Trigger
+from taskd.errors import ActionError
+from taskd.model import ExecutionStatus, Job, Outcome
+from taskd.modules.base import LogLevel, ModuleContext, ModuleError
 from taskd.modules.registry import ModuleRegistry
 from taskd.store import Store
 
 log = structlog.get_logger("taskd.runner")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Job:
-    """An execution row (already committed as `queued`) waiting to be started."""
-
-    execution_id: int
-    task: Task
-    trigger: Trigger
-    due: datetime
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outcome:
-    """How an execution ended, handed to the scheduler (retries, queued overlap)."""
-
-    job: Job
-    status: ExecutionStatus
-    status_msg: str | None
-    stopped_by_user: bool  # a stop / force_stop / replace / shutdown, not a failure
-
-
-class ActionError(Exception):
-    """An action that cannot apply now (pause with nothing running, ...)."""
 
 
 class ExecutionContext(ModuleContext):

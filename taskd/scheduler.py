@@ -27,9 +27,8 @@ import structlog
 
 from taskd.clock import Clock, to_micros
 from taskd.errors import ValidationError
-from taskd.model import Execution, ExecutionStatus, Task, TriggerKind
-from taskd.modules.base import Trigger
-from taskd.runner import Job, Outcome, Runner
+from taskd.model import Execution, ExecutionStatus, Job, Outcome, Task, Trigger, TriggerKind
+from taskd.runner import Runner
 from taskd.schedule import ScheduleSet, format_utc, parse_schedules
 from taskd.store import NewExecution, SlotClaim, Store
 

@@ -130,8 +130,8 @@ _EXECUTION_COLUMNS = (
     "finished_at, status, status_msg, progress, size_todo, size_done, nodes_todo, nodes_done, "
     "bandwidth, dispatcher, attempt"
 )
-# What `query_tasks` may filter and sort on, and the SQL behind each.
-TASK_QUERY_FIELDS = {
+# The SQL behind each of model.TASK_QUERY_FIELDS.
+_TASK_QUERY_SQL = {
     "id": "id",
     "name": "name",
     "status": "status",
@@ -567,7 +567,7 @@ class Store:
         """
         clauses, params = [], []
         for name, operator, value in where:
-            column = TASK_QUERY_FIELDS[name]
+            column = _TASK_QUERY_SQL[name]
             if operator == "in":
                 clauses.append(f"{column} IN ({','.join('?' * len(value))})")
                 params.extend(value)
@@ -578,7 +578,7 @@ class Store:
             params.append(to_micros(value) if isinstance(value, datetime) else value)
         where_sql = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         order_sql = ", ".join(
-            f"{TASK_QUERY_FIELDS[name]} {'DESC' if descending else 'ASC'}"
+            f"{_TASK_QUERY_SQL[name]} {'DESC' if descending else 'ASC'}"
             for name, descending in order
         )
         order_sql = f"ORDER BY {order_sql + ', ' if order_sql else ''}id"

@@ -27,9 +27,8 @@ from engine_fixtures import (
 )
 
 from taskd.core import ConfigChanges
-from taskd.errors import ConflictError, NotFoundError, ValidationError
+from taskd.errors import ActionError, ConflictError, NotFoundError, ValidationError
 from taskd.model import ExecutionStatus, TaskSource, TaskSpec, TaskStatus, TriggerKind
-from taskd.runner import ActionError
 from taskd.store import DeferError, NewExecution
 
 

@@ -37,9 +37,8 @@ from structlog.testing import capture_logs
 from taskd.clock import SystemClock
 from taskd.config import Settings, SmtpSecurity, parse_config
 from taskd.errors import FieldError, ValidationError
-from taskd.model import ExecutionStatus
+from taskd.model import ExecutionStatus, Outcome
 from taskd.notify import Notifier
-from taskd.runner import Outcome
 from taskd.schedule import format_utc
 
 WAIT_SEC = 5.0  # a hang detector: every delivery here ends well within it

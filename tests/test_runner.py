@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from engine_fixtures import T0, Engine, FakeClock, at, open_engine, settle, until
 
-from taskd.model import Execution, ExecutionStatus, Task, TaskStatus, TriggerKind
+from taskd.errors import ActionError
+from taskd.model import Execution, ExecutionStatus, Job, Task, TaskStatus, TriggerKind
 from taskd.modules.base import Trigger
-from taskd.runner import ActionError, Job
 from taskd.schedule import format_utc
 from taskd.store import NewExecution
 

@@ -29,9 +29,8 @@ from taskd.api.errors import ApiError
 from taskd.api.render import execution_json, log_entry_json, task_v2
 from taskd.core import Core
 from taskd.errors import FieldError, NotFoundError, ValidationError
-from taskd.model import Execution, Task
+from taskd.model import TASK_QUERY_FIELDS, Execution, Task
 from taskd.schedule import format_utc
-from taskd.store import TASK_QUERY_FIELDS
 
 routes = web.RouteTableDef()
 

@@ -14,11 +14,13 @@ A module that starts processes must kill them when it is cancelled.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from taskd.errors import TaskdError
+from taskd.model import Trigger
+
+__all__ = ["LogLevel", "Module", "ModuleContext", "ModuleError", "Trigger"]
 
 
 class LogLevel(StrEnum):
@@ -32,20 +34,6 @@ class LogLevel(StrEnum):
 
 class ModuleError(TaskdError):
     """Raised by a module to end its execution in `error` with a clear message."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Trigger:
-    """Why an execution runs: `schedule`, `manual`, `defer`, `catch_up`, `retry`, `resume`.
-
-    `metadata` is the body of a `run` action (or empty); `scheduled_for` is the slot's
-    instant for schedule-triggered runs, as RFC 3339 UTC.
-    """
-
-    kind: str
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    scheduled_for: str | None = None
-    attempt: int = 0
 
 
 class ModuleContext(Protocol):
