@@ -23,7 +23,16 @@ from taskd.errors import (
     ValidationError,
     join_path,
 )
-from taskd.model import ExecutionStatus, Job, Task, TaskSource, TaskSpec, Trigger, TriggerKind
+from taskd.model import (
+    ExecutionStatus,
+    Job,
+    Overlap,
+    Task,
+    TaskSource,
+    TaskSpec,
+    Trigger,
+    TriggerKind,
+)
 from taskd.modules.registry import ModuleRegistry
 from taskd.runner import Runner
 from taskd.schedule import format_utc
@@ -50,6 +59,16 @@ def _schedule_fields(spec_json: Mapping[str, Any]) -> tuple[Any, ...]:
     return (spec_json.get("schedules"), spec_json.get("next_run_at"), spec_json.get("enabled"))
 
 
+def _has_zoneless_schedule(spec_json: Mapping[str, Any]) -> bool:
+    """Whether a stored definition has a calendar or cron schedule without its own zone."""
+    return any(
+        isinstance(schedule, Mapping)
+        and "interval_sec" not in schedule
+        and "timezone" not in schedule
+        for schedule in spec_json.get("schedules") or ()
+    )
+
+
 class Core:
     """Task operations on top of the store, scheduler and runner."""
 
@@ -69,8 +88,39 @@ class Core:
         self.runner = runner
         self.modules = modules
         self.clock = clock
-        self.default_timezone = default_timezone
         self.config_source = config_source
+        scheduler.set_default_timezone(default_timezone)
+
+    @property
+    def default_timezone(self) -> str:
+        """Where schedules without their own `timezone` are read (`[daemon].timezone`)."""
+        return self.scheduler.default_timezone
+
+    async def set_default_timezone(self, zone: str) -> int:
+        """Read zone-less schedules in `zone` from now on; return how many tasks moved.
+
+        Such schedules keep "no zone" in storage, so only their stored due times need
+        recomputing (a one-shot `next_run_at` stays as it is: it is an instant).
+        """
+        if zone == self.default_timezone:
+            return 0
+        self.scheduler.set_default_timezone(zone)
+        now = self.clock.now()
+        moved = 0
+        for task in await self.store.list_tasks():
+            if not task.enabled or not _has_zoneless_schedule(task.spec):
+                continue
+            schedules = task.schedule_set(zone)
+            one_shot = task.spec.get("next_run_at")
+            candidates = [schedules.next_after(now)]
+            if one_shot and task.next_run_at is not None and task.next_run_at > now:
+                candidates.append(task.next_run_at)
+            next_run_at = min((t for t in candidates if t is not None), default=None)
+            if next_run_at != task.next_run_at:
+                await self.store.set_next_run_at(task.id, next_run_at)
+                self.scheduler.task_changed(task.id, await self.store.get_task(task.id))
+                moved += 1
+        return moved
 
     # -- definitions ----------------------------------------------------------------------
 
@@ -217,8 +267,7 @@ class Core:
         ActionError if the task runs and its overlap policy is `skip`.
         """
         task = await self.store.get_task(task_id)
-        overlap = str(task.options.get("overlap", "skip"))
-        if overlap == "skip" and (
+        if task.options.overlap is Overlap.SKIP and (
             self.runner.running_for_task(task_id)
             or self.runner.queued_for_task(task_id)
             or self.scheduler.pending_for_task(task_id)

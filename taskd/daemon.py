@@ -30,13 +30,12 @@ from taskd.api.auth import Authenticator
 from taskd.clock import Clock, SystemClock
 from taskd.config import Settings, load_config
 from taskd.core import Core, config_errors_for
+from taskd.engine import EngineSettings, build_engine
 from taskd.errors import ValidationError
 from taskd.metrics import Metrics
-from taskd.model import Outcome
 from taskd.modules.registry import ModuleRegistry
 from taskd.notify import Notifier
-from taskd.runner import Runner
-from taskd.scheduler import Scheduler, SchedulerSettings
+from taskd.scheduler import Scheduler
 from taskd.store import DB_FILE, Store
 
 log = structlog.get_logger("taskd.daemon")
@@ -148,42 +147,23 @@ class Daemon:
                 Notifier.from_settings(settings, store=store, clock=self.clock)
             )
             self.notifier = notifier
-            runner = Runner(
+            engine = build_engine(
                 store=store,
                 modules=self.modules,
                 clock=self.clock,
-                max_running=daemon.max_running,
-                stop_grace_sec=daemon.stop_grace_sec,
+                settings=EngineSettings(
+                    default_timezone=daemon.timezone,
+                    max_running=daemon.max_running,
+                    stop_grace_sec=daemon.stop_grace_sec,
+                    config_source=str(self.config_path),
+                ),
+                # Queued: mail and webhooks never hold up the runner.
+                on_ended=[notifier.submit],
             )
-            metrics = Metrics(load=runner, monotonic=self.clock.monotonic)
-            self.metrics = metrics
-            runner.on_started = metrics.observe_started
-            store.on_batch = metrics.observe_batch
+            self.metrics = engine.metrics
+            runner, scheduler = engine.runner, engine.scheduler
             await stack.enter_async_context(runner)
-            scheduler = Scheduler(
-                store=store,
-                runner=runner,
-                clock=self.clock,
-                settings=SchedulerSettings(default_timezone=daemon.timezone),
-            )
-            schedule_next = runner.on_outcome
-            assert schedule_next is not None
-
-            async def on_outcome(outcome: Outcome) -> None:
-                metrics.observe_outcome(outcome)
-                notifier.submit(outcome)  # queued: mail and webhooks never hold up the runner
-                await schedule_next(outcome)
-
-            runner.on_outcome = on_outcome
-            self.core = Core(
-                store=store,
-                scheduler=scheduler,
-                runner=runner,
-                modules=self.modules,
-                clock=self.clock,
-                default_timezone=daemon.timezone,
-                config_source=str(self.config_path),
-            )
+            self.core = engine.core
             changes = await self.core.apply_config(settings.tasks)
             log.info(
                 "config applied",
@@ -196,7 +176,7 @@ class Daemon:
                 auth=auth,
                 api_settings=settings.api,
                 health=self.health,
-                metrics=metrics,
+                metrics=engine.metrics,
             )
             # Listen before anything runs: a taken address stops taskd before any task did.
             try:
@@ -296,6 +276,9 @@ class Daemon:
             log.error("config reload refused", problem=reason)
         if unsafe:
             return False
+        moved = await self.core.set_default_timezone(settings.daemon.timezone)
+        if moved:
+            log.info("default timezone changed", timezone=settings.daemon.timezone, moved=moved)
         changes = await self.core.apply_config(settings.tasks)
         self.core.runner.max_running = settings.daemon.max_running
         if self.notifier is not None:

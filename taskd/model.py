@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from taskd.schedule import ScheduleSet, format_utc
+from taskd.schedule import ScheduleSet, format_utc, parse_schedules
 
 # The task fields a store can filter and sort on (`Store.query_tasks`); each store maps them
 # to its own query language.
@@ -110,15 +110,56 @@ class Task:
     created_by: str | None
     updated_by: str | None
 
+    # Typed views of `spec`, decoded on first use: the engine reads these, never the JSON.
+    _options: TaskOptions | None = field(default=None, init=False, repr=False, compare=False)
+    _recipients: tuple[EmailRecipient, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
     @property
     def module(self) -> str:
         """The name of the module that runs this task."""
         return str(self.spec["task_module"])
 
     @property
-    def options(self) -> Mapping[str, Any]:
+    def options(self) -> TaskOptions:
         """The task's policies: priority, overlap, catch_up, max_retries, retry_delay_sec."""
-        return self.spec.get("options") or {}
+        if self._options is None:
+            object.__setattr__(self, "_options", TaskOptions.from_json(self.spec.get("options")))
+        assert self._options is not None
+        return self._options
+
+    def schedule_set(self, default_timezone: str) -> ScheduleSet:
+        """The task's schedules; those without their own zone are read in `default_timezone`.
+
+        Raises ValidationError if the stored schedules no longer parse (a zone removed from
+        the system's database, say).
+        """
+        return parse_schedules(
+            list(self.spec.get("schedules") or []), default_timezone=default_timezone
+        )
+
+    @property
+    def task_params(self) -> Mapping[str, Any]:
+        """The module's params as stored (validated against the module when it starts)."""
+        params = self.spec.get("task_params")
+        return params if isinstance(params, Mapping) else {}
+
+    @property
+    def timeout_sec(self) -> float | None:
+        """How long one execution may take, None for no limit (`task_timeout_sec` 0)."""
+        value = self.spec.get("task_timeout_sec")
+        return value if isinstance(value, int | float) and value > 0 else None
+
+    @property
+    def email_recipients(self) -> tuple[EmailRecipient, ...]:
+        """Who gets mail after a run (`email.recipients`)."""
+        if self._recipients is None:
+            object.__setattr__(
+                self, "_recipients", EmailRecipient.list_from_json(self.spec.get("email"))
+            )
+        assert self._recipients is not None
+        return self._recipients
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,6 +227,34 @@ class TaskOptions:
     max_retries: int = 0
     retry_delay_sec: float = 60.0
 
+    @classmethod
+    def from_json(cls, stored: Mapping[str, Any] | None) -> TaskOptions:
+        """Decode the stored (validated, normalized) form; absent keys take the defaults.
+
+        The defaults live in this class alone: stored definitions of older versions may lack
+        a key, and the validator builds its records through the same class.
+        """
+        if not stored:
+            return cls()
+        default = cls()
+        return cls(
+            priority=int(stored.get("priority", default.priority)),
+            overlap=Overlap(stored.get("overlap", default.overlap)),
+            catch_up=CatchUp(stored.get("catch_up", default.catch_up)),
+            max_retries=int(stored.get("max_retries", default.max_retries)),
+            retry_delay_sec=float(stored.get("retry_delay_sec", default.retry_delay_sec)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the stored form (every key, enums as their values)."""
+        return {
+            "priority": self.priority,
+            "overlap": str(self.overlap),
+            "catch_up": str(self.catch_up),
+            "max_retries": self.max_retries,
+            "retry_delay_sec": self.retry_delay_sec,
+        }
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EmailRecipient:
@@ -193,6 +262,20 @@ class EmailRecipient:
 
     email: str
     problems_only: bool = False
+
+    @classmethod
+    def list_from_json(cls, stored: Any) -> tuple[EmailRecipient, ...]:
+        """Decode the stored `email` object (`{"recipients": [...]}`); skip malformed items."""
+        raw = stored.get("recipients") if isinstance(stored, Mapping) else None
+        return tuple(
+            cls(email=str(item["email"]), problems_only=bool(item.get("problems_only")))
+            for item in raw or ()
+            if isinstance(item, Mapping) and item.get("email")
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the stored form."""
+        return {"email": self.email, "problems_only": self.problems_only}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,19 +327,8 @@ class TaskSpec:
             "task_timeout_sec": self.task_timeout_sec,
             "schedules": self.schedules.to_json(),
             "enabled": self.enabled,
-            "options": {
-                "priority": self.options.priority,
-                "overlap": str(self.options.overlap),
-                "catch_up": str(self.options.catch_up),
-                "max_retries": self.options.max_retries,
-                "retry_delay_sec": self.options.retry_delay_sec,
-            },
-            "email": {
-                "recipients": [
-                    {"email": r.email, "problems_only": r.problems_only}
-                    for r in self.email_recipients
-                ]
-            },
+            "options": self.options.to_json(),
+            "email": {"recipients": [r.to_json() for r in self.email_recipients]},
             "frontend_prefs": copy.deepcopy(self.frontend_prefs),
             "metadata": copy.deepcopy(self.metadata),
         }

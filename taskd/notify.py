@@ -49,7 +49,7 @@ import ssl
 import urllib.parse
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -294,14 +294,10 @@ class Notifier:
 
     def _recipients(self, task: Task, status: ExecutionStatus) -> list[str]:
         """The addresses that get mail about this ending (empty without `[smtp]`)."""
-        email_spec = task.spec.get("email")
-        raw = email_spec.get("recipients") if isinstance(email_spec, Mapping) else None
         recipients = [
-            str(item["email"])
-            for item in raw or ()
-            if isinstance(item, Mapping)
-            and item.get("email")
-            and not (item.get("problems_only") and status is ExecutionStatus.DONE)
+            recipient.email
+            for recipient in task.email_recipients
+            if not (recipient.problems_only and status is ExecutionStatus.DONE)
         ]
         if recipients and self._smtp is None:
             if task.id not in self._warned_no_smtp:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import inspect
 import itertools
 import socket
 from collections.abc import Awaitable, Callable, Mapping
@@ -137,14 +138,54 @@ class _Running:
     task: asyncio.Task[None] | None = None
     forced_reason: str | None = None  # why the runner cancelled it, if it did
     stop_reason: str | None = None
-    grace_timer: asyncio.TimerHandle | None = None
+    grace_timer: asyncio.Task[None] | None = None  # forces the stop after the grace
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RunEvents:
+    """Who hears of the runner's starts and endings; subscribed once, where the engine is built.
+
+    Listeners are called in the order they subscribed. A start listener gets the job and how
+    late it starts (seconds); an end listener gets the `Outcome` after the final status was
+    committed and may be a coroutine function (awaited before the next listener). A failing
+    listener is logged and does not keep the others from hearing.
+    """
+
+    def __init__(self) -> None:
+        self._started: list[Callable[[Job, float], object]] = []
+        self._ended: list[Callable[[Outcome], object]] = []
+
+    def on_started(self, listener: Callable[[Job, float], object]) -> None:
+        """Call `listener(job, lateness_sec)` as each module starts (keep it quick)."""
+        self._started.append(listener)
+
+    def on_ended(self, listener: Callable[[Outcome], object]) -> None:
+        """Call (or await) `listener(outcome)` after each ending was recorded."""
+        self._ended.append(listener)
+
+    def started(self, job: Job, lateness_sec: float) -> None:
+        """Tell the start listeners."""
+        for listener in self._started:
+            try:
+                listener(job, lateness_sec)
+            except Exception:
+                log.exception("start listener failed", execution_id=job.execution_id)
+
+    async def ended(self, outcome: Outcome) -> None:
+        """Tell the end listeners, in order."""
+        for listener in self._ended:
+            try:
+                result = listener(outcome)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("outcome listener failed", execution_id=outcome.job.execution_id)
 
 
 class Runner:
     """Starts queued jobs within `max_running`, runs them, records their endings.
 
-    `on_outcome` is awaited after each execution's final status was committed.
+    Starts and endings are told to `events` (see `RunEvents`).
     """
 
     def __init__(
@@ -155,7 +196,7 @@ class Runner:
         clock: Clock,
         max_running: int,
         stop_grace_sec: float,
-        on_outcome: Callable[[Outcome], Awaitable[None]] | None = None,
+        events: RunEvents | None = None,
         dispatcher: str | None = None,
     ) -> None:
         self.store = store
@@ -163,9 +204,7 @@ class Runner:
         self.clock = clock
         self.max_running = max_running
         self.stop_grace_sec = stop_grace_sec
-        self.on_outcome = on_outcome
-        # Called for each job as its module starts, with how late it starts (seconds).
-        self.on_started: Callable[[Job, float], None] | None = None
+        self.events = events if events is not None else RunEvents()
         self.dispatcher = dispatcher or socket.gethostname()
         self._queue: list[tuple[int, int, int, Job]] = []
         self._queued_ids: set[int] = set()
@@ -283,7 +322,7 @@ class Runner:
         params = self._params.get(key)
         if params is None:
             params = self.modules.validate(
-                job.task.module, job.task.spec.get("task_params") or {}, path="task_params"
+                job.task.module, job.task.task_params, path="task_params"
             )
             if len(self._params) >= 10_000:
                 self._params.clear()
@@ -294,7 +333,7 @@ class Runner:
         """Queue a job; it starts when a place is free, by priority then due time."""
         if not self._accepting or job.execution_id in self._queued_ids:
             return
-        priority = int(job.task.options.get("priority", 0))
+        priority = job.task.options.priority
         heapq.heappush(self._queue, (-priority, to_micros(job.due), next(self._sequence), job))
         self._queued_ids.add(job.execution_id)
         self._queued_by_task.setdefault(job.task.id, set()).add(job.execution_id)
@@ -335,8 +374,7 @@ class Runner:
             log.exception("could not record executions as started; they stay queued")
             return
         for job, job_params in startable:
-            if self.on_started is not None:
-                self.on_started(job, (now - job.due).total_seconds())
+            self.events.started(job, (now - job.due).total_seconds())
             running = _Running(job=job, context=ExecutionContext(self, job, job_params))
             self._running[job.execution_id] = running
             self._running_by_task.setdefault(job.task.id, set()).add(job.execution_id)
@@ -357,7 +395,7 @@ class Runner:
     async def _execute(self, running: _Running) -> None:
         job, ctx = running.job, running.context
         bound = log.bind(task_id=job.task.id, task=job.task.name, execution_id=job.execution_id)
-        timeout_sec = job.task.spec.get("task_timeout_sec") or None
+        timeout_sec = job.task.timeout_sec
         started = self.clock.monotonic()
         status, message = ExecutionStatus.DONE, None
         stopped_by_user = False
@@ -437,12 +475,7 @@ class Runner:
         return True
 
     async def _tell(self, outcome: Outcome) -> None:
-        if self.on_outcome is None:
-            return
-        try:
-            await self.on_outcome(outcome)
-        except Exception:
-            log.exception("outcome handler failed", execution_id=outcome.job.execution_id)
+        await self.events.ended(outcome)
 
     # -- actions --------------------------------------------------------------------------
 
@@ -490,12 +523,15 @@ class Runner:
         running.context._stopping.set()
         running.context._set_paused(False)  # a paused module must run to notice the stop
 
-        def force() -> None:
+        async def force_after_grace() -> None:
+            await self.clock.sleep(self.stop_grace_sec)  # the injected clock: tests control it
             running.forced_reason = f"{reason} (forced after {self.stop_grace_sec} s)"
             if running.task is not None:
                 running.task.cancel()
 
-        running.grace_timer = asyncio.get_running_loop().call_later(self.stop_grace_sec, force)
+        running.grace_timer = asyncio.create_task(
+            force_after_grace(), name=f"taskd-stop-grace-{running.job.execution_id}"
+        )
 
     def wait_finished(self, execution_id: int) -> Awaitable[Any]:
         """Return an awaitable that completes when the execution has ended and was recorded."""

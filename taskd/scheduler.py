@@ -27,9 +27,19 @@ import structlog
 
 from taskd.clock import Clock, to_micros
 from taskd.errors import ValidationError
-from taskd.model import Execution, ExecutionStatus, Job, Outcome, Task, Trigger, TriggerKind
+from taskd.model import (
+    CatchUp,
+    Execution,
+    ExecutionStatus,
+    Job,
+    Outcome,
+    Overlap,
+    Task,
+    Trigger,
+    TriggerKind,
+)
 from taskd.runner import Runner
-from taskd.schedule import ScheduleSet, format_utc, parse_schedules
+from taskd.schedule import ScheduleSet, format_utc
 from taskd.store import NewExecution, SlotClaim, Store
 
 log = structlog.get_logger("taskd.scheduler")
@@ -42,7 +52,6 @@ MAX_RETRY_WAIT_SEC = 7 * 86_400.0
 class SchedulerSettings:
     """Knobs of the scheduler; the defaults suit a server."""
 
-    default_timezone: str = "UTC"
     lookahead_sec: float = 0.1
     # A slot more than this late counts as missed and goes through the catch-up policy.
     misfire_grace_sec: float = 60.0
@@ -56,7 +65,7 @@ class _Planned:
 
     task: Task
     claim: SlotClaim
-    starts: list[tuple[int, Trigger, datetime, str]]  # (row index, trigger, due, overlap mode)
+    starts: list[tuple[int, Trigger, datetime, Overlap]]  # (row index, trigger, due, overlap)
 
 
 class Scheduler:
@@ -69,6 +78,7 @@ class Scheduler:
         runner: Runner,
         clock: Clock,
         settings: SchedulerSettings | None = None,
+        default_timezone: str = "UTC",
     ) -> None:
         self.store = store
         self.runner = runner
@@ -76,16 +86,17 @@ class Scheduler:
         self.settings = settings or SchedulerSettings()
         self._heap: list[tuple[int, int]] = []
         # Claimed jobs waiting for their instant: (due µs, sequence, job, overlap mode).
-        self._waiting: list[tuple[int, int, Job, str]] = []
+        self._waiting: list[tuple[int, int, Job, Overlap]] = []
         self._waiting_by_task: Counter[int] = Counter()
         self._sequence = itertools.count()
         # Runs held back until the task's running execution ends, oldest first: the one
         # kept by overlap = "queue" or "replace", and catch-up runs (catch_up = "all").
         self._parked: dict[int, deque[Job]] = {}
         self._schedules: dict[tuple[int, int], ScheduleSet] = {}
+        # Where schedules without their own `timezone` are read; a reload may change it.
+        self.default_timezone = default_timezone
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
-        runner.on_outcome = self._on_outcome
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -165,7 +176,16 @@ class Scheduler:
                 self._skip(job, "task disabled")
         self._wake.set()
 
-    def _wait(self, entry: tuple[int, int, Job, str]) -> None:
+    def set_default_timezone(self, zone: str) -> None:
+        """Read schedules without their own zone in `zone` from now on.
+
+        Stored due times are not moved here: `Core.set_default_timezone` recomputes them.
+        """
+        if zone != self.default_timezone:
+            self.default_timezone = zone
+            self._schedules.clear()
+
+    def _wait(self, entry: tuple[int, int, Job, Overlap]) -> None:
         heapq.heappush(self._waiting, entry)
         self._waiting_by_task[entry[2].task.id] += 1
 
@@ -267,19 +287,14 @@ class Scheduler:
         if schedules is None:
             if len(self._schedules) > 100_000:
                 self._schedules.clear()
-            schedules = parse_schedules(
-                list(task.spec.get("schedules") or []),
-                default_timezone=self.settings.default_timezone,
-            )
+            schedules = task.schedule_set(self.default_timezone)
             self._schedules[key] = schedules
         return schedules
 
     def _plan(self, task: Task, now: datetime) -> _Planned:
         """Decide what the task's due slot(s) become: runs, skipped rows, next due time."""
         assert task.next_run_at is not None
-        options = task.options
-        overlap = str(options.get("overlap", "skip"))
-        catch_up = str(options.get("catch_up", "once"))
+        overlap, catch_up = task.options.overlap, task.options.catch_up
         try:
             schedules = self._schedules_of(task)
         except ValidationError:
@@ -306,7 +321,7 @@ class Scheduler:
         missed = [slot for slot in slots if slot < missed_before]
         on_time = [slot for slot in slots if slot >= missed_before]
         rows: list[NewExecution] = []
-        starts: list[tuple[int, Trigger, datetime, str]] = []
+        starts: list[tuple[int, Trigger, datetime, Overlap]] = []
 
         def add_run(slot: datetime, kind: TriggerKind) -> None:
             starts.append(
@@ -329,17 +344,17 @@ class Scheduler:
             )
 
         if missed:
-            if catch_up == "all":
+            if catch_up is CatchUp.ALL:
                 for slot in missed:
                     add_run(slot, TriggerKind.CATCH_UP)
-            elif catch_up == "once" and not on_time:
+            elif catch_up is CatchUp.ONCE and not on_time:
                 for slot in missed[:-1]:
                     add_skipped(slot, "missed; coalesced into one catch-up run (catch_up=once)")
                 add_run(missed[-1], TriggerKind.CATCH_UP)
             else:
                 reason = (
                     "missed; an on-time run follows (catch_up=once)"
-                    if catch_up == "once"
+                    if catch_up is CatchUp.ONCE
                     else "missed while taskd was not running (catch_up=skip)"
                 )
                 for slot in missed:
@@ -363,11 +378,11 @@ class Scheduler:
 
     # -- starting, overlap, retries -------------------------------------------------------
 
-    def _start(self, job: Job, overlap: str) -> None:
+    def _start(self, job: Job, overlap: Overlap) -> None:
         """Hand a due job to the runner, applying the task's overlap policy."""
         task_id = job.task.id
         if (
-            overlap == "parallel"
+            overlap is Overlap.PARALLEL
             or job.trigger.kind not in _SLOT_TRIGGERS
             or not (self.runner.busy_with_task(task_id))
         ):
@@ -377,13 +392,13 @@ class Scheduler:
         if job.trigger.kind is TriggerKind.CATCH_UP:
             parked.append(job)  # missed slots run one after another, oldest first
             return
-        if overlap == "queue":
+        if overlap is Overlap.QUEUE:
             if any(p.trigger.kind is TriggerKind.SCHEDULE for p in parked):
                 self._skip(job, "a run is queued already (overlap=queue)")
             else:
                 parked.append(job)
             return
-        if overlap == "replace":
+        if overlap is Overlap.REPLACE:
             for execution_id in self.runner.running_for_task(task_id):
                 self.runner.stop(execution_id, "replaced by a newer run (overlap=replace)")
             for stale in [p for p in parked if p.trigger.kind is TriggerKind.SCHEDULE]:
@@ -403,7 +418,11 @@ class Scheduler:
 
         _spawn(record())
 
-    async def _on_outcome(self, outcome: Outcome) -> None:
+    async def on_outcome(self, outcome: Outcome) -> None:
+        """Take up what an ending allows: the task's parked run, a retry of a failure.
+
+        Subscribed to the runner's `RunEvents.on_ended` where the engine is built.
+        """
         task_id = outcome.job.task.id
         parked = self._parked.get(task_id)
         if parked and not self.runner.running_for_task(task_id):
@@ -418,13 +437,10 @@ class Scheduler:
     async def _maybe_retry(self, task: Task, attempt: int, now: datetime) -> None:
         """Queue a retry of a failed execution if the task's policy allows another."""
         options = task.options
-        max_retries = int(options.get("max_retries", 0))
-        if attempt >= max_retries:
+        if attempt >= options.max_retries:
             return
         # Doubling, but never past a week: a long retry chain must not overflow the clock.
-        delay = min(
-            float(options.get("retry_delay_sec", 60)) * 2.0 ** min(attempt, 64), MAX_RETRY_WAIT_SEC
-        )
+        delay = min(options.retry_delay_sec * 2.0 ** min(attempt, 64), MAX_RETRY_WAIT_SEC)
         due = now + timedelta(seconds=delay)
         [execution_id] = await self.store.add_executions(
             [
@@ -444,7 +460,7 @@ class Scheduler:
         )
         self.enqueue(Job(execution_id=execution_id, task=task, trigger=trigger, due=due))
 
-    def enqueue(self, job: Job, overlap: str = "parallel") -> None:
+    def enqueue(self, job: Job, overlap: Overlap = Overlap.PARALLEL) -> None:
         """Start `job` (already committed as `queued`) at its due time."""
         self._wait((to_micros(job.due), next(self._sequence), job, overlap))
         self._wake.set()
@@ -464,13 +480,12 @@ class Scheduler:
             by_task.setdefault(execution.task_id, []).append(execution)
         for task_id, executions in by_task.items():
             task = tasks[task_id]
-            catch_up = str(task.options.get("catch_up", "once"))
-            overlap = str(task.options.get("overlap", "skip"))
+            catch_up, overlap = task.options.catch_up, task.options.overlap
             missed = [e for e in executions if e.slot_at is not None and e.slot_at < missed_before]
             keep = [e for e in executions if e not in missed]
-            if catch_up == "all":
+            if catch_up is CatchUp.ALL:
                 keep = executions
-            elif catch_up == "once" and missed:
+            elif catch_up is CatchUp.ONCE and missed:
                 next_missed = task.next_run_at is not None and task.next_run_at < missed_before
                 if not next_missed:
                     # Otherwise the task's own past due time makes the one catch-up run.
@@ -479,7 +494,7 @@ class Scheduler:
                 if execution not in keep:
                     reason = (
                         "missed; coalesced into one catch-up run (catch_up=once)"
-                        if catch_up == "once"
+                        if catch_up is CatchUp.ONCE
                         else f"missed while taskd was not running (catch_up={catch_up})"
                     )
                     await self.store.finish(
@@ -494,7 +509,7 @@ class Scheduler:
                     attempt=execution.attempt,
                 )
                 job = Job(execution_id=execution.id, task=task, trigger=trigger, due=due)
-                self.enqueue(job, overlap if execution.slot_at is not None else "parallel")
+                self.enqueue(job, overlap if execution.slot_at is not None else Overlap.PARALLEL)
 
 
 _SLOT_TRIGGERS = frozenset({TriggerKind.SCHEDULE, TriggerKind.CATCH_UP})

@@ -45,9 +45,10 @@ from taskd.api.auth import Authenticator, hash_password
 from taskd.config import ApiSettings, ListenAddress
 from taskd.core import Core
 from taskd.daemon import Daemon, load_settings
+from taskd.engine import EngineSettings, build_engine
 from taskd.model import Task
 from taskd.runner import Runner
-from taskd.scheduler import Scheduler, SchedulerSettings
+from taskd.scheduler import Scheduler
 from taskd.store import DB_FILE, Store
 
 WAIT_SEC = 10.0
@@ -434,29 +435,19 @@ async def open_api(
         # Log events are captured as dicts (and not rendered: a rendered traceback is slow).
         logs = stack.enter_context(capture_logs())
         store = await stack.enter_async_context(Store.open(settings.daemon.state_dir / DB_FILE))
-        runner = Runner(
+        engine = build_engine(
             store=store,
             modules=daemon.modules,
             clock=clock,
-            max_running=settings.daemon.max_running,
-            stop_grace_sec=settings.daemon.stop_grace_sec,
+            settings=EngineSettings(
+                default_timezone=settings.daemon.timezone,
+                max_running=settings.daemon.max_running,
+                stop_grace_sec=settings.daemon.stop_grace_sec,
+                config_source=str(config_path),
+            ),
         )
+        runner, scheduler, core = engine.runner, engine.scheduler, engine.core
         await stack.enter_async_context(runner)
-        scheduler = Scheduler(
-            store=store,
-            runner=runner,
-            clock=clock,
-            settings=SchedulerSettings(default_timezone=settings.daemon.timezone),
-        )
-        core = Core(
-            store=store,
-            scheduler=scheduler,
-            runner=runner,
-            modules=daemon.modules,
-            clock=clock,
-            default_timezone=settings.daemon.timezone,
-            config_source=str(config_path),
-        )
         await core.apply_config(settings.tasks)
         await stack.enter_async_context(scheduler)
         daemon.core, daemon.scheduler = core, scheduler

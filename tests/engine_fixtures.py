@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from taskd.core import Core
+from taskd.engine import EngineSettings, build_engine
 from taskd.model import Execution, Task, TaskSource
 from taskd.modules.base import Module, ModuleContext, ModuleError
 from taskd.modules.registry import ModuleRegistry
 from taskd.modules.shell import ShellModule
 from taskd.modules.sleep import SleepModule
-from taskd.runner import Runner
+from taskd.runner import RunEvents, Runner
 from taskd.scheduler import Scheduler, SchedulerSettings
 from taskd.store import Store
 
@@ -195,6 +196,7 @@ class Engine:
     core: Core
     clock: FakeClock
     gate: GateModule
+    events: RunEvents
 
     async def create(
         self,
@@ -284,25 +286,20 @@ async def open_engine(
     gate = GateModule()
     modules = registry(gate)
     async with Store.open(db_path) as store:
-        runner = Runner(
+        built = build_engine(
             store=store,
             modules=modules,
             clock=clock,
-            max_running=max_running,
-            stop_grace_sec=stop_grace_sec,
-            dispatcher="test-host",
-        )
-        async with runner:
-            scheduler = Scheduler(store=store, runner=runner, clock=clock, settings=settings)
-            core = Core(
-                store=store,
-                scheduler=scheduler,
-                runner=runner,
-                modules=modules,
-                clock=clock,
-                default_timezone="UTC",
+            settings=EngineSettings(
+                max_running=max_running,
+                stop_grace_sec=stop_grace_sec,
+                dispatcher="test-host",
                 config_source="etc/test.toml",
-            )
+                scheduler=settings or SchedulerSettings(),
+            ),
+        )
+        runner, scheduler, core = built.runner, built.scheduler, built.core
+        async with runner:
             engine = Engine(
                 store=store,
                 runner=runner,
@@ -310,6 +307,7 @@ async def open_engine(
                 core=core,
                 clock=clock,
                 gate=gate,
+                events=built.events,
             )
             try:
                 if start:

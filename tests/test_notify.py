@@ -1,7 +1,7 @@
 """Notifications end to end: real executions, a real aiosmtpd server, a real aiohttp receiver.
 
 Executions run in the real engine (`open_engine`, with the system clock so durations are
-real); the runner's outcome hook is chained to `Notifier.submit`, as the daemon will. The
+real); `Notifier.submit` listens to the runner's endings (`RunEvents`), as in the daemon. The
 servers listen on 127.0.0.1. Retries use a base delay of 0.05 s. Every wait is bounded.
 """
 
@@ -236,15 +236,8 @@ async def engine_with(
     outcomes: list[Outcome] = []
     async with open_engine(tmp_path / "taskd.db", clock=SystemClock()) as engine:
         notifier = Notifier.from_settings(config, store=engine.store, clock=engine.clock)
-        previous = engine.runner.on_outcome
-
-        async def on_outcome(outcome: Outcome) -> None:
-            if previous is not None:
-                await previous(outcome)
-            outcomes.append(outcome)
-            notifier.submit(outcome)
-
-        engine.runner.on_outcome = on_outcome
+        engine.events.on_ended(outcomes.append)
+        engine.events.on_ended(notifier.submit)
         async with notifier:
             yield engine, notifier, outcomes
 
@@ -580,14 +573,7 @@ async def test_notify_returns_before_the_first_attempt_ends(tmp_path: Path) -> N
     try:
         with capture_logs() as logs:
             async with open_engine(tmp_path / "taskd.db", clock=SystemClock()) as engine:
-                previous = engine.runner.on_outcome
-
-                async def keep(outcome: Outcome) -> None:
-                    if previous is not None:
-                        await previous(outcome)
-                    outcomes.append(outcome)
-
-                engine.runner.on_outcome = keep
+                engine.events.on_ended(outcomes.append)
                 await run_task(
                     engine, outcomes, "slow", params={"auto": True}, email=recipients("a@x.org")
                 )
