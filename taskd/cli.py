@@ -17,12 +17,10 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from taskd import __version__
-from taskd.config import load_config
 from taskd.errors import FieldError, ValidationError
 from taskd.model import TaskSpec
 from taskd.schedule import ScheduleSet, format_utc, load_timezone, parse_schedule, parse_schedules
@@ -48,9 +46,6 @@ _EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a process killed by SIG
 
 MAX_COUNT = 10_000
 CHECK_CONFIG_TIMES = 3
-# The built-in modules, known without importing them (the registry's `builtin()` does);
-# third-party modules register through the registry's entry-point group.
-_BUILTIN_MODULES = frozenset({"shell", "http", "sleep", "python"})
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -267,21 +262,36 @@ def _parse_schedule_argument(raw: Any, default_timezone: str) -> ScheduleSet:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    # Imported here: `taskd schedule next` needs none of the daemon.
+    from taskd.daemon import StartRefused, preflight
+    from taskd.modules.registry import ModuleRegistry
+
     file: Path = args.file
+    modules = ModuleRegistry.builtin()
+    modules.load_entry_points()
     try:
-        settings = load_config(file, known_modules=_known_module_names())
-    except ValidationError as error:
-        # Errors at an attribute path do not name the file; the others already do.
-        return _refuse(f"{file}: {e}" if e.path else str(e) for e in error.errors)
+        settings = preflight(file, modules).settings  # the very checks `taskd serve` runs
+    except StartRefused as refused:
+        return _refuse(_start_problem(file, event, problem) for event, problem in refused.problems)
     after: datetime = args.after or datetime.now(UTC)
     rows = [(task.name, task.task_module, _when(task, after)) for task in settings.tasks]
+    if rows:
+        rows.insert(0, ("TASK", "MODULE", f"NEXT {CHECK_CONFIG_TIMES} FIRE TIMES (UTC)"))
     name_width = max((len(name) for name, _, _ in rows), default=0)
     module_width = max((len(module) for _, module, _ in rows), default=0)
     for name, module, when in rows:
-        print(f"{name:<{name_width}}  {module:<{module_width}}  {when}")
-    count = len(rows)
+        print(f"{name:<{name_width}}  {module:<{module_width}}  {when}".rstrip())
+    count = len(settings.tasks)
     print(f"{file}: OK, {count} task{'' if count == 1 else 's'}")
     return EXIT_OK
+
+
+def _start_problem(file: Path, event: str, problem: FieldError) -> str:
+    """One line of check-config's refusal, as `taskd serve` would log it."""
+    if event == "invalid config":
+        # Errors at an attribute path do not name the file; the others already do.
+        return f"{file}: {problem}" if problem.path else str(problem)
+    return f"{file}: taskd serve would refuse to start: {problem}"
 
 
 def _when(task: TaskSpec, after: datetime) -> str:
@@ -294,15 +304,6 @@ def _when(task: TaskSpec, after: datetime) -> str:
     if task.next_run_at is not None:
         return f"once at {format_utc(task.next_run_at)} (past; its catch_up policy decides)"
     return "not scheduled"
-
-
-def _known_module_names() -> frozenset[str]:
-    # Module names only, nothing imported: a broken third-party module is the engine's
-    # problem at start-up, not a reason to refuse the config file. Imported here: the
-    # registry pulls in structlog, which the other commands do without.
-    from taskd.modules.registry import ENTRY_POINT_GROUP
-
-    return _BUILTIN_MODULES | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -518,8 +519,9 @@ def _add_gen_key(commands: argparse._SubParsersAction[_Parser]) -> None:
         "gen-key",
         help="make a new random API key",
         description=(
-            "Print a new random API key, or write it to FILE (created with mode 0600; an "
-            "existing file is never overwritten). Name the file in an [[api.keys]] key_file."
+            "Print a new random API key, or write it to FILE (created with mode 0600, missing "
+            "folders with mode 0700; an existing file is never overwritten). Name the file in "
+            "an [[api.keys]] key_file."
         ),
     )
     gen_key.add_argument("--out", type=Path, metavar="FILE", help="write the key to FILE")
@@ -535,6 +537,7 @@ def _gen_key(args: argparse.Namespace) -> int:
         print(key)
         return EXIT_OK
     try:
+        _make_private_folders(out.parent)
         descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         _say(f"{out} exists; not overwriting it (remove it first to replace the key)")
@@ -547,6 +550,20 @@ def _gen_key(args: argparse.Namespace) -> int:
         file.write(key + "\n")
     print(f"wrote a new API key to {out} (mode 0600)")
     return EXIT_OK
+
+
+def _make_private_folders(folder: Path) -> None:
+    """Create `folder` and its missing parents with mode 0700: they hold nothing but secrets.
+
+    (`Path.mkdir(parents=True)` would give the parents the default mode.)
+    """
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(mode=0o700)
+        path.chmod(0o700)  # whatever the umask
 
 
 def _add_hash_password(commands: argparse._SubParsersAction[_Parser]) -> None:

@@ -19,6 +19,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from taskd.clock import Clock, SystemClock
 from taskd.config import Settings, load_config
 from taskd.core import Core, config_errors_for
 from taskd.engine import EngineSettings, build_engine
-from taskd.errors import ValidationError
+from taskd.errors import FieldError, ValidationError
 from taskd.metrics import Metrics
 from taskd.modules.registry import ModuleRegistry
 from taskd.notify import Notifier
@@ -73,6 +74,59 @@ def load_settings(path: Path, modules: ModuleRegistry) -> Settings:
     return settings
 
 
+_NO_CREDENTIALS = (
+    "no API key or user configured: TCP answers 401 to everything but health "
+    "(see README, 'Turning on the HTTP API')"
+)
+
+
+class StartRefused(Exception):
+    """`taskd serve` would not start on this config.
+
+    `problems` holds (event, problem) pairs: the log event (`invalid config`, `unsafe file`,
+    `invalid API credentials`) and the problem, at its attribute path where it has one.
+    """
+
+    def __init__(self, problems: list[tuple[str, FieldError]]) -> None:
+        super().__init__("; ".join(str(problem) for _, problem in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """What the checks before a start found: the settings, the API's credentials, warnings."""
+
+    settings: Settings
+    auth: Authenticator
+    warnings: tuple[str, ...]
+
+
+def preflight(config_path: Path, modules: ModuleRegistry) -> Preflight:
+    """Run every check `taskd serve` runs before it starts (check-config runs the same).
+
+    Raises StartRefused with each problem: an invalid file or module params, an unsafe
+    config or secret file (writable by others, a key readable by others), an unreadable key
+    file or a bad password hash.
+    """
+    try:
+        settings = load_settings(config_path, modules)
+    except ValidationError as error:
+        raise StartRefused([("invalid config", problem) for problem in error.errors]) from None
+    unsafe = unsafe_files([(config_path, False), *secret_files(settings)])
+    if unsafe:
+        raise StartRefused([("unsafe file", FieldError("", reason)) for reason in unsafe])
+    try:
+        auth = Authenticator.from_settings(settings.api)
+    except ValidationError as error:
+        raise StartRefused(
+            [("invalid API credentials", problem) for problem in error.errors]
+        ) from None
+    warnings = []
+    if settings.api.listen and not auth.has_credentials:
+        warnings.append(_NO_CREDENTIALS)
+    return Preflight(settings=settings, auth=auth, warnings=tuple(warnings))
+
+
 class Daemon:
     """One running taskd: store, runner, scheduler and core, with their lifecycles."""
 
@@ -92,27 +146,14 @@ class Daemon:
     async def run(self) -> int:
         """Serve until SIGTERM / SIGINT; return the exit code."""
         try:
-            settings = load_settings(self.config_path, self.modules)
-        except ValidationError as error:
-            for problem in error.errors:
-                log.error("invalid config", problem=str(problem))
+            checked = preflight(self.config_path, self.modules)
+        except StartRefused as refused:
+            for event, problem in refused.problems:
+                log.error(event, problem=str(problem))
             return 2
-        unsafe = unsafe_files([(self.config_path, False), *secret_files(settings)])
-        for reason in unsafe:
-            log.error("unsafe file", problem=reason)
-        if unsafe:
-            return 2
-        try:
-            auth = Authenticator.from_settings(settings.api)
-        except ValidationError as error:
-            for problem in error.errors:
-                log.error("invalid API credentials", problem=str(problem))
-            return 2
-        if settings.api.listen and not auth.has_credentials:
-            log.warning(
-                "no API key or user configured: TCP answers 401 to everything but health "
-                "(see README, 'API keys')"
-            )
+        settings, auth = checked.settings, checked.auth
+        for warning in checked.warnings:
+            log.warning(warning)
         daemon = settings.daemon
         inherited = systemd.listen_fds()
         unix_socket_fd = systemd.unix_stream_fd(inherited)
@@ -180,12 +221,13 @@ class Daemon:
             )
             # Listen before anything runs: a taken address stops taskd before any task did.
             try:
-                await stack.enter_async_context(
+                site_runner = await stack.enter_async_context(
                     serve_api(app, settings.api, unix_socket_fd=unix_socket_fd)
                 )
             except OSError as error:
                 log.error("cannot listen", problem=str(error))
                 return 1
+            _say_how_to_reach(site_runner.addresses, settings)
             await stack.enter_async_context(scheduler)
             self.scheduler = scheduler
             self._install_signals()
@@ -198,7 +240,19 @@ class Daemon:
             log.info("taskd started", state_dir=str(daemon.state_dir), pid=os.getpid())
             await self.stopping.wait()
             _notify(f"STOPPING=1\nSTATUS={self._status()}")
-            log.info("taskd stopping", grace_sec=daemon.shutdown_grace_sec)
+            running = runner.running_count
+            if running and not self.skip_grace:
+                log.info(
+                    "taskd stopping",
+                    grace_sec=daemon.shutdown_grace_sec,
+                    running=running,
+                    hint=(
+                        f"waiting up to {daemon.shutdown_grace_sec:g} s for {running} running "
+                        "execution(s); a second Ctrl-C (or SIGTERM) stops them now"
+                    ),
+                )
+            else:
+                log.info("taskd stopping", grace_sec=daemon.shutdown_grace_sec)
             await scheduler.stop()
             await runner.shutdown(0 if self.skip_grace else daemon.shutdown_grace_sec)
         log.info("taskd stopped")
@@ -290,6 +344,28 @@ class Daemon:
             removed=list(changes.removed),
         )
         return True
+
+
+def _say_how_to_reach(addresses: list[Any], settings: Settings) -> None:
+    """Log where the API listens, which key file opens it and one curl line that works.
+
+    The key itself is never logged: the curl line reads it from its file.
+    """
+    tcp = [address for address in addresses if isinstance(address, tuple)]
+    if not tcp:
+        return
+    host, port = tcp[0][0], tcp[0][1]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/api/v2"
+    if not settings.api.keys:
+        log.info("api ready", url=url, health=f"curl -s {url}/health")
+        return
+    key_file = settings.api.keys[0].key_file
+    log.info(
+        "api ready",
+        url=url,
+        key_file=str(key_file),
+        example=f'curl -s -H "Authorization: Bearer $(cat {key_file})" {url}/tasks',
+    )
 
 
 @contextlib.contextmanager

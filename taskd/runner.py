@@ -409,7 +409,7 @@ class Runner:
             if ctx.stopping:
                 status, stopped_by_user = ExecutionStatus.CANCELED, True
                 # Say why it stopped first: the module only says how far it got.
-                message = f"{running.stop_reason}: {message}" if message else running.stop_reason
+                message = _prefixed(running.stop_reason, message)
         except TimeoutError:
             if timeout.expired():
                 status, message = ExecutionStatus.ERROR, f"timed out after {timeout_sec} s"
@@ -430,7 +430,7 @@ class Runner:
                 # Asked to stop, the module ended badly (a command trapping SIGTERM exits 3,
                 # say): it was still a stop, not a failure to retry.
                 status, stopped_by_user = ExecutionStatus.CANCELED, True
-                message = f"{running.stop_reason}: {message}"
+                message = _prefixed(running.stop_reason, message)
             if running.grace_timer is not None:
                 running.grace_timer.cancel()
             elapsed = self.clock.monotonic() - started
@@ -447,7 +447,7 @@ class Runner:
             try:
                 if message:
                     level = LogLevel.INFO if status is ExecutionStatus.DONE else LogLevel.ERROR
-                    ctx.log(level, f"{status}: {message}")
+                    ctx.log(level, _prefixed(str(status), message) or message)
                 recorded = await asyncio.shield(self._record(job, status, message))
             finally:
                 self._running.pop(job.execution_id, None)
@@ -539,6 +539,19 @@ class Runner:
         if running is None:
             return asyncio.sleep(0)
         return running.finished.wait()
+
+
+def _prefixed(prefix: str | None, message: str | None) -> str | None:
+    """`prefix: message`, without saying the same first word twice ("canceled: canceled")."""
+    if not prefix or not message:
+        return message or prefix
+    if _first_word(message) == _first_word(prefix):
+        return message
+    return f"{prefix}: {message}"
+
+
+def _first_word(text: str) -> str:
+    return text.split(maxsplit=1)[0].rstrip(":").lower() if text.strip() else ""
 
 
 def _discard(index: dict[int, set[int]], task_id: int, execution_id: int) -> None:

@@ -207,6 +207,7 @@ def test_check_config_example_lists_every_task() -> None:
     assert result.stderr == ""
     rows = [line.split() for line in result.stdout.splitlines()]
     assert rows == [
+        ["TASK", "MODULE", "NEXT", "3", "FIRE", "TIMES", "(UTC)"],
         ["nightly-backup", "shell", "2026-03-29T01:00:00Z", "2026-03-29T03:00:00Z",
          "2026-03-30T00:30:00Z"],
         ["health-check", "http", "2026-03-30T06:00:00Z", "2026-03-30T06:15:00Z",
@@ -293,6 +294,52 @@ def test_empty_config_is_valid(tmp_path: Path) -> None:
     path.write_text("")
     result = taskd("check-config", path)
     assert result.returncode == 0
+    assert result.stdout == f"{path}: OK, 0 tasks\n"
+
+
+@pytest.mark.parametrize(
+    ("problem", "expected"),
+    [
+        ("missing key file", "api.keys[0].key_file: "),
+        ("key readable by others", "key"),
+        ("config writable by others", "chmod go-w"),
+    ],
+)
+def test_check_config_refuses_what_serve_refuses(
+    tmp_path: Path, problem: str, expected: str
+) -> None:
+    """check-config runs the checks `taskd serve` runs before it starts: a missing key file,
+    a key file of mode 0644, a config file others can write each end in exit 2 with the
+    reason, where before check-config said OK."""
+    key = tmp_path / "keys" / "admin"
+    key.parent.mkdir()
+    if problem != "missing key file":
+        key.write_text("k" * 40 + "\n")
+        key.chmod(0o644 if problem == "key readable by others" else 0o600)
+    path = tmp_path / "taskd.toml"
+    path.write_text(
+        '[api]\nlisten = ["127.0.0.1:8470"]\n'
+        '[[api.keys]]\nname = "admin"\nkey_file = "keys/admin"\nscopes = ["*"]\n'
+    )
+    path.chmod(0o666 if problem == "config writable by others" else 0o600)
+    lines = assert_refused(taskd("check-config", path))
+    assert len(lines) == 1
+    assert lines[0].startswith(f"taskd: {path}: ")
+    assert expected in lines[0]
+    if problem != "missing key file":
+        assert "taskd serve would refuse to start" in lines[0]
+
+
+def test_check_config_accepts_a_private_key_file(tmp_path: Path) -> None:
+    """The same config with a key of mode 0600 and a private config file checks out."""
+    key = tmp_path / "admin"
+    key.write_text("k" * 40 + "\n")
+    key.chmod(0o600)
+    path = tmp_path / "taskd.toml"
+    path.write_text('[[api.keys]]\nname = "admin"\nkey_file = "admin"\nscopes = ["*"]\n')
+    path.chmod(0o600)
+    result = taskd("check-config", path)
+    assert result.returncode == 0, result.stderr
     assert result.stdout == f"{path}: OK, 0 tasks\n"
 
 

@@ -349,7 +349,8 @@ async def test_resume_with_the_sleep_module_skips_the_steps_done(eng: Engine) ->
     assert done_steps >= 1
     assert (stopped.status, stopped.status_msg) == (
         ExecutionStatus.CANCELED,
-        f"stopped: stopped after {done_steps} steps",  # the reason, then the module's word
+        # The reason, then the module's word; one "stopped", not "stopped: stopped after".
+        f"stopped after {done_steps} steps",
     )
 
     [resumed_id] = await eng.core.resume(task.id)
@@ -439,3 +440,27 @@ async def test_apply_config_removing_a_running_task_stops_it(eng: Engine) -> Non
     assert call.ended == "cancelled"
     assert await eng.store.find_task("leaving") is None
     assert eng.runner.running_count == 0
+
+
+async def test_a_v1_cancel_says_canceled_once(eng: Engine) -> None:
+    """A stop whose reason is the status's own word ("canceled", as v1 `cancel` sends) does
+    not repeat it: the status message and the log line read "canceled: stopped after N
+    steps", never "canceled: canceled: ..."."""
+    task = await eng.core.create_task(
+        eng.core.validate(
+            {"name": "nap", "task_module": "sleep", "task_params": {"seconds": 5, "steps": 50}}
+        )
+    )
+    execution_id = await eng.core.run(task.id)
+    await eng.tick()
+    await until(lambda: eng.runner.is_active(execution_id) and eng.runner.running_count)
+    await eng.core.stop(task.id, "canceled")
+    await eng.finished(execution_id)
+    ended = await eng.store.get_execution(execution_id)
+    assert ended.status is ExecutionStatus.CANCELED
+    assert ended.status_msg is not None
+    assert ended.status_msg.startswith("canceled: stopped after ")
+    await eng.store.flush()
+    messages = [e.msg for e in await eng.store.read_log(task.id, limit=1000)]
+    assert ended.status_msg in messages
+    assert not [m for m in messages if "canceled: canceled" in m]

@@ -704,6 +704,17 @@ def test_gen_key_prints_a_key_or_writes_a_0600_file_it_never_overwrites(tmp_path
     assert out.read_text().strip() == key
 
 
+def test_gen_key_makes_missing_folders_private(tmp_path: Path) -> None:
+    """`gen-key --out var/keys/admin` works in a fresh checkout: the missing folders are
+    made, mode 0700, and the key file is mode 0600."""
+    out = tmp_path / "var" / "keys" / "admin"
+    ok(taskd("gen-key", "--out", out))
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert stat.S_IMODE(out.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
+    assert len(out.read_text().strip()) >= 32
+
+
 def test_hash_password_reads_stdin_and_prints_a_verifiable_hash() -> None:
     """The printed hash verifies with the API's own check; an empty password is refused."""
     hashed = ok(taskd("hash-password", stdin="correct horse\n")).strip()

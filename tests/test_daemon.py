@@ -668,7 +668,9 @@ def test_second_sigterm_skips_the_shutdown_grace(
     daemon, db = started(start_daemon, config)
     wait_until(lambda: db.executions("status = 'running'"), "the long execution to start")
     daemon.send(signal.SIGTERM)
-    daemon.wait_for("taskd stopping")
+    stopping = daemon.wait_for("taskd stopping")
+    # The first signal says what a second one does (a user at Ctrl-C wants to know).
+    assert "a second Ctrl-C (or SIGTERM) stops them now" in stopping["hint"]
     time.sleep(0.3)  # the shutdown is now waiting for the running execution
     daemon.send(signal.SIGTERM)
     daemon.wait_for("second stop signal: stopping executions now")
@@ -767,3 +769,39 @@ def test_a_failing_task_sends_a_mail_through_the_configured_smtp_server(
         assert daemon.wait_exit() == 0
     finally:
         controller.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# Once it listens, taskd says how to reach it
+
+
+def test_once_listening_the_daemon_prints_a_curl_line_that_works(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon]
+) -> None:
+    """With TCP and a key, the "api ready" event names the URL and the key file (never the
+    key) and a curl line; that very line, run in a shell, lists the tasks."""
+    key_file = tmp_path / "keys" / "admin"
+    key_file.parent.mkdir(mode=0o700)
+    key = "k" * 43
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "taskd.toml"
+    config.write_text(
+        '[daemon]\nstate_dir = "state"\n'
+        f'[api]\nlisten = ["127.0.0.1:{port}"]\nunix_socket = false\n'
+        '[[api.keys]]\nname = "admin"\nkey_file = "keys/admin"\nscopes = ["*"]\n'
+        + task_toml("hello", "sleep", "{ seconds = 0 }")
+    )
+    config.chmod(0o600)
+    daemon = start_daemon(config)
+    ready = daemon.wait_for("api ready")
+    assert ready["url"] == f"http://127.0.0.1:{port}/api/v2"
+    assert ready["key_file"] == str(key_file)
+    assert key not in json.dumps(ready)
+    reply = subprocess.run(
+        ["bash", "-c", ready["example"]], capture_output=True, text=True, timeout=20, check=True
+    )
+    assert [task["name"] for task in json.loads(reply.stdout)["tasks"]] == ["hello"]
