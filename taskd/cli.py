@@ -160,7 +160,9 @@ def _add_check_config(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_schedule(commands: argparse._SubParsersAction[_Parser]) -> None:
     schedule = commands.add_parser("schedule", help="evaluate schedules")
-    actions = schedule.add_subparsers(title="commands", dest="schedule_command", required=True)
+    actions = schedule.add_subparsers(
+        title="commands", dest="schedule_command", metavar="COMMAND", required=True
+    )
     upcoming = actions.add_parser(
         "next",
         help="print the next fire times of a schedule",

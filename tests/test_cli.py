@@ -196,6 +196,15 @@ def test_count_upper_bound_is_accepted() -> None:
     assert lines[-1] == "2026-07-28T08:00:00Z"
 
 
+def test_schedule_without_a_command_names_what_is_missing() -> None:
+    """`taskd schedule` alone asks for a COMMAND (as `taskd ctl` does), not for an internal
+    name like `schedule_command`."""
+    lines = assert_refused(taskd("schedule"))
+    assert lines == [
+        "taskd: the following arguments are required: COMMAND (see 'taskd schedule --help')"
+    ]
+
+
 # ---------------------------------------------------------------------------------------
 # check-config
 

@@ -140,6 +140,16 @@ async def test_stdout_lines_reach_the_log_in_order() -> None:
     assert output(ctx) == [f"line {i}" for i in range(1, 6)]
 
 
+async def test_started_process_is_always_the_first_line() -> None:
+    """Output that arrives before the module's "started process" note waits for it: the
+    note is the run's first log line, however fast the command writes (20 tries)."""
+    for _ in range(20):
+        ctx = shell_ctx(argv=["seq", "1", "3000"])
+        assert await ShellModule().run(ctx) == "exit code 0"
+        assert ctx.logs[0][1].startswith("started process "), ctx.logs[:3]
+        assert output(ctx) == [str(i) for i in range(1, 3001)]
+
+
 async def test_stderr_lines_are_warnings() -> None:
     """stderr lines go to the log at warning, stdout lines at info."""
     ctx = shell_ctx(argv=["sh", "-c", "echo out; echo err >&2; echo err2 >&2"])

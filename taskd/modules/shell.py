@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from taskd.errors import FieldError
@@ -121,7 +121,6 @@ async def _supervise(
 ) -> str:
     """Follow pause and stop requests until the process exits; return or raise its outcome."""
     group = _Group(transport.get_pid())
-    ctx.log(LogLevel.DEBUG, f"started process {group.pgid} in its own process group")
     watchers = [
         asyncio.create_task(_follow_pause(ctx, group)),
         asyncio.create_task(_follow_stop(ctx, group, protocol.exited)),
@@ -244,11 +243,30 @@ class _Protocol(asyncio.SubprocessProtocol):
     """Turns the process's output into log lines and tells when it exited."""
 
     def __init__(self, ctx: ModuleContext) -> None:
-        self._lines = {1: _Lines(ctx, LogLevel.INFO), 2: _Lines(ctx, LogLevel.WARNING)}
+        self._ctx = ctx
+        self._lines = {1: _Lines(self._log, LogLevel.INFO), 2: _Lines(self._log, LogLevel.WARNING)}
+        # Output can arrive before `connection_made` (the pipes connect first): it waits
+        # here, so that "started process" is the run's first line. A few reads at most.
+        self._held: list[tuple[LogLevel, str]] | None = []
         self._open = {1, 2}
         self._finished = False
         self.exited = asyncio.Event()
         self.output_closed = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Say which process started, then log the output that came before this call."""
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        pid = transport.get_pid()
+        self._ctx.log(LogLevel.DEBUG, f"started process {pid} in its own process group")
+        held, self._held = self._held or [], None
+        for level, text in held:
+            self._ctx.log(level, text)
+
+    def _log(self, level: LogLevel, text: str) -> None:
+        if self._held is not None:
+            self._held.append((level, text))
+        else:
+            self._ctx.log(level, text)
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         """Feed output into the lines of its stream."""
@@ -278,8 +296,8 @@ class _Protocol(asyncio.SubprocessProtocol):
 class _Lines:
     """Splits one stream into lines, keeping at most MAX_LINE_BYTES of each."""
 
-    def __init__(self, ctx: ModuleContext, level: LogLevel) -> None:
-        self._ctx = ctx
+    def __init__(self, log: Callable[[LogLevel, str], None], level: LogLevel) -> None:
+        self._log = log
         self._level = level
         self._buffer = bytearray()
         self._dropped = 0  # bytes of the current line beyond the limit
@@ -308,6 +326,6 @@ class _Lines:
         text = self._buffer.removesuffix(b"\r").decode("utf-8", errors="replace")
         if self._dropped:
             text += f" [line cut at {MAX_LINE_BYTES} bytes, {self._dropped} more dropped]"
-        self._ctx.log(self._level, text)
+        self._log(self._level, text)
         self._buffer.clear()
         self._dropped = 0
