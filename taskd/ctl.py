@@ -531,6 +531,37 @@ def _compact(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
+def _bytes(count: Any) -> str:
+    """A byte count for people: 1.5 GB, 320 kB, 12 B (decimal units, as `df -H`)."""
+    amount = float(count)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(amount) < 1000 or unit == "TB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1000
+    raise AssertionError("unreachable")
+
+
+def _progress(execution: Mapping[str, Any]) -> str:
+    """An execution's progress and counters in one cell: `40 %, 1.2 GB of 3.0 GB, 12 of 30
+    files, 85.0 MB/s`; `-` when the module reported none."""
+    parts = []
+    if isinstance(execution.get("progress"), int | float):
+        parts.append(f"{execution['progress']:g} %")
+    done, todo = execution.get("size_done"), execution.get("size_todo")
+    if isinstance(done, int | float):
+        parts.append(
+            _bytes(done) + (f" of {_bytes(todo)}" if isinstance(todo, int | float) else "")
+        )
+    done, todo = execution.get("nodes_done"), execution.get("nodes_todo")
+    if isinstance(done, int | float):
+        parts.append(
+            f"{done:g}" + (f" of {todo:g}" if isinstance(todo, int | float) else "") + " files"
+        )
+    if isinstance(execution.get("bandwidth"), int | float):
+        parts.append(f"{_bytes(execution['bandwidth'])}/s")
+    return ", ".join(parts) or "-"
+
+
 def _status(record: Mapping[str, Any]) -> str:
     status = str(record.get("status", "-"))
     message = record.get("status_msg")
@@ -632,6 +663,9 @@ def _execution_summary(execution: Mapping[str, Any]) -> str:
     parts = [f"{execution['id']}", execution.get("trigger", "-"), _status(execution)]
     if execution.get("started_at"):
         parts.append(f"started {_time(execution['started_at'])}")
+    progress = _progress(execution)
+    if progress != "-":
+        parts.append(f"progress {progress}")
     return ", ".join(parts)
 
 
@@ -650,11 +684,12 @@ async def list_executions(client: Client, out: Output, name: str, limit: int | N
             _time(e.get("scheduled_for")),
             _time(e.get("started_at")),
             _duration(_seconds_between(e.get("started_at"), e.get("finished_at"))),
+            _progress(e),
             e.get("status_msg", ""),
         ]
         for e in answer["executions"]
     ]
-    headers = ["ID", "STATUS", "TRIGGER", "SCHEDULED", "STARTED", "DURATION", "MESSAGE"]
+    headers = ["ID", "STATUS", "TRIGGER", "SCHEDULED", "STARTED", "DURATION", "PROGRESS", "MESSAGE"]
     out.table(headers, rows)
 
 

@@ -347,6 +347,49 @@ def test_show_finds_a_task_by_name_or_id(daemon: Daemon) -> None:
     assert json.loads(as_json) == daemon.api(f"/tasks/{task_id}")
 
 
+def test_show_and_executions_show_progress(daemon: Daemon) -> None:
+    """`show` (its last execution) and `executions` (a PROGRESS column) show the progress a
+    module reported."""
+    daemon.create("pg-nap", "sleep", {"seconds": 0.1, "steps": 2})
+    execution_id = ok(ctl(daemon, "run", "pg-nap")).strip()
+    wait_status(daemon, execution_id, "done")
+    rows = table(ok(ctl(daemon, "executions", "pg-nap")))
+    assert rows[0][:7] == [
+        "ID",
+        "STATUS",
+        "TRIGGER",
+        "SCHEDULED",
+        "STARTED",
+        "DURATION",
+        "PROGRESS",
+    ]
+    assert rows[1][0] == execution_id
+    assert rows[1][6] == "100 %"
+    shown = ok(ctl(daemon, "show", "pg-nap"))
+    assert re.search(rf"^last execution +{execution_id}, manual, done.*progress 100 %", shown, re.M)
+
+
+def test_progress_cell_names_every_counter() -> None:
+    """The progress cell carries the percent, sizes, files and bandwidth a module reported."""
+    from taskd.ctl import _progress
+
+    assert _progress({}) == "-"
+    assert (
+        _progress(
+            {
+                "progress": 40,
+                "size_done": 1_200_000_000,
+                "size_todo": 3_000_000_000,
+                "nodes_done": 12,
+                "nodes_todo": 30,
+                "bandwidth": 85_000_000,
+            }
+        )
+        == "40 %, 1.2 GB of 3.0 GB, 12 of 30 files, 85.0 MB/s"
+    )
+    assert _progress({"size_done": 512}) == "512 B"
+
+
 def test_modules_lists_the_builtin_modules(daemon: Daemon) -> None:
     """`modules` prints each module with its params, required ones starred."""
     text, as_json = map(ok, ctl_all(daemon, ("modules",), ("modules", "--json")))
