@@ -23,7 +23,6 @@ import re
 import sys
 import tomllib
 import urllib.parse
-from collections import Counter
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -48,7 +47,7 @@ from taskd.settings import (
     WebhookSettings,
     resolve_path,
 )
-from taskd.taskspec import check_name, email_address, is_valid_name, validate_task_spec
+from taskd.taskspec import check_name, email_address, task_paths, validate_task_spec
 from taskd.validate import (
     Check,
     Fields,
@@ -397,18 +396,10 @@ def _task_specs(
     known_modules: Collection[str] | None,
     errors: list[FieldError],
 ) -> tuple[TaskSpec, ...]:
-    names = [_valid_name_of(item) for item in raw]
-    uses = Counter(name for name in names if name is not None)
+    paths, name_errors = task_paths(raw, path)
+    errors.extend(name_errors)
     specs: list[TaskSpec] = []
-    first_use: dict[str, str] = {}
-    for index, (item, name) in enumerate(zip(raw, names, strict=True)):
-        # By name when that is unambiguous, else by index.
-        item_path = f"{path}[{name}]" if name and uses[name] == 1 else f"{path}[{index}]"
-        if name in first_use:
-            reason = f"duplicate task name {name!r}, also used by {first_use[name]}"
-            errors.append(FieldError(join_path(item_path, "name"), reason))
-        elif name is not None:
-            first_use[name] = item_path
+    for item, item_path in zip(raw, paths, strict=True):
         try:
             spec = validate_task_spec(
                 item, path=item_path, default_timezone=default_timezone, known_modules=known_modules
@@ -418,11 +409,6 @@ def _task_specs(
         else:
             specs.append(spec)
     return tuple(specs)
-
-
-def _valid_name_of(item: Any) -> str | None:
-    name = item.get("name") if isinstance(item, Mapping) else None
-    return name if is_valid_name(name) else None
 
 
 # ---------------------------------------------------------------------------------------

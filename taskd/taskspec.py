@@ -10,7 +10,8 @@ core, which knows the modules.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -40,6 +41,7 @@ __all__ = [
     "check_name",
     "email_address",
     "is_valid_name",
+    "task_paths",
     "validate_task_spec",
 ]
 
@@ -132,6 +134,31 @@ def validate_task_spec(
         workflow_action=workflow_action,
         metadata=metadata,
     )
+
+
+def task_paths(items: Sequence[Any], prefix: str) -> tuple[list[str], list[FieldError]]:
+    """Name each of a file's task definitions for its error paths, and refuse reused names.
+
+    A definition is `prefix[<name>]` when its name is valid and unique among `items`, else
+    `prefix[<index>]` (0-based). Returns the paths, in order, and one error per definition
+    that reuses an earlier one's name.
+    """
+    names = [item.get("name") if isinstance(item, Mapping) else None for item in items]
+    valid = [name if is_valid_name(name) else None for name in names]
+    uses = Counter(name for name in valid if name is not None)
+    paths: list[str] = []
+    errors: list[FieldError] = []
+    first_use: dict[str, str] = {}
+    for index, name in enumerate(valid):
+        # By name when that is unambiguous, else by index.
+        path = f"{prefix}[{name}]" if name and uses[name] == 1 else f"{prefix}[{index}]"
+        if name in first_use:
+            reason = f"duplicate task name {name!r}, also used by {first_use[name]}"
+            errors.append(FieldError(join_path(path, "name"), reason))
+        elif name is not None:
+            first_use[name] = path
+        paths.append(path)
+    return paths, errors
 
 
 def check_name(value: Any, path: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from enum import StrEnum
 from typing import Any, NoReturn, TypeVar
@@ -23,6 +24,7 @@ from taskd.errors import FieldError, ValidationError, join_path
 __all__ = [
     "Check",
     "Fields",
+    "NotJson",
     "array_of_tables",
     "boolean",
     "choice",
@@ -30,6 +32,7 @@ __all__ = [
     "describe",
     "fail",
     "integer",
+    "json_copy",
     "json_object",
     "json_value",
     "list_of",
@@ -83,15 +86,11 @@ def suggest(name: str, known: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """Return `"did you mean 'x'? "` for the closest known name, or `""`."""
-    close = suggest(name, known)
-    return f"did you mean {close!r}? " if close is not None else ""
-
-
 def unknown_field_reason(key: str, known: Collection[str]) -> str:
     """The reason an unknown key is refused: a suggestion, then every key allowed there."""
-    return f"unknown field; {did_you_mean(key, known)}expected one of: {', '.join(sorted(known))}"
+    close = suggest(key, known)
+    hint = f"did you mean {close!r}? " if close is not None else ""
+    return f"unknown field; {hint}expected one of: {', '.join(sorted(known))}"
 
 
 def collect(items: Iterable[tuple[str, Any]], check: Check[T]) -> list[T]:
@@ -313,20 +312,61 @@ def json_value(value: Any, path: str) -> Any:
     These values are stored and served as JSON; refusing them here beats failing later.
     Every refused part is reported at its own path below `path`.
     """
+    copy, problems = json_copy(value, path)
+    if problems:
+        raise ValidationError([FieldError(p.path, p.reason()) for p in problems])
+    return copy
+
+
+@dataclass(frozen=True, slots=True)
+class NotJson:
+    """A part of a value that JSON cannot hold: `culprit`, found at `path`.
+
+    `kind` is `"number"` (NaN or an infinity), `"key"` (an object key that is not a
+    string), `"date"` (a TOML date or time) or `"value"` (anything else).
+    """
+
+    path: str
+    kind: str
+    culprit: Any
+
+    def reason(self) -> str:
+        """Why the part is refused, said at its own path."""
+        if self.kind == "number":
+            return f"must be a finite number, got {self.culprit}"
+        if self.kind == "key":
+            return f"object key {self.culprit!r} is not a string"
+        if self.kind == "date":
+            iso = self.culprit.isoformat()
+            return f"TOML dates and times are not JSON; write {iso!r} as a string"
+        return f"must be a JSON value, got {describe(self.culprit)}"
+
+
+def json_copy(value: Any, path: str) -> tuple[Any, list[NotJson]]:
+    """Return a deep copy of `value` and every part of it that JSON cannot hold, in order."""
+    problems: list[NotJson] = []
+    copy = _json_copy(value, path, problems)
+    return copy, problems
+
+
+def _json_copy(value: Any, path: str, problems: list[NotJson]) -> Any:
     if value is None or isinstance(value, str | bool | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            fail(path, f"must be a finite number, got {value}")
+            problems.append(NotJson(path, "number", value))
         return value
     if isinstance(value, list):
-        return collect(((f"{path}[{index}]", item) for index, item in enumerate(value)), json_value)
+        return [_json_copy(item, f"{path}[{index}]", problems) for index, item in enumerate(value)]
     if isinstance(value, Mapping):
-        keys = [key for key in value if not isinstance(key, str)]
-        if keys:
-            fail(path, f"object key {keys[0]!r} is not a string")
-        items = collect(((join_path(path, key), item) for key, item in value.items()), json_value)
-        return dict(zip(value, items, strict=True))
-    if isinstance(value, datetime | date | time):
-        fail(path, f"TOML dates and times are not JSON; write {value.isoformat()!r} as a string")
-    fail(path, f"must be a JSON value, got {describe(value)}")
+        copy: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                problems.append(NotJson(path, "key", key))
+                continue
+            copy[key] = _json_copy(item, join_path(path, key), problems)
+        return copy
+    problems.append(
+        NotJson(path, "date" if isinstance(value, datetime | date | time) else "value", value)
+    )
+    return None
