@@ -156,6 +156,11 @@ class Fields:
         """Record a problem at `key` (a path below this table)."""
         self._errors.append(FieldError(join_path(self._path, key), reason))
 
+    @property
+    def errors(self) -> list[FieldError]:
+        """The problems found so far, unknown keys aside."""
+        return list(self._errors)
+
     def unknown_keys(self) -> list[FieldError]:
         """Return the errors so far plus one per key that was never read (call it once)."""
         for key in self._raw:
