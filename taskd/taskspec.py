@@ -31,6 +31,7 @@ from taskd.validate import (
     member,
     number,
     string,
+    unknown_name_reason,
 )
 
 __all__ = [
@@ -187,8 +188,7 @@ def _module_name(known_modules: Collection[str] | None) -> Check[str]:
     def check(value: Any, path: str) -> str:
         module = string()(value, path)
         if known_modules is not None and module not in known_modules:
-            known = ", ".join(sorted(known_modules)) or "none"
-            fail(path, f"unknown module {module!r}; known modules: {known}")
+            fail(path, unknown_name_reason("module", module, known_modules))
         return module
 
     return check

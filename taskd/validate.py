@@ -42,6 +42,7 @@ __all__ = [
     "suggest",
     "table",
     "unknown_field_reason",
+    "unknown_name_reason",
 ]
 
 T = TypeVar("T")
@@ -91,6 +92,14 @@ def unknown_field_reason(key: str, known: Collection[str]) -> str:
     close = suggest(key, known)
     hint = f"did you mean {close!r}? " if close is not None else ""
     return f"unknown field; {hint}expected one of: {', '.join(sorted(known))}"
+
+
+def unknown_name_reason(noun: str, name: str, known: Iterable[str]) -> str:
+    """The reason a name that refers to something (a module) is refused, listing the known.
+
+    No "did you mean" here: the whole list is short and follows.
+    """
+    return f"unknown {noun} {name!r}; known {noun}s: {', '.join(sorted(known)) or 'none'}"
 
 
 def collect(items: Iterable[tuple[str, Any]], check: Check[T]) -> list[T]:
