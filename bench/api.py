@@ -78,9 +78,9 @@ from _common import percentile, thread_cpu_seconds
 
 import taskd
 from taskd.clock import SystemClock
-from taskd.config import validate_task_spec
 from taskd.model import ExecutionStatus, TaskSource, TriggerKind
 from taskd.store import DB_FILE, NewExecution, Store
+from taskd.taskspec import validate_task_spec
 
 TARGET_RPS = 3000.0
 TARGET_P99_MS = 20.0

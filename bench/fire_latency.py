@@ -42,7 +42,6 @@ from _common import (
 )
 
 from taskd.clock import SystemClock, from_micros
-from taskd.config import validate_task_spec
 from taskd.model import TaskSource
 from taskd.modules.base import ModuleContext
 from taskd.modules.registry import ModuleRegistry
@@ -50,6 +49,7 @@ from taskd.runner import Runner
 from taskd.schedule import format_utc
 from taskd.scheduler import Scheduler, SchedulerSettings
 from taskd.store import DB_FILE, Store
+from taskd.taskspec import validate_task_spec
 
 DEFAULT_K = (1, 1000, 10000)
 TARGET_P99_MS = 5.0

@@ -47,8 +47,8 @@ from typing import IO, Any
 from _common import calibration_ms, load_average, python_and_cpus, state_dir
 
 from taskd.clock import to_micros
-from taskd.config import validate_task_spec
 from taskd.store import DB_FILE, Store
+from taskd.taskspec import validate_task_spec
 
 TARGET_SIZE = 1_000_000
 TARGET_START_SEC = 20.0

@@ -46,7 +46,6 @@ from _common import (
 )
 
 from taskd.clock import SystemClock
-from taskd.config import validate_task_spec
 from taskd.core import Core
 from taskd.model import Job, Task, TaskSource, TriggerKind
 from taskd.modules.base import ModuleContext, Trigger
@@ -55,6 +54,7 @@ from taskd.runner import Runner
 from taskd.schedule import format_utc
 from taskd.scheduler import Scheduler
 from taskd.store import DB_FILE, NewExecution, Store
+from taskd.taskspec import validate_task_spec
 
 TARGET_PER_SEC = 5000.0
 HISTORY_PER_TASK = 100  # taskd's default (`daemon.history_per_task`)

@@ -14,7 +14,6 @@ from typing import Any
 import structlog
 
 from taskd.clock import Clock
-from taskd.config import validate_task_spec
 from taskd.errors import (
     ActionError,
     ConflictError,
@@ -38,6 +37,7 @@ from taskd.runner import Runner
 from taskd.schedule import format_utc
 from taskd.scheduler import Scheduler
 from taskd.store import NewExecution, Store
+from taskd.taskspec import validate_task_spec
 
 log = structlog.get_logger("taskd.core")
 

@@ -36,9 +36,10 @@ from yarl import URL
 
 from taskd import __version__
 from taskd.api.render import SPEC_FIELDS
-from taskd.config import DEFAULT_STATE_DIR, SOCKET_NAME, resolve_path, validate_task_spec
 from taskd.errors import FieldError, ValidationError, join_path
 from taskd.model import TaskSpec
+from taskd.settings import DEFAULT_STATE_DIR, SOCKET_NAME, resolve_path
+from taskd.taskspec import validate_task_spec
 
 __all__ = [
     "Client",

@@ -29,7 +29,7 @@ from taskd import __version__, systemd
 from taskd.api.app import build_app, serve_api
 from taskd.api.auth import Authenticator
 from taskd.clock import Clock, SystemClock
-from taskd.config import Settings, load_config
+from taskd.config import load_config
 from taskd.core import Core, config_errors_for
 from taskd.engine import EngineSettings, build_engine
 from taskd.errors import FieldError, ValidationError
@@ -37,6 +37,7 @@ from taskd.metrics import Metrics
 from taskd.modules.registry import ModuleRegistry
 from taskd.notify import Notifier
 from taskd.scheduler import Scheduler
+from taskd.settings import Settings
 from taskd.store import DB_FILE, Store
 
 log = structlog.get_logger("taskd.daemon")

@@ -62,9 +62,9 @@ import structlog
 
 from taskd import __version__
 from taskd.clock import Clock
-from taskd.config import NotifySettings, Settings, SmtpSecurity, SmtpSettings, WebhookSettings
 from taskd.model import Execution, ExecutionStatus, LogEntry, Outcome, Task
 from taskd.schedule import format_utc
+from taskd.settings import NotifySettings, Settings, SmtpSecurity, SmtpSettings, WebhookSettings
 
 __all__ = ["EVENT_FINISHED", "ExecutionReader", "Notifier", "sign"]
 

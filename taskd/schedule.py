@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter  # type: ignore[import-untyped]
 
 from taskd.errors import FieldError, ValidationError, join_path
+from taskd.validate import Check, Fields, collect, fail, member, unknown_field_reason
 
 __all__ = [
     "WEEKDAY_NAMES",
@@ -167,12 +168,23 @@ class CalendarSchedule:
         )
 
     @property
+    def timezone_given(self) -> bool:
+        """Whether the schedule names its own zone.
+
+        If not, `timezone` is the default it was parsed with, and `to_json()` leaves the zone
+        out: parsed again with another default (the daemon's `timezone` after a reload), the
+        schedule follows that one.
+        """
+        return "timezone" in self.source
+
+    @property
     def restricts_hours(self) -> bool:
         """Whether the hours are restricted (then the schedule follows the wall clock)."""
         return len(self.hours) < 24
 
     def to_json(self) -> dict[str, Any]:
-        """Return the JSON form the schedule was parsed from."""
+        """Return the JSON form the schedule was parsed from: with a `timezone` only when
+        one was given (see `timezone_given`)."""
         return dict(self.source)
 
     def next_after(self, after: datetime) -> datetime | None:
@@ -540,6 +552,8 @@ _DST_KEYS = frozenset({"dst_gap", "dst_fold"})
 _CALENDAR_ALLOWED = _CALENDAR_KEYS | _DST_KEYS | {"timezone"}
 _CRON_ALLOWED = _DST_KEYS | {"cron", "timezone"}
 _INTERVAL_ALLOWED = frozenset({"interval_sec", "start_at"})
+_ANY_ALLOWED = _CALENDAR_ALLOWED | _CRON_ALLOWED | _INTERVAL_ALLOWED
+_INTEGERS = "a list of integers in {}..{}"
 _CRON_NAMES = re.compile(
     r"jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|sun|mon|tue|wed|thu|fri|sat", re.I
 )
@@ -597,7 +611,10 @@ def parse_schedule(
             "or a cron expression, or interval_sec"
         )
         errors.append(FieldError(path, reason))
-        errors.extend(FieldError(join_path(path, key), "unknown field") for key in extra)
+        errors.extend(
+            FieldError(join_path(path, key), unknown_field_reason(key, _ANY_ALLOWED))
+            for key in extra
+        )
         schedule = None
     if errors or schedule is None:
         raise ValidationError(errors)
@@ -605,10 +622,10 @@ def parse_schedule(
 
 
 def _unknown_keys(
-    raw: Mapping[Any, Any], allowed: Iterable[str], kind: str, path: str, errors: list[FieldError]
+    raw: Mapping[Any, Any], allowed: Collection[str], path: str, errors: list[FieldError]
 ) -> None:
     for key in sorted(str(k) for k in raw.keys() - set(allowed)):
-        errors.append(FieldError(join_path(path, key), f"unknown field for {kind} schedule"))
+        errors.append(FieldError(join_path(path, key), unknown_field_reason(key, allowed)))
 
 
 def _parse_timezone(
@@ -634,74 +651,58 @@ def load_timezone(name: str, path: str, errors: list[FieldError]) -> ZoneInfo | 
 def _parse_dst(
     raw: Mapping[str, Any], restricts_hours: bool, path: str, errors: list[FieldError]
 ) -> tuple[DstGap, DstFold]:
-    gap = DstGap.SHIFT if restricts_hours else DstGap.SKIP
-    fold = DstFold.FIRST if restricts_hours else DstFold.BOTH
-    if "dst_gap" in raw:
-        try:
-            gap = DstGap(raw["dst_gap"])
-        except ValueError:
-            errors.append(FieldError(join_path(path, "dst_gap"), "must be one of 'shift', 'skip'"))
-    if "dst_fold" in raw:
-        try:
-            fold = DstFold(raw["dst_fold"])
-        except ValueError:
-            errors.append(
-                FieldError(join_path(path, "dst_fold"), "must be one of 'first', 'last', 'both'")
-            )
+    fields = Fields(raw, path)
+    gap = fields.get("dst_gap", member(DstGap), DstGap.SHIFT if restricts_hours else DstGap.SKIP)
+    fold = fields.get(
+        "dst_fold", member(DstFold), DstFold.FIRST if restricts_hours else DstFold.BOTH
+    )
+    errors.extend(fields.errors)
     return gap, fold
 
 
-def _int_list(
-    raw: Mapping[str, Any], key: str, low: int, high: int, path: str, errors: list[FieldError]
+def _criterion(
+    raw: Mapping[str, Any],
+    key: str,
+    item: Check[int],
+    what: str,
+    path: str,
+    errors: list[FieldError],
 ) -> tuple[int, ...] | None:
-    """Validate `raw[key]` as a non-empty list of integers in low..high; None if absent."""
+    """Validate `raw[key]` as a non-empty list of `item`s (`what`: "a list of ..."), returned
+    sorted and without duplicates; None if absent or refused."""
     if key not in raw:
         return None
     values = raw[key]
     field_path = join_path(path, key)
     if not isinstance(values, list):
-        errors.append(FieldError(field_path, f"must be a list of integers in {low}..{high}"))
+        errors.append(FieldError(field_path, f"must be {what}"))
         return None
     if not values:
         errors.append(FieldError(field_path, "must not be empty (leave it out to match any)"))
         return None
-    result: set[int] = set()
-    for index, value in enumerate(values):
-        item_path = f"{field_path}[{index}]"
+    items = ((f"{field_path}[{index}]", value) for index, value in enumerate(values))
+    try:
+        return tuple(sorted(set(collect(items, item))))
+    except ValidationError as error:
+        errors.extend(error.errors)
+        return ()
+
+
+def _in_range(low: int, high: int) -> Check[int]:
+    def check(value: Any, path: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            errors.append(FieldError(item_path, f"{value!r} is not an integer"))
-        elif not low <= value <= high:
-            errors.append(FieldError(item_path, f"{value} is not in {low}..{high}"))
-        else:
-            result.add(value)
-    return tuple(sorted(result))
+            fail(path, f"{value!r} is not an integer")
+        if not low <= value <= high:
+            fail(path, f"{value} is not in {low}..{high}")
+        return value
+
+    return check
 
 
-def _weekday_list(
-    raw: Mapping[str, Any], path: str, errors: list[FieldError]
-) -> frozenset[int] | None:
-    if "weekdays" not in raw:
-        return None
-    values = raw["weekdays"]
-    field_path = join_path(path, "weekdays")
-    if not isinstance(values, list):
-        errors.append(FieldError(field_path, "must be a list of weekday names"))
-        return None
-    if not values:
-        errors.append(FieldError(field_path, "must not be empty (leave it out to match any)"))
-        return None
-    result: set[int] = set()
-    for index, value in enumerate(values):
-        if isinstance(value, str) and value in WEEKDAY_NAMES:
-            result.add(WEEKDAY_NAMES.index(value))
-        else:
-            errors.append(
-                FieldError(
-                    f"{field_path}[{index}]",
-                    f"{value!r} is not a weekday (sunday, monday, ... saturday)",
-                )
-            )
-    return frozenset(result)
+def _weekday(value: Any, path: str) -> int:
+    if not isinstance(value, str) or value not in WEEKDAY_NAMES:
+        fail(path, f"{value!r} is not a weekday (sunday, monday, ... saturday)")
+    return WEEKDAY_NAMES.index(value)
 
 
 def _normalized_source(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -718,11 +719,11 @@ def _normalized_source(raw: Mapping[str, Any]) -> dict[str, Any]:
 def _parse_calendar(
     raw: Mapping[str, Any], default_timezone: str, path: str, errors: list[FieldError]
 ) -> CalendarSchedule | None:
-    _unknown_keys(raw, _CALENDAR_ALLOWED, "a calendar", path, errors)
-    minutes = _int_list(raw, "minutes", 0, 59, path, errors)
-    hours = _int_list(raw, "hours", 0, 23, path, errors)
-    days = _int_list(raw, "days_of_month", 1, 31, path, errors)
-    weekdays = _weekday_list(raw, path, errors)
+    _unknown_keys(raw, _CALENDAR_ALLOWED, path, errors)
+    minutes = _criterion(raw, "minutes", _in_range(0, 59), _INTEGERS.format(0, 59), path, errors)
+    hours = _criterion(raw, "hours", _in_range(0, 23), _INTEGERS.format(0, 23), path, errors)
+    days = _criterion(raw, "days_of_month", _in_range(1, 31), _INTEGERS.format(1, 31), path, errors)
+    weekdays = _criterion(raw, "weekdays", _weekday, "a list of weekday names", path, errors)
     tz = _parse_timezone(raw, default_timezone, path, errors)
     hours = hours or _ALL_HOURS
     gap, fold = _parse_dst(raw, len(hours) < 24, path, errors)
@@ -733,7 +734,7 @@ def _parse_calendar(
         hours=hours,
         days_of_month=days or _ALL_DAYS,
         months=_ALL_MONTHS,
-        weekdays=weekdays or _ALL_WEEKDAYS,
+        weekdays=frozenset(weekdays) if weekdays else _ALL_WEEKDAYS,
         day_or=False,
         timezone=tz,
         dst_gap=gap,
@@ -791,7 +792,7 @@ def _cron_set(values: Sequence[int | str], full: tuple[int, ...]) -> tuple[int, 
 def _parse_cron(
     raw: Mapping[str, Any], default_timezone: str, path: str, errors: list[FieldError]
 ) -> CalendarSchedule | None:
-    _unknown_keys(raw, _CRON_ALLOWED, "a cron", path, errors)
+    _unknown_keys(raw, _CRON_ALLOWED, path, errors)
     tz = _parse_timezone(raw, default_timezone, path, errors)
     expression = raw["cron"]
     cron_path = join_path(path, "cron")
@@ -834,7 +835,7 @@ def _parse_cron(
 def _parse_interval(
     raw: Mapping[str, Any], path: str, errors: list[FieldError]
 ) -> IntervalSchedule | None:
-    _unknown_keys(raw, _INTERVAL_ALLOWED, "an interval", path, errors)
+    _unknown_keys(raw, _INTERVAL_ALLOWED, path, errors)
     interval = raw["interval_sec"]
     if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
         errors.append(

@@ -42,13 +42,13 @@ from structlog.testing import capture_logs
 
 from taskd.api.app import build_app, serve_api
 from taskd.api.auth import Authenticator, hash_password
-from taskd.config import ApiSettings, ListenAddress
 from taskd.core import Core
 from taskd.daemon import Daemon, load_settings
 from taskd.engine import EngineSettings, build_engine
 from taskd.model import Task
 from taskd.runner import Runner
 from taskd.scheduler import Scheduler
+from taskd.settings import ApiSettings, ListenAddress
 from taskd.store import DB_FILE, Store
 
 WAIT_SEC = 10.0

@@ -73,7 +73,7 @@ async def call(client: Client, method: str, path: str, body: object) -> int:
 def test_the_route_table_names_every_route() -> None:
     """The scope table below covers every route the app registers (health apart)."""
     from taskd.api.auth import Authenticator
-    from taskd.config import ApiSettings
+    from taskd.settings import ApiSettings
 
     app = build_app(core=None, auth=Authenticator([], []), api_settings=ApiSettings(), health=None)  # type: ignore[arg-type]
     registered = {

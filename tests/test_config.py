@@ -9,16 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from taskd.config import (
-    ApiKeyRef,
-    ListenAddress,
-    Settings,
-    load_config,
-    parse_config,
-    validate_task_spec,
-)
+from taskd.config import load_config, parse_config
 from taskd.errors import FieldError, ValidationError
 from taskd.model import CatchUp, Overlap, TaskOptions
+from taskd.settings import ApiKeyRef, ListenAddress, Settings
+from taskd.taskspec import validate_task_spec
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "etc" / "taskd.toml"

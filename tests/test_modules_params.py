@@ -461,3 +461,11 @@ def test_check_params_paths_are_joined() -> None:
         "task_params: always wrong",
         "task_params.n: odd",
     ]
+
+
+def test_unknown_parameter_suggests_a_close_name() -> None:
+    """A typo of a parameter's name is refused with the name it most likely meant."""
+    defs: list[dict[str, Any]] = [{"name": "command", "type": "text"}]
+    assert errors_of({"commnd": "x"}, defs) == [
+        "task_params.commnd: unknown parameter; did you mean 'command'? (known: command)"
+    ]

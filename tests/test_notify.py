@@ -35,11 +35,12 @@ from engine_fixtures import Engine, open_engine, until
 from structlog.testing import capture_logs
 
 from taskd.clock import SystemClock
-from taskd.config import Settings, SmtpSecurity, parse_config
+from taskd.config import parse_config
 from taskd.errors import FieldError, ValidationError
 from taskd.model import ExecutionStatus, Outcome
 from taskd.notify import Notifier
 from taskd.schedule import format_utc
+from taskd.settings import Settings, SmtpSecurity
 
 WAIT_SEC = 5.0  # a hang detector: every delivery here ends well within it
 FAST_RETRIES = "max_attempts = 5\nretry_base_delay_sec = 0.05\nshutdown_timeout_sec = 1\n"

@@ -33,11 +33,11 @@ from taskd.api.common import (
 )
 from taskd.api.errors import ApiError, v1_error, v2_error
 from taskd.api.openapi import METRICS_PATH, openapi_document
-from taskd.config import ApiSettings
 from taskd.core import Core
 from taskd.errors import ActionError, ConflictError, DeferError, NotFoundError, ValidationError
 from taskd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from taskd.metrics import Metrics
+from taskd.settings import ApiSettings
 
 log = structlog.get_logger("taskd.api")
 

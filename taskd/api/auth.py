@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskd.config import ApiSettings
 from taskd.errors import FieldError, ValidationError
+from taskd.settings import ApiSettings
 
 # scrypt parameters for new hashes: about 50 ms and 16 MiB on a server core.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1

@@ -11,11 +11,11 @@ from aiohttp import web
 
 from taskd.api.auth import Authenticator, Principal
 from taskd.api.errors import ApiError
-from taskd.config import ApiSettings
 from taskd.core import Core
 from taskd.errors import FieldError, NotFoundError
 from taskd.metrics import Metrics
 from taskd.model import Task
+from taskd.settings import ApiSettings
 
 CORE = web.AppKey("core", Core)
 AUTH = web.AppKey("auth", Authenticator)

@@ -21,12 +21,14 @@ counts as "not given".
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from taskd.errors import FieldError, ValidationError, join_path
+from taskd.validate import boolean, describe, fail, json_copy, string, suggest
 
 __all__ = ["PARAM_TYPES", "validate_param_defs", "validate_params"]
 
@@ -74,14 +76,8 @@ _PRESENTATION_KEYS = frozenset(
 # Plausible, not RFC 5322: one @, something on each side, a dot in the domain, no spaces or
 # list separators (a common mistake is pasting "a@x.org, b@x.org" into one field).
 _EMAIL = re.compile(r"[^@\s,;<>\"]+@[^@\s,;<>\".]+(\.[^@\s,;<>\".]+)+")
-
-
-class _Refused(Exception):
-    """A value does not fit its definition; `reason` says why (internal to this file)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+# Strings of any kind, the empty one included.
+_text = string(allow_empty=True)
 
 
 def validate_params(
@@ -95,25 +91,25 @@ def validate_params(
     of its range or options, a required parameter missing.
     """
     if not isinstance(raw, Mapping):
-        raise ValidationError.single(path, f"must be an object, got {_describe(raw)}")
+        fail(path, f"must be an object, got {describe(raw)}")
     errors: list[FieldError] = []
     known = [spec["name"] for spec in defs]
     for key in raw:
         if key not in known:
-            reason = f"unknown parameter (known: {', '.join(known) or 'none'})"
-            errors.append(FieldError(join_path(path, str(key)), reason))
+            errors.append(FieldError(join_path(path, str(key)), _unknown_parameter(key, known)))
     params: dict[str, Any] = {}
     for spec in defs:
         name = spec["name"]
         if not _given(spec, raw):
             if spec.get("required", False):
                 errors.append(FieldError(join_path(path, name), "required parameter is missing"))
-            params[name] = _copy_json(spec.get("default"))
+            # A copy keeps a task's stored params apart from the module's own definitions.
+            params[name] = copy.deepcopy(spec.get("default"))
             continue
         try:
-            params[name] = _check_value(spec, raw[name])
-        except _Refused as refused:
-            errors.append(FieldError(join_path(path, name), refused.reason))
+            params[name] = _check_value(spec, raw[name], join_path(path, name))
+        except ValidationError as error:
+            errors.extend(error.errors)
     if errors:
         raise ValidationError(errors)
     return params
@@ -128,13 +124,13 @@ def validate_param_defs(defs: object, *, path: str = "params") -> None:
     refuses.
     """
     if not isinstance(defs, list):
-        raise ValidationError.single(path, f"must be a list, got {_describe(defs)}")
+        fail(path, f"must be a list, got {describe(defs)}")
     errors: list[FieldError] = []
     seen: set[str] = set()
     for index, spec in enumerate(defs):
         item_path = f"{path}[{index}]"
         if not isinstance(spec, Mapping):
-            errors.append(FieldError(item_path, f"must be an object, got {_describe(spec)}"))
+            errors.append(FieldError(item_path, f"must be an object, got {describe(spec)}"))
             continue
         name = spec.get("name")
         if not isinstance(name, str) or not name:
@@ -146,6 +142,12 @@ def validate_param_defs(defs: object, *, path: str = "params") -> None:
         errors.extend(_def_errors(spec, item_path))
     if errors:
         raise ValidationError(errors)
+
+
+def _unknown_parameter(key: object, known: list[str]) -> str:
+    close = suggest(str(key), known)
+    hint = f"; did you mean {close!r}?" if close is not None else ""
+    return f"unknown parameter{hint} (known: {', '.join(known) or 'none'})"
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,7 +167,9 @@ def _def_errors(spec: Mapping[str, Any], path: str) -> list[FieldError]:
         return errors
     for key in spec:
         if key not in _CHECKED_KEYS and key not in _PRESENTATION_KEYS:
-            refuse(str(key), "unknown key in a parameter definition")
+            close = suggest(str(key), _CHECKED_KEYS | _PRESENTATION_KEYS)
+            hint = f"; did you mean {close!r}?" if close is not None else ""
+            refuse(str(key), f"unknown key in a parameter definition{hint}")
     for key, owners in _TYPE_KEYS.items():
         if key in spec and kind not in owners:
             refuse(key, f"only {' and '.join(repr(o) for o in owners)} parameters have {key!r}")
@@ -178,18 +182,21 @@ def _def_errors(spec: Mapping[str, Any], path: str) -> list[FieldError]:
         refuse("schema", f"must be one of {', '.join(_JSON_SCHEMAS)}, got {spec['schema']!r}")
     for key in ("minimum", "maximum"):
         if key in spec and not _is_number(spec[key]):
-            refuse(key, f"must be a number, got {_describe(spec[key])}")
+            refuse(key, f"must be a number, got {describe(spec[key])}")
     required = spec.get("required", False)
-    if not isinstance(required, bool):
-        refuse("required", f"must be true or false, got {_describe(required)}")
-    elif required and "default" in spec:
-        refuse("default", "a required parameter has no default")
+    try:
+        required = boolean(required, join_path(path, "required"))
+    except ValidationError as error:
+        errors.extend(error.errors)
+    else:
+        if required and "default" in spec:
+            refuse("default", "a required parameter has no default")
     # The default is checked with the definition itself, which must be sound for that.
     if not errors and spec.get("default") is not None:
         try:
-            _check_value(spec, spec["default"])
-        except _Refused as refused:
-            refuse("default", refused.reason)
+            _check_value(spec, spec["default"], join_path(path, "default"))
+        except ValidationError as error:
+            errors.extend(error.errors)
     return errors
 
 
@@ -205,97 +212,80 @@ def _given(spec: Mapping[str, Any], raw: Mapping[str, Any]) -> bool:
     return raw[spec["name"]] is not None or (spec["type"] == "json" and "schema" not in spec)
 
 
-def _check_value(spec: Mapping[str, Any], value: Any) -> Any:
-    """Return `value` converted for its definition, or raise `_Refused`."""
+def _check_value(spec: Mapping[str, Any], value: Any, path: str) -> Any:
+    """Return `value` converted for its definition, or raise `ValidationError` at `path`."""
     kind = spec["type"]
     if kind == "bool":
-        if not isinstance(value, bool):
-            raise _Refused(f"must be true or false, got {_describe(value)}")
-        return value
+        return boolean(value, path)
     if kind in _NUMBER_TYPES:
-        return _check_number(spec, value)
+        return _check_number(spec, value, path)
     if kind in _STRING_TYPES:
-        return _check_string(value)
+        return _text(value, path)
     if kind == "email":
-        text = _check_string(value)
+        text = _text(value, path)
         if not _EMAIL.fullmatch(text):
-            raise _Refused(f"must be an e-mail address such as 'ops@example.org', got {text!r}")
+            fail(path, f"must be an e-mail address such as 'ops@example.org', got {text!r}")
         return text
     if kind == "select":
-        text = _check_string(value)
+        text = _text(value, path)
         options: list[str] = spec["options"]
         if text not in options:
-            raise _Refused(f"must be one of {', '.join(options)}, got {text!r}")
+            fail(path, f"must be one of {', '.join(options)}, got {text!r}")
         return text
     if kind == "string-list":
-        return _check_string_list(spec, value)
-    # json
-    copied = _copy_json(value)
-    schema = spec.get("schema")
-    if schema == "object" and not isinstance(copied, dict):
-        raise _Refused(f"must be an object, got {_describe(value)}")
-    if schema == "array" and not isinstance(copied, list):
-        raise _Refused(f"must be an array, got {_describe(value)}")
-    return copied
+        return _check_string_list(spec, value, path)
+    return _check_json(spec, value, path)
 
 
-def _check_number(spec: Mapping[str, Any], value: Any) -> int | float:
+def _check_number(spec: Mapping[str, Any], value: Any, path: str) -> int | float:
     kind = spec["type"]
     if not _is_number(value):
         noun = "an integer" if kind == "int" else "a number"
-        raise _Refused(f"must be {noun}, got {_describe(value)}")
+        fail(path, f"must be {noun}, got {describe(value)}")
     number: int | float
     if kind == "int":
         # JSON has one number type; clients that write 3.0 mean 3.
         if isinstance(value, float) and not value.is_integer():
-            raise _Refused(f"must be an integer, got {_describe(value)}")
+            fail(path, f"must be an integer, got {describe(value)}")
         number = int(value)
     else:
         number = float(value)
     if "minimum" in spec and number < spec["minimum"]:
-        raise _Refused(f"must be at least {spec['minimum']}, got {value!r}")
+        fail(path, f"must be at least {spec['minimum']}, got {value!r}")
     if "maximum" in spec and number > spec["maximum"]:
-        raise _Refused(f"must be at most {spec['maximum']}, got {value!r}")
+        fail(path, f"must be at most {spec['maximum']}, got {value!r}")
     return number
 
 
-def _check_string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Refused(f"must be a string, got {_describe(value)}")
-    return value
-
-
-def _check_string_list(spec: Mapping[str, Any], value: Any) -> list[str]:
+def _check_string_list(spec: Mapping[str, Any], value: Any, path: str) -> list[str]:
     if not isinstance(value, list):
-        raise _Refused(f"must be a list of strings, got {_describe(value)}")
+        fail(path, f"must be a list of strings, got {describe(value)}")
     choices: list[str] | None = spec.get("choices")
     for index, item in enumerate(value):
         if not isinstance(item, str):
-            raise _Refused(f"item [{index}] must be a string, got {_describe(item)}")
+            fail(path, f"item [{index}] must be a string, got {describe(item)}")
         if choices is not None and item not in choices:
-            raise _Refused(f"item [{index}] must be one of {', '.join(choices)}, got {item!r}")
+            fail(path, f"item [{index}] must be one of {', '.join(choices)}, got {item!r}")
     return list(value)
 
 
-def _copy_json(value: Any) -> Any:
-    """Return a deep copy of `value`, or raise `_Refused` if it is not a JSON value.
-
-    The copy keeps a task's stored params apart from whatever the caller does with its input.
-    """
-    if value is None or isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _Refused(f"must be a JSON value; {value} is not a finite number")
-        return value
-    if isinstance(value, list):
-        return [_copy_json(item) for item in value]
-    if isinstance(value, Mapping):
-        for key in value:
-            if not isinstance(key, str):
-                raise _Refused(f"must be a JSON value; object key {key!r} is not a string")
-        return {key: _copy_json(item) for key, item in value.items()}
-    raise _Refused(f"must be a JSON value, got {_describe(value)}")
+def _check_json(spec: Mapping[str, Any], value: Any, path: str) -> Any:
+    """A `json` param: a deep copy of `value` (kept apart from whatever the caller does with
+    its input), refused as a whole at `path` for the first part JSON cannot hold."""
+    copied, problems = json_copy(value, path)
+    if problems:
+        problem = problems[0]
+        if problem.kind == "number":
+            fail(path, f"must be a JSON value; {problem.culprit} is not a finite number")
+        if problem.kind == "key":
+            fail(path, f"must be a JSON value; object key {problem.culprit!r} is not a string")
+        fail(path, f"must be a JSON value, got {describe(problem.culprit)}")
+    schema = spec.get("schema")
+    if schema == "object" and not isinstance(copied, dict):
+        fail(path, f"must be an object, got {describe(value)}")
+    if schema == "array" and not isinstance(copied, list):
+        fail(path, f"must be an array, got {describe(value)}")
+    return copied
 
 
 def _is_number(value: Any) -> bool:
@@ -312,20 +302,3 @@ def _is_distinct_strings(value: Any) -> bool:
         and all(isinstance(item, str) for item in value)
         and len(set(value)) == len(value)
     )
-
-
-def _describe(value: Any) -> str:
-    """Name a refused value for a message: its type, and the value if it is short."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return f"the number {value!r}"
-    if isinstance(value, str):
-        return f"the string {value!r}" if len(value) <= 60 else "a long string"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return f"a {type(value).__name__}"

@@ -27,6 +27,7 @@ import structlog
 from taskd.errors import FieldError, NotFoundError, ValidationError, join_path
 from taskd.modules.base import Module
 from taskd.modules.params import validate_param_defs, validate_params
+from taskd.validate import unknown_name_reason
 
 __all__ = ["ENTRY_POINT_GROUP", "ModuleProblem", "ModuleRegistry", "ParamsChecker"]
 
@@ -170,7 +171,7 @@ class ModuleRegistry:
         module = self._modules.get(module_name)
         if module is None:
             raise ValidationError.single(
-                module_path, f"unknown module {module_name!r}; known modules: {self._known()}"
+                module_path, unknown_name_reason("module", module_name, self.names())
             )
         params = validate_params(module.params, raw_params, path=path)
         checker = self._checkers.get(module_name)
