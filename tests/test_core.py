@@ -464,3 +464,28 @@ async def test_a_v1_cancel_says_canceled_once(eng: Engine) -> None:
     messages = [e.msg for e in await eng.store.read_log(task.id, limit=1000)]
     assert ended.status_msg in messages
     assert not [m for m in messages if "canceled: canceled" in m]
+
+
+async def test_a_new_default_timezone_moves_zoneless_schedules_only(eng: Engine) -> None:
+    """Schedules without their own zone follow the daemon's current default (a SIGHUP that
+    changes [daemon].timezone): their due time moves; a schedule naming its zone and an
+    interval stay where they were."""
+    eng.clock.set(T0)  # Monday 2026-01-05 10:00 UTC: Berlin is UTC+1
+    zoneless = await eng.create("zoneless", schedules=[{"hours": [12], "minutes": [0]}])
+    pinned = await eng.create(
+        "pinned", schedules=[{"hours": [12], "minutes": [0], "timezone": "UTC"}]
+    )
+    interval = await eng.create("interval", schedules=[{"interval_sec": 3600}])
+    assert "timezone" not in zoneless.spec["schedules"][0]
+    before = {t.id: t.next_run_at for t in (zoneless, pinned, interval)}
+    assert before[zoneless.id] == T0.replace(hour=12)
+
+    assert await eng.core.set_default_timezone("Europe/Berlin") == 1
+    after = {t: (await eng.task(t)).next_run_at for t in before}
+    assert after[zoneless.id] == T0.replace(hour=11)  # 12:00 in Berlin
+    assert after[pinned.id] == before[pinned.id]
+    assert after[interval.id] == before[interval.id]
+    assert eng.core.default_timezone == "Europe/Berlin"
+    # The scheduler reads it the same way when it plans the slot after.
+    await eng.tick(T0.replace(hour=11))
+    assert (await eng.task(zoneless.id)).next_run_at == T0.replace(day=6, hour=11)
