@@ -124,7 +124,7 @@ async def _openapi(request: web.Request) -> web.Response:
     """taskd's OpenAPI document. Any valid credentials may read it (no scope is needed);
     health is the only route TCP serves without credentials (DESIGN.md, "Access").
     """
-    return web.json_response(openapi_document(request.app.router))
+    return web.json_response(openapi_document(metrics=METRICS in request.app))
 
 
 @scope("metrics", "tasks/index")

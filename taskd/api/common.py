@@ -13,7 +13,7 @@ from taskd.api.auth import Authenticator, Principal
 from taskd.api.errors import ApiError
 from taskd.config import ApiSettings
 from taskd.core import Core
-from taskd.errors import FieldError, NotFoundError
+from taskd.errors import FieldError
 from taskd.metrics import Metrics
 from taskd.model import Task
 
@@ -34,27 +34,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
 
 PUBLIC = "public"
-
-# What the server keeps up to date on a task: never part of a definition. Both dialects
-# ignore these in request bodies, since clients send back what they got.
-LIVE_FIELDS = frozenset(
-    {
-        "status",
-        "status_msg",
-        "status_percent",
-        "run_started_at",
-        "run_finished_at",
-        "run_canceled_at",
-        "state",
-        "created_at",
-        "updated_at",
-        "created_by",
-        "updated_by",
-        "last_execution",
-        "source",
-        "version",
-    }
-)
 
 
 def scope(*names: str) -> Callable[[H], H]:
@@ -220,20 +199,7 @@ def query_time(value: str, name: str) -> datetime:
     return parsed
 
 
-async def task_from_path(request: web.Request, key: str) -> Task:
-    """The task named by a path parameter: numeric id or name. 404 if there is none."""
-    core = request.app[CORE]
-    text = request.match_info[key]
-    try:
-        if parse_id(text) is not None:
-            return await core.find(text)  # by id, else a task named with these digits
-        if text.isdigit():
-            # Digits that name no row (too large, or not ASCII): only a name can match, and
-            # `Core.find` would try them as an id first.
-            found = await core.store.find_task(text)
-            if found is None:
-                raise NotFoundError(f"no task {text!r}")
-            return found
-        return await core.find(text)
-    except NotFoundError as error:
-        raise ApiError(404, "not_found", str(error)) from None
+async def task_from_path(request: web.Request, key: str = "task_id") -> Task:
+    """The task named by a path parameter: numeric id or name. NotFoundError (404) if there
+    is none."""
+    return await request.config_dict[CORE].find(request.match_info[key])
