@@ -15,6 +15,7 @@ from aiohttp import web
 
 from taskd.api.common import CORE, parse_id, principal, query_int, read_json, scope
 from taskd.api.errors import ApiError
+from taskd.api.middleware import V1, dialect_app
 from taskd.api.render import log_entry_json, task_v1
 from taskd.definition import Edit
 from taskd.errors import FieldError, NotFoundError, ValidationError
@@ -157,3 +158,8 @@ async def task_log(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 100, low=1, high=10_000) or 100
     entries = await request.config_dict[CORE].read_log(task.id, offset=offset, limit=limit)
     return web.json_response([log_entry_json(entry) for entry in entries])
+
+
+def app() -> web.Application:
+    """The fylr sub-app (mounted at `/api/v1`), answering failures the fylr way."""
+    return dialect_app(routes, V1)

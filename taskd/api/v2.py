@@ -14,6 +14,7 @@ from aiohttp import web
 from taskd.api.common import (
     CORE,
     HEALTH,
+    METRICS,
     PUBLIC,
     parse_id,
     principal,
@@ -25,6 +26,8 @@ from taskd.api.common import (
     task_from_path,
 )
 from taskd.api.errors import ApiError
+from taskd.api.middleware import V2, dialect_app
+from taskd.api.openapi import openapi_document
 from taskd.api.render import execution_json, log_entry_json, task_v2
 from taskd.core import Core
 from taskd.errors import FieldError, ValidationError
@@ -380,3 +383,17 @@ async def health(request: web.Request) -> web.Response:
     """Liveness: scheduler running, store writable, version. No credentials needed."""
     report = await request.config_dict[HEALTH]()
     return web.json_response(report, status=200 if report["status"] == "ok" else 503)
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    """taskd's OpenAPI document. Any valid credentials may read it (no scope is needed);
+    health is the only route TCP serves without credentials (DESIGN.md, "Access").
+    """
+    return web.json_response(openapi_document(metrics=METRICS in request.config_dict))
+
+
+def app() -> web.Application:
+    """The Nodeum sub-app (mounted at `/api/v2`), with the routes beyond the spec, answering
+    failures the Nodeum way."""
+    return dialect_app(routes, V2)
