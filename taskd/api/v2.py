@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +16,7 @@ from taskd.api.common import (
     HEALTH,
     METRICS,
     PUBLIC,
+    Handler,
     parse_id,
     principal,
     query_bool,
@@ -203,12 +204,16 @@ async def run_defer_task(request: web.Request) -> web.Response:
     return web.json_response({"execution_id": str(execution_id), "msg": "deferred run started"})
 
 
+async def _task_and_metadata(request: web.Request) -> tuple[Task, dict[str, Any]]:
+    """The task a run is asked for, and the run's trigger metadata (the body, if any)."""
+    return await task_from_path(request), await read_object(request, required=False)
+
+
 @routes.put("/tasks/{task_id}/action/run")
 @scope("tasks/action")
 async def run_task(request: web.Request) -> web.Response:
     """Run a task now; the body is the trigger metadata."""
-    task = await task_from_path(request)
-    metadata = await read_object(request, required=False)
+    task, metadata = await _task_and_metadata(request)
     execution_id = await request.config_dict[CORE].run(task.id, metadata)
     return web.json_response({"execution_id": str(execution_id), "msg": "task run started"})
 
@@ -217,52 +222,44 @@ async def run_task(request: web.Request) -> web.Response:
 @scope("tasks/action")
 async def defer_run_task(request: web.Request) -> web.Response:
     """Prepare a run to be started later with `run_defer`."""
-    task = await task_from_path(request)
-    metadata = await read_object(request, required=False)
+    task, metadata = await _task_and_metadata(request)
     defer_id = await request.config_dict[CORE].defer_run(task.id, metadata)
     return web.json_response({"defer_id": defer_id, "msg": "run deferred"})
 
 
-async def _action(request: web.Request, verb: str) -> web.Response:
-    task = await task_from_path(request)
-    core = request.config_dict[CORE]
-    operation = {
-        "pause": core.pause,
-        "resume": core.resume,
-        "stop": core.stop,
-        "force_stop": core.force_stop,
-    }[verb]
-    executions = await operation(task.id)
-    listed = ", ".join(str(e) for e in executions)
-    return web.json_response({"msg": f"{verb}: execution {listed}"})
+# The actions on a task's running executions: verb -> what Core does, and the route's
+# description. Each answers which executions it acted on.
+_EXECUTION_ACTIONS: dict[str, tuple[Callable[[Core, int], Awaitable[list[int]]], str]] = {
+    "pause": (Core.pause, "Pause the task's running execution."),
+    "resume": (
+        Core.resume,
+        "Resume a paused execution, or continue an interrupted or stopped one.",
+    ),
+    "stop": (
+        Core.stop,
+        "Stop the task's running execution (cooperatively, forced after the grace period).",
+    ),
+    "force_stop": (Core.force_stop, "Stop the task's running execution now."),
+}
 
 
-@routes.put("/tasks/{task_id}/action/pause")
-@scope("tasks/action")
-async def pause_task(request: web.Request) -> web.Response:
-    """Pause the task's running execution."""
-    return await _action(request, "pause")
+def _execution_action(verb: str) -> Handler:
+    operation, description = _EXECUTION_ACTIONS[verb]
+
+    @scope("tasks/action")
+    async def act(request: web.Request) -> web.Response:
+        task = await task_from_path(request)
+        executions = await operation(request.config_dict[CORE], task.id)
+        listed = ", ".join(str(e) for e in executions)
+        return web.json_response({"msg": f"{verb}: execution {listed}"})
+
+    act.__name__ = act.__qualname__ = f"{verb}_task"
+    act.__doc__ = description
+    return act
 
 
-@routes.put("/tasks/{task_id}/action/resume")
-@scope("tasks/action")
-async def resume_task(request: web.Request) -> web.Response:
-    """Resume a paused execution, or continue an interrupted or stopped one."""
-    return await _action(request, "resume")
-
-
-@routes.put("/tasks/{task_id}/action/stop")
-@scope("tasks/action")
-async def stop_task(request: web.Request) -> web.Response:
-    """Stop the task's running execution (cooperatively, forced after the grace period)."""
-    return await _action(request, "stop")
-
-
-@routes.put("/tasks/{task_id}/action/force_stop")
-@scope("tasks/action")
-async def force_stop_task(request: web.Request) -> web.Response:
-    """Stop the task's running execution now."""
-    return await _action(request, "force_stop")
+for _verb in _EXECUTION_ACTIONS:
+    routes.put(f"/tasks/{{task_id}}/action/{_verb}")(_execution_action(_verb))
 
 
 # -- beyond the Nodeum spec -----------------------------------------------------------------
