@@ -1,7 +1,9 @@
 """The operations every front end shares: the config file, both API dialects and the CLI.
 
-Validation, the rules about config-owned tasks and versions, and the actions (run, defer,
-pause, resume, stop, force stop) live here once; the front ends only translate.
+Validation, the rules of a write (`taskd.definition`: read-only fields, partial updates,
+versions; here: config-owned tasks, names taken), the reads the API serves and the actions
+(run, defer, pause, resume, stop, force stop) live here once; the front ends only translate
+names, shapes and errors. Nothing above this layer touches the store.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from taskd.api.auth import Authenticator, Principal
 from taskd.api.errors import ApiError
 from taskd.config import ApiSettings
 from taskd.core import Core
+from taskd.definition import MAX_ID
 from taskd.errors import FieldError
 from taskd.metrics import Metrics
 from taskd.model import Task
@@ -56,8 +57,6 @@ def principal(request: web.Request) -> Principal:
 # Nesting deeper than this is refused: nothing taskd stores needs it, and validating,
 # storing and rendering a value recurse over it (Python's stack is the limit otherwise).
 MAX_JSON_DEPTH = 64
-# Ids are SQLite integers: anything larger cannot name a row.
-MAX_ID = 2**63 - 1
 
 
 def _malformed(reason: str) -> ApiError:

@@ -29,14 +29,12 @@ _NOT_DEFINITION = frozenset({"_id", "comment"})
 
 
 async def _task(request: web.Request) -> Task:
+    """The task the path names: fylr names tasks by id only. NotFoundError (404) if none."""
     text = request.match_info["task_id"]
     task_id = parse_id(text)
-    try:
-        if task_id is None:
-            raise NotFoundError(f"task {text!r} not found")
-        return await request.config_dict[CORE].get_task(task_id)
-    except NotFoundError as error:
-        raise ApiError(404, "not_found", str(error)) from None
+    if task_id is None:
+        raise NotFoundError(f"task {text!r} not found")
+    return await request.config_dict[CORE].get_task(task_id)
 
 
 @routes.get("/task")
