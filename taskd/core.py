@@ -63,27 +63,17 @@ def _schedule_fields(spec_json: Mapping[str, Any]) -> tuple[Any, ...]:
     return (spec_json.get("schedules"), spec_json.get("next_run_at"), spec_json.get("enabled"))
 
 
+@dataclass(eq=False, kw_only=True)
 class Core:
     """Task operations on top of the store, scheduler and runner."""
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        scheduler: Scheduler,
-        runner: Runner,
-        modules: ModuleRegistry,
-        clock: Clock,
-        default_timezone: str,
-        config_source: str = "the config file",
-    ) -> None:
-        self.store = store
-        self.scheduler = scheduler
-        self.runner = runner
-        self.modules = modules
-        self.clock = clock
-        self.default_timezone = default_timezone
-        self.config_source = config_source
+    store: Store
+    scheduler: Scheduler
+    runner: Runner
+    modules: ModuleRegistry
+    clock: Clock
+    default_timezone: str
+    config_source: str = "the config file"
 
     # -- definitions ----------------------------------------------------------------------
 
