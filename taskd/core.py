@@ -8,6 +8,7 @@ names, shapes and errors. Nothing above this layer touches the store.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -434,16 +435,13 @@ class Core:
     async def get_execution(self, execution_id: int, *, of: Task | None = None) -> Execution:
         """Return one execution. NotFoundError if there is none, or if it is not one of the
         task `of` (when given)."""
-        try:
+        if of is None:
+            return await self.store.get_execution(execution_id)
+        with contextlib.suppress(NotFoundError):
             execution = await self.store.get_execution(execution_id)
-        except NotFoundError:
-            if of is None:
-                raise
-            execution = None
-        if of is not None and (execution is None or execution.task_id != of.id):
-            raise NotFoundError(f"task {of.name!r} has no execution {execution_id}")
-        assert execution is not None
-        return execution
+            if execution.task_id == of.id:
+                return execution
+        raise NotFoundError(f"task {of.name!r} has no execution {execution_id}")
 
     async def read_log(
         self,
