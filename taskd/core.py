@@ -1,11 +1,14 @@
 """The operations every front end shares: the config file, both API dialects and the CLI.
 
-Validation, the rules about config-owned tasks and versions, and the actions (run, defer,
-pause, resume, stop, force stop) live here once; the front ends only translate.
+Validation, the rules of a write (`taskd.definition`: read-only fields, partial updates,
+versions; here: config-owned tasks, names taken), the reads the API serves and the actions
+(run, defer, pause, resume, stop, force stop) live here once; the front ends only translate
+names, shapes and errors. Nothing above this layer touches the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,6 +17,7 @@ from typing import Any
 import structlog
 
 from taskd.clock import Clock
+from taskd.definition import Edit, as_id, check_version, merge_definition, named_version
 from taskd.errors import (
     ActionError,
     ConflictError,
@@ -23,8 +27,10 @@ from taskd.errors import (
     join_path,
 )
 from taskd.model import (
+    Execution,
     ExecutionStatus,
     Job,
+    LogEntry,
     Overlap,
     Task,
     TaskSource,
@@ -183,6 +189,7 @@ class Core:
         """
         task = await self.store.get_task(task_id)
         self._check_editable(task, as_config)
+        check_version(task, None if expected_version is None else expected_version + 1)
         spec_json = spec.to_json()
         if spec_json == task.spec and expected_version is None:
             return task  # nothing changes: no new version, no write
@@ -220,17 +227,81 @@ class Core:
             )
 
     async def find(self, name_or_id: str | int) -> Task:
-        """Return a task by id or name. NotFoundError if there is none."""
-        text = str(name_or_id)
-        if isinstance(name_or_id, int) or (text.isascii() and text.isdigit()):
+        """Return a task by id or name. NotFoundError if there is none.
+
+        Digits that cannot be an id (0, past the store's integers, not ASCII) can still
+        be a name.
+        """
+        task_id = as_id(name_or_id)
+        if task_id is not None:
             try:
-                return await self.store.get_task(int(name_or_id))
-            except (NotFoundError, OverflowError):  # an id past SQLite's range is no id
+                return await self.store.get_task(task_id)
+            except NotFoundError:
                 pass
         task = await self.store.find_task(str(name_or_id))
         if task is None:
             raise NotFoundError(f"no task {name_or_id!r}")
         return task
+
+    # -- writes the front ends ask for ----------------------------------------------------
+
+    def edit(
+        self,
+        changes: Mapping[str, Any],
+        task: Task | None = None,
+        *,
+        path: str = "",
+        version_required: bool = False,
+    ) -> Edit:
+        """Check a write: `changes` to `task` (merged over its definition), or a new task.
+
+        For an update, `changes` may name a `version` (current + 1; required if
+        `version_required`). Raises ValidationError, paths under `path`, for a version that
+        is no integer or an invalid definition. What the stored data may refuse is checked
+        by `check_edits`.
+        """
+        version = None
+        if task is not None:
+            version = named_version(changes, required=version_required, path=path)
+        return Edit(task, self.validate(merge_definition(changes, task), path=path), version)
+
+    async def check_edits(self, edits: Sequence[Edit]) -> None:
+        """Raise ConflictError for the first edit the store would refuse: a config-defined
+        task (naming the file), a version other than current + 1, a name another task or an
+        earlier edit has.
+
+        The store checks again when it writes; checking first keeps a refused edit from
+        leaving the edits before it written.
+        """
+        names: dict[str, int] = {}
+        for index, edit in enumerate(edits):
+            if edit.task is not None:
+                self._check_editable(edit.task, False)
+                check_version(edit.task, edit.version)
+            name = edit.spec.name
+            if name in names:
+                raise ConflictError(f"items {names[name]} and {index} are both named {name!r}")
+            names[name] = index
+            holder = await self.store.find_task(name)
+            if holder is not None and (edit.task is None or holder.id != edit.task.id):
+                raise ConflictError(f"a task named {name!r} exists already")
+
+    async def save(self, edits: Sequence[Edit], *, by: str | None = None) -> list[Task]:
+        """Write `edits` in order after `check_edits` passed for all of them; return the
+        tasks as stored. Raises what `check_edits` raises, before any write."""
+        await self.check_edits(edits)
+        saved = []
+        for edit in edits:
+            if edit.task is None:
+                saved.append(await self.create_task(edit.spec, by=by))
+            else:
+                expected = None if edit.version is None else edit.version - 1
+                saved.append(
+                    await self.update_task(
+                        edit.task.id, edit.spec, expected_version=expected, by=by
+                    )
+                )
+        return saved
 
     async def apply_config(self, specs: Sequence[TaskSpec]) -> ConfigChanges:
         """Make the stored config-defined tasks match `specs`: add, update, remove."""
@@ -356,6 +427,109 @@ class Core:
         for execution_id in running:
             self.runner.force_stop(execution_id)
         return running
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get_task(self, task_id: int) -> Task:
+        """Return the task with id `task_id`. NotFoundError if there is none."""
+        return await self.store.get_task(task_id)
+
+    async def query_tasks(
+        self,
+        *,
+        where: Sequence[tuple[str, str, Any]] = (),
+        order: Sequence[tuple[str, bool]] = (),
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> tuple[list[Task], int]:
+        """Return one page of tasks and how many match in all.
+
+        `where` holds (field, operator, value): a field of `TASK_QUERY_FIELDS`, an operator
+        of `=`, `!=`, `<`, `<=`, `>`, `>=`, `in` (value a list) or `like`. `order` holds
+        (field, descending); ties go by id. ValueError for an unknown field or operator.
+        """
+        return await self.store.query_tasks(where=where, order=order, limit=limit, offset=offset)
+
+    async def with_last_executions(
+        self, tasks: Sequence[Task]
+    ) -> list[tuple[Task, Execution | None]]:
+        """Pair each task with its last execution (read in one query)."""
+        ids = [t.last_execution_id for t in tasks if t.last_execution_id is not None]
+        executions = await self.store.get_executions(ids) if ids else {}
+        return [
+            (t, None if t.last_execution_id is None else executions.get(t.last_execution_id))
+            for t in tasks
+        ]
+
+    async def find_with_last_execution(
+        self, name_or_id: str | int
+    ) -> tuple[Task, Execution | None]:
+        """`find`, with the task's last execution (a task id reads both in one query)."""
+        task_id = as_id(name_or_id)
+        if task_id is not None:
+            found = await self.store.get_task_with_last_execution(task_id)
+            if found is not None:
+                return found
+        [pair] = await self.with_last_executions([await self.find(name_or_id)])
+        return pair
+
+    def describe_modules(self) -> list[dict[str, Any]]:
+        """The modules tasks can use, with their params (JSON)."""
+        return self.modules.describe()
+
+    async def list_executions(
+        self, task_id: int, *, limit: int = 50, offset: int = 0
+    ) -> list[Execution]:
+        """Return a task's executions, newest first (queued ones included), paged."""
+        return await self.store.list_executions(task_id, limit=limit, offset=offset)
+
+    async def get_execution(self, execution_id: int, *, of: Task | None = None) -> Execution:
+        """Return one execution. NotFoundError if there is none, or if it is not one of the
+        task `of` (when given)."""
+        if of is None:
+            return await self.store.get_execution(execution_id)
+        with contextlib.suppress(NotFoundError):
+            execution = await self.store.get_execution(execution_id)
+            if execution.task_id == of.id:
+                return execution
+        raise NotFoundError(f"task {of.name!r} has no execution {execution_id}")
+
+    async def read_log(
+        self,
+        task_id: int,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        execution_id: int | None = None,
+    ) -> list[LogEntry]:
+        """Return a task's log entries from index `offset` on, oldest first, at most
+        `limit`; only those of `execution_id` if given."""
+        return await self.store.read_log(
+            task_id, offset=offset, limit=limit, execution_id=execution_id
+        )
+
+    async def newest_execution_id(self, task_id: int) -> int | None:
+        """The id of the task's newest execution, queued ones included (its
+        `last_execution_id` names the latest that started), or None if it has none."""
+        newest = await self.store.list_executions(task_id, limit=1)
+        return newest[0].id if newest else None
+
+    async def ending(self, execution_id: int) -> tuple[bool, ExecutionStatus | None]:
+        """Whether the execution has ended, and how: `(False, None)` while it is queued,
+        runs or its ending is not recorded yet; `(True, status)` once it has ended and the
+        store has committed everything it logged, so a `read_log` after this sees its last
+        lines (status None if the execution is gone, deleted with its task).
+        """
+        if self.runner.is_active(execution_id):
+            return False, None
+        try:
+            execution: Execution | None = await self.store.get_execution(execution_id)
+        except NotFoundError:
+            execution = None
+        if execution is not None and not execution.status.finished:
+            return False, None
+        await self.store.flush()
+        return True, None if execution is None else execution.status
 
 
 def config_errors_for(specs: Sequence[TaskSpec], modules: ModuleRegistry) -> list[FieldError]:

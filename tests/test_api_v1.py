@@ -259,3 +259,16 @@ async def test_next_run_at_runs_a_task_once_and_null_means_never(api: Api) -> No
     assert "next_run_at" not in shown
     assert "next_run_at" not in never["task"]
     assert (await api.task(never["task"]["_id"])).enabled is False
+
+
+async def test_a_task_sent_back_as_it_was_read_keeps_its_computed_due_time(api: Api) -> None:
+    """An update with the task as GET returned it (`next_run_at` included) does not make
+    the computed due time a one-shot: the rule both dialects share (Core)."""
+    [created] = await save(
+        api, {"description": "due", **QUICK, "schedules": [{"cron": "0 3 * * *"}]}
+    )
+    task = created["task"]
+    assert "next_run_at" in task
+    [updated] = await save(api, {**task, "description": "due 2", "version": task["version"] + 1})
+    assert updated["task"]["next_run_at"] == task["next_run_at"]
+    assert "next_run_at" not in (await api.task(task["_id"])).spec

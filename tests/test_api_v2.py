@@ -422,3 +422,18 @@ async def test_a_task_sent_back_as_it_was_read_changes_nothing(api: Api) -> None
     assert "next_run_at" not in stored.spec, "the computed due time did not become a one-shot"
     assert stored.version == 1
     assert reply.json["next_run_at"] == shown["next_run_at"]
+
+
+async def test_a_wrong_version_is_refused_naming_what_was_sent_and_what_is_expected(
+    api: Api,
+) -> None:
+    """A version other than current + 1 is 409, saying both (issue 9, item 5: it said
+    "not 98" for a sent 99), in the same words as v1."""
+    task = await api.create("versioned")
+    await api.unix.put(f"/api/v2/tasks/{task['id']}", {"comment": "two"})
+    refused = await api.unix.put(f"/api/v2/tasks/{task['id']}", {"comment": "x", "version": 99})
+    assert refused.status == 409
+    assert refused.json["messages"] == [
+        f"task {task['id']} is at version 2: send version 3, not 99"
+    ]
+    assert (await api.task(task["id"])).version == 2

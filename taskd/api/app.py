@@ -19,22 +19,11 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
 from taskd.api import v1, v2
-from taskd.api.auth import UNIX_SOCKET_PRINCIPAL, Authenticator
-from taskd.api.common import (
-    API_SETTINGS,
-    AUTH,
-    CORE,
-    HEALTH,
-    METRICS,
-    PRINCIPAL,
-    PUBLIC,
-    Handler,
-    scope,
-)
-from taskd.api.errors import ApiError, v1_error, v2_error
-from taskd.api.openapi import METRICS_PATH, openapi_document
+from taskd.api.auth import Authenticator
+from taskd.api.common import API_SETTINGS, AUTH, CORE, HEALTH, METRICS, scope
+from taskd.api.middleware import V2, authenticate, errors
+from taskd.api.openapi import METRICS_PATH
 from taskd.core import Core
-from taskd.errors import ActionError, ConflictError, DeferError, NotFoundError, ValidationError
 from taskd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from taskd.metrics import Metrics
 from taskd.settings import ApiSettings
@@ -45,94 +34,12 @@ V1_PREFIX = "/api/v1"
 V2_PREFIX = "/api/v2"
 
 
-def _is_unix(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into an answer in the request's dialect; never a traceback."""
-    v1_request = request.path.startswith(V1_PREFIX + "/")
-    render = v1_error if v1_request else v2_error
-    try:
-        return await handler(request)
-    except ApiError as error:
-        return render(error)
-    except ValidationError as error:
-        return render(ApiError(400 if v1_request else 422, "invalid", str(error), error.errors))
-    except NotFoundError as error:
-        return render(ApiError(404, "not_found", str(error)))
-    except ConflictError as error:
-        return render(ApiError(409, "conflict", str(error)))
-    except (ActionError, DeferError) as error:
-        code = "conflict" if v1_request else "data_management_error"
-        status = 404 if isinstance(error, DeferError) and "unknown" in str(error) else 409
-        return render(ApiError(status, code, str(error)))
-    except web.HTTPRequestEntityTooLarge as error:
-        return render(ApiError(413, "too_large", error.text or "the body is too large"))
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        return render(
-            ApiError(
-                error.status,
-                error.reason.lower().replace(" ", "_"),
-                error.reason,
-                headers={
-                    k: v
-                    for k, v in error.headers.items()
-                    if k.lower() in {"allow", "www-authenticate"}
-                },
-            )
-        )
-    except Exception:
-        log.exception("request failed", method=request.method, path=request.path)
-        return render(ApiError(500, "internal", "internal error; see the daemon's log"))
-
-
-@web.middleware
-async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Check credentials and the route's scope (401 without, 403 outside the scopes).
-
-    A route marked with several scopes lets credentials with any one of them through; an
-    unmarked route, any valid credentials.
-    """
-    route_handler = request.match_info.handler
-    needed: tuple[str, ...] = getattr(route_handler, "taskd_scope", ())
-    if PUBLIC in needed:
-        return await handler(request)
-    settings = request.app[API_SETTINGS]
-    if _is_unix(request) and settings.trust_unix_socket:
-        request[PRINCIPAL] = UNIX_SOCKET_PRINCIPAL
-        return await handler(request)
-    principal = request.app[AUTH].authenticate(request.headers.get("Authorization"))
-    if principal is None:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "credentials required: an API key (Authorization: Bearer <key>) or Basic auth",
-            headers={"WWW-Authenticate": 'Basic realm="taskd", Bearer realm="taskd"'},
-        )
-    if needed and not any(principal.allows(name) for name in needed):
-        raise ApiError(403, "forbidden", f"the credentials lack the scope {' or '.join(needed)}")
-    request[PRINCIPAL] = principal
-    return await handler(request)
-
-
-async def _openapi(request: web.Request) -> web.Response:
-    """taskd's OpenAPI document. Any valid credentials may read it (no scope is needed);
-    health is the only route TCP serves without credentials (DESIGN.md, "Access").
-    """
-    return web.json_response(openapi_document(request.app.router))
-
-
 @scope("metrics", "tasks/index")
 async def _metrics(request: web.Request) -> web.Response:
     """taskd's metrics in the Prometheus text format. A scraper's key needs only `metrics`;
     `tasks/index` already lists more than the metrics tell, so it is enough too.
     """
-    body = request.app[METRICS].render()
+    body = request.config_dict[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
@@ -145,17 +52,21 @@ def build_app(
     metrics: Metrics | None = None,
 ) -> web.Application:
     """The application serving both dialects over `core`, and `GET /metrics` if given
-    `metrics`."""
-    app = web.Application(client_max_size=api_settings.max_body_bytes, middlewares=[_errors, _auth])
+    `metrics`.
+
+    Each dialect is a sub-app with its own error middleware; the services reach their
+    handlers through the root app's keys (`request.config_dict[CORE]`). The root app
+    answers what no dialect serves (metrics, unknown paths) the Nodeum way.
+    """
+    app = web.Application(
+        client_max_size=api_settings.max_body_bytes, middlewares=[errors(V2), authenticate]
+    )
     app[CORE] = core
     app[AUTH] = auth
     app[API_SETTINGS] = api_settings
     app[HEALTH] = health
-    for prefix, table in ((V2_PREFIX, v2.routes), (V1_PREFIX, v1.routes)):
-        for route in table:
-            assert isinstance(route, web.RouteDef)
-            app.router.add_route(route.method, prefix + route.path, route.handler)
-    app.router.add_get(V2_PREFIX + "/openapi.json", _openapi)
+    app.add_subapp(V2_PREFIX, v2.app())
+    app.add_subapp(V1_PREFIX, v1.app())
     if metrics is not None:
         app[METRICS] = metrics
         app.router.add_get(METRICS_PATH, _metrics)

@@ -12,7 +12,8 @@ from aiohttp import web
 from taskd.api.auth import Authenticator, Principal
 from taskd.api.errors import ApiError
 from taskd.core import Core
-from taskd.errors import FieldError, NotFoundError
+from taskd.definition import MAX_ID
+from taskd.errors import FieldError
 from taskd.metrics import Metrics
 from taskd.model import Task
 from taskd.settings import ApiSettings
@@ -35,27 +36,6 @@ H = TypeVar("H", bound=Handler)
 
 PUBLIC = "public"
 
-# What the server keeps up to date on a task: never part of a definition. Both dialects
-# ignore these in request bodies, since clients send back what they got.
-LIVE_FIELDS = frozenset(
-    {
-        "status",
-        "status_msg",
-        "status_percent",
-        "run_started_at",
-        "run_finished_at",
-        "run_canceled_at",
-        "state",
-        "created_at",
-        "updated_at",
-        "created_by",
-        "updated_by",
-        "last_execution",
-        "source",
-        "version",
-    }
-)
-
 
 def scope(*names: str) -> Callable[[H], H]:
     """Mark a handler with the scope it needs (`tasks/show`), or `PUBLIC`; given several
@@ -77,8 +57,6 @@ def principal(request: web.Request) -> Principal:
 # Nesting deeper than this is refused: nothing taskd stores needs it, and validating,
 # storing and rendering a value recurse over it (Python's stack is the limit otherwise).
 MAX_JSON_DEPTH = 64
-# Ids are SQLite integers: anything larger cannot name a row.
-MAX_ID = 2**63 - 1
 
 
 def _malformed(reason: str) -> ApiError:
@@ -220,20 +198,7 @@ def query_time(value: str, name: str) -> datetime:
     return parsed
 
 
-async def task_from_path(request: web.Request, key: str) -> Task:
-    """The task named by a path parameter: numeric id or name. 404 if there is none."""
-    core = request.app[CORE]
-    text = request.match_info[key]
-    try:
-        if parse_id(text) is not None:
-            return await core.find(text)  # by id, else a task named with these digits
-        if text.isdigit():
-            # Digits that name no row (too large, or not ASCII): only a name can match, and
-            # `Core.find` would try them as an id first.
-            found = await core.store.find_task(text)
-            if found is None:
-                raise NotFoundError(f"no task {text!r}")
-            return found
-        return await core.find(text)
-    except NotFoundError as error:
-        raise ApiError(404, "not_found", str(error)) from None
+async def task_from_path(request: web.Request, key: str = "task_id") -> Task:
+    """The task named by a path parameter: numeric id or name. NotFoundError (404) if there
+    is none."""
+    return await request.config_dict[CORE].find(request.match_info[key])

@@ -9,7 +9,7 @@ Handlers raise `ApiError` (or the library's typed errors); a middleware renders 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +34,9 @@ class ApiError(Exception):
         self.message = message
         self.fields = list(fields)
         self.headers = headers or {}
+
+
+Renderer = Callable[[ApiError], web.Response]
 
 
 def _json_response(body: dict[str, Any], status: int, headers: dict[str, str]) -> web.Response:

@@ -14,8 +14,6 @@ import json
 from importlib import resources
 from typing import Any
 
-from aiohttp import web
-
 from taskd import __version__
 
 METRICS_PATH = "/metrics"  # where Prometheus scrapes by default
@@ -355,12 +353,10 @@ def _base_document() -> dict[str, Any]:
     return document
 
 
-def openapi_document(router: web.UrlDispatcher | None = None) -> dict[str, Any]:
-    """Return taskd's OpenAPI document (a fresh copy); of the routes `router` serves, if
-    given (an app built without metrics has no `/metrics`)."""
+def openapi_document(*, metrics: bool = True) -> dict[str, Any]:
+    """Return taskd's OpenAPI document (a fresh copy); without `/metrics` unless `metrics`
+    (an app built without metrics does not serve it)."""
     document = copy.deepcopy(_base_document())
-    if router is not None and not any(
-        resource.canonical == METRICS_PATH for resource in router.resources()
-    ):
+    if not metrics:
         del document["paths"][METRICS_PATH]
     return document

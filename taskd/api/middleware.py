@@ -1,0 +1,124 @@
+"""The middlewares every app of the API stacks: errors answered in the app's dialect, then
+credentials and scopes.
+
+Each dialect's sub-app has its own error middleware (`errors(V1)`, `errors(V2)`); the root
+app has one for its own routes (metrics) and for paths no sub-app serves. `authenticate` sits
+inside the error middleware of every app and checks only in the innermost app serving the
+request, so a 401 or 403 answers in that app's dialect and credentials are checked once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from taskd.api.auth import UNIX_SOCKET_PRINCIPAL
+from taskd.api.common import API_SETTINGS, AUTH, PRINCIPAL, PUBLIC, Handler
+from taskd.api.errors import ApiError, Renderer, v1_error, v2_error
+from taskd.errors import ActionError, ConflictError, DeferError, NotFoundError, ValidationError
+
+log = structlog.get_logger("taskd.api")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorStyle:
+    """How a dialect answers failures: its renderer, the status of invalid input, and the
+    code word of a refused action."""
+
+    render: Renderer
+    invalid_status: int
+    refused_code: str
+
+
+V1 = ErrorStyle(v1_error, 400, "conflict")
+V2 = ErrorStyle(v2_error, 422, "data_management_error")
+
+
+def _as_api_error(error: Exception, style: ErrorStyle) -> ApiError | None:
+    """The answer to a failure, or None for one that is a bug (answered 500, logged)."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, ValidationError):
+        return ApiError(style.invalid_status, "invalid", str(error), error.errors)
+    if isinstance(error, NotFoundError):
+        return ApiError(404, "not_found", str(error))
+    if isinstance(error, ConflictError):
+        return ApiError(409, "conflict", str(error))
+    if isinstance(error, ActionError | DeferError):
+        status = 404 if isinstance(error, DeferError) and "unknown" in str(error) else 409
+        return ApiError(status, style.refused_code, str(error))
+    if isinstance(error, web.HTTPRequestEntityTooLarge):
+        return ApiError(413, "too_large", error.text or "the body is too large")
+    if isinstance(error, web.HTTPException):
+        headers = {
+            k: v for k, v in error.headers.items() if k.lower() in {"allow", "www-authenticate"}
+        }
+        return ApiError(
+            error.status, error.reason.lower().replace(" ", "_"), error.reason, headers=headers
+        )
+    return None
+
+
+def errors(style: ErrorStyle) -> Middleware:
+    """A middleware that turns every failure into an answer in `style`; never a traceback."""
+
+    @web.middleware
+    async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Exception as error:
+            if isinstance(error, web.HTTPException) and error.status < 400:
+                raise  # a redirect is an answer already
+            answer = _as_api_error(error, style)
+            if answer is None:
+                log.exception("request failed", method=request.method, path=request.path)
+                answer = ApiError(500, "internal", "internal error; see the daemon's log")
+            return style.render(answer)
+
+    return answer_errors
+
+
+def _is_unix(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check credentials and the route's scope (401 without, 403 outside the scopes).
+
+    A route marked with several scopes lets credentials with any one of them through; an
+    unmarked route, any valid credentials. Only the innermost app serving the request checks.
+    """
+    if request.match_info.apps[-1] is not request.app:
+        return await handler(request)  # a sub-app's own `authenticate` checks
+    route_handler = request.match_info.handler
+    needed: tuple[str, ...] = getattr(route_handler, "taskd_scope", ())
+    if PUBLIC in needed:
+        return await handler(request)
+    settings = request.config_dict[API_SETTINGS]
+    if _is_unix(request) and settings.trust_unix_socket:
+        request[PRINCIPAL] = UNIX_SOCKET_PRINCIPAL
+        return await handler(request)
+    principal = request.config_dict[AUTH].authenticate(request.headers.get("Authorization"))
+    if principal is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "credentials required: an API key (Authorization: Bearer <key>) or Basic auth",
+            headers={"WWW-Authenticate": 'Basic realm="taskd", Bearer realm="taskd"'},
+        )
+    if needed and not any(principal.allows(name) for name in needed):
+        raise ApiError(403, "forbidden", f"the credentials lack the scope {' or '.join(needed)}")
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+def dialect_app(routes: web.RouteTableDef, style: ErrorStyle) -> web.Application:
+    """A sub-app serving `routes`, answering failures in `style`, checking credentials."""
+    app = web.Application(middlewares=[errors(style), authenticate])
+    app.router.add_routes(routes)
+    return app
