@@ -25,110 +25,14 @@ from typing import Any
 import structlog
 
 from taskd.clock import Clock, to_micros
+from taskd.context import ExecutionContext
 from taskd.errors import ActionError
 from taskd.model import ExecutionStatus, Job, Outcome
-from taskd.modules.base import LogLevel, ModuleContext, ModuleError
+from taskd.modules.base import LogLevel, ModuleError
 from taskd.modules.registry import ModuleRegistry
 from taskd.store import Store
 
 log = structlog.get_logger("taskd.runner")
-
-
-class ExecutionContext(ModuleContext):
-    """The `ModuleContext` of one execution, backed by the store."""
-
-    def __init__(self, runner: Runner, job: Job, params: Mapping[str, Any]) -> None:
-        self._runner = runner
-        self._job = job
-        self.task_id = job.task.id
-        self.task_name = job.task.name
-        self.execution_id = job.execution_id
-        self.params = params
-        self.trigger = job.trigger
-        self.state = job.task.state
-        self.stop_grace_sec = runner.stop_grace_sec
-        self._paused = asyncio.Event()
-        self._resumed = asyncio.Event()
-        self._resumed.set()
-        self._stopping = asyncio.Event()
-        self._percent: float | None = None
-
-    @property
-    def stopping(self) -> bool:
-        """True once a stop was requested."""
-        return self._stopping.is_set()
-
-    @property
-    def paused(self) -> bool:
-        """True while paused."""
-        return self._paused.is_set()
-
-    def log(self, level: LogLevel | str, msg: str) -> None:
-        """Append a task log entry (batched)."""
-        self._runner.store.log_nowait(
-            self.task_id,
-            self.execution_id,
-            str(level),
-            msg,
-            self._runner.clock.now(),
-            self._percent,
-        )
-
-    def progress(
-        self,
-        *,
-        percent: float | None = None,
-        size_todo: int | None = None,
-        size_done: int | None = None,
-        nodes_todo: int | None = None,
-        nodes_done: int | None = None,
-        bandwidth: float | None = None,
-    ) -> None:
-        """Record progress (batched); only given fields change."""
-        fields: dict[str, Any] = {
-            name: value
-            for name, value in (
-                ("progress", percent),
-                ("size_todo", size_todo),
-                ("size_done", size_done),
-                ("nodes_todo", nodes_todo),
-                ("nodes_done", nodes_done),
-                ("bandwidth", bandwidth),
-            )
-            if value is not None
-        }
-        if percent is not None:
-            self._percent = percent
-        self._runner.store.progress_nowait(self.execution_id, self.task_id, fields)
-
-    async def save_state(self, state: Mapping[str, Any]) -> None:
-        """Persist module state for a later resume; returns after commit."""
-        self.state = dict(state)
-        await self._runner.store.save_state(self.task_id, self.state)
-
-    async def checkpoint(self) -> None:
-        """Block while paused."""
-        await self._resumed.wait()
-
-    async def wait_paused(self) -> None:
-        """Return once paused."""
-        await self._paused.wait()
-
-    async def wait_resumed(self) -> None:
-        """Return once not paused."""
-        await self._resumed.wait()
-
-    async def wait_stopping(self) -> None:
-        """Return once a stop was requested."""
-        await self._stopping.wait()
-
-    def _set_paused(self, paused: bool) -> None:
-        if paused:
-            self._resumed.clear()
-            self._paused.set()
-        else:
-            self._paused.clear()
-            self._resumed.set()
 
 
 @dataclass(slots=True, eq=False)
@@ -375,7 +279,14 @@ class Runner:
             return
         for job, job_params in startable:
             self.events.started(job, (now - job.due).total_seconds())
-            running = _Running(job=job, context=ExecutionContext(self, job, job_params))
+            context = ExecutionContext(
+                store=self.store,
+                clock=self.clock,
+                job=job,
+                params=job_params,
+                stop_grace_sec=self.stop_grace_sec,
+            )
+            running = _Running(job=job, context=context)
             self._running[job.execution_id] = running
             self._running_by_task.setdefault(job.task.id, set()).add(job.execution_id)
             running.task = asyncio.create_task(
@@ -490,7 +401,7 @@ class Runner:
         running = self._get(execution_id)
         if running.context.paused:
             raise ActionError(f"execution {execution_id} is paused already")
-        running.context._set_paused(True)
+        running.context.set_paused(True)
         self.store.set_running_status_nowait(
             execution_id, running.job.task.id, ExecutionStatus.PAUSED
         )
@@ -500,7 +411,7 @@ class Runner:
         running = self._get(execution_id)
         if not running.context.paused:
             raise ActionError(f"execution {execution_id} is not paused")
-        running.context._set_paused(False)
+        running.context.set_paused(False)
         self.store.set_running_status_nowait(
             execution_id, running.job.task.id, ExecutionStatus.RUNNING
         )
@@ -520,8 +431,7 @@ class Runner:
         if running.context.stopping:
             return
         running.stop_reason = reason
-        running.context._stopping.set()
-        running.context._set_paused(False)  # a paused module must run to notice the stop
+        running.context.request_stop()
 
         async def force_after_grace() -> None:
             await self.clock.sleep(self.stop_grace_sec)  # the injected clock: tests control it

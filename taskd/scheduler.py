@@ -19,7 +19,7 @@ import heapq
 import itertools
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,34 +38,17 @@ from taskd.model import (
     Trigger,
     TriggerKind,
 )
+from taskd.planning import Plan, SchedulerSettings, plan_due_slots
 from taskd.runner import Runner
 from taskd.schedule import ScheduleSet, format_utc
-from taskd.store import NewExecution, SlotClaim, Store
+from taskd.store import NewExecution, Store
+
+__all__ = ["Scheduler", "SchedulerSettings"]
 
 log = structlog.get_logger("taskd.scheduler")
 
 MAX_WAKE_INTERVAL_SEC = 1.0
 MAX_RETRY_WAIT_SEC = 7 * 86_400.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SchedulerSettings:
-    """Knobs of the scheduler; the defaults suit a server."""
-
-    lookahead_sec: float = 0.1
-    # A slot more than this late counts as missed and goes through the catch-up policy.
-    misfire_grace_sec: float = 60.0
-    # At most this many missed slots of one task are run (`all`) or recorded as skipped.
-    catch_up_limit: int = 100
-
-
-@dataclass(slots=True)
-class _Planned:
-    """One task's claim and, for each row in it, whether it starts and how."""
-
-    task: Task
-    claim: SlotClaim
-    starts: list[tuple[int, Trigger, datetime, Overlap]]  # (row index, trigger, due, overlap)
 
 
 class Scheduler:
@@ -245,7 +228,7 @@ class Scheduler:
 
     async def _claim(self, due: dict[int, set[int]], now: datetime) -> None:
         tasks = await self.store.get_tasks(list(due))
-        plans: list[_Planned] = []
+        plans: list[Plan] = []
         for task_id, due_times in due.items():
             task = tasks.get(task_id)
             if task is None or not task.enabled or task.next_run_at is None:
@@ -253,7 +236,11 @@ class Scheduler:
             if to_micros(task.next_run_at) not in due_times:
                 continue  # stale heap entries: the task's current one is still in the heap
             try:
-                plans.append(self._plan(task, now))
+                try:
+                    schedules = self._schedules_of(task)
+                except ValidationError:
+                    schedules = ScheduleSet()
+                plans.append(plan_due_slots(task, schedules, now, self.settings))
             except Exception:
                 log.exception(
                     "could not plan a task's slot; it is disabled until edited", task_id=task.id
@@ -290,91 +277,6 @@ class Scheduler:
             schedules = task.schedule_set(self.default_timezone)
             self._schedules[key] = schedules
         return schedules
-
-    def _plan(self, task: Task, now: datetime) -> _Planned:
-        """Decide what the task's due slot(s) become: runs, skipped rows, next due time."""
-        assert task.next_run_at is not None
-        overlap, catch_up = task.options.overlap, task.options.catch_up
-        try:
-            schedules = self._schedules_of(task)
-        except ValidationError:
-            schedules = ScheduleSet()
-        limit = self.settings.catch_up_limit
-        horizon = now + timedelta(seconds=self.settings.lookahead_sec)
-        missed_before = now - timedelta(seconds=self.settings.misfire_grace_sec)
-
-        # Every slot from the stored due time up to the horizon, oldest first (bounded).
-        slots = [task.next_run_at]
-        uncounted = 0
-        following = schedules.next_after(task.next_run_at) if schedules else None
-        while following is not None and following <= horizon:
-            if len(slots) < limit:
-                slots.append(following)
-            else:
-                uncounted += 1
-                if uncounted > 100_000:  # a years-long outage of a minutely task: jump
-                    following = schedules.next_after(horizon)
-                    break
-            following = schedules.next_after(following)
-        next_run_at = following
-
-        missed = [slot for slot in slots if slot < missed_before]
-        on_time = [slot for slot in slots if slot >= missed_before]
-        rows: list[NewExecution] = []
-        starts: list[tuple[int, Trigger, datetime, Overlap]] = []
-
-        def add_run(slot: datetime, kind: TriggerKind) -> None:
-            starts.append(
-                (len(rows), Trigger(kind=kind, scheduled_for=format_utc(slot)), slot, overlap)
-            )
-            rows.append(
-                NewExecution(task_id=task.id, trigger=kind, slot_at=slot, scheduled_for=slot)
-            )
-
-        def add_skipped(slot: datetime, reason: str) -> None:
-            rows.append(
-                NewExecution(
-                    task_id=task.id,
-                    trigger=TriggerKind.SCHEDULE,
-                    status=ExecutionStatus.SKIPPED,
-                    status_msg=reason,
-                    slot_at=slot,
-                    scheduled_for=slot,
-                )
-            )
-
-        if missed:
-            if catch_up is CatchUp.ALL:
-                for slot in missed:
-                    add_run(slot, TriggerKind.CATCH_UP)
-            elif catch_up is CatchUp.ONCE and not on_time:
-                for slot in missed[:-1]:
-                    add_skipped(slot, "missed; coalesced into one catch-up run (catch_up=once)")
-                add_run(missed[-1], TriggerKind.CATCH_UP)
-            else:
-                reason = (
-                    "missed; an on-time run follows (catch_up=once)"
-                    if catch_up is CatchUp.ONCE
-                    else "missed while taskd was not running (catch_up=skip)"
-                )
-                for slot in missed:
-                    add_skipped(slot, reason)
-        for slot in on_time:
-            add_run(slot, TriggerKind.SCHEDULE)
-        if uncounted:
-            log.warning(
-                "more missed slots than recorded",
-                task_id=task.id,
-                recorded=len(slots),
-                unrecorded=uncounted,
-            )
-        claim = SlotClaim(
-            task_id=task.id,
-            expected_next_run_at=task.next_run_at,
-            next_run_at=next_run_at,
-            executions=tuple(rows),
-        )
-        return _Planned(task=task, claim=claim, starts=starts)
 
     # -- starting, overlap, retries -------------------------------------------------------
 
