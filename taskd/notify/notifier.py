@@ -41,36 +41,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import hashlib
-import hmac
 import json
 import socket
-import ssl
 import urllib.parse
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
-import aiosmtplib
 import structlog
 
-from taskd import __version__
 from taskd.clock import Clock
 from taskd.model import Execution, ExecutionStatus, LogEntry, Outcome, Task
-from taskd.schedule import format_utc
-from taskd.settings import NotifySettings, Settings, SmtpSecurity, SmtpSettings, WebhookSettings
+from taskd.notify.channels import Channels, FinalError, describe
+from taskd.notify.report import Report, mail_body, webhook_payload
+from taskd.settings import NotifySettings, Settings, SmtpSettings, WebhookSettings
 
-__all__ = ["EVENT_FINISHED", "ExecutionReader", "Notifier", "sign"]
+__all__ = ["ExecutionReader", "Notifier"]
 
 log = structlog.get_logger("taskd.notify")
 
-EVENT_FINISHED = "execution.finished"
 # Endings that notify; a `skipped` slot never ran and never notifies.
 _NOTIFYING = frozenset({ExecutionStatus.DONE, ExecutionStatus.ERROR, ExecutionStatus.CANCELED})
 # Deliveries started and not yet ended; past this the worker waits, the queue fills up and
@@ -80,7 +72,6 @@ _MAX_DELIVERIES = 100
 _MAX_CONNECTIONS = 8
 # Log entries read per query while looking for an execution's last lines.
 _LOG_PAGE = 500
-_RETRYABLE_HTTP = frozenset({408, 425, 429})
 
 
 class ExecutionReader(Protocol):
@@ -106,42 +97,13 @@ class ExecutionReader(Protocol):
 _Queued = tuple[Outcome, Task, list[str], list[tuple[int, WebhookSettings]]]
 
 
-class _FinalError(Exception):
-    """A delivery failure that another attempt would not fix (a 5xx answer, a bad secret)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Report:
-    """What a notification says about one finished execution."""
-
-    task_id: int
-    task_name: str
-    execution_id: int
-    status: str
-    status_msg: str | None
-    trigger: str
-    attempt: int
-    scheduled_for: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    host: str
-    log_lines: tuple[LogEntry, ...] = ()
-
-    @property
-    def duration_sec(self) -> float | None:
-        """Seconds from start to end, or None if either is unknown."""
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Delivery:
     """One message to one destination, with what the logs say about it."""
 
     channel: str  # "email" or "webhook"
     target: str  # the recipient, or the webhook's index and origin (never its path or query)
-    report: _Report
+    report: Report
     send: Callable[[], Awaitable[None]]
 
 
@@ -171,8 +133,7 @@ class Notifier:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._delivery_slots = asyncio.Semaphore(_MAX_DELIVERIES)
         self._connections = asyncio.Semaphore(_MAX_CONNECTIONS)
-        self._session: aiohttp.ClientSession | None = None
-        self._tls_contexts: dict[Path | None, ssl.SSLContext] = {}
+        self._channels = Channels(hostname=self.hostname)
         self._warned_no_smtp: set[int] = set()
         self._accepting = False
         self.sent = 0  # deliveries that succeeded
@@ -189,7 +150,7 @@ class Notifier:
         self._smtp = smtp
         self._settings = settings
         self._warned_no_smtp.clear()
-        self._tls_contexts.clear()  # a reload is also how a changed ca_file is taken up
+        self._channels.forget_tls()  # a reload is also how a changed ca_file is taken up
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -231,9 +192,7 @@ class Notifier:
         for delivery in deliveries:
             delivery.cancel()
         await asyncio.gather(*deliveries, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._channels.close()
 
     async def drain(self) -> None:
         """Return once nothing is queued or being delivered (for tests and shutdown).
@@ -382,11 +341,11 @@ class Notifier:
                         channel="email",
                         target=recipient,
                         report=report,
-                        send=_bind(self._send_mail, smtp, message, recipient),
+                        send=_bind(self._channels.send_mail, smtp, message, recipient),
                     )
                 )
         if webhooks:
-            body = json.dumps(_webhook_payload(report), separators=(",", ":")).encode()
+            body = json.dumps(webhook_payload(report), separators=(",", ":")).encode()
             delivery_id = str(uuid.uuid4())
             for index, hook in webhooks:
                 deliveries.append(
@@ -394,7 +353,7 @@ class Notifier:
                         channel="webhook",
                         target=f"webhooks[{index}] {_origin(hook.url)}",
                         report=report,
-                        send=_bind(self._post, hook, body, delivery_id),
+                        send=_bind(self._channels.post, hook, body, delivery_id),
                     )
                 )
         return deliveries
@@ -424,9 +383,9 @@ class Notifier:
         task: Task,
         execution: Execution | None,
         lines: tuple[LogEntry, ...],
-    ) -> _Report:
+    ) -> Report:
         job = outcome.job
-        return _Report(
+        return Report(
             task_id=task.id,
             task_name=task.name,
             execution_id=job.execution_id,
@@ -460,14 +419,14 @@ class Notifier:
                 try:
                     async with self._connections:
                         await delivery.send()
-                except _FinalError as error:
+                except FinalError as error:
                     self.failed += 1
                     bound.error("notification failed", attempts=attempt, error=str(error))
                     return
                 except Exception as error:
                     if attempt >= settings.max_attempts:
                         self.failed += 1
-                        bound.error("notification failed", attempts=attempt, error=_describe(error))
+                        bound.error("notification failed", attempts=attempt, error=describe(error))
                         return
                     delay = min(
                         settings.retry_max_delay_sec,
@@ -477,7 +436,7 @@ class Notifier:
                         "notification attempt failed",
                         attempt=attempt,
                         retry_in_sec=delay,
-                        error=_describe(error),
+                        error=describe(error),
                     )
                     await self._clock.sleep(delay)
                 else:
@@ -488,7 +447,7 @@ class Notifier:
             bound.warning("notification abandoned", attempts=attempt)
             raise
 
-    def _mail(self, smtp: SmtpSettings, report: _Report, recipient: str) -> EmailMessage:
+    def _mail(self, smtp: SmtpSettings, report: Report, recipient: str) -> EmailMessage:
         message = EmailMessage()
         message["Subject"] = f"[taskd] {report.task_name}: {report.status}"
         message["From"] = smtp.from_address
@@ -496,84 +455,8 @@ class Notifier:
         message["Date"] = email.utils.format_datetime(self._clock.now())
         message["Message-ID"] = email.utils.make_msgid("taskd", domain=self.hostname)
         message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies
-        message.set_content(_mail_body(report, self._settings.log_lines))
+        message.set_content(mail_body(report, self._settings.log_lines))
         return message
-
-    async def _send_mail(self, smtp: SmtpSettings, message: EmailMessage, recipient: str) -> None:
-        password = None
-        if smtp.password_file is not None:
-            password = (await _read_secret(smtp.password_file, "password_file")).decode()
-        tls_context = None
-        if smtp.security is not SmtpSecurity.NONE:
-            tls_context = await self._tls_context(smtp.ca_file)
-        try:
-            await aiosmtplib.send(
-                message,
-                sender=smtp.from_address,
-                recipients=[recipient],
-                hostname=smtp.host,
-                port=smtp.port,
-                username=smtp.username,
-                password=password,
-                use_tls=smtp.security is SmtpSecurity.TLS,
-                # False, not None: None would upgrade whenever the server offers it.
-                start_tls=smtp.security is SmtpSecurity.STARTTLS,
-                tls_context=tls_context,
-                timeout=smtp.timeout_sec,
-                local_hostname=self.hostname,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as error:
-            if all(refused.code >= 500 for refused in error.recipients):
-                raise _FinalError(_describe(error)) from error
-            raise
-        except aiosmtplib.SMTPResponseException as error:
-            if error.code >= 500:
-                raise _FinalError(f"{error.code} {error.message}") from error
-            raise
-        except aiosmtplib.SMTPNotSupported as error:
-            raise _FinalError(f"the server does not support it: {error}") from error
-
-    async def _tls_context(self, ca_file: Path | None) -> ssl.SSLContext:
-        context = self._tls_contexts.get(ca_file)
-        if context is None:
-            # Loading CA certificates reads files: off the event loop, once.
-            cafile = str(ca_file) if ca_file is not None else None
-            context = await asyncio.to_thread(ssl.create_default_context, cafile=cafile)
-            self._tls_contexts[ca_file] = context
-        return context
-
-    async def _post(self, hook: WebhookSettings, body: bytes, delivery_id: str) -> None:
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": f"taskd/{__version__}",
-            "X-Taskd-Event": EVENT_FINISHED,
-            # The same on every retry: a receiver may drop duplicates by it.
-            "X-Taskd-Delivery": delivery_id,
-        }
-        if hook.secret_file is not None:
-            secret = await _read_secret(hook.secret_file, "secret_file")
-            headers["X-Taskd-Signature"] = "sha256=" + sign(secret, body)
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        timeout = aiohttp.ClientTimeout(total=hook.timeout_sec)
-        async with self._session.post(
-            hook.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-        ) as response:
-            if 200 <= response.status < 300:
-                return
-            detail = f"HTTP {response.status} {response.reason or ''}".rstrip()
-            if response.status in _RETRYABLE_HTTP or response.status >= 500:
-                raise _RetryableHttpError(detail)
-            raise _FinalError(detail)
-
-
-class _RetryableHttpError(Exception):
-    """An HTTP answer worth another attempt (5xx, 429, ...)."""
-
-
-def sign(secret: bytes, body: bytes) -> str:
-    """The hex HMAC-SHA256 of `body` under `secret`, as in `X-Taskd-Signature: sha256=...`."""
-    return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 def _bind(function: Callable[..., Awaitable[None]], *args: Any) -> Callable[[], Awaitable[None]]:
@@ -581,23 +464,6 @@ def _bind(function: Callable[..., Awaitable[None]], *args: Any) -> Callable[[], 
         return function(*args)
 
     return call
-
-
-async def _read_secret(path: Path, key: str) -> bytes:
-    """Read a password or secret file (a trailing newline is not part of it)."""
-    try:
-        data = await asyncio.to_thread(path.read_bytes)
-    except OSError as error:
-        raise OSError(f"cannot read {key} {path}: {error.strerror or error}") from error
-    secret = data.rstrip(b"\r\n")
-    if not secret:
-        raise _FinalError(f"{key} {path} is empty")
-    return secret
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _origin(url: str) -> str:
@@ -608,68 +474,3 @@ def _origin(url: str) -> str:
         host = f"[{host}]"
     port = f":{parts.port}" if parts.port is not None else ""
     return f"{parts.scheme}://{host}{port}"
-
-
-def _utc(instant: datetime | None) -> str | None:
-    return format_utc(instant) if instant is not None else None
-
-
-def _duration_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02}:{secs:02} ({seconds:.0f} s)"
-
-
-def _mail_body(report: _Report, log_lines: int) -> str:
-    rows = [
-        ("Task", f"{report.task_name} (id {report.task_id})"),
-        ("Execution", str(report.execution_id)),
-        ("Status", report.status),
-        ("Message", report.status_msg or "-"),
-        (
-            "Trigger",
-            report.trigger if not report.attempt else f"{report.trigger}, attempt {report.attempt}",
-        ),
-        ("Scheduled for", _utc(report.scheduled_for) or "-"),
-        ("Started", _utc(report.started_at) or "-"),
-        ("Finished", _utc(report.finished_at) or "-"),
-        ("Duration", _duration_text(report.duration_sec)),
-        ("Host", report.host),
-    ]
-    width = max(len(name) for name, _ in rows) + 1
-    text = "".join(f"{name + ':':<{width}} {value}\n" for name, value in rows)
-    if log_lines:
-        if report.log_lines:
-            text += f"\nLast {len(report.log_lines)} log lines (UTC):\n"
-            text += "".join(
-                f"{format_utc(entry.timestamp)} {entry.level:<7} {entry.msg}\n"
-                for entry in report.log_lines
-            )
-        else:
-            text += "\nNo log lines.\n"
-    return text
-
-
-def _webhook_payload(report: _Report) -> dict[str, Any]:
-    return {
-        "event": EVENT_FINISHED,
-        "task": {"id": report.task_id, "name": report.task_name},
-        "execution": {
-            "id": report.execution_id,
-            "status": report.status,
-            "status_msg": report.status_msg,
-            "trigger": report.trigger,
-            "started_at": _utc(report.started_at),
-            "finished_at": _utc(report.finished_at),
-            "duration_sec": report.duration_sec,
-            "attempt": report.attempt,
-        },
-        "host": report.host,
-    }
