@@ -27,6 +27,7 @@ from taskd.modules.sleep import SleepModule
 from taskd.runner import Runner
 from taskd.scheduler import Scheduler, SchedulerSettings
 from taskd.store import Store
+from taskd.store.sqlite import SqliteStore
 
 WAIT_SEC = 1.5
 
@@ -283,7 +284,7 @@ async def open_engine(
     clock = clock if clock is not None else FakeClock()
     gate = GateModule()
     modules = registry(gate)
-    async with Store.open(db_path) as store:
+    async with SqliteStore.open(db_path) as store:
         runner = Runner(
             store=store,
             modules=modules,

@@ -20,16 +20,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from taskd.clock import to_micros
-from taskd.errors import ConflictError, NotFoundError
+from taskd.errors import ConflictError, DeferError, NotFoundError
 from taskd.model import ExecutionStatus, Task, TaskSource, TaskStatus, TriggerKind
-from taskd.store import (
-    MIGRATIONS,
-    ClaimResult,
-    DeferError,
-    NewExecution,
-    SlotClaim,
-    Store,
-)
+from taskd.store import ClaimResult, NewExecution, SlotClaim, Store
+from taskd.store.migrations import MIGRATIONS
+from taskd.store.sqlite import SqliteStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SPEC: dict[str, Any] = {"task_module": "sleep", "task_params": {"seconds": 1}}
@@ -60,7 +55,7 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 async def store(db_path: Path) -> AsyncIterator[Store]:
     """A store with the default limits on a fresh file."""
-    async with Store.open(db_path) as opened:
+    async with SqliteStore.open(db_path) as opened:
         yield opened
 
 
@@ -147,18 +142,18 @@ async def test_foreign_keys_are_enforced_on_the_store_connection(
 async def test_open_creates_missing_directories(tmp_path: Path) -> None:
     """Store.open creates the parent directories of a new database file."""
     path = tmp_path / "state" / "taskd" / "taskd.db"
-    async with Store.open(path) as store:
+    async with SqliteStore.open(path) as store:
         await add_task(store)
     assert query(path, "SELECT name FROM tasks") == [("t",)]
 
 
 async def test_reopening_keeps_data_and_schema(db_path: Path) -> None:
     """Data written before closing is there after reopening; the schema is not re-applied."""
-    async with Store.open(db_path) as store:
+    async with SqliteStore.open(db_path) as store:
         task_id = await add_task(store, "kept", next_run_at=at(60))
         execution_id = await start(store, task_id)
         before = await store.get_task(task_id)
-    async with Store.open(db_path) as store:
+    async with SqliteStore.open(db_path) as store:
         assert await store.get_task(task_id) == before
         assert (await store.get_execution(execution_id)).status is ExecutionStatus.RUNNING
     assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
@@ -166,12 +161,12 @@ async def test_reopening_keeps_data_and_schema(db_path: Path) -> None:
 
 async def test_an_older_file_is_migrated_and_keeps_its_data(db_path: Path) -> None:
     """A file at schema version 1 gets the later migrations on open; its tasks stay."""
-    async with Store.open(db_path) as store:
+    async with SqliteStore.open(db_path) as store:
         task_id = await add_task(store, "old")
     with closing(sqlite3.connect(db_path)) as cx:
         cx.execute("DROP INDEX tasks_source")
         cx.execute("PRAGMA user_version = 1")
-    async with Store.open(db_path) as store:
+    async with SqliteStore.open(db_path) as store:
         assert (await store.get_task(task_id)).name == "old"
     assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     indexes = query(db_path, "SELECT name FROM sqlite_master WHERE name = 'tasks_source'")
@@ -184,7 +179,7 @@ async def test_newer_schema_version_is_refused(db_path: Path) -> None:
     with closing(sqlite3.connect(db_path)) as cx:
         cx.execute(f"PRAGMA user_version = {newer}")
     with pytest.raises(RuntimeError, match=rf"schema version {newer}.*upgrade taskd"):
-        async with Store.open(db_path):
+        async with SqliteStore.open(db_path):
             pytest.fail("a newer database was opened")
     assert query(db_path, "PRAGMA user_version") == [(newer,)]
     assert query(db_path, "SELECT name FROM sqlite_master") == []
@@ -393,11 +388,11 @@ async def test_due_index_lists_enabled_scheduled_tasks_only(store: Store) -> Non
 async def test_save_state_round_trip(db_path: Path) -> None:
     """save_state stores JSON that get_task returns, across a reopen; None clears it."""
     state = {"cursor": 17, "done": ["a", "b"], "nested": {"x": 1.5, "ok": True, "none": None}}
-    async with Store.open(db_path) as store:
+    async with SqliteStore.open(db_path) as store:
         task_id = await add_task(store, "s")
         await store.save_state(task_id, state)
         assert (await store.get_task(task_id)).state == state
-    async with Store.open(db_path) as store:
+    async with SqliteStore.open(db_path) as store:
         assert (await store.get_task(task_id)).state == state
         await store.save_state(task_id, None)
         assert (await store.get_task(task_id)).state is None
@@ -430,7 +425,7 @@ async def test_nowait_writes_are_committed_by_flush(store: Store, db_path: Path)
 
 async def test_closing_commits_pending_nowait_writes(db_path: Path) -> None:
     """Leaving the store's context commits `*_nowait` writes still pending."""
-    async with Store.open(db_path) as store:
+    async with SqliteStore.open(db_path) as store:
         task_id = await add_task(store)
         store.log_nowait(task_id, None, "info", "last words", T0)
     assert query(db_path, "SELECT msg FROM log_entries") == [("last words",)]
@@ -858,7 +853,7 @@ async def test_late_pause_does_not_change_a_finished_task(store: Store) -> None:
 
 async def test_log_idx_counts_per_task_across_executions_and_reopen(db_path: Path) -> None:
     """idx counts from 0 per task, continues across executions and after reopening."""
-    async with Store.open(db_path) as store:
+    async with SqliteStore.open(db_path) as store:
         a, b = await add_task(store, "a"), await add_task(store, "b")
         first = await start(store, a)
         for n in range(3):
@@ -874,7 +869,7 @@ async def test_log_idx_counts_per_task_across_executions_and_reopen(db_path: Pat
             (3, "a3"),
         ]
         assert [(e.idx, e.msg) for e in await store.read_log(b)] == [(0, "b0")]
-    async with Store.open(db_path) as store:
+    async with SqliteStore.open(db_path) as store:
         store.log_nowait(a, None, "info", "a4", at(9))
         store.log_nowait(b, None, "info", "b1", at(9))
         await store.flush()
@@ -910,7 +905,7 @@ async def test_read_log_offset_limit_and_execution_filter(store: Store) -> None:
 
 async def test_log_is_capped_per_execution(db_path: Path) -> None:
     """Past log_entries_per_execution, one 'log truncated' warning is kept and the rest dropped."""
-    async with Store.open(db_path, log_entries_per_execution=5) as store:
+    async with SqliteStore.open(db_path, log_entries_per_execution=5) as store:
         task_id = await add_task(store)
         capped = await start(store, task_id)
         for n in range(20):
@@ -937,7 +932,7 @@ async def test_ids_of_deleted_tasks_and_executions_are_not_issued_again(
     db_path: Path,
 ) -> None:
     """After a delete, new tasks and executions get new ids, and a full log allowance."""
-    async with Store.open(db_path, log_entries_per_execution=5) as store:
+    async with SqliteStore.open(db_path, log_entries_per_execution=5) as store:
         old_task = await add_task(store, "old")
         old = await start(store, old_task)
         for n in range(10):
@@ -964,7 +959,7 @@ async def test_ids_of_deleted_tasks_and_executions_are_not_issued_again(
 
 async def test_history_is_pruned_to_the_newest_executions(db_path: Path) -> None:
     """With history_per_task=10, 50 finished runs leave at most 11, the newest, with their log."""
-    async with Store.open(db_path, history_per_task=10) as store:
+    async with SqliteStore.open(db_path, history_per_task=10) as store:
         task_id = await add_task(store)
         other = await add_task(store, "other")
         other_run = await start(store, other)
@@ -997,7 +992,7 @@ async def test_history_is_pruned_to_the_newest_executions(db_path: Path) -> None
 
 async def test_history_bound_holds_within_ten_percent(tmp_path: Path) -> None:
     """With history_per_task=20, the kept finished runs never exceed 22 while runs finish."""
-    async with Store.open(tmp_path / "h.db", history_per_task=20) as store:
+    async with SqliteStore.open(tmp_path / "h.db", history_per_task=20) as store:
         task_id = await add_task(store)
         for n in range(60):
             execution_id = await start(store, task_id, at(n))

@@ -1,4 +1,4 @@
-"""The SQLite store: every task, execution, log entry and deferred run, in one file.
+"""`SqliteStore`: the `Store` contract over one SQLite file (the embedded default).
 
 One aiosqlite connection, one thread. Writes go through a group-commit queue: everything
 submitted while a transaction is being written goes into the next one, so a thousand
@@ -19,7 +19,7 @@ import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,88 +37,12 @@ from taskd.model import (
     TaskStatus,
     TriggerKind,
 )
+from taskd.store.base import ClaimResult, NewExecution, SlotClaim
+from taskd.store.migrations import check_version, migrate
 
 T = TypeVar("T")
 
 DB_FILE = "taskd.db"
-
-# Each entry moves the schema from version i to i + 1 (PRAGMA user_version). Never edit a
-# released entry: append a new one, so a newer taskd opens any older file.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE tasks (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
-        source TEXT NOT NULL,
-        spec TEXT NOT NULL,
-        enabled INTEGER NOT NULL DEFAULT 1,
-        next_run_at INTEGER,
-        status TEXT NOT NULL DEFAULT 'new',
-        status_msg TEXT,
-        status_percent REAL,
-        run_started_at INTEGER,
-        run_finished_at INTEGER,
-        run_canceled_at INTEGER,
-        state TEXT,
-        version INTEGER NOT NULL DEFAULT 1,
-        last_execution_id INTEGER,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        created_by TEXT,
-        updated_by TEXT
-    );
-    CREATE INDEX tasks_due ON tasks (next_run_at) WHERE next_run_at IS NOT NULL AND enabled;
-    CREATE TABLE executions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
-        trigger TEXT NOT NULL,
-        trigger_metadata TEXT,
-        slot_at INTEGER,
-        scheduled_for INTEGER,
-        queued_at INTEGER NOT NULL,
-        started_at INTEGER,
-        finished_at INTEGER,
-        status TEXT NOT NULL,
-        status_msg TEXT,
-        progress REAL,
-        size_todo INTEGER,
-        size_done INTEGER,
-        nodes_todo INTEGER,
-        nodes_done INTEGER,
-        bandwidth REAL,
-        dispatcher TEXT,
-        attempt INTEGER NOT NULL DEFAULT 0
-    );
-    -- A schedule slot is accounted for once: run, or skipped with a reason. Never twice.
-    CREATE UNIQUE INDEX executions_slot ON executions (task_id, slot_at)
-        WHERE slot_at IS NOT NULL;
-    CREATE INDEX executions_task ON executions (task_id, id);
-    CREATE INDEX executions_active ON executions (status)
-        WHERE status IN ('queued', 'running', 'paused');
-    CREATE TABLE log_entries (
-        task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
-        idx INTEGER NOT NULL,
-        execution_id INTEGER REFERENCES executions (id) ON DELETE CASCADE,
-        level TEXT NOT NULL,
-        msg TEXT NOT NULL,
-        status_percent REAL,
-        timestamp INTEGER NOT NULL,
-        PRIMARY KEY (task_id, idx)
-    ) WITHOUT ROWID;
-    CREATE INDEX log_entries_execution ON log_entries (execution_id);
-    CREATE TABLE deferred_runs (
-        defer_id TEXT PRIMARY KEY,
-        task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
-        metadata TEXT,
-        created_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL,
-        used_at INTEGER,
-        execution_id INTEGER
-    );
-    """,
-    # Config reconciliation lists the tasks of one source on every start and reload.
-    "CREATE INDEX tasks_source ON tasks (source)",
-)
 
 _TASK_COLUMNS = (
     "id, name, source, spec, enabled, next_run_at, status, status_msg, status_percent, "
@@ -207,59 +131,18 @@ def _execution_from_row(row: Sequence[Any]) -> Execution:
     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewExecution:
-    """An execution row to insert: a run to be started, or a slot skipped with a reason."""
-
-    task_id: int
-    trigger: TriggerKind
-    status: ExecutionStatus = ExecutionStatus.QUEUED
-    status_msg: str | None = None
-    slot_at: datetime | None = None
-    scheduled_for: datetime | None = None
-    trigger_metadata: Mapping[str, Any] = field(default_factory=dict)
-    attempt: int = 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SlotClaim:
-    """Advance one task's `next_run_at` and record what its due slot(s) became, atomically.
-
-    Applied only if the task's `next_run_at` is still `expected_next_run_at` (else the task
-    was edited meanwhile and the claim is void). Rows whose slot was already accounted for
-    are not inserted again.
-    """
-
-    task_id: int
-    expected_next_run_at: datetime | None
-    next_run_at: datetime | None
-    executions: tuple[NewExecution, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimResult:
-    """What a `SlotClaim` did: `applied` is False if the task changed (or is gone).
-
-    `execution_ids` lines up with the claim's executions; None where the slot was already
-    accounted for.
-    """
-
-    applied: bool
-    execution_ids: tuple[int | None, ...] = ()
-
-
 @dataclass(slots=True)
 class _Write:
     apply: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any] | None
 
 
-class Store:
-    """All persistent state. Use `async with Store.open(path) as store:`.
+class SqliteStore:
+    """The `Store` contract (`taskd.store.base`) over one SQLite file.
 
-    Methods that change data return after their transaction committed, except the
-    `*_nowait` ones (log lines, progress), which are committed with the next batch.
-    Raises `NotFoundError` for unknown ids and `ConflictError` for refused writes.
+    Use `async with SqliteStore.open(path) as store:` (or `taskd.store.open_store`). Each
+    method's contract is in the Protocol's docstrings; what is said here is how SQLite keeps
+    it. Every write is a function run on the database thread inside a batch transaction.
     """
 
     def __init__(
@@ -293,17 +176,21 @@ class Store:
         *,
         history_per_task: int = 100,
         log_entries_per_execution: int = 1000,
-    ) -> AsyncIterator[Store]:
-        """Open (creating and migrating if needed) the database at `path` and yield a Store."""
+    ) -> AsyncIterator[SqliteStore]:
+        """Open (creating directories and file, migrating if needed) the database at `path`.
+
+        Raises RuntimeError for a file of a newer schema version (left unchanged). Closing
+        commits pending `*_nowait` writes.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            await _check_version(conn)
+            await check_version(conn)
             await conn.execute("PRAGMA journal_mode = WAL")
             await conn.execute("PRAGMA synchronous = NORMAL")
             await conn.execute("PRAGMA foreign_keys = ON")
             await conn.execute("PRAGMA busy_timeout = 5000")
-            await _migrate(conn)
+            await migrate(conn)
             store = cls(
                 conn,
                 history_per_task=history_per_task,
@@ -1064,26 +951,3 @@ def _apply_batch(cx: sqlite3.Connection, batch: Iterable[_Write]) -> list[Any]:
             cx.execute("ROLLBACK")
         raise
     return results
-
-
-async def _schema_version(conn: aiosqlite.Connection) -> int:
-    row = await (await conn.execute("PRAGMA user_version")).fetchone()
-    return int(row[0]) if row else 0
-
-
-async def _check_version(conn: aiosqlite.Connection) -> None:
-    """Refuse a file written by a newer taskd before changing anything in it."""
-    version = await _schema_version(conn)
-    if version > len(MIGRATIONS):
-        raise RuntimeError(
-            f"the database has schema version {version}; this taskd knows up to "
-            f"{len(MIGRATIONS)}: upgrade taskd"
-        )
-
-
-async def _migrate(conn: aiosqlite.Connection) -> None:
-    version = await _schema_version(conn)
-    for number in range(version, len(MIGRATIONS)):
-        await conn.executescript(
-            f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; COMMIT;"
-        )
