@@ -160,8 +160,15 @@ class SqliteStore:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         # Owned by the database thread only (touched inside batch functions).
-        self._next_log_idx: dict[int, int] = {}
+        # Entries logged per execution, for the cap: initialised from the database on an
+        # execution's first line in this process, then counted here. An execution is run
+        # (and so logged for) by one process only, so the count stays exact when several
+        # processes share the file; counting rows on every line would cost a scan of up to
+        # `log_entries_per_execution` index entries per line, and per dropped line after.
         self._log_count: dict[int, int] = {}
+        # Executions finished per task since its last prune. Only sets how often pruning
+        # runs (see `_prune`); losing it, or another process keeping its own, changes how
+        # often, never what is kept.
         self._finished_since_prune: dict[int, int] = {}
         self.batches_written = 0
         self.last_batch_seconds = 0.0
@@ -373,7 +380,6 @@ class SqliteStore:
         def apply(cx: sqlite3.Connection) -> None:
             if cx.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount == 0:
                 raise NotFoundError(f"task {task_id} not found")
-            self._next_log_idx.pop(task_id, None)
             self._finished_since_prune.pop(task_id, None)
 
         await self._submit(apply)
@@ -661,29 +667,31 @@ class SqliteStore:
         def apply(cx: sqlite3.Connection) -> None:
             entry_msg, entry_level = msg, level
             if execution_id is not None:
-                count = self._log_count.get(execution_id, 0)
+                count = self._log_count.get(execution_id)
+                if count is None:
+                    row = cx.execute(
+                        "SELECT count(*) FROM log_entries WHERE execution_id = ?",
+                        (execution_id,),
+                    ).fetchone()
+                    count = int(row[0])
                 if count > self._log_cap:
                     return
                 if count == self._log_cap:
                     entry_msg = f"log truncated: more than {self._log_cap} entries"
                     entry_level = "warning"
                 self._log_count[execution_id] = count + 1
-            idx = self._next_log_idx.get(task_id)
-            if idx is None:
-                row = cx.execute(
-                    "SELECT coalesce(max(idx) + 1, 0) FROM log_entries WHERE task_id = ?",
-                    (task_id,),
-                ).fetchone()
-                idx = row[0]
             try:
+                # The index comes from the file, inside the write transaction (which holds
+                # the write lock): one seek on the (task_id, idx) key, and correct whoever
+                # wrote the task's previous line.
                 cx.execute(
                     "INSERT INTO log_entries (task_id, idx, execution_id, level, msg,"
-                    " status_percent, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (task_id, idx, execution_id, entry_level, entry_msg, status_percent, at_us),
+                    " status_percent, timestamp) SELECT ?, coalesce(max(idx) + 1, 0), ?, ?,"
+                    " ?, ?, ? FROM log_entries WHERE task_id = ?",
+                    (task_id, execution_id, entry_level, entry_msg, status_percent, at_us, task_id),
                 )
             except sqlite3.IntegrityError:
                 return  # the task or execution was deleted meanwhile
-            self._next_log_idx[task_id] = idx + 1
 
         self._submit_nowait(apply)
 
