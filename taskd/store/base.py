@@ -18,8 +18,9 @@ Durability, for every implementation:
 
 Errors: `NotFoundError` for an unknown task / execution id where the method says so,
 `ConflictError` for a write refused by a uniqueness or version rule, `DeferError` for an
-unusable defer id; `RuntimeError` when called after the store was closed. Anything else
-(the disk is full, the server is gone) propagates as the backend raised it.
+unusable defer id; `RuntimeError` for an awaited write after the store was closed (a
+`*_nowait` one is dropped then). Anything else (the disk is full, the server is gone)
+propagates as the backend raised it.
 """
 
 from __future__ import annotations
@@ -212,8 +213,7 @@ class Store(Protocol):
         an operator of `=`, `!=`, `<`, `<=`, `>`, `>=`, `in` (value a list) or `like`
         (SQL-style `%` and `_`); `order` holds (field, descending), ties broken by id
         ascending. Times are compared as datetimes; `priority` is 0 where unset. Raises
-        ValueError for an unknown operator and KeyError for an unknown field (the API
-        validates both before).
+        ValueError for an unknown field or operator (the API validates both before).
         """
         ...
 

@@ -458,6 +458,9 @@ class SqliteStore:
         `order` holds (field, descending). Times are compared as datetimes. Raises
         ValueError for an unknown field or operator (the API validates before).
         """
+        for name in (*(name for name, _, _ in where), *(name for name, _ in order)):
+            if name not in _TASK_QUERY_SQL:
+                raise ValueError(f"unknown task field {name!r}")
         clauses, params = [], []
         for name, operator, value in where:
             column = _TASK_QUERY_SQL[name]

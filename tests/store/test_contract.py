@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -22,14 +23,62 @@ from store_helpers import (
     at,
     insert,
     queue,
+    schedule_row,
     slot_claim,
     start,
 )
 
 from taskd.clock import to_micros
 from taskd.errors import ConflictError, DeferError, NotFoundError
-from taskd.model import ExecutionStatus, TaskSource, TaskStatus, TriggerKind
+from taskd.model import TASK_QUERY_FIELDS, ExecutionStatus, TaskSource, TaskStatus, TriggerKind
 from taskd.store import ClaimResult, NewExecution, SlotClaim, Store
+
+# ---------------------------------------------------------------------------------------
+# opening, reopening, closing
+
+
+async def test_reopening_keeps_data(store_opener: StoreOpener) -> None:
+    """Data committed before closing is there, unchanged, after reopening."""
+    async with store_opener() as store:
+        task_id = await add_task(store, "kept", next_run_at=at(60))
+        execution_id = await start(store, task_id)
+        before = await store.get_task(task_id)
+    async with store_opener() as store:
+        assert await store.get_task(task_id) == before
+        assert (await store.get_execution(execution_id)).status is ExecutionStatus.RUNNING
+
+
+async def test_writes_after_closing_are_refused(store_opener: StoreOpener) -> None:
+    """An awaited write on a closed store raises RuntimeError; a `*_nowait` one is dropped."""
+    async with store_opener() as store:
+        task_id = await add_task(store)
+    with pytest.raises(RuntimeError):
+        await store.ping()
+    with pytest.raises(RuntimeError):
+        await add_task(store, "late")
+    store.log_nowait(task_id, None, "info", "dropped", T0)
+    async with store_opener() as store:
+        assert [t.name for t in await store.list_tasks()] == ["t"]
+        assert await store.read_log(task_id) == []
+
+
+async def test_an_execution_of_a_missing_task_is_refused_with_its_whole_call(
+    store: Store,
+) -> None:
+    """add_executions naming an unknown task raises NotFoundError and inserts none of its rows."""
+    task_id = await add_task(store)
+    with pytest.raises(NotFoundError):
+        await store.add_executions(
+            [
+                NewExecution(task_id=task_id, trigger=TriggerKind.MANUAL),
+                NewExecution(task_id=404, trigger=TriggerKind.MANUAL),
+            ],
+            T0,
+        )
+    assert await store.list_executions(task_id) == []
+    assert await store.queued_executions() == []
+    assert (await store.get_task(task_id)).status is TaskStatus.NEW
+
 
 # ---------------------------------------------------------------------------------------
 # tasks
@@ -204,14 +253,240 @@ async def test_save_state_round_trip(store_opener: StoreOpener) -> None:
         assert (await store.get_task(task_id)).state is None
 
 
+async def test_duplicate_name_is_a_conflict_and_changes_nothing(store: Store) -> None:
+    """Inserting a taken name raises ConflictError; the stored task and the count stay."""
+    first = await store.insert_task(
+        name="dup", source=TaskSource.API, spec=SPEC, enabled=True, next_run_at=None, now=T0
+    )
+    with pytest.raises(ConflictError, match="dup"):
+        await store.insert_task(
+            name="dup",
+            source=TaskSource.CONFIG,
+            spec={"task_module": "shell"},
+            enabled=False,
+            next_run_at=at(1),
+            now=at(1),
+        )
+    assert await store.get_task(first.id) == first
+    assert await store.count_tasks() == 1
+    assert await store.list_tasks() == [first]
+
+
+async def test_delete_removes_executions_log_and_defers(store: Store) -> None:
+    """Deleting a task removes its executions, log entries and deferred runs, nothing else."""
+    doomed, kept = await add_task(store, "doomed"), await add_task(store, "kept")
+    runs, defers = {}, {}
+    for task_id in (doomed, kept):
+        runs[task_id] = await start(store, task_id)
+        store.log_nowait(task_id, runs[task_id], "info", "hello", T0)
+        store.log_nowait(task_id, None, "info", "task-level", T0)
+        defers[task_id] = await store.create_defer(task_id, {"k": 1}, T0, at(3600))
+    await store.flush()
+    await store.delete_task(doomed)
+    with pytest.raises(NotFoundError):
+        await store.get_task(doomed)
+    with pytest.raises(NotFoundError):
+        await store.get_execution(runs[doomed])
+    assert await store.list_executions(doomed) == []
+    assert await store.read_log(doomed) == []
+    with pytest.raises(DeferError):
+        await store.use_defer(defers[doomed], at(1))
+    assert [t.id for t in await store.list_tasks()] == [kept]
+    assert [e.id for e in await store.list_executions(kept)] == [runs[kept]]
+    assert [e.msg for e in await store.read_log(kept)] == ["hello", "task-level"]
+    assert await store.use_defer(defers[kept], at(1)) == (kept, {"k": 1})
+
+
+async def test_server_updates_of_an_unknown_task_change_nothing(store: Store) -> None:
+    """set_next_run_at and save_state of an unknown id neither raise nor create a task."""
+    await store.set_next_run_at(404, at(1))
+    await store.save_state(404, {"n": 1})
+    assert await store.count_tasks() == 0
+    assert await store.due_index() == []
+
+
+async def test_get_task_with_last_execution(store: Store) -> None:
+    """It returns None for an unknown id, (task, None) before any run, then the last run."""
+    assert await store.get_task_with_last_execution(404) is None
+    task_id = await add_task(store)
+    assert await store.get_task_with_last_execution(task_id) == (
+        await store.get_task(task_id),
+        None,
+    )
+    first = await start(store, task_id)
+    await store.finish(first, task_id, ExecutionStatus.DONE, "fine", at(1))
+    second = await start(store, task_id, at(2))
+    found = await store.get_task_with_last_execution(task_id)
+    assert found is not None
+    task, last = found
+    assert task == await store.get_task(task_id)
+    assert task.last_execution_id == second
+    assert last == await store.get_execution(second)
+
+
+async def test_query_tasks_filters_orders_pages_and_counts(store: Store) -> None:
+    """query_tasks applies every condition, sorts by the fields then id, pages, and counts."""
+    specs = {
+        "alpha": {"task_module": "sleep", "options": {"priority": 5}},
+        "beta": {"task_module": "shell", "workflow_type": "copy", "options": {"priority": 1}},
+        "gamma": {"task_module": "sleep", "workflow_type": "copy"},
+        "delta": {"task_module": "http", "workflow_action": "sync", "options": {"priority": 5}},
+    }
+    ids = {
+        name: await add_task(store, name, spec=spec, next_run_at=at(n * 10), now=at(n))
+        for n, (name, spec) in enumerate(specs.items())
+    }
+    await start(store, ids["gamma"])
+
+    async def names(**kwargs: Any) -> tuple[list[str], int]:
+        tasks, total = await store.query_tasks(**kwargs)
+        return [t.name for t in tasks], total
+
+    assert await names() == (["alpha", "beta", "gamma", "delta"], 4)
+    assert await names(where=[("task_module", "=", "sleep")]) == (["alpha", "gamma"], 2)
+    assert await names(where=[("workflow_type", "=", "copy"), ("name", "!=", "beta")]) == (
+        ["gamma"],
+        1,
+    )
+    assert await names(where=[("name", "like", "%mm%")]) == (["gamma"], 1)
+    assert await names(where=[("name", "like", "_e%")]) == (["beta", "delta"], 2)
+    assert await names(where=[("id", "in", [ids["beta"], ids["delta"], 999])]) == (
+        ["beta", "delta"],
+        2,
+    )
+    assert await names(where=[("status", "=", "running")]) == (["gamma"], 1)
+    assert await names(where=[("next_run_at", ">=", at(10)), ("next_run_at", "<", at(30))]) == (
+        ["beta", "gamma"],
+        2,
+    )
+    assert await names(where=[("created_at", "<=", at(1))]) == (["alpha", "beta"], 2)
+    assert await names(where=[("workflow_action", "=", "sync")]) == (["delta"], 1)
+    # Unset priority counts as 0; ties are broken by id.
+    assert await names(order=[("priority", True)]) == (["alpha", "delta", "beta", "gamma"], 4)
+    assert await names(order=[("priority", False), ("name", True)]) == (
+        ["gamma", "beta", "delta", "alpha"],
+        4,
+    )
+    assert await names(where=[("priority", ">", 0)], order=[("name", False)], limit=2) == (
+        ["alpha", "beta"],
+        3,
+    )
+    assert await names(order=[("name", False)], limit=2, offset=3) == (["gamma"], 4)
+    tasks, total = await store.query_tasks(limit=1, with_total=False)
+    assert ([t.name for t in tasks], total) == (["alpha"], -1)
+
+
+async def test_query_tasks_accepts_every_query_field(store: Store) -> None:
+    """Each of model.TASK_QUERY_FIELDS can be filtered and sorted on."""
+    await add_task(store, "one", next_run_at=at(1))
+    for name in sorted(TASK_QUERY_FIELDS):
+        tasks, total = await store.query_tasks(
+            where=[(name, "in", [])], order=[(name, True), (name, False)]
+        )
+        assert (tasks, total) == ([], 0), name
+        tasks, total = await store.query_tasks(order=[(name, True)])
+        assert total == len(tasks) == 1, name
+
+
+async def test_query_tasks_refuses_unknown_fields_and_operators(store: Store) -> None:
+    """An unknown field (in `where` or `order`) or operator raises ValueError."""
+    await add_task(store)
+    with pytest.raises(ValueError, match="spec"):
+        await store.query_tasks(where=[("spec", "=", "x")])
+    with pytest.raises(ValueError, match="spec"):
+        await store.query_tasks(order=[("spec", False)])
+    with pytest.raises(ValueError, match="~"):
+        await store.query_tasks(where=[("name", "~", "x")])
+
+
 # ---------------------------------------------------------------------------------------
-# durability and group commit
+# durability
 
 
 async def test_flush_with_nothing_pending_returns(store: Store) -> None:
     """flush() on an idle store returns at once."""
     async with asyncio.timeout(1):
         await store.flush()
+
+
+async def test_nowait_writes_are_visible_after_flush(store: Store) -> None:
+    """log/progress/status `*_nowait` writes can be read back once flush() returns."""
+    task_id = await add_task(store)
+    execution_id = await start(store, task_id)
+    store.log_nowait(task_id, execution_id, "info", "one", at(1))
+    store.progress_nowait(execution_id, task_id, {"progress": 50.0})
+    store.set_running_status_nowait(execution_id, task_id, ExecutionStatus.PAUSED)
+    await store.flush()
+    assert [e.msg for e in await store.read_log(task_id)] == ["one"]
+    execution = await store.get_execution(execution_id)
+    assert (execution.progress, execution.status) == (50.0, ExecutionStatus.PAUSED)
+    task = await store.get_task(task_id)
+    assert (task.status_percent, task.status) == (50.0, TaskStatus.PAUSED)
+
+
+async def test_closing_commits_pending_nowait_writes(store_opener: StoreOpener) -> None:
+    """Leaving the store's context commits `*_nowait` writes still pending."""
+    async with store_opener() as store:
+        task_id = await add_task(store)
+        store.log_nowait(task_id, None, "info", "last words", T0)
+    async with store_opener() as store:
+        assert [e.msg for e in await store.read_log(task_id)] == ["last words"]
+
+
+async def test_flush_returns_while_writes_of_others_keep_coming(store: Store) -> None:
+    """flush() returns once earlier writes committed, even if new writes keep arriving."""
+    chatty, quiet = await add_task(store, "chatty"), await add_task(store, "quiet")
+
+    async def chatter() -> None:
+        for n in range(20_000):
+            store.log_nowait(chatty, None, "debug", f"chatter {n}", T0)
+            await asyncio.sleep(0)
+
+    producer = asyncio.create_task(chatter())
+    try:
+        await asyncio.sleep(0)
+        store.log_nowait(quiet, None, "info", "marker", T0)
+        await store.flush()
+        assert [e.msg for e in await store.read_log(quiet)] == ["marker"]
+        assert not producer.done(), "flush() returned only after the stream of writes ended"
+    finally:
+        await producer
+
+
+async def test_a_refused_write_fails_alone_among_concurrent_ones(store: Store) -> None:
+    """Refused writes submitted together with good ones raise; the good ones commit."""
+    original = await store.get_task(await add_task(store, "taken"))
+    other = await add_task(store, "other")
+    names = [f"g{i}" for i in range(25)] + ["taken"] + [f"g{i}" for i in range(25, 50)]
+    results = await asyncio.gather(
+        *(insert(store, name, spec={"n": name}, now=at(1)) for name in names),
+        store.update_task(
+            other, spec=SPEC, enabled=True, next_run_at=None, now=at(1), expected_version=7
+        ),
+        store.delete_task(404),
+        return_exceptions=True,
+    )
+    errors = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+    assert sorted(errors) == [25, 51, 52]
+    assert isinstance(errors[25], ConflictError)
+    assert isinstance(errors[51], ConflictError)
+    assert isinstance(errors[52], NotFoundError)
+    assert await store.get_task(original.id) == original
+    assert (await store.get_task(other)).version == 1
+    committed = {task.name for task in await store.list_tasks()}
+    assert committed == {"taken", "other", *(f"g{i}" for i in range(50))}
+
+
+async def test_commits_are_counted_and_reported(store: Store) -> None:
+    """batches_written grows with each commit; on_batch gets each one's seconds and writes."""
+    reported: list[tuple[float, int]] = []
+    store.on_batch = lambda seconds, writes: reported.append((seconds, writes))
+    before = store.batches_written
+    await asyncio.gather(*(insert(store, f"b{i}") for i in range(20)))
+    await store.ping()
+    assert store.batches_written - before == len(reported) >= 2
+    assert sum(writes for _, writes in reported) == 21
+    assert all(seconds >= 0 for seconds, _ in reported)
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,6 +575,33 @@ async def test_a_queued_row_does_not_hide_a_running_one(store: Store) -> None:
     [result] = await store.claim([slot_claim(task_id, None, None, at(2))], at(2))
     assert result.applied
     assert (await store.get_task(task_id)).status is TaskStatus.RUNNING
+
+
+async def test_a_void_claim_writes_nothing(store: Store) -> None:
+    """A claim naming a stale next_run_at, or an unknown task, inserts no row."""
+    task_id = await add_task(store, next_run_at=at(60))
+    stale = slot_claim(task_id, at(30), at(120), at(60))
+    missing = slot_claim(404, None, at(1), at(1))
+    assert await store.claim([stale, missing], T0) == [ClaimResult(False), ClaimResult(False)]
+    assert (await store.get_task(task_id)).next_run_at == at(60)
+    assert await store.list_executions(task_id) == []
+    assert await store.list_executions(404) == []
+    assert await store.queued_executions() == []
+
+
+async def test_a_slot_is_never_stored_twice(store: Store) -> None:
+    """A second row for the same (task, slot_at), by claim or add_executions, yields None."""
+    task_id = await add_task(store, next_run_at=at(60))
+    other = await add_task(store, "other")
+    [first] = await store.claim([slot_claim(task_id, at(60), at(120), at(60))], T0)
+    [second] = await store.claim([slot_claim(task_id, at(120), at(180), at(60), at(120))], T0)
+    assert first.execution_ids[0] is not None
+    assert second.execution_ids[0] is None
+    rows = [schedule_row(task_id, at(60)), schedule_row(other, at(60))]
+    assert (await store.add_executions(rows, T0))[0] is None
+    stored = reversed(await store.list_executions(task_id))
+    assert [e.slot_at for e in stored] == [at(60), at(120)]
+    assert [e.slot_at for e in await store.list_executions(other)] == [at(60)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -528,6 +830,25 @@ async def test_late_pause_does_not_change_a_finished_task(store: Store) -> None:
     assert (await store.get_task(task_id)).status is TaskStatus.DONE
 
 
+async def test_get_executions_and_list_executions(store: Store) -> None:
+    """get_executions returns the existing ones by id; list_executions pages newest first."""
+    task_id, other = await add_task(store), await add_task(store, "other")
+    ids = [await queue(store, task_id, at(n)) for n in range(5)]
+    elsewhere = await queue(store, other)
+    found = await store.get_executions([ids[1], elsewhere, 999_999])
+    assert found == {
+        ids[1]: await store.get_execution(ids[1]),
+        elsewhere: await store.get_execution(elsewhere),
+    }
+    assert await store.get_executions([]) == {}
+    assert [e.id for e in await store.list_executions(task_id)] == ids[::-1]
+    assert [e.id for e in await store.list_executions(task_id, limit=2, offset=1)] == [
+        ids[3],
+        ids[2],
+    ]
+    assert await store.list_executions(404) == []
+
+
 # ---------------------------------------------------------------------------------------
 # log
 
@@ -634,6 +955,94 @@ async def test_ids_of_deleted_tasks_and_executions_are_not_issued_again(
             store.log_nowait(new_task, new, "info", f"new {n}", at(21 + n))
         await store.flush()
         assert [e.msg for e in await store.read_log(new_task)] == [f"new {n}" for n in range(5)]
+
+
+async def test_log_idx_of_each_task_follows_submission_order(store: Store) -> None:
+    """Lines of several tasks submitted together get each task's next indices, in order."""
+    a, b = await add_task(store, "a"), await add_task(store, "b")
+    for n in range(6):
+        store.log_nowait((a, b)[n % 3 == 0], None, "info", f"m{n}", at(n))
+    await store.flush()
+    assert [(e.idx, e.msg) for e in await store.read_log(a)] == [
+        (0, "m1"),
+        (1, "m2"),
+        (2, "m4"),
+        (3, "m5"),
+    ]
+    assert [(e.idx, e.msg) for e in await store.read_log(b)] == [(0, "m0"), (1, "m3")]
+
+
+async def test_log_idx_after_a_task_was_deleted(store_opener: StoreOpener) -> None:
+    """A task created after another was deleted logs from idx 0; other tasks go on counting,
+    in the same store and after reopening it."""
+    async with store_opener() as store:
+        doomed, kept = await add_task(store, "doomed"), await add_task(store, "kept")
+        for n in range(3):
+            store.log_nowait(doomed, None, "info", f"d{n}", at(n))
+            store.log_nowait(kept, None, "info", f"k{n}", at(n))
+        await store.flush()
+        await store.delete_task(doomed)
+        reborn = await add_task(store, "doomed")
+        store.log_nowait(reborn, None, "info", "r0", at(5))
+        store.log_nowait(kept, None, "info", "k3", at(5))
+        await store.flush()
+        assert [(e.idx, e.msg) for e in await store.read_log(reborn)] == [(0, "r0")]
+    async with store_opener() as store:
+        store.log_nowait(reborn, None, "info", "r1", at(6))
+        store.log_nowait(kept, None, "info", "k4", at(6))
+        await store.flush()
+        assert [(e.idx, e.msg) for e in await store.read_log(reborn)] == [(0, "r0"), (1, "r1")]
+        assert [e.idx for e in await store.read_log(kept)] == [0, 1, 2, 3, 4]
+
+
+async def test_log_idx_goes_on_after_history_was_pruned(store_opener: StoreOpener) -> None:
+    """Pruning old runs with their lines never makes a task's log indices start again."""
+    async with store_opener(history_per_task=2) as store:
+        task_id = await add_task(store)
+        for n in range(10):
+            execution_id = await start(store, task_id, at(n))
+            store.log_nowait(task_id, execution_id, "info", f"run {n}", at(n))
+            await store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(n))
+        store.log_nowait(task_id, None, "info", "after", at(20))
+        await store.flush()
+        entries = await store.read_log(task_id)
+        assert len(entries) < 11, "precondition: old runs and their lines were pruned"
+        assert (entries[-1].idx, entries[-1].msg) == (10, "after")
+
+
+async def test_log_cap_holds_across_reopening(store_opener: StoreOpener) -> None:
+    """An execution's lines written before a reopen count towards its cap after it."""
+    async with store_opener(log_entries_per_execution=5) as store:
+        task_id = await add_task(store)
+        execution_id = await start(store, task_id)
+        for n in range(3):
+            store.log_nowait(task_id, execution_id, "info", f"before {n}", at(n))
+    async with store_opener(log_entries_per_execution=5) as store:
+        for n in range(10):
+            store.log_nowait(task_id, execution_id, "info", f"after {n}", at(10 + n))
+        await store.flush()
+        entries = await store.read_log(task_id, execution_id=execution_id)
+    assert [e.msg for e in entries[:5]] == [
+        "before 0",
+        "before 1",
+        "before 2",
+        "after 0",
+        "after 1",
+    ]
+    assert len(entries) == 6
+    assert entries[5].level == "warning"
+    assert entries[5].msg.startswith("log truncated")
+
+
+async def test_log_lines_of_unknown_tasks_and_executions_are_dropped(store: Store) -> None:
+    """A line naming a missing task or execution is dropped and takes no index."""
+    task_id = await add_task(store)
+    store.log_nowait(404, None, "info", "no task", T0)
+    store.log_nowait(task_id, 999_999, "info", "no execution", T0)
+    store.log_nowait(task_id, None, "info", "kept", at(1))
+    await store.flush()
+    assert await store.read_log(404) == []
+    assert [(e.idx, e.msg) for e in await store.read_log(task_id)] == [(0, "kept")]
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,10 +29,10 @@ from store_helpers import (
 
 from taskd.clock import to_micros
 from taskd.errors import ConflictError, DeferError, NotFoundError
-from taskd.model import ExecutionStatus, TaskSource, TaskStatus, TriggerKind
-from taskd.store import ClaimResult, NewExecution, Store
+from taskd.model import TASK_QUERY_FIELDS, ExecutionStatus, TaskSource, TaskStatus, TriggerKind
+from taskd.store import DB_FILE, ClaimResult, NewExecution, Store, open_store
 from taskd.store.migrations import MIGRATIONS
-from taskd.store.sqlite import SqliteStore
+from taskd.store.sqlite import _TASK_QUERY_SQL, SqliteStore
 
 
 def query(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -176,6 +176,19 @@ async def test_delete_cascades_executions_log_and_defers(store: Store, db_path: 
     assert query(db_path, "SELECT id FROM tasks") == [(kept,)]
     with pytest.raises(NotFoundError):
         await store.get_task(doomed)
+
+
+def test_query_fields_map_to_sql_for_exactly_the_model_fields() -> None:
+    """The SQL behind query_tasks covers model.TASK_QUERY_FIELDS, no field more or less."""
+    assert set(_TASK_QUERY_SQL) == TASK_QUERY_FIELDS
+
+
+async def test_open_store_uses_the_state_directory_file(tmp_path: Path) -> None:
+    """open_store keeps its data in `state_dir / DB_FILE`, creating the directory."""
+    state_dir = tmp_path / "state" / "nested"
+    async with open_store(state_dir, history_per_task=7, log_entries_per_execution=9) as store:
+        await add_task(store, "here")
+    assert query(state_dir / DB_FILE, "SELECT name FROM tasks") == [("here",)]
 
 
 # ---------------------------------------------------------------------------------------
