@@ -166,6 +166,11 @@ class SqliteStore:
         # processes share the file; counting rows on every line would cost a scan of up to
         # `log_entries_per_execution` index entries per line, and per dropped line after.
         self._log_count: dict[int, int] = {}
+        # A task's next log idx as read from the file, kept for the rest of one batch only
+        # (cleared before each): the batch's transaction holds the write lock, so no other
+        # writer can add lines in between, and a task's later lines in the same batch skip
+        # the lookup.
+        self._batch_log_idx: dict[int, int] = {}
         # Executions finished per task since its last prune. Only sets how often pruning
         # runs (see `_prune`); losing it, or another process keeping its own, changes how
         # often, never what is kept.
@@ -246,6 +251,7 @@ class SqliteStore:
                     return
                 continue
             started = loop.time()
+            self._batch_log_idx.clear()  # the database thread is idle between batches
             try:
                 # One trip to the database thread per batch: aiosqlite has no public call for
                 # running a function there, and a trip per statement would cap throughput.
@@ -380,6 +386,7 @@ class SqliteStore:
         def apply(cx: sqlite3.Connection) -> None:
             if cx.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount == 0:
                 raise NotFoundError(f"task {task_id} not found")
+            self._batch_log_idx.pop(task_id, None)
             self._finished_since_prune.pop(task_id, None)
 
         await self._submit(apply)
@@ -683,18 +690,24 @@ class SqliteStore:
                     entry_msg = f"log truncated: more than {self._log_cap} entries"
                     entry_level = "warning"
                 self._log_count[execution_id] = count + 1
+            idx = self._batch_log_idx.get(task_id)
+            if idx is None:
+                # From the file, inside the write transaction: one seek on the (task_id, idx)
+                # key, and right whichever process wrote the task's previous line.
+                row = cx.execute(
+                    "SELECT coalesce(max(idx) + 1, 0) FROM log_entries WHERE task_id = ?",
+                    (task_id,),
+                ).fetchone()
+                idx = int(row[0])
             try:
-                # The index comes from the file, inside the write transaction (which holds
-                # the write lock): one seek on the (task_id, idx) key, and correct whoever
-                # wrote the task's previous line.
                 cx.execute(
                     "INSERT INTO log_entries (task_id, idx, execution_id, level, msg,"
-                    " status_percent, timestamp) SELECT ?, coalesce(max(idx) + 1, 0), ?, ?,"
-                    " ?, ?, ? FROM log_entries WHERE task_id = ?",
-                    (task_id, execution_id, entry_level, entry_msg, status_percent, at_us, task_id),
+                    " status_percent, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (task_id, idx, execution_id, entry_level, entry_msg, status_percent, at_us),
                 )
             except sqlite3.IntegrityError:
                 return  # the task or execution was deleted meanwhile
+            self._batch_log_idx[task_id] = idx + 1
 
         self._submit_nowait(apply)
 

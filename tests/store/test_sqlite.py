@@ -325,6 +325,31 @@ async def test_a_slot_is_never_inserted_twice(store: Store, db_path: Path) -> No
 
 
 # ---------------------------------------------------------------------------------------
+# log
+
+
+async def test_two_stores_on_one_file_share_a_task_log(db_path: Path) -> None:
+    """Two stores on one file (as two processes would be) give a task's lines distinct,
+    gapless indices, each store's lines in the order it wrote them."""
+    async with SqliteStore.open(db_path) as one, SqliteStore.open(db_path) as two:
+        task_id = await add_task(one)
+        for n in range(10):
+            (one, two)[n % 2].log_nowait(task_id, None, "info", f"step {n}", at(n))
+            await (one, two)[n % 2].flush()
+        for n in range(100):
+            one.log_nowait(task_id, None, "info", f"one {n}", at(20))
+            two.log_nowait(task_id, None, "info", f"two {n}", at(20))
+        await asyncio.gather(one.flush(), two.flush())
+        entries = await two.read_log(task_id, limit=1000)
+    assert [e.idx for e in entries] == list(range(210))
+    assert [e.msg for e in entries[:10]] == [f"step {n}" for n in range(10)]
+    for name in ("one", "two"):
+        assert [e.msg for e in entries if e.msg.startswith(name)] == [
+            f"{name} {n}" for n in range(100)
+        ]
+
+
+# ---------------------------------------------------------------------------------------
 # history retention
 
 
