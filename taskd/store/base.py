@@ -86,12 +86,13 @@ class Store(Protocol):
     # -- writes and their commit ---------------------------------------------------------
 
     on_batch: Callable[[float, int], None] | None
-    """Called (if set) after each committed write transaction with its duration in seconds
-    and the number of writes it held; on the event loop, so it must be quick (metrics)."""
+    """Called (if set) after each write transaction ends (committed, or failed whole) with
+    its duration in seconds and the number of writes it held; on the event loop, so it must
+    be quick (metrics)."""
 
     @property
     def batches_written(self) -> int:
-        """How many write transactions committed since the store was opened.
+        """How many write transactions ran since the store was opened.
 
         A store that groups concurrent writes into one transaction (group commit) counts
         fewer transactions than writes; one that does not counts one per write.
@@ -100,8 +101,9 @@ class Store(Protocol):
 
     async def flush(self) -> None:
         """Return once every write submitted before this call (`*_nowait` ones included) is
-        committed. Writes submitted later do not delay it. Never raises for the writes it
-        waited for (their own awaiters get their errors)."""
+        committed. Writes submitted later do not delay it. A refused write among them does
+        not make it raise (its own awaiter gets the error); a transaction that cannot
+        commit does, with that error."""
         ...
 
     async def ping(self) -> None:
