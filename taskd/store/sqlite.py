@@ -159,7 +159,8 @@ class SqliteStore:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
-        # Owned by the database thread only (touched inside batch functions).
+        # Owned by the database thread (touched inside batch functions; the write loop
+        # only clears `_batch_log_idx` between batches).
         # Entries logged per execution, for the cap: initialised from the database on an
         # execution's first line in this process, then counted here. An execution is run
         # (and so logged for) by one process only, so the count stays exact when several
@@ -177,7 +178,7 @@ class SqliteStore:
         self._finished_since_prune: dict[int, int] = {}
         self.batches_written = 0
         self.last_batch_seconds = 0.0
-        # Called after each committed batch with its duration (seconds) and size (writes).
+        # Called after each batch with its duration (seconds) and size (writes).
         self.on_batch: Callable[[float, int], None] | None = None
 
     @classmethod
