@@ -79,7 +79,7 @@ from _common import percentile, thread_cpu_seconds
 import taskd
 from taskd.clock import SystemClock
 from taskd.model import ExecutionStatus, TaskSource, TriggerKind
-from taskd.store import DB_FILE, NewExecution, Store
+from taskd.store import DB_FILE, NewExecution, open_store
 from taskd.taskspec import validate_task_spec
 
 TARGET_RPS = 3000.0
@@ -269,7 +269,7 @@ def bench_spec(index: int) -> dict[str, Any]:
 async def prefill(db_path: Path, tasks: int, history: int) -> list[int]:
     """Store `tasks` tasks, each with `history` finished executions; return their ids."""
     clock = SystemClock()
-    async with Store.open(db_path) as store:
+    async with open_store(db_path.parent) as store:
         now = clock.now()
         stored = await asyncio.gather(
             *(

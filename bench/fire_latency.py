@@ -48,7 +48,7 @@ from taskd.modules.registry import ModuleRegistry
 from taskd.runner import Runner
 from taskd.schedule import format_utc
 from taskd.scheduler import Scheduler, SchedulerSettings
-from taskd.store import DB_FILE, Store
+from taskd.store import DB_FILE, open_store
 from taskd.taskspec import validate_task_spec
 
 DEFAULT_K = (1, 1000, 10000)
@@ -137,7 +137,7 @@ async def _measure(k: int, args: argparse.Namespace, directory: Path) -> RunResu
     noop = NoopModule(k, args.hold)
     modules = ModuleRegistry([noop])
     db_path = directory / DB_FILE
-    async with Store.open(db_path) as store:
+    async with open_store(db_path.parent) as store:
         placeholder = datetime(2030, 1, 1, tzinfo=UTC)
         now = clock.now()
         tasks = []

@@ -2,7 +2,7 @@
 
 Run by hand: `.venv/bin/python bench/scale.py [--sizes 100000,1000000] [--repeat 3]`.
 
-For each size: a fresh state dir; `Store.open` creates the schema, then the tasks go into the
+For each size: a fresh state dir; `open_store` creates the schema, then the tasks go into the
 `tasks` table directly with sqlite3 `executemany` (fast). Each task looks like one made through
 the API: the spec JSON is `validate_task_spec(...).to_json()` of a task with one cron schedule
 (`M H * * *` in Europe/Berlin, spread over the day) and `next_run_at` is that schedule's next
@@ -47,7 +47,7 @@ from typing import IO, Any
 from _common import calibration_ms, load_average, python_and_cpus, state_dir
 
 from taskd.clock import to_micros
-from taskd.store import DB_FILE, Store
+from taskd.store import DB_FILE, open_store
 from taskd.taskspec import validate_task_spec
 
 TARGET_SIZE = 1_000_000
@@ -104,10 +104,10 @@ def spec_templates(now: datetime) -> list[tuple[str, int]]:
 
 
 def populate(db_path: Path, size: int) -> float:
-    """Create the schema with `Store.open`, insert `size` tasks with executemany; seconds."""
+    """Create the schema with `open_store`, insert `size` tasks with executemany; seconds."""
 
     async def create_schema() -> None:
-        async with Store.open(db_path):
+        async with open_store(db_path.parent):
             pass
 
     started = time.perf_counter()

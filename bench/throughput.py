@@ -53,7 +53,7 @@ from taskd.modules.registry import ModuleRegistry
 from taskd.runner import Runner
 from taskd.schedule import format_utc
 from taskd.scheduler import Scheduler
-from taskd.store import DB_FILE, NewExecution, Store
+from taskd.store import DB_FILE, NewExecution, Store, open_store
 from taskd.taskspec import validate_task_spec
 
 TARGET_PER_SEC = 5000.0
@@ -124,7 +124,7 @@ async def _drive(args: argparse.Namespace, db_path: Path) -> RunResult:
     noop = NoopModule()
     modules = ModuleRegistry([noop])
     total = args.executions
-    async with Store.open(db_path, history_per_task=HISTORY_PER_TASK) as store:
+    async with open_store(db_path.parent, history_per_task=HISTORY_PER_TASK) as store:
         now = clock.now()
         tasks = await asyncio.gather(
             *(

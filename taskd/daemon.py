@@ -38,7 +38,7 @@ from taskd.modules.registry import ModuleRegistry
 from taskd.notify import Notifier
 from taskd.scheduler import Scheduler
 from taskd.settings import Settings
-from taskd.store import DB_FILE, Store
+from taskd.store import open_store
 
 log = structlog.get_logger("taskd.daemon")
 
@@ -179,8 +179,8 @@ class Daemon:
             )
             stack.callback(watchdog.cancel)
             store = await stack.enter_async_context(
-                Store.open(
-                    daemon.state_dir / DB_FILE,
+                open_store(
+                    daemon.state_dir,
                     history_per_task=daemon.history_per_task,
                     log_entries_per_execution=daemon.log_entries_per_execution,
                 )

@@ -49,7 +49,7 @@ from taskd.model import Task
 from taskd.runner import Runner
 from taskd.scheduler import Scheduler
 from taskd.settings import ApiSettings, ListenAddress
-from taskd.store import DB_FILE, Store
+from taskd.store import DB_FILE, Store, open_store
 
 WAIT_SEC = 10.0
 
@@ -434,7 +434,7 @@ async def open_api(
     async with AsyncExitStack() as stack:
         # Log events are captured as dicts (and not rendered: a rendered traceback is slow).
         logs = stack.enter_context(capture_logs())
-        store = await stack.enter_async_context(Store.open(settings.daemon.state_dir / DB_FILE))
+        store = await stack.enter_async_context(open_store(settings.daemon.state_dir))
         engine = build_engine(
             store=store,
             modules=daemon.modules,

@@ -28,6 +28,7 @@ from taskd.modules.sleep import SleepModule
 from taskd.runner import RunEvents, Runner
 from taskd.scheduler import Scheduler, SchedulerSettings
 from taskd.store import Store
+from taskd.store.sqlite import SqliteStore
 
 WAIT_SEC = 1.5
 
@@ -285,7 +286,7 @@ async def open_engine(
     clock = clock if clock is not None else FakeClock()
     gate = GateModule()
     modules = registry(gate)
-    async with Store.open(db_path) as store:
+    async with SqliteStore.open(db_path) as store:
         built = build_engine(
             store=store,
             modules=modules,

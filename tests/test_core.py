@@ -27,9 +27,9 @@ from engine_fixtures import (
 )
 
 from taskd.core import ConfigChanges
-from taskd.errors import ActionError, ConflictError, NotFoundError, ValidationError
+from taskd.errors import ActionError, ConflictError, DeferError, NotFoundError, ValidationError
 from taskd.model import ExecutionStatus, TaskSource, TaskSpec, TaskStatus, TriggerKind
-from taskd.store import DeferError, NewExecution
+from taskd.store import NewExecution
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The SQLite store: every task, execution, log entry and deferred run, in one file.
+"""`SqliteStore`: the `Store` contract over one SQLite file (the embedded default).
 
 One aiosqlite connection, one thread. Writes go through a group-commit queue: everything
 submitted while a transaction is being written goes into the next one, so a thousand
@@ -19,7 +19,7 @@ import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,88 +37,12 @@ from taskd.model import (
     TaskStatus,
     TriggerKind,
 )
+from taskd.store.base import ClaimResult, NewExecution, SlotClaim
+from taskd.store.migrations import check_version, migrate
 
 T = TypeVar("T")
 
 DB_FILE = "taskd.db"
-
-# Each entry moves the schema from version i to i + 1 (PRAGMA user_version). Never edit a
-# released entry: append a new one, so a newer taskd opens any older file.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE tasks (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
-        source TEXT NOT NULL,
-        spec TEXT NOT NULL,
-        enabled INTEGER NOT NULL DEFAULT 1,
-        next_run_at INTEGER,
-        status TEXT NOT NULL DEFAULT 'new',
-        status_msg TEXT,
-        status_percent REAL,
-        run_started_at INTEGER,
-        run_finished_at INTEGER,
-        run_canceled_at INTEGER,
-        state TEXT,
-        version INTEGER NOT NULL DEFAULT 1,
-        last_execution_id INTEGER,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        created_by TEXT,
-        updated_by TEXT
-    );
-    CREATE INDEX tasks_due ON tasks (next_run_at) WHERE next_run_at IS NOT NULL AND enabled;
-    CREATE TABLE executions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
-        trigger TEXT NOT NULL,
-        trigger_metadata TEXT,
-        slot_at INTEGER,
-        scheduled_for INTEGER,
-        queued_at INTEGER NOT NULL,
-        started_at INTEGER,
-        finished_at INTEGER,
-        status TEXT NOT NULL,
-        status_msg TEXT,
-        progress REAL,
-        size_todo INTEGER,
-        size_done INTEGER,
-        nodes_todo INTEGER,
-        nodes_done INTEGER,
-        bandwidth REAL,
-        dispatcher TEXT,
-        attempt INTEGER NOT NULL DEFAULT 0
-    );
-    -- A schedule slot is accounted for once: run, or skipped with a reason. Never twice.
-    CREATE UNIQUE INDEX executions_slot ON executions (task_id, slot_at)
-        WHERE slot_at IS NOT NULL;
-    CREATE INDEX executions_task ON executions (task_id, id);
-    CREATE INDEX executions_active ON executions (status)
-        WHERE status IN ('queued', 'running', 'paused');
-    CREATE TABLE log_entries (
-        task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
-        idx INTEGER NOT NULL,
-        execution_id INTEGER REFERENCES executions (id) ON DELETE CASCADE,
-        level TEXT NOT NULL,
-        msg TEXT NOT NULL,
-        status_percent REAL,
-        timestamp INTEGER NOT NULL,
-        PRIMARY KEY (task_id, idx)
-    ) WITHOUT ROWID;
-    CREATE INDEX log_entries_execution ON log_entries (execution_id);
-    CREATE TABLE deferred_runs (
-        defer_id TEXT PRIMARY KEY,
-        task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
-        metadata TEXT,
-        created_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL,
-        used_at INTEGER,
-        execution_id INTEGER
-    );
-    """,
-    # Config reconciliation lists the tasks of one source on every start and reload.
-    "CREATE INDEX tasks_source ON tasks (source)",
-)
 
 _TASK_COLUMNS = (
     "id, name, source, spec, enabled, next_run_at, status, status_msg, status_percent, "
@@ -207,59 +131,18 @@ def _execution_from_row(row: Sequence[Any]) -> Execution:
     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewExecution:
-    """An execution row to insert: a run to be started, or a slot skipped with a reason."""
-
-    task_id: int
-    trigger: TriggerKind
-    status: ExecutionStatus = ExecutionStatus.QUEUED
-    status_msg: str | None = None
-    slot_at: datetime | None = None
-    scheduled_for: datetime | None = None
-    trigger_metadata: Mapping[str, Any] = field(default_factory=dict)
-    attempt: int = 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SlotClaim:
-    """Advance one task's `next_run_at` and record what its due slot(s) became, atomically.
-
-    Applied only if the task's `next_run_at` is still `expected_next_run_at` (else the task
-    was edited meanwhile and the claim is void). Rows whose slot was already accounted for
-    are not inserted again.
-    """
-
-    task_id: int
-    expected_next_run_at: datetime | None
-    next_run_at: datetime | None
-    executions: tuple[NewExecution, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimResult:
-    """What a `SlotClaim` did: `applied` is False if the task changed (or is gone).
-
-    `execution_ids` lines up with the claim's executions; None where the slot was already
-    accounted for.
-    """
-
-    applied: bool
-    execution_ids: tuple[int | None, ...] = ()
-
-
 @dataclass(slots=True)
 class _Write:
     apply: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any] | None
 
 
-class Store:
-    """All persistent state. Use `async with Store.open(path) as store:`.
+class SqliteStore:
+    """The `Store` contract (`taskd.store.base`) over one SQLite file.
 
-    Methods that change data return after their transaction committed, except the
-    `*_nowait` ones (log lines, progress), which are committed with the next batch.
-    Raises `NotFoundError` for unknown ids and `ConflictError` for refused writes.
+    Use `async with SqliteStore.open(path) as store:` (or `taskd.store.open_store`). Each
+    method's contract is in the Protocol's docstrings; what is said here is how SQLite keeps
+    it. Every write is a function run on the database thread inside a batch transaction.
     """
 
     def __init__(
@@ -276,13 +159,26 @@ class Store:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
-        # Owned by the database thread only (touched inside batch functions).
-        self._next_log_idx: dict[int, int] = {}
+        # Owned by the database thread (touched inside batch functions; the write loop
+        # only clears `_batch_log_idx` between batches).
+        # Entries logged per execution, for the cap: initialised from the database on an
+        # execution's first line in this process, then counted here. An execution is run
+        # (and so logged for) by one process only, so the count stays exact when several
+        # processes share the file; counting rows on every line would cost a scan of up to
+        # `log_entries_per_execution` index entries per line, and per dropped line after.
         self._log_count: dict[int, int] = {}
+        # A task's next log idx as read from the file, kept for the rest of one batch only
+        # (cleared before each): the batch's transaction holds the write lock, so no other
+        # writer can add lines in between, and a task's later lines in the same batch skip
+        # the lookup.
+        self._batch_log_idx: dict[int, int] = {}
+        # Executions finished per task since its last prune. Only sets how often pruning
+        # runs (see `_prune`); losing it, or another process keeping its own, changes how
+        # often, never what is kept.
         self._finished_since_prune: dict[int, int] = {}
         self.batches_written = 0
         self.last_batch_seconds = 0.0
-        # Called after each committed batch with its duration (seconds) and size (writes).
+        # Called after each batch with its duration (seconds) and size (writes).
         self.on_batch: Callable[[float, int], None] | None = None
 
     @classmethod
@@ -293,17 +189,21 @@ class Store:
         *,
         history_per_task: int = 100,
         log_entries_per_execution: int = 1000,
-    ) -> AsyncIterator[Store]:
-        """Open (creating and migrating if needed) the database at `path` and yield a Store."""
+    ) -> AsyncIterator[SqliteStore]:
+        """Open (creating directories and file, migrating if needed) the database at `path`.
+
+        Raises RuntimeError for a file of a newer schema version (left unchanged). Closing
+        commits pending `*_nowait` writes.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            await _check_version(conn)
+            await check_version(conn)
             await conn.execute("PRAGMA journal_mode = WAL")
             await conn.execute("PRAGMA synchronous = NORMAL")
             await conn.execute("PRAGMA foreign_keys = ON")
             await conn.execute("PRAGMA busy_timeout = 5000")
-            await _migrate(conn)
+            await migrate(conn)
             store = cls(
                 conn,
                 history_per_task=history_per_task,
@@ -352,6 +252,7 @@ class Store:
                     return
                 continue
             started = loop.time()
+            self._batch_log_idx.clear()  # the database thread is idle between batches
             try:
                 # One trip to the database thread per batch: aiosqlite has no public call for
                 # running a function there, and a trip per statement would cap throughput.
@@ -486,7 +387,7 @@ class Store:
         def apply(cx: sqlite3.Connection) -> None:
             if cx.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount == 0:
                 raise NotFoundError(f"task {task_id} not found")
-            self._next_log_idx.pop(task_id, None)
+            self._batch_log_idx.pop(task_id, None)
             self._finished_since_prune.pop(task_id, None)
 
         await self._submit(apply)
@@ -565,6 +466,9 @@ class Store:
         `order` holds (field, descending). Times are compared as datetimes. Raises
         ValueError for an unknown field or operator (the API validates before).
         """
+        for name in (*(name for name, _, _ in where), *(name for name, _ in order)):
+            if name not in _TASK_QUERY_SQL:
+                raise ValueError(f"unknown task field {name!r}")
         clauses, params = [], []
         for name, operator, value in where:
             column = _TASK_QUERY_SQL[name]
@@ -774,20 +678,28 @@ class Store:
         def apply(cx: sqlite3.Connection) -> None:
             entry_msg, entry_level = msg, level
             if execution_id is not None:
-                count = self._log_count.get(execution_id, 0)
+                count = self._log_count.get(execution_id)
+                if count is None:
+                    row = cx.execute(
+                        "SELECT count(*) FROM log_entries WHERE execution_id = ?",
+                        (execution_id,),
+                    ).fetchone()
+                    count = int(row[0])
                 if count > self._log_cap:
                     return
                 if count == self._log_cap:
                     entry_msg = f"log truncated: more than {self._log_cap} entries"
                     entry_level = "warning"
                 self._log_count[execution_id] = count + 1
-            idx = self._next_log_idx.get(task_id)
+            idx = self._batch_log_idx.get(task_id)
             if idx is None:
+                # From the file, inside the write transaction: one seek on the (task_id, idx)
+                # key, and right whichever process wrote the task's previous line.
                 row = cx.execute(
                     "SELECT coalesce(max(idx) + 1, 0) FROM log_entries WHERE task_id = ?",
                     (task_id,),
                 ).fetchone()
-                idx = row[0]
+                idx = int(row[0])
             try:
                 cx.execute(
                     "INSERT INTO log_entries (task_id, idx, execution_id, level, msg,"
@@ -796,7 +708,7 @@ class Store:
                 )
             except sqlite3.IntegrityError:
                 return  # the task or execution was deleted meanwhile
-            self._next_log_idx[task_id] = idx + 1
+            self._batch_log_idx[task_id] = idx + 1
 
         self._submit_nowait(apply)
 
@@ -1064,26 +976,3 @@ def _apply_batch(cx: sqlite3.Connection, batch: Iterable[_Write]) -> list[Any]:
             cx.execute("ROLLBACK")
         raise
     return results
-
-
-async def _schema_version(conn: aiosqlite.Connection) -> int:
-    row = await (await conn.execute("PRAGMA user_version")).fetchone()
-    return int(row[0]) if row else 0
-
-
-async def _check_version(conn: aiosqlite.Connection) -> None:
-    """Refuse a file written by a newer taskd before changing anything in it."""
-    version = await _schema_version(conn)
-    if version > len(MIGRATIONS):
-        raise RuntimeError(
-            f"the database has schema version {version}; this taskd knows up to "
-            f"{len(MIGRATIONS)}: upgrade taskd"
-        )
-
-
-async def _migrate(conn: aiosqlite.Connection) -> None:
-    version = await _schema_version(conn)
-    for number in range(version, len(MIGRATIONS)):
-        await conn.executescript(
-            f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; COMMIT;"
-        )

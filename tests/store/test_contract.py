@@ -1,136 +1,71 @@
-"""Contract tests of the SQLite store, each against a real database file under `tmp_path`.
+"""The Store contract suite: every test runs against each implementation (`conftest.py`).
 
-The store's docstrings are the contract. What the store writes is checked through its own
-reads and, where "committed" is the point, through a separate plain `sqlite3` connection to
-the same file, which sees committed transactions only.
+The Protocol's docstrings (`taskd/store/base.py`) are the contract. Tests talk to the store
+only through the Protocol: what a write did is checked through the store's own reads (and,
+for "committed", by closing and reopening it). Checks that look underneath, at the SQLite
+file itself, live in `test_sqlite.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from contextlib import closing
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-
-from taskd.clock import to_micros
-from taskd.errors import ConflictError, NotFoundError
-from taskd.model import ExecutionStatus, Task, TaskSource, TaskStatus, TriggerKind
-from taskd.store import (
-    MIGRATIONS,
-    ClaimResult,
-    DeferError,
-    NewExecution,
-    SlotClaim,
-    Store,
+from store_helpers import (
+    SPEC,
+    T0,
+    StoreOpener,
+    add_task,
+    at,
+    insert,
+    queue,
+    schedule_row,
+    slot_claim,
+    start,
 )
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-SPEC: dict[str, Any] = {"task_module": "sleep", "task_params": {"seconds": 1}}
-
-
-def at(seconds: float) -> datetime:
-    """Return the instant `seconds` after T0."""
-    return T0 + timedelta(seconds=seconds)
-
-
-def query(path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    """Run `sql` on a fresh plain sqlite3 connection: it sees committed data only."""
-    with closing(sqlite3.connect(path)) as cx:
-        return cx.execute(sql, params).fetchall()
-
-
-def count_rows(path: Path, table: str, task_id: int) -> int:
-    """Count the committed rows of `table` that belong to `task_id`."""
-    return int(query(path, f"SELECT count(*) FROM {table} WHERE task_id = ?", (task_id,))[0][0])
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    """The database file of one test."""
-    return tmp_path / "taskd.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    """A store with the default limits on a fresh file."""
-    async with Store.open(db_path) as opened:
-        yield opened
-
-
-def insert(store: Store, name: str, **kwargs: Any) -> Coroutine[Any, Any, Task]:
-    """Return the insert_task call of an enabled api task without a due time (overridable)."""
-    values: dict[str, Any] = {
-        "source": TaskSource.API,
-        "spec": SPEC,
-        "enabled": True,
-        "next_run_at": None,
-        "now": T0,
-    }
-    values.update(kwargs)
-    return store.insert_task(name=name, **values)
-
-
-async def add_task(store: Store, name: str = "t", **kwargs: Any) -> int:
-    """Insert a task as `insert` does and return its id."""
-    return (await insert(store, name, **kwargs)).id
-
-
-def schedule_row(task_id: int, slot: datetime) -> NewExecution:
-    """A queued execution row for the schedule slot `slot` of `task_id`."""
-    return NewExecution(task_id=task_id, trigger=TriggerKind.SCHEDULE, slot_at=slot)
-
-
-def slot_claim(
-    task_id: int, expected: datetime | None, following: datetime | None, *slots: datetime
-) -> SlotClaim:
-    """A claim moving `task_id` from `expected` to `following`, queueing `slots`."""
-    return SlotClaim(
-        task_id=task_id,
-        expected_next_run_at=expected,
-        next_run_at=following,
-        executions=tuple(schedule_row(task_id, slot) for slot in slots),
-    )
-
-
-async def queue(store: Store, task_id: int, when: datetime = T0, **kwargs: Any) -> int:
-    """Add one queued manual execution of `task_id` and return its id."""
-    [execution_id] = await store.add_executions(
-        [NewExecution(task_id=task_id, trigger=TriggerKind.MANUAL, **kwargs)], when
-    )
-    assert execution_id is not None
-    return execution_id
-
-
-async def start(store: Store, task_id: int, when: datetime = T0) -> int:
-    """Queue and start one execution of `task_id`; return its id."""
-    execution_id = await queue(store, task_id, when)
-    await store.mark_started_many([(execution_id, task_id)], when, "host-a")
-    return execution_id
-
+from taskd.clock import to_micros
+from taskd.errors import ConflictError, DeferError, NotFoundError
+from taskd.model import TASK_QUERY_FIELDS, ExecutionStatus, TaskSource, TaskStatus, TriggerKind
+from taskd.store import ClaimResult, NewExecution, SlotClaim, Store
 
 # ---------------------------------------------------------------------------------------
-# schema
+# opening, reopening, closing
 
 
-async def test_new_file_gets_current_schema_version_and_wal(store: Store, db_path: Path) -> None:
-    """A new file is migrated to user_version == len(MIGRATIONS) and put in WAL mode."""
-    assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
-    assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
-    tables = {row[0] for row in query(db_path, "SELECT name FROM sqlite_master")}
-    assert {"tasks", "executions", "log_entries", "deferred_runs"} <= tables
+async def test_reopening_keeps_data(store_opener: StoreOpener) -> None:
+    """Data committed before closing is there, unchanged, after reopening."""
+    async with store_opener() as store:
+        task_id = await add_task(store, "kept", next_run_at=at(60))
+        execution_id = await start(store, task_id)
+        before = await store.get_task(task_id)
+    async with store_opener() as store:
+        assert await store.get_task(task_id) == before
+        assert (await store.get_execution(execution_id)).status is ExecutionStatus.RUNNING
 
 
-async def test_foreign_keys_are_enforced_on_the_store_connection(
-    store: Store, db_path: Path
+async def test_writes_after_closing_are_refused(store_opener: StoreOpener) -> None:
+    """An awaited write on a closed store raises RuntimeError; a `*_nowait` one is dropped."""
+    async with store_opener() as store:
+        task_id = await add_task(store)
+    with pytest.raises(RuntimeError):
+        await store.ping()
+    with pytest.raises(RuntimeError):
+        await add_task(store, "late")
+    store.log_nowait(task_id, None, "info", "dropped", T0)
+    async with store_opener() as store:
+        assert [t.name for t in await store.list_tasks()] == ["t"]
+        assert await store.read_log(task_id) == []
+
+
+async def test_an_execution_of_a_missing_task_is_refused_with_its_whole_call(
+    store: Store,
 ) -> None:
-    """foreign_keys is on: an execution of a missing task is refused with its whole call."""
+    """add_executions naming an unknown task raises NotFoundError and inserts none of its rows."""
     task_id = await add_task(store)
     with pytest.raises(NotFoundError):
         await store.add_executions(
@@ -140,54 +75,9 @@ async def test_foreign_keys_are_enforced_on_the_store_connection(
             ],
             T0,
         )
-    assert query(db_path, "SELECT count(*) FROM executions") == [(0,)]
+    assert await store.list_executions(task_id) == []
+    assert await store.queued_executions() == []
     assert (await store.get_task(task_id)).status is TaskStatus.NEW
-
-
-async def test_open_creates_missing_directories(tmp_path: Path) -> None:
-    """Store.open creates the parent directories of a new database file."""
-    path = tmp_path / "state" / "taskd" / "taskd.db"
-    async with Store.open(path) as store:
-        await add_task(store)
-    assert query(path, "SELECT name FROM tasks") == [("t",)]
-
-
-async def test_reopening_keeps_data_and_schema(db_path: Path) -> None:
-    """Data written before closing is there after reopening; the schema is not re-applied."""
-    async with Store.open(db_path) as store:
-        task_id = await add_task(store, "kept", next_run_at=at(60))
-        execution_id = await start(store, task_id)
-        before = await store.get_task(task_id)
-    async with Store.open(db_path) as store:
-        assert await store.get_task(task_id) == before
-        assert (await store.get_execution(execution_id)).status is ExecutionStatus.RUNNING
-    assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
-
-
-async def test_an_older_file_is_migrated_and_keeps_its_data(db_path: Path) -> None:
-    """A file at schema version 1 gets the later migrations on open; its tasks stay."""
-    async with Store.open(db_path) as store:
-        task_id = await add_task(store, "old")
-    with closing(sqlite3.connect(db_path)) as cx:
-        cx.execute("DROP INDEX tasks_source")
-        cx.execute("PRAGMA user_version = 1")
-    async with Store.open(db_path) as store:
-        assert (await store.get_task(task_id)).name == "old"
-    assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
-    indexes = query(db_path, "SELECT name FROM sqlite_master WHERE name = 'tasks_source'")
-    assert indexes == [("tasks_source",)]
-
-
-async def test_newer_schema_version_is_refused(db_path: Path) -> None:
-    """A file with a higher user_version than this taskd knows is refused, and not migrated."""
-    newer = len(MIGRATIONS) + 1
-    with closing(sqlite3.connect(db_path)) as cx:
-        cx.execute(f"PRAGMA user_version = {newer}")
-    with pytest.raises(RuntimeError, match=rf"schema version {newer}.*upgrade taskd"):
-        async with Store.open(db_path):
-            pytest.fail("a newer database was opened")
-    assert query(db_path, "PRAGMA user_version") == [(newer,)]
-    assert query(db_path, "SELECT name FROM sqlite_master") == []
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,27 +139,6 @@ async def test_list_tasks_filters_by_source_and_pages(store: Store) -> None:
         api_ids[1:3]
     )
     assert await store.count_tasks() == 10
-
-
-async def test_duplicate_name_is_a_conflict_and_changes_nothing(
-    store: Store, db_path: Path
-) -> None:
-    """Inserting a taken name raises ConflictError; the stored task and the count stay."""
-    first = await store.insert_task(
-        name="dup", source=TaskSource.API, spec=SPEC, enabled=True, next_run_at=None, now=T0
-    )
-    with pytest.raises(ConflictError, match="dup"):
-        await store.insert_task(
-            name="dup",
-            source=TaskSource.CONFIG,
-            spec={"task_module": "shell"},
-            enabled=False,
-            next_run_at=at(1),
-            now=at(1),
-        )
-    assert await store.get_task(first.id) == first
-    assert await store.count_tasks() == 1
-    assert query(db_path, "SELECT count(*) FROM tasks") == [(1,)]
 
 
 async def test_update_bumps_version(store: Store) -> None:
@@ -344,25 +213,6 @@ async def test_unknown_task_id_is_not_found(store: Store) -> None:
     assert await store.count_tasks() == 0
 
 
-async def test_delete_cascades_executions_log_and_defers(store: Store, db_path: Path) -> None:
-    """Deleting a task removes its executions, log entries and deferred runs, nothing else."""
-    doomed, kept = await add_task(store, "doomed"), await add_task(store, "kept")
-    for task_id in (doomed, kept):
-        execution_id = await start(store, task_id)
-        store.log_nowait(task_id, execution_id, "info", "hello", T0)
-        store.log_nowait(task_id, None, "info", "task-level", T0)
-        await store.create_defer(task_id, {"k": 1}, T0, at(3600))
-    await store.flush()
-    tables = ("executions", "log_entries", "deferred_runs")
-    assert [count_rows(db_path, t, doomed) for t in tables] == [1, 2, 1]
-    await store.delete_task(doomed)
-    assert [count_rows(db_path, t, doomed) for t in tables] == [0, 0, 0]
-    assert [count_rows(db_path, t, kept) for t in tables] == [1, 2, 1]
-    assert query(db_path, "SELECT id FROM tasks") == [(kept,)]
-    with pytest.raises(NotFoundError):
-        await store.get_task(doomed)
-
-
 async def test_get_tasks_many_ids_across_chunks(store: Store) -> None:
     """get_tasks returns every existing task among more than 500 ids, and skips unknown ids."""
     tasks = await asyncio.gather(*(insert(store, f"m{i}") for i in range(1203)))
@@ -390,50 +240,167 @@ async def test_due_index_lists_enabled_scheduled_tasks_only(store: Store) -> Non
     assert (await store.get_task(due)).version == 1  # the server's own update: no bump
 
 
-async def test_save_state_round_trip(db_path: Path) -> None:
+async def test_save_state_round_trip(store_opener: StoreOpener) -> None:
     """save_state stores JSON that get_task returns, across a reopen; None clears it."""
     state = {"cursor": 17, "done": ["a", "b"], "nested": {"x": 1.5, "ok": True, "none": None}}
-    async with Store.open(db_path) as store:
+    async with store_opener() as store:
         task_id = await add_task(store, "s")
         await store.save_state(task_id, state)
         assert (await store.get_task(task_id)).state == state
-    async with Store.open(db_path) as store:
+    async with store_opener() as store:
         assert (await store.get_task(task_id)).state == state
         await store.save_state(task_id, None)
         assert (await store.get_task(task_id)).state is None
 
 
-# ---------------------------------------------------------------------------------------
-# durability and group commit
+async def test_duplicate_name_is_a_conflict_and_changes_nothing(store: Store) -> None:
+    """Inserting a taken name raises ConflictError; the stored task and the count stay."""
+    first = await store.insert_task(
+        name="dup", source=TaskSource.API, spec=SPEC, enabled=True, next_run_at=None, now=T0
+    )
+    with pytest.raises(ConflictError, match="dup"):
+        await store.insert_task(
+            name="dup",
+            source=TaskSource.CONFIG,
+            spec={"task_module": "shell"},
+            enabled=False,
+            next_run_at=at(1),
+            now=at(1),
+        )
+    assert await store.get_task(first.id) == first
+    assert await store.count_tasks() == 1
+    assert await store.list_tasks() == [first]
 
 
-async def test_awaited_write_is_committed(store: Store, db_path: Path) -> None:
-    """Once `await insert_task(...)` returns, another connection sees the row."""
-    task_id = await add_task(store, "acked")
-    assert query(db_path, "SELECT id, name FROM tasks") == [(task_id, "acked")]
-    await store.save_state(task_id, {"n": 1})
-    assert query(db_path, "SELECT state FROM tasks") == [('{"n":1}',)]
-
-
-async def test_nowait_writes_are_committed_by_flush(store: Store, db_path: Path) -> None:
-    """log/progress/status `*_nowait` writes are visible to another connection after flush()."""
-    task_id = await add_task(store)
-    execution_id = await start(store, task_id)
-    store.log_nowait(task_id, execution_id, "info", "one", at(1))
-    store.progress_nowait(execution_id, task_id, {"progress": 50.0})
-    store.set_running_status_nowait(execution_id, task_id, ExecutionStatus.PAUSED)
+async def test_delete_removes_executions_log_and_defers(store: Store) -> None:
+    """Deleting a task removes its executions, log entries and deferred runs, nothing else."""
+    doomed, kept = await add_task(store, "doomed"), await add_task(store, "kept")
+    runs, defers = {}, {}
+    for task_id in (doomed, kept):
+        runs[task_id] = await start(store, task_id)
+        store.log_nowait(task_id, runs[task_id], "info", "hello", T0)
+        store.log_nowait(task_id, None, "info", "task-level", T0)
+        defers[task_id] = await store.create_defer(task_id, {"k": 1}, T0, at(3600))
     await store.flush()
-    assert query(db_path, "SELECT msg FROM log_entries") == [("one",)]
-    assert query(db_path, "SELECT progress, status FROM executions") == [(50.0, "paused")]
-    assert query(db_path, "SELECT status_percent, status FROM tasks") == [(50.0, "paused")]
+    await store.delete_task(doomed)
+    with pytest.raises(NotFoundError):
+        await store.get_task(doomed)
+    with pytest.raises(NotFoundError):
+        await store.get_execution(runs[doomed])
+    assert await store.list_executions(doomed) == []
+    assert await store.read_log(doomed) == []
+    with pytest.raises(DeferError):
+        await store.use_defer(defers[doomed], at(1))
+    assert [t.id for t in await store.list_tasks()] == [kept]
+    assert [e.id for e in await store.list_executions(kept)] == [runs[kept]]
+    assert [e.msg for e in await store.read_log(kept)] == ["hello", "task-level"]
+    assert await store.use_defer(defers[kept], at(1)) == (kept, {"k": 1})
 
 
-async def test_closing_commits_pending_nowait_writes(db_path: Path) -> None:
-    """Leaving the store's context commits `*_nowait` writes still pending."""
-    async with Store.open(db_path) as store:
-        task_id = await add_task(store)
-        store.log_nowait(task_id, None, "info", "last words", T0)
-    assert query(db_path, "SELECT msg FROM log_entries") == [("last words",)]
+async def test_server_updates_of_an_unknown_task_change_nothing(store: Store) -> None:
+    """set_next_run_at and save_state of an unknown id neither raise nor create a task."""
+    await store.set_next_run_at(404, at(1))
+    await store.save_state(404, {"n": 1})
+    assert await store.count_tasks() == 0
+    assert await store.due_index() == []
+
+
+async def test_get_task_with_last_execution(store: Store) -> None:
+    """It returns None for an unknown id, (task, None) before any run, then the last run."""
+    assert await store.get_task_with_last_execution(404) is None
+    task_id = await add_task(store)
+    assert await store.get_task_with_last_execution(task_id) == (
+        await store.get_task(task_id),
+        None,
+    )
+    first = await start(store, task_id)
+    await store.finish(first, task_id, ExecutionStatus.DONE, "fine", at(1))
+    second = await start(store, task_id, at(2))
+    found = await store.get_task_with_last_execution(task_id)
+    assert found is not None
+    task, last = found
+    assert task == await store.get_task(task_id)
+    assert task.last_execution_id == second
+    assert last == await store.get_execution(second)
+
+
+async def test_query_tasks_filters_orders_pages_and_counts(store: Store) -> None:
+    """query_tasks applies every condition, sorts by the fields then id, pages, and counts."""
+    specs = {
+        "alpha": {"task_module": "sleep", "options": {"priority": 5}},
+        "beta": {"task_module": "shell", "workflow_type": "copy", "options": {"priority": 1}},
+        "gamma": {"task_module": "sleep", "workflow_type": "copy"},
+        "delta": {"task_module": "http", "workflow_action": "sync", "options": {"priority": 5}},
+    }
+    ids = {
+        name: await add_task(store, name, spec=spec, next_run_at=at(n * 10), now=at(n))
+        for n, (name, spec) in enumerate(specs.items())
+    }
+    await start(store, ids["gamma"])
+
+    async def names(**kwargs: Any) -> tuple[list[str], int]:
+        tasks, total = await store.query_tasks(**kwargs)
+        return [t.name for t in tasks], total
+
+    assert await names() == (["alpha", "beta", "gamma", "delta"], 4)
+    assert await names(where=[("task_module", "=", "sleep")]) == (["alpha", "gamma"], 2)
+    assert await names(where=[("workflow_type", "=", "copy"), ("name", "!=", "beta")]) == (
+        ["gamma"],
+        1,
+    )
+    assert await names(where=[("name", "like", "%mm%")]) == (["gamma"], 1)
+    assert await names(where=[("name", "like", "_e%")]) == (["beta", "delta"], 2)
+    assert await names(where=[("id", "in", [ids["beta"], ids["delta"], 999])]) == (
+        ["beta", "delta"],
+        2,
+    )
+    assert await names(where=[("status", "=", "running")]) == (["gamma"], 1)
+    assert await names(where=[("next_run_at", ">=", at(10)), ("next_run_at", "<", at(30))]) == (
+        ["beta", "gamma"],
+        2,
+    )
+    assert await names(where=[("created_at", "<=", at(1))]) == (["alpha", "beta"], 2)
+    assert await names(where=[("workflow_action", "=", "sync")]) == (["delta"], 1)
+    # Unset priority counts as 0; ties are broken by id.
+    assert await names(order=[("priority", True)]) == (["alpha", "delta", "beta", "gamma"], 4)
+    assert await names(order=[("priority", False), ("name", True)]) == (
+        ["gamma", "beta", "delta", "alpha"],
+        4,
+    )
+    assert await names(where=[("priority", ">", 0)], order=[("name", False)], limit=2) == (
+        ["alpha", "beta"],
+        3,
+    )
+    assert await names(order=[("name", False)], limit=2, offset=3) == (["gamma"], 4)
+    tasks, total = await store.query_tasks(limit=1, with_total=False)
+    assert ([t.name for t in tasks], total) == (["alpha"], -1)
+
+
+async def test_query_tasks_accepts_every_query_field(store: Store) -> None:
+    """Each of model.TASK_QUERY_FIELDS can be filtered and sorted on."""
+    await add_task(store, "one", next_run_at=at(1))
+    for name in sorted(TASK_QUERY_FIELDS):
+        tasks, total = await store.query_tasks(
+            where=[(name, "in", [])], order=[(name, True), (name, False)]
+        )
+        assert (tasks, total) == ([], 0), name
+        tasks, total = await store.query_tasks(order=[(name, True)])
+        assert total == len(tasks) == 1, name
+
+
+async def test_query_tasks_refuses_unknown_fields_and_operators(store: Store) -> None:
+    """An unknown field (in `where` or `order`) or operator raises ValueError."""
+    await add_task(store)
+    with pytest.raises(ValueError, match="spec"):
+        await store.query_tasks(where=[("spec", "=", "x")])
+    with pytest.raises(ValueError, match="spec"):
+        await store.query_tasks(order=[("spec", False)])
+    with pytest.raises(ValueError, match="~"):
+        await store.query_tasks(where=[("name", "~", "x")])
+
+
+# ---------------------------------------------------------------------------------------
+# durability
 
 
 async def test_flush_with_nothing_pending_returns(store: Store) -> None:
@@ -442,42 +409,54 @@ async def test_flush_with_nothing_pending_returns(store: Store) -> None:
         await store.flush()
 
 
-async def test_flush_returns_while_other_writes_keep_coming(store: Store, db_path: Path) -> None:
-    """flush() returns once earlier writes committed, even if new writes keep arriving."""
+async def test_nowait_writes_are_visible_after_flush(store: Store) -> None:
+    """log/progress/status `*_nowait` writes can be read back once flush() returns."""
     task_id = await add_task(store)
+    execution_id = await start(store, task_id)
+    store.log_nowait(task_id, execution_id, "info", "one", at(1))
+    store.progress_nowait(execution_id, task_id, {"progress": 50.0})
+    store.set_running_status_nowait(execution_id, task_id, ExecutionStatus.PAUSED)
+    await store.flush()
+    assert [e.msg for e in await store.read_log(task_id)] == ["one"]
+    execution = await store.get_execution(execution_id)
+    assert (execution.progress, execution.status) == (50.0, ExecutionStatus.PAUSED)
+    task = await store.get_task(task_id)
+    assert (task.status_percent, task.status) == (50.0, TaskStatus.PAUSED)
+
+
+async def test_closing_commits_pending_nowait_writes(store_opener: StoreOpener) -> None:
+    """Leaving the store's context commits `*_nowait` writes still pending."""
+    async with store_opener() as store:
+        task_id = await add_task(store)
+        store.log_nowait(task_id, None, "info", "last words", T0)
+    async with store_opener() as store:
+        assert [e.msg for e in await store.read_log(task_id)] == ["last words"]
+
+
+async def test_flush_returns_while_writes_of_others_keep_coming(store: Store) -> None:
+    """flush() returns once earlier writes committed, even if new writes keep arriving."""
+    chatty, quiet = await add_task(store, "chatty"), await add_task(store, "quiet")
 
     async def chatter() -> None:
         for n in range(20_000):
-            store.log_nowait(task_id, None, "debug", f"chatter {n}", T0)
+            store.log_nowait(chatty, None, "debug", f"chatter {n}", T0)
             await asyncio.sleep(0)
 
     producer = asyncio.create_task(chatter())
     try:
         await asyncio.sleep(0)
-        store.log_nowait(task_id, None, "info", "marker", T0)
+        store.log_nowait(quiet, None, "info", "marker", T0)
         await store.flush()
-        assert query(db_path, "SELECT count(*) FROM log_entries WHERE msg = 'marker'") == [(1,)]
+        assert [e.msg for e in await store.read_log(quiet)] == ["marker"]
         assert not producer.done(), "flush() returned only after the stream of writes ended"
     finally:
         await producer
 
 
-async def test_concurrent_writes_share_few_transactions(store: Store, db_path: Path) -> None:
-    """500 concurrent writes are all committed, in far fewer transactions than writes."""
-    before = store.batches_written
-    tasks = await asyncio.gather(*(insert(store, f"c{i}", next_run_at=at(i)) for i in range(500)))
-    batches = store.batches_written - before
-    assert 1 <= batches <= 10, batches
-    assert len({task.id for task in tasks}) == 500
-    assert query(db_path, "SELECT count(*) FROM tasks") == [(500,)]
-    assert await store.count_tasks() == 500
-
-
-async def test_a_refused_write_fails_alone_in_its_batch(store: Store, db_path: Path) -> None:
-    """A duplicate-name insert among 50 good ones in one batch fails; the 50 commit."""
+async def test_a_refused_write_fails_alone_among_concurrent_ones(store: Store) -> None:
+    """Refused writes submitted together with good ones raise; the good ones commit."""
     original = await store.get_task(await add_task(store, "taken"))
     other = await add_task(store, "other")
-    before = store.batches_written
     names = [f"g{i}" for i in range(25)] + ["taken"] + [f"g{i}" for i in range(25, 50)]
     results = await asyncio.gather(
         *(insert(store, name, spec={"n": name}, now=at(1)) for name in names),
@@ -487,7 +466,6 @@ async def test_a_refused_write_fails_alone_in_its_batch(store: Store, db_path: P
         store.delete_task(404),
         return_exceptions=True,
     )
-    assert store.batches_written - before == 1, "precondition: all writes in one batch"
     errors = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
     assert sorted(errors) == [25, 51, 52]
     assert isinstance(errors[25], ConflictError)
@@ -495,24 +473,24 @@ async def test_a_refused_write_fails_alone_in_its_batch(store: Store, db_path: P
     assert isinstance(errors[52], NotFoundError)
     assert await store.get_task(original.id) == original
     assert (await store.get_task(other)).version == 1
-    committed = {row[0] for row in query(db_path, "SELECT name FROM tasks")}
+    committed = {task.name for task in await store.list_tasks()}
     assert committed == {"taken", "other", *(f"g{i}" for i in range(50))}
+
+
+async def test_commits_are_counted_and_reported(store: Store) -> None:
+    """batches_written grows with each commit; on_batch gets each one's seconds and writes."""
+    reported: list[tuple[float, int]] = []
+    store.on_batch = lambda seconds, writes: reported.append((seconds, writes))
+    before = store.batches_written
+    await asyncio.gather(*(insert(store, f"b{i}") for i in range(20)))
+    await store.ping()
+    assert store.batches_written - before == len(reported) >= 2
+    assert sum(writes for _, writes in reported) == 21
+    assert all(seconds >= 0 for seconds, _ in reported)
 
 
 # ---------------------------------------------------------------------------------------
 # claims
-
-
-async def test_claim_applies_only_if_next_run_at_still_matches(store: Store, db_path: Path) -> None:
-    """A claim naming a stale next_run_at is void: ClaimResult(applied=False), nothing written."""
-    task_id = await add_task(store, next_run_at=at(60))
-    stale = slot_claim(task_id, at(30), at(120), at(60))
-    missing = slot_claim(404, None, at(1))
-    assert await store.claim([stale, missing], T0) == [ClaimResult(False), ClaimResult(False)]
-    task = await store.get_task(task_id)
-    assert task.next_run_at == at(60)
-    assert task.status is TaskStatus.NEW
-    assert query(db_path, "SELECT count(*) FROM executions") == [(0,)]
 
 
 async def test_claim_advances_next_run_at_and_queues_the_slot(store: Store) -> None:
@@ -553,33 +531,6 @@ async def test_claims_are_independent_within_one_call(store: Store) -> None:
     assert results == [ClaimResult(True, ()), ClaimResult(False)]
     assert (await store.get_task(a)).next_run_at == at(20)
     assert (await store.get_task(b)).next_run_at == at(10)
-
-
-async def test_a_slot_is_never_inserted_twice(store: Store, db_path: Path) -> None:
-    """A second row for the same (task, slot_at), by claim or add_executions, yields None."""
-    task_id = await add_task(store, next_run_at=at(60))
-    other = await add_task(store, "other")
-    [first] = await store.claim([slot_claim(task_id, at(60), at(120), at(60))], T0)
-    [second] = await store.claim([slot_claim(task_id, at(120), at(180), at(60), at(120))], T0)
-    assert first.applied
-    assert second.applied
-    assert first.execution_ids[0] is not None
-    assert second.execution_ids[0] is None
-    assert second.execution_ids[1] is not None
-    rows = [
-        schedule_row(task_id, at(60)),
-        schedule_row(other, at(60)),
-        schedule_row(task_id, at(180)),
-    ]
-    ids = await store.add_executions(rows, T0)
-    assert ids[0] is None
-    assert ids[1] is not None  # the same instant of another task is another slot
-    assert ids[2] is not None
-    assert (await store.get_task(task_id)).next_run_at == at(180)
-    slots = query(
-        db_path, "SELECT slot_at FROM executions WHERE task_id = ? ORDER BY id", (task_id,)
-    )
-    assert slots == [(to_micros(at(60)),), (to_micros(at(120)),), (to_micros(at(180)),)]
 
 
 async def test_rows_without_slot_are_never_deduplicated(store: Store) -> None:
@@ -624,6 +575,33 @@ async def test_a_queued_row_does_not_hide_a_running_one(store: Store) -> None:
     [result] = await store.claim([slot_claim(task_id, None, None, at(2))], at(2))
     assert result.applied
     assert (await store.get_task(task_id)).status is TaskStatus.RUNNING
+
+
+async def test_a_void_claim_writes_nothing(store: Store) -> None:
+    """A claim naming a stale next_run_at, or an unknown task, inserts no row."""
+    task_id = await add_task(store, next_run_at=at(60))
+    stale = slot_claim(task_id, at(30), at(120), at(60))
+    missing = slot_claim(404, None, at(1), at(1))
+    assert await store.claim([stale, missing], T0) == [ClaimResult(False), ClaimResult(False)]
+    assert (await store.get_task(task_id)).next_run_at == at(60)
+    assert await store.list_executions(task_id) == []
+    assert await store.list_executions(404) == []
+    assert await store.queued_executions() == []
+
+
+async def test_a_slot_is_never_stored_twice(store: Store) -> None:
+    """A second row for the same (task, slot_at), by claim or add_executions, yields None."""
+    task_id = await add_task(store, next_run_at=at(60))
+    other = await add_task(store, "other")
+    [first] = await store.claim([slot_claim(task_id, at(60), at(120), at(60))], T0)
+    [second] = await store.claim([slot_claim(task_id, at(120), at(180), at(60), at(120))], T0)
+    assert first.execution_ids[0] is not None
+    assert second.execution_ids[0] is None
+    rows = [schedule_row(task_id, at(60)), schedule_row(other, at(60))]
+    assert (await store.add_executions(rows, T0))[0] is None
+    stored = reversed(await store.list_executions(task_id))
+    assert [e.slot_at for e in stored] == [at(60), at(120)]
+    assert [e.slot_at for e in await store.list_executions(other)] == [at(60)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -852,13 +830,34 @@ async def test_late_pause_does_not_change_a_finished_task(store: Store) -> None:
     assert (await store.get_task(task_id)).status is TaskStatus.DONE
 
 
+async def test_get_executions_and_list_executions(store: Store) -> None:
+    """get_executions returns the existing ones by id; list_executions pages newest first."""
+    task_id, other = await add_task(store), await add_task(store, "other")
+    ids = [await queue(store, task_id, at(n)) for n in range(5)]
+    elsewhere = await queue(store, other)
+    found = await store.get_executions([ids[1], elsewhere, 999_999])
+    assert found == {
+        ids[1]: await store.get_execution(ids[1]),
+        elsewhere: await store.get_execution(elsewhere),
+    }
+    assert await store.get_executions([]) == {}
+    assert [e.id for e in await store.list_executions(task_id)] == ids[::-1]
+    assert [e.id for e in await store.list_executions(task_id, limit=2, offset=1)] == [
+        ids[3],
+        ids[2],
+    ]
+    assert await store.list_executions(404) == []
+
+
 # ---------------------------------------------------------------------------------------
 # log
 
 
-async def test_log_idx_counts_per_task_across_executions_and_reopen(db_path: Path) -> None:
+async def test_log_idx_counts_per_task_across_executions_and_reopen(
+    store_opener: StoreOpener,
+) -> None:
     """idx counts from 0 per task, continues across executions and after reopening."""
-    async with Store.open(db_path) as store:
+    async with store_opener() as store:
         a, b = await add_task(store, "a"), await add_task(store, "b")
         first = await start(store, a)
         for n in range(3):
@@ -874,7 +873,7 @@ async def test_log_idx_counts_per_task_across_executions_and_reopen(db_path: Pat
             (3, "a3"),
         ]
         assert [(e.idx, e.msg) for e in await store.read_log(b)] == [(0, "b0")]
-    async with Store.open(db_path) as store:
+    async with store_opener() as store:
         store.log_nowait(a, None, "info", "a4", at(9))
         store.log_nowait(b, None, "info", "b1", at(9))
         await store.flush()
@@ -908,9 +907,9 @@ async def test_read_log_offset_limit_and_execution_filter(store: Store) -> None:
     assert await store.read_log(404) == []
 
 
-async def test_log_is_capped_per_execution(db_path: Path) -> None:
+async def test_log_is_capped_per_execution(store_opener: StoreOpener) -> None:
     """Past log_entries_per_execution, one 'log truncated' warning is kept and the rest dropped."""
-    async with Store.open(db_path, log_entries_per_execution=5) as store:
+    async with store_opener(log_entries_per_execution=5) as store:
         task_id = await add_task(store)
         capped = await start(store, task_id)
         for n in range(20):
@@ -934,10 +933,10 @@ async def test_log_is_capped_per_execution(db_path: Path) -> None:
 
 
 async def test_ids_of_deleted_tasks_and_executions_are_not_issued_again(
-    db_path: Path,
+    store_opener: StoreOpener,
 ) -> None:
     """After a delete, new tasks and executions get new ids, and a full log allowance."""
-    async with Store.open(db_path, log_entries_per_execution=5) as store:
+    async with store_opener(log_entries_per_execution=5) as store:
         old_task = await add_task(store, "old")
         old = await start(store, old_task)
         for n in range(10):
@@ -958,46 +957,101 @@ async def test_ids_of_deleted_tasks_and_executions_are_not_issued_again(
         assert [e.msg for e in await store.read_log(new_task)] == [f"new {n}" for n in range(5)]
 
 
+async def test_log_idx_of_each_task_follows_submission_order(store: Store) -> None:
+    """Lines of several tasks submitted together get each task's next indices, in order."""
+    a, b = await add_task(store, "a"), await add_task(store, "b")
+    for n in range(6):
+        store.log_nowait((a, b)[n % 3 == 0], None, "info", f"m{n}", at(n))
+    await store.flush()
+    assert [(e.idx, e.msg) for e in await store.read_log(a)] == [
+        (0, "m1"),
+        (1, "m2"),
+        (2, "m4"),
+        (3, "m5"),
+    ]
+    assert [(e.idx, e.msg) for e in await store.read_log(b)] == [(0, "m0"), (1, "m3")]
+
+
+async def test_log_idx_after_a_task_was_deleted(store_opener: StoreOpener) -> None:
+    """A task created after another was deleted logs from idx 0; other tasks go on counting,
+    in the same store and after reopening it."""
+    async with store_opener() as store:
+        doomed, kept = await add_task(store, "doomed"), await add_task(store, "kept")
+        for n in range(3):
+            store.log_nowait(doomed, None, "info", f"d{n}", at(n))
+            store.log_nowait(kept, None, "info", f"k{n}", at(n))
+        await store.flush()
+        await store.delete_task(doomed)
+        reborn = await add_task(store, "doomed")
+        store.log_nowait(reborn, None, "info", "r0", at(5))
+        store.log_nowait(kept, None, "info", "k3", at(5))
+        await store.flush()
+        assert [(e.idx, e.msg) for e in await store.read_log(reborn)] == [(0, "r0")]
+    async with store_opener() as store:
+        store.log_nowait(reborn, None, "info", "r1", at(6))
+        store.log_nowait(kept, None, "info", "k4", at(6))
+        await store.flush()
+        assert [(e.idx, e.msg) for e in await store.read_log(reborn)] == [(0, "r0"), (1, "r1")]
+        assert [e.idx for e in await store.read_log(kept)] == [0, 1, 2, 3, 4]
+
+
+async def test_log_idx_goes_on_after_history_was_pruned(store_opener: StoreOpener) -> None:
+    """Pruning old runs with their lines never makes a task's log indices start again."""
+    async with store_opener(history_per_task=2) as store:
+        task_id = await add_task(store)
+        for n in range(10):
+            execution_id = await start(store, task_id, at(n))
+            store.log_nowait(task_id, execution_id, "info", f"run {n}", at(n))
+            await store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(n))
+        store.log_nowait(task_id, None, "info", "after", at(20))
+        await store.flush()
+        entries = await store.read_log(task_id)
+        assert len(entries) < 11, "precondition: old runs and their lines were pruned"
+        assert (entries[-1].idx, entries[-1].msg) == (10, "after")
+
+
+async def test_log_cap_holds_across_reopening(store_opener: StoreOpener) -> None:
+    """An execution's lines written before a reopen count towards its cap after it."""
+    async with store_opener(log_entries_per_execution=5) as store:
+        task_id = await add_task(store)
+        execution_id = await start(store, task_id)
+        for n in range(3):
+            store.log_nowait(task_id, execution_id, "info", f"before {n}", at(n))
+    async with store_opener(log_entries_per_execution=5) as store:
+        for n in range(10):
+            store.log_nowait(task_id, execution_id, "info", f"after {n}", at(10 + n))
+        await store.flush()
+        entries = await store.read_log(task_id, execution_id=execution_id)
+    assert [e.msg for e in entries[:5]] == [
+        "before 0",
+        "before 1",
+        "before 2",
+        "after 0",
+        "after 1",
+    ]
+    assert len(entries) == 6
+    assert entries[5].level == "warning"
+    assert entries[5].msg.startswith("log truncated")
+
+
+async def test_log_lines_of_unknown_tasks_and_executions_are_dropped(store: Store) -> None:
+    """A line naming a missing task or execution is dropped and takes no index."""
+    task_id = await add_task(store)
+    store.log_nowait(404, None, "info", "no task", T0)
+    store.log_nowait(task_id, 999_999, "info", "no execution", T0)
+    store.log_nowait(task_id, None, "info", "kept", at(1))
+    await store.flush()
+    assert await store.read_log(404) == []
+    assert [(e.idx, e.msg) for e in await store.read_log(task_id)] == [(0, "kept")]
+
+
 # ---------------------------------------------------------------------------------------
 # history retention
 
 
-async def test_history_is_pruned_to_the_newest_executions(db_path: Path) -> None:
-    """With history_per_task=10, 50 finished runs leave at most 11, the newest, with their log."""
-    async with Store.open(db_path, history_per_task=10) as store:
-        task_id = await add_task(store)
-        other = await add_task(store, "other")
-        other_run = await start(store, other)
-        await store.finish(other_run, other, ExecutionStatus.DONE, None, T0)
-        old_queued = await queue(store, task_id)
-        old_running = await start(store, task_id)
-        finished = []
-        for n in range(50):
-            execution_id = await start(store, task_id, at(n))
-            store.log_nowait(task_id, execution_id, "info", f"run {n}", at(n))
-            await store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(n))
-            finished.append(execution_id)
-        await store.flush()
-        kept = [e.id for e in await store.list_executions(task_id, limit=1000)]
-        kept_finished = [i for i in kept if i in finished]
-        assert 10 <= len(kept_finished) <= 11
-        assert sorted(kept_finished) == finished[-len(kept_finished) :]
-        assert old_queued in kept
-        assert old_running in kept
-        log_executions = {e.execution_id for e in await store.read_log(task_id, limit=1000)}
-        assert log_executions == set(kept_finished)
-        assert [e.id for e in await store.list_executions(other)] == [other_run]
-    orphans = query(
-        db_path,
-        "SELECT count(*) FROM log_entries WHERE execution_id IS NOT NULL"
-        " AND execution_id NOT IN (SELECT id FROM executions)",
-    )
-    assert orphans == [(0,)]
-
-
-async def test_history_bound_holds_within_ten_percent(tmp_path: Path) -> None:
+async def test_history_bound_holds_within_ten_percent(store_opener: StoreOpener) -> None:
     """With history_per_task=20, the kept finished runs never exceed 22 while runs finish."""
-    async with Store.open(tmp_path / "h.db", history_per_task=20) as store:
+    async with store_opener(history_per_task=20) as store:
         task_id = await add_task(store)
         for n in range(60):
             execution_id = await start(store, task_id, at(n))
@@ -1071,16 +1125,6 @@ async def test_get_execution_of_unknown_id_is_not_found(store: Store) -> None:
 # deferred runs
 
 
-async def test_defer_is_used_once(store: Store, db_path: Path) -> None:
-    """use_defer returns the task and metadata once; a second use raises DeferError."""
-    task_id = await add_task(store)
-    defer_id = await store.create_defer(task_id, {"reason": "later", "n": [1]}, T0, at(3600))
-    assert await store.use_defer(defer_id, at(10)) == (task_id, {"reason": "later", "n": [1]})
-    with pytest.raises(DeferError, match="used"):
-        await store.use_defer(defer_id, at(11))
-    assert query(db_path, "SELECT used_at FROM deferred_runs") == [(to_micros(at(10)),)]
-
-
 async def test_defer_ids_are_unguessable(store: Store) -> None:
     """Defer ids are long random tokens, all different, not derived from the task id."""
     task_id = await add_task(store)
@@ -1088,30 +1132,6 @@ async def test_defer_ids_are_unguessable(store: Store) -> None:
     assert len(set(ids)) == 20
     assert all(len(defer_id) >= 16 for defer_id in ids)
     assert all(str(task_id) != defer_id for defer_id in ids)
-
-
-async def test_unknown_and_expired_defers_are_refused(store: Store, db_path: Path) -> None:
-    """An unknown or expired defer id raises DeferError and marks nothing used."""
-    task_id = await add_task(store)
-    defer_id = await store.create_defer(task_id, {}, T0, at(60))
-    with pytest.raises(DeferError, match="unknown"):
-        await store.use_defer("no-such-id", at(1))
-    with pytest.raises(DeferError, match="expired"):
-        await store.use_defer(defer_id, at(60))
-    with pytest.raises(DeferError, match="expired"):
-        await store.use_defer(defer_id, at(61))
-    assert query(db_path, "SELECT used_at FROM deferred_runs") == [(None,)]
-    assert await store.use_defer(await store.create_defer(task_id, {}, T0, at(60)), at(59)) == (
-        task_id,
-        {},
-    )
-
-
-async def test_defer_of_an_unknown_task_is_not_found(store: Store, db_path: Path) -> None:
-    """create_defer for an unknown task raises NotFoundError and writes nothing."""
-    with pytest.raises(NotFoundError):
-        await store.create_defer(404, {}, T0, at(60))
-    assert query(db_path, "SELECT count(*) FROM deferred_runs") == [(0,)]
 
 
 async def test_defer_of_a_deleted_task_is_unknown(store: Store) -> None:

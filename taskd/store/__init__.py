@@ -1,0 +1,39 @@
+"""Persistent state: the `Store` contract (`base.py`) and the factory that opens a store.
+
+Everything outside this package types its store as `Store` and opens it with `open_store`;
+only this module and `sqlite.py` name the SQLite implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from taskd.store.base import ClaimResult, NewExecution, SlotClaim, Store
+from taskd.store.sqlite import DB_FILE, SqliteStore
+
+__all__ = ["DB_FILE", "ClaimResult", "NewExecution", "SlotClaim", "Store", "open_store"]
+
+
+@asynccontextmanager
+async def open_store(
+    state_dir: Path,
+    *,
+    history_per_task: int = 100,
+    log_entries_per_execution: int = 1000,
+) -> AsyncIterator[Store]:
+    """Open the store of a state directory (`state_dir / DB_FILE`, created and migrated if
+    needed) and close it on exit, committing pending `*_nowait` writes.
+
+    `history_per_task`: finished executions kept per task (within 10 %);
+    `log_entries_per_execution`: log entries kept per execution. Raises RuntimeError for a
+    database of a newer schema version than this taskd knows, OSError if the directory
+    cannot be created.
+    """
+    async with SqliteStore.open(
+        state_dir / DB_FILE,
+        history_per_task=history_per_task,
+        log_entries_per_execution=log_entries_per_execution,
+    ) as store:
+        yield store

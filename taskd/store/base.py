@@ -1,0 +1,387 @@
+"""The Store contract: everything durable taskd keeps, as one Protocol and its records.
+
+Every storage backend (SQLite today, PostgreSQL later) implements `Store` and passes the one
+contract suite in `tests/store/test_contract.py`. Nothing here names a storage technology:
+the records are plain data, times are aware datetimes (returned in UTC), JSON values are
+plain Python values.
+
+Durability, for every implementation:
+
+- An awaited method that changes data returns only after its change is committed: it
+  survives a crash of the process (kill -9) from then on. If it raises, it changed nothing.
+- A `*_nowait` method only queues its change: it is committed with the store's next write
+  transaction, in submission order, and at the latest by the next `flush()` or when the
+  store is closed. Its errors are never reported (the row it names is gone, say): they are
+  best-effort records of a run (log lines, progress, pause state), not commands.
+- Writes are applied in the order they were submitted (awaited and `*_nowait` alike).
+- Each method's change is atomic: all of it is committed, or none of it.
+
+Errors: `NotFoundError` for an unknown task / execution id where the method says so,
+`ConflictError` for a write refused by a uniqueness or version rule, `DeferError` for an
+unusable defer id; `RuntimeError` for an awaited write after the store was closed (a
+`*_nowait` one is dropped then). Anything else (the disk is full, the server is gone)
+propagates as the backend raised it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from taskd.model import Execution, ExecutionStatus, LogEntry, Task, TaskSource, TriggerKind
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewExecution:
+    """An execution row to insert: a run to be started, or a slot skipped with a reason."""
+
+    task_id: int
+    trigger: TriggerKind
+    status: ExecutionStatus = ExecutionStatus.QUEUED
+    status_msg: str | None = None
+    slot_at: datetime | None = None
+    scheduled_for: datetime | None = None
+    trigger_metadata: Mapping[str, Any] = field(default_factory=dict)
+    attempt: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotClaim:
+    """Advance one task's `next_run_at` and record what its due slot(s) became, atomically.
+
+    Applied only if the task's `next_run_at` is still `expected_next_run_at` (else the task
+    was edited meanwhile and the claim is void). Rows whose slot was already accounted for
+    are not inserted again.
+    """
+
+    task_id: int
+    expected_next_run_at: datetime | None
+    next_run_at: datetime | None
+    executions: tuple[NewExecution, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """What a `SlotClaim` did: `applied` is False if the task changed (or is gone).
+
+    `execution_ids` lines up with the claim's executions; None where the slot was already
+    accounted for.
+    """
+
+    applied: bool
+    execution_ids: tuple[int | None, ...] = ()
+
+
+class Store(Protocol):
+    """All persistent state of taskd: tasks, executions, log entries, deferred runs.
+
+    Opened and closed as an async context manager by the backend's factory (`open_store`);
+    closing commits whatever `*_nowait` writes are still pending. See the module docstring
+    for what "committed" and "atomic" promise. Ids (task, execution) are issued by the store,
+    increase, and are never issued again, not even after their row was deleted.
+    """
+
+    # -- writes and their commit ---------------------------------------------------------
+
+    on_batch: Callable[[float, int], None] | None
+    """Called (if set) after each write transaction ends (committed, or failed whole) with
+    its duration in seconds and the number of writes it held; on the event loop, so it must
+    be quick (metrics)."""
+
+    @property
+    def batches_written(self) -> int:
+        """How many write transactions ran since the store was opened.
+
+        A store that groups concurrent writes into one transaction (group commit) counts
+        fewer transactions than writes; one that does not counts one per write.
+        """
+        ...
+
+    async def flush(self) -> None:
+        """Return once every write submitted before this call (`*_nowait` ones included) is
+        committed. Writes submitted later do not delay it. A refused write among them does
+        not make it raise (its own awaiter gets the error); a transaction that cannot
+        commit does, with that error."""
+        ...
+
+    async def ping(self) -> None:
+        """Commit an empty write: proves the store takes writes (health checks). Raises
+        whatever stops the store from writing."""
+        ...
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def insert_task(
+        self,
+        *,
+        name: str,
+        source: TaskSource,
+        spec: Mapping[str, Any],
+        enabled: bool,
+        next_run_at: datetime | None,
+        now: datetime,
+        by: str | None = None,
+    ) -> Task:
+        """Insert a new task, status `new`, version 1, created and updated `now` by `by`.
+
+        Returns the stored task (with its new id). Raises ConflictError if the name is taken
+        (nothing is written).
+        """
+        ...
+
+    async def update_task(
+        self,
+        task_id: int,
+        *,
+        spec: Mapping[str, Any],
+        enabled: bool,
+        next_run_at: datetime | None,
+        now: datetime,
+        by: str | None = None,
+        name: str | None = None,
+        expected_version: int | None = None,
+    ) -> Task:
+        """Replace a task's definition (and its name, if given) and bump its version by one.
+
+        Creation data, status and run data stay. With `expected_version`, the write applies
+        only if the stored version equals it. Returns the task as committed. Raises
+        NotFoundError for an unknown id, ConflictError for a version mismatch or a name
+        taken by another task; either way nothing is written.
+        """
+        ...
+
+    async def set_next_run_at(self, task_id: int, next_run_at: datetime | None) -> None:
+        """Set a task's next due time without a version bump (the server's own update).
+
+        An unknown id changes nothing and raises nothing.
+        """
+        ...
+
+    async def delete_task(self, task_id: int) -> None:
+        """Delete a task with its executions, log entries and deferred runs, atomically.
+
+        Raises NotFoundError if there is no such task.
+        """
+        ...
+
+    async def get_task(self, task_id: int) -> Task:
+        """Return the committed task with id `task_id`. Raises NotFoundError if there is none."""
+        ...
+
+    async def get_tasks(self, task_ids: Sequence[int]) -> dict[int, Task]:
+        """Return the tasks among `task_ids` that exist, keyed by id (unknown ids left out).
+
+        Any number of ids is fine; an empty sequence returns {}.
+        """
+        ...
+
+    async def get_task_with_last_execution(
+        self, task_id: int
+    ) -> tuple[Task, Execution | None] | None:
+        """Return a task with its `last_execution_id` execution (None if it has none or it
+        was pruned), read consistently; None if there is no such task."""
+        ...
+
+    async def find_task(self, name: str) -> Task | None:
+        """Return the task called `name`, or None."""
+        ...
+
+    async def list_tasks(
+        self,
+        *,
+        source: TaskSource | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Task]:
+        """Return tasks ordered by id, only those of `source` if given; skip `offset`, at most
+        `limit` (None: all)."""
+        ...
+
+    async def query_tasks(
+        self,
+        *,
+        where: Sequence[tuple[str, str, Any]] = (),
+        order: Sequence[tuple[str, bool]] = (),
+        limit: int | None = None,
+        offset: int = 0,
+        with_total: bool = True,
+    ) -> tuple[list[Task], int]:
+        """Return one page of tasks and the total count matching all conditions (-1 without
+        `with_total`, which saves the count).
+
+        `where` holds (field, operator, value) with a field of `model.TASK_QUERY_FIELDS` and
+        an operator of `=`, `!=`, `<`, `<=`, `>`, `>=`, `in` (value a list) or `like`
+        (SQL-style `%` and `_`); `order` holds (field, descending), ties broken by id
+        ascending. Times are compared as datetimes; `priority` is 0 where unset. Raises
+        ValueError for an unknown field or operator (the API validates both before).
+        """
+        ...
+
+    async def count_tasks(self) -> int:
+        """Return how many tasks are stored."""
+        ...
+
+    async def due_index(self) -> list[tuple[int, int]]:
+        """Return (next_run_at in microseconds since the epoch, task id) of every enabled task
+        with a `next_run_at`, in no particular order (the scheduler heapifies it)."""
+        ...
+
+    async def due_entry(self, task_id: int) -> tuple[int, int] | None:
+        """Return (next_run_at in microseconds, task id) of one task if it is enabled and has
+        a `next_run_at`, else None (unknown ids too)."""
+        ...
+
+    async def save_state(self, task_id: int, state: Mapping[str, Any] | None) -> None:
+        """Store a task's module state (JSON; None clears it) for a later resume.
+
+        An unknown id changes nothing and raises nothing.
+        """
+        ...
+
+    # -- slots and executions -------------------------------------------------------------
+
+    async def claim(self, claims: Sequence[SlotClaim], now: datetime) -> list[ClaimResult]:
+        """Apply slot claims (see `SlotClaim`) in one atomic write; one result per claim.
+
+        Each claim is applied or void on its own (void: its task is gone or its
+        `next_run_at` is no longer the expected one; nothing of it is written). An applied
+        claim sets the task's `next_run_at`, inserts its rows (`queued_at = now`; a
+        (task, `slot_at`) pair already stored is not inserted again: its id is None), and
+        a queued row makes the task `queued` unless it is `running` or `paused`. Skipped
+        rows count towards the history bound.
+        """
+        ...
+
+    async def add_executions(
+        self, executions: Sequence[NewExecution], now: datetime
+    ) -> list[int | None]:
+        """Insert execution rows (manual runs, retries, skipped slots) in one atomic write.
+
+        Returns their ids in order (None for a (task, `slot_at`) already stored; rows
+        without `slot_at` are never deduplicated). `queued_at` is `now`; a `skipped` row is
+        also finished at `now`. Queued rows make their task `queued` unless it is `running`
+        or `paused`. Raises NotFoundError if a task does not exist (nothing is written).
+        """
+        ...
+
+    async def mark_started_many(
+        self, started: Sequence[tuple[int, int]], started_at: datetime, dispatcher: str
+    ) -> None:
+        """Record that executions (execution id, task id) start now, in one atomic write.
+
+        Only `queued` executions start (others stay as they are): they become `running` with
+        `started_at` and `dispatcher`; their tasks become `running` with this execution as
+        the last one, `run_started_at` set and the other run fields cleared. An empty
+        sequence does nothing.
+        """
+        ...
+
+    def set_running_status_nowait(
+        self, execution_id: int, task_id: int, status: ExecutionStatus
+    ) -> None:
+        """Queue a pause or resume (`paused` / `running`) of a running or paused execution,
+        and of its task if the task shows it. An execution that has ended stays as it is.
+        Committed with the next write transaction."""
+        ...
+
+    def progress_nowait(self, execution_id: int, task_id: int, fields: Mapping[str, Any]) -> None:
+        """Queue progress fields of an execution: `progress` (a percent, also shown as the
+        task's `status_percent` while it is the task's last execution), `size_todo`,
+        `size_done`, `nodes_todo`, `nodes_done`, `bandwidth`; other keys are ignored.
+        Committed with the next write transaction."""
+        ...
+
+    def log_nowait(
+        self,
+        task_id: int,
+        execution_id: int | None,
+        level: str,
+        msg: str,
+        at: datetime,
+        status_percent: float | None = None,
+    ) -> None:
+        """Queue a log entry of a task (and of an execution, if given).
+
+        Its `idx` is allocated when it is committed, from what is stored: 0 for a task's
+        first entry, one more than its latest entry after that (across executions, reopens
+        and processes sharing the store). An execution's entries past
+        `log_entries_per_execution` are dropped, after one final `warning` entry saying
+        so; entries without an execution are never capped. An entry of a deleted task or
+        execution is dropped. Committed with the next write transaction.
+        """
+        ...
+
+    async def finish(
+        self,
+        execution_id: int,
+        task_id: int,
+        status: ExecutionStatus,
+        status_msg: str | None,
+        finished_at: datetime,
+    ) -> None:
+        """Record how a queued, running or paused execution ended, atomically with its task.
+
+        The task takes the ending (status, message, `run_finished_at`, `run_canceled_at` if
+        `canceled`, 100 % if `done`, `last_execution_id`) unless a newer execution of it is
+        running or paused; a `skipped` ending gives a `queued` task back the status of its
+        last run (`new` if none) once no other row of it waits. Then old history is pruned:
+        at most `history_per_task` finished executions per task are kept (within 10 %), the
+        newest, with their log entries. An execution that ended already (or an unknown id)
+        stays as it is: an ending is recorded once.
+        """
+        ...
+
+    async def recover_interrupted(self, now: datetime) -> list[Execution]:
+        """Mark every `running` or `paused` execution `error` "interrupted", finished `now`,
+        and its task likewise if it shows it; one atomic write. Returns them as they are now,
+        oldest first (for the retry policy). Only for start-up, when no execution runs."""
+        ...
+
+    async def queued_executions(self) -> list[Execution]:
+        """Return every `queued` execution, oldest (lowest id) first."""
+        ...
+
+    async def get_execution(self, execution_id: int) -> Execution:
+        """Return one execution. Raises NotFoundError if there is none (or it was pruned)."""
+        ...
+
+    async def get_executions(self, execution_ids: Sequence[int]) -> dict[int, Execution]:
+        """Return the executions among `execution_ids` that exist, keyed by id."""
+        ...
+
+    async def list_executions(
+        self, task_id: int, *, limit: int = 50, offset: int = 0
+    ) -> list[Execution]:
+        """Return a task's executions, newest first, paged ([] for an unknown task)."""
+        ...
+
+    async def read_log(
+        self,
+        task_id: int,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        execution_id: int | None = None,
+    ) -> list[LogEntry]:
+        """Return a task's committed log entries with `idx >= offset`, oldest first, at most
+        `limit`, only those of `execution_id` if given ([] for an unknown task)."""
+        ...
+
+    # -- deferred runs --------------------------------------------------------------------
+
+    async def create_defer(
+        self, task_id: int, metadata: Mapping[str, Any], now: datetime, expires_at: datetime
+    ) -> str:
+        """Record a deferred run of a task and return its unguessable `defer_id` (random,
+        at least 16 characters). Raises NotFoundError for an unknown task."""
+        ...
+
+    async def use_defer(self, defer_id: str, now: datetime) -> tuple[int, dict[str, Any]]:
+        """Mark a deferred run used and return (task id, metadata); once only, atomically.
+
+        Raises DeferError if the id is unknown (or its task was deleted), used already, or
+        expired (`expires_at <= now`); nothing is written then.
+        """
+        ...

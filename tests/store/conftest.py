@@ -1,0 +1,52 @@
+"""The store under test: one fixture per implementation, one parametrized fixture over them.
+
+Contract tests (`test_contract.py`) take `store` (a fresh, open store) or `store_opener`
+(to open one with other limits, or to close and reopen the same database) and see nothing
+but the `Store` Protocol. Each implementation is a fixture named `<param>_opener`; it joins
+the suite with one entry in `STORE_IMPLEMENTATIONS` (as APScheduler 4's `datastore` fixture
+does for its stores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import pytest
+from store_helpers import StoreOpener
+
+from taskd.store import Store, open_store
+
+STORE_IMPLEMENTATIONS = ["sqlite"]
+
+
+@pytest.fixture
+def sqlite_opener(tmp_path: Path) -> StoreOpener:
+    """Open the SQLite store of a state directory under `tmp_path`, as the daemon does."""
+    state_dir = tmp_path / "state"
+
+    def opener(
+        *, history_per_task: int = 100, log_entries_per_execution: int = 1000
+    ) -> AbstractAsyncContextManager[Store]:
+        return open_store(
+            state_dir,
+            history_per_task=history_per_task,
+            log_entries_per_execution=log_entries_per_execution,
+        )
+
+    return opener
+
+
+@pytest.fixture(params=STORE_IMPLEMENTATIONS)
+def store_opener(request: pytest.FixtureRequest) -> StoreOpener:
+    """Open a store of the implementation under test (keywords: its limits)."""
+    opener: StoreOpener = request.getfixturevalue(f"{request.param}_opener")
+    return opener
+
+
+@pytest.fixture
+async def store(store_opener: StoreOpener) -> AsyncIterator[Store]:
+    """A store with the default limits on a fresh database."""
+    async with store_opener() as opened:
+        yield opened
