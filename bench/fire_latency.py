@@ -42,12 +42,12 @@ from _common import (
 )
 
 from taskd.clock import SystemClock, from_micros
+from taskd.engine import EngineSettings, build_engine
 from taskd.model import TaskSource
 from taskd.modules.base import ModuleContext
 from taskd.modules.registry import ModuleRegistry
-from taskd.runner import Runner
 from taskd.schedule import format_utc
-from taskd.scheduler import Scheduler, SchedulerSettings
+from taskd.scheduler import SchedulerSettings
 from taskd.store import DB_FILE, open_store
 from taskd.taskspec import validate_task_spec
 
@@ -174,16 +174,18 @@ async def _measure(k: int, args: argparse.Namespace, directory: Path) -> RunResu
             if due_s - time.time() >= args.lead / 2:
                 break
             lead *= 2
-        runner = Runner(
-            store=store, modules=modules, clock=clock, max_running=k, stop_grace_sec=1.0
+        engine = build_engine(
+            store=store,
+            modules=modules,
+            clock=clock,
+            settings=EngineSettings(
+                max_running=k,
+                stop_grace_sec=1.0,
+                scheduler=SchedulerSettings(lookahead_sec=args.lookahead),
+            ),
         )
+        runner, scheduler = engine.runner, engine.scheduler
         async with runner:
-            scheduler = Scheduler(
-                store=store,
-                runner=runner,
-                clock=clock,
-                settings=SchedulerSettings(lookahead_sec=args.lookahead),
-            )
             profiler = cProfile.Profile() if args.profile else None
             if profiler is not None:
                 profiler.enable()

@@ -46,13 +46,12 @@ from _common import (
 )
 
 from taskd.clock import SystemClock
-from taskd.core import Core
+from taskd.engine import EngineSettings, build_engine
 from taskd.model import Job, Task, TaskSource, TriggerKind
 from taskd.modules.base import ModuleContext, Trigger
 from taskd.modules.registry import ModuleRegistry
 from taskd.runner import Runner
 from taskd.schedule import format_utc
-from taskd.scheduler import Scheduler
 from taskd.store import DB_FILE, NewExecution, Store, open_store
 from taskd.taskspec import validate_task_spec
 
@@ -139,24 +138,15 @@ async def _drive(args: argparse.Namespace, db_path: Path) -> RunResult:
                 for i in range(args.tasks)
             )
         )
-        runner = Runner(
+        engine = build_engine(
             store=store,
             modules=modules,
             clock=clock,
-            max_running=args.max_running,
-            stop_grace_sec=1.0,
+            settings=EngineSettings(max_running=args.max_running, stop_grace_sec=1.0),
         )
+        runner, scheduler, core = engine.runner, engine.scheduler, engine.core
         async with runner:
-            scheduler = Scheduler(store=store, runner=runner, clock=clock)
             await scheduler.start()
-            core = Core(
-                store=store,
-                scheduler=scheduler,
-                runner=runner,
-                modules=modules,
-                clock=clock,
-                default_timezone="UTC",
-            )
             in_flight: set[asyncio.Task[Any]] = set()
             failures: list[BaseException] = []
 
