@@ -498,11 +498,13 @@ def _http_url(value: Any, path: str) -> str:
 
 
 def _timezone(value: Any, path: str) -> str:
+    """An IANA zone name, returned in its canonical spelling (`europe/berlin` is taken)."""
     name = string()(value, path)
     errors: list[FieldError] = []
-    if load_timezone(name, path, errors) is None:
+    zone = load_timezone(name, path, errors)
+    if zone is None:
         raise ValidationError(errors)
-    return name
+    return zone.key
 
 
 def _listen_address(value: Any, path: str) -> ListenAddress:

@@ -40,6 +40,7 @@ from taskd.errors import FieldError, ValidationError, join_path
 from taskd.model import TaskSpec
 from taskd.settings import DEFAULT_STATE_DIR, SOCKET_NAME, resolve_path
 from taskd.taskspec import validate_task_spec
+from taskd.validate import did_you_mean
 
 __all__ = [
     "Client",
@@ -999,7 +1000,7 @@ async def apply(client: Client, out: Output, tasks: TaskFile) -> None:
     known = {module["name"] for module in modules["modules"]}
     unknown = [
         f"{tasks.source}: {item.path}.task_module: unknown module {item.spec.task_module!r} "
-        f"(the daemon has: {', '.join(sorted(known))})"
+        f"(the daemon has: {', '.join(sorted(known))}){did_you_mean(item.spec.task_module, known)}"
         for item in tasks.tasks
         if item.spec.task_module not in known
     ]

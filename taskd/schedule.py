@@ -26,13 +26,23 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from functools import cache
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter  # type: ignore[import-untyped]
 
 from taskd.errors import FieldError, ValidationError, join_path
-from taskd.validate import Check, Fields, collect, fail, member, suggest, unknown_field_reason
+from taskd.validate import (
+    Check,
+    Fields,
+    collect,
+    did_you_mean,
+    fail,
+    member,
+    suggest,
+    unknown_field_reason,
+)
 
 __all__ = [
     "WEEKDAY_NAMES",
@@ -603,11 +613,13 @@ def parse_schedule(
         schedule = _parse_calendar(raw, default_timezone, path, errors)
     else:
         extra = sorted(str(key) for key in raw.keys() - _CALENDAR_ALLOWED)
-        reason = (
-            "is empty: give at least one of days_of_month, hours, minutes, weekdays, "
-            "or a cron expression, or interval_sec"
-        )
-        errors.append(FieldError(path, reason))
+        # `{"hour": [9]}` is a typo, not an empty schedule: its "did you mean" says it all.
+        if not any(suggest(key, _ANY_ALLOWED) for key in extra):
+            reason = (
+                "is empty: give at least one of days_of_month, hours, minutes, weekdays, "
+                "or a cron expression, or interval_sec"
+            )
+            errors.append(FieldError(path, reason))
         errors.extend(
             FieldError(join_path(path, key), unknown_field_reason(key, _ANY_ALLOWED))
             for key in extra
@@ -637,12 +649,25 @@ def _parse_timezone(
 
 
 def load_timezone(name: str, path: str, errors: list[FieldError]) -> ZoneInfo | None:
-    """Return the zone called `name`, or add an error at `path` and return None."""
+    """Return the zone called `name`, or add an error at `path` and return None.
+
+    A name that differs from a known one only in case is that zone: the result's `key` is
+    the canonical spelling (`europe/berlin` gives `Europe/Berlin`), whatever the file
+    system. An unknown name's error suggests the closest known one.
+    """
+    canonical = _zone_spellings().get(name.lower(), name)
     try:
-        return ZoneInfo(name)
+        return ZoneInfo(canonical)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        errors.append(FieldError(path, f"unknown time zone {name!r}"))
+        hint = did_you_mean(name, _zone_spellings().values())
+        errors.append(FieldError(path, f"unknown time zone {name!r}{hint}"))
         return None
+
+
+@cache
+def _zone_spellings() -> dict[str, str]:
+    """Every known zone name by its lowercase form; read once, on first need."""
+    return {zone.lower(): zone for zone in available_timezones()}
 
 
 def _parse_dst(
@@ -713,9 +738,9 @@ def _weekday(value: Any, path: str) -> int:
     return index
 
 
-def _normalized_source(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The calendar schedule's JSON form: lists sorted without duplicates, weekdays in
-    their canonical spelling (`monday` for `Mon`)."""
+def _normalized_source(raw: Mapping[str, Any], timezone: ZoneInfo) -> dict[str, Any]:
+    """The calendar schedule's JSON form: lists sorted without duplicates, weekdays and the
+    zone in their canonical spelling (`monday` for `Mon`, `Europe/Berlin`)."""
     source: dict[str, Any] = {}
     for key, value in raw.items():
         if key in {"hours", "minutes", "days_of_month"}:
@@ -723,6 +748,8 @@ def _normalized_source(raw: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "weekdays":
             given = {_WEEKDAY_SPELLINGS[name.lower()] for name in value}
             value = [name for index, name in enumerate(WEEKDAY_NAMES) if index in given]
+        elif key == "timezone":
+            value = timezone.key
         source[key] = value
     return source
 
@@ -750,7 +777,7 @@ def _parse_calendar(
         timezone=tz,
         dst_gap=gap,
         dst_fold=fold,
-        source=_normalized_source(raw),
+        source=_normalized_source(raw, tz),
     )
 
 
@@ -955,7 +982,7 @@ def _parse_cron(
         timezone=tz,
         dst_gap=gap,
         dst_fold=fold,
-        source=dict(raw),
+        source={**raw, "timezone": tz.key} if "timezone" in raw else dict(raw),
     )
 
 

@@ -554,11 +554,39 @@ def test_invalid_daemon_timezone_is_reported_once() -> None:
     assert [error.path for error in errors_of(text)] == ["daemon.timezone"]
 
 
+@pytest.mark.parametrize(
+    ("text", "path", "hint"),
+    [
+        ('[daemon]\ntimezone = "Europe/Berln"\n', "daemon.timezone", "'Europe/Berlin'"),
+        (
+            '[[api.keys]]\nname = "ops"\nkey_file = "k"\nscopes = ["tasks/indx"]\n',
+            "api.keys[0].scopes[0]",
+            "'tasks/index'",
+        ),
+        (MINIMAL_TASK + 'options = { overlap = "skp" }\n', "task[t].options.overlap", "'skip'"),
+    ],
+    ids=["zone", "scope", "overlap"],
+)
+def test_misspelt_names_get_a_suggestion(text: str, path: str, hint: str) -> None:
+    """Zones, scopes and choice values suggest the closest known name (issue 9.8)."""
+    (error,) = errors_of(text)
+    assert error.path == path
+    assert error.reason.endswith(f"; did you mean {hint}?")
+
+
+def test_time_zone_in_another_case_is_taken_canonical() -> None:
+    """`daemon.timezone = "europe/berlin"` is Europe/Berlin (issue 9.8)."""
+    assert parse('[daemon]\ntimezone = "europe/berlin"\n').daemon.timezone == "Europe/Berlin"
+
+
 def test_known_modules_hook() -> None:
     """With known_modules an unknown module is an error; without it, any name passes."""
     text = '[[task]]\nname = "t"\ntask_module = "shel"\n'
     assert errors_of(text, known_modules={"shell", "http"}) == [
-        FieldError("task[t].task_module", "unknown module 'shel'; known modules: http, shell")
+        FieldError(
+            "task[t].task_module",
+            "unknown module 'shel'; did you mean 'shell'? known modules: http, shell",
+        )
     ]
     assert parse(text).tasks[0].task_module == "shel"
 

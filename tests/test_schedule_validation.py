@@ -48,9 +48,40 @@ def test_hour_out_of_range_exact_message() -> None:
 
 
 def test_unknown_time_zone_exact_message() -> None:
-    """A misspelt zone reads `schedules[0].timezone: unknown time zone 'Europe/Berln'`."""
+    """A misspelt zone reads `schedules[0].timezone: unknown time zone 'Europe/Berln'`, and
+    suggests the zone it most likely meant (issue 9.8)."""
     error = only_error([{"hours": [9], "timezone": "Europe/Berln"}])
-    assert str(error) == "schedules[0].timezone: unknown time zone 'Europe/Berln'"
+    assert str(error) == (
+        "schedules[0].timezone: unknown time zone 'Europe/Berln'; did you mean 'Europe/Berlin'?"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"hours": [9], "timezone": "europe/berlin"},
+        {"cron": "0 9 * * *", "timezone": "EUROPE/BERLIN"},
+    ],
+    ids=["calendar", "cron"],
+)
+def test_time_zone_in_another_case_is_stored_canonical(raw: dict[str, Any]) -> None:
+    """A zone name that differs only in case is that zone, kept in its canonical spelling."""
+    schedule = parse_schedule(raw)
+    assert schedule.to_json()["timezone"] == "Europe/Berlin"
+    assert schedule == parse_schedule({**raw, "timezone": "Europe/Berlin"})
+
+
+def test_misspelt_criterion_is_one_error_with_a_suggestion() -> None:
+    """`{"hour": [9]}` is a typo, not an empty schedule: one error, "did you mean 'hours'"."""
+    error = only_error([{"hour": [9]}])
+    assert error.path == "schedules[0].hour"
+    assert error.reason.startswith("unknown field; did you mean 'hours'?")
+
+
+def test_misspelt_weekday_suggests_the_name() -> None:
+    """A misspelt calendar weekday suggests the closest name."""
+    error = only_error([{"weekdays": ["wensday"]}])
+    assert error.reason.endswith("did you mean 'wednesday'?")
 
 
 def test_str_of_validation_error_lists_every_problem() -> None:
