@@ -847,6 +847,8 @@ def _cron_field_problem(text: str, spec: _CronField) -> str | None:
     """Return why taskd refuses one cron field, naming the field, or None."""
     for item in text.split(","):
         base, slash, step = item.partition("/")
+        if not base:
+            return f"{spec.name}: {text!r} has an empty item"
         values = [] if base in {"*", "?"} else base.split("-", 1)
         if _CRON_EXTENSION.search(item) or any(_CRON_EXTENSION.search(v) for v in values):
             names = f", names ({spec.names[0]}-{spec.names[-1]})" if spec.names else ""
@@ -858,18 +860,18 @@ def _cron_field_problem(text: str, spec: _CronField) -> str | None:
         if base == "?" and spec.name not in {"day of month", "day of week"}:
             return f"{spec.name}: '?' is allowed only in day of month and day of week"
         if slash:
-            if not step.isdigit():
+            if not (step.isascii() and step.isdigit()):
                 return f"{spec.name}: the step in {item!r} must be a whole number"
             if int(step) == 0:
                 return f"{spec.name}: step 0 in {item!r} never advances; use a step of 1 or more"
         for value in values:
-            if value.isdigit():
+            if value.isascii() and value.isdigit():
                 if not spec.low <= int(value) <= spec.high:
                     return f"{spec.name}: {int(value)} is not in {spec.low}..{spec.high}"
             elif _CRON_WORD.fullmatch(value) and value.lower() not in spec.names:
                 return _cron_name_problem(text, value, spec)
             elif not _CRON_WORD.fullmatch(value):
-                return f"{spec.name}: {value!r} in {item!r} is not a number"
+                return f"{spec.name}: {item!r} is not a number, a name, a range or a step"
     return None
 
 

@@ -316,6 +316,9 @@ def test_bad_cron(expression: str, reason: str) -> None:
         ("0 0 L * *", "day of month: 'L' uses an extension taskd cannot evaluate exactly"),
         ("H * * * *", "minute: 'H' uses an extension"),
         ("mon * * * *", "minute: 'mon' is not a number (names are for month and day of week)"),
+        ("1-2-3 * * * *", "minute: '1-2-3' is not a number, a name, a range or a step"),
+        ("1,,2 * * * *", "minute: '1,,2' has an empty item"),
+        ("\u00b2 * * * *", "minute: '\u00b2' is not a number, a name, a range or a step"),
     ],
 )
 def test_cron_refusal_names_the_field(expression: str, reason: str) -> None:
