@@ -2,11 +2,12 @@
 
 `load_config` / `parse_config` build a `Settings` snapshot or raise `ValidationError` with every
 problem found, each at an attribute path (`daemon.max_running`, `api.keys[0].scopes[1]`,
-`task[nightly-backup].options.overlap`, `task[2].schedules[0].hours[1]`). A task is named by
-`task[<name>]` when its name is valid and unique in the file, else by `task[<index>]`
-(0-based, in file order); each is checked by the one task validator the API shares
-(`taskd.taskspec`). Unknown keys are errors everywhere except inside the opaque JSON values
-(`task_params`, `frontend_prefs`, `metadata`), so a typo never passes silently.
+`task[nightly-backup].options.overlap`, `task #3 (line 40).schedules[0].hours[1]`). A task is
+named by `task[<name>]` when its name is valid and unique in the file, else by its position
+counted from 1 and the line of its `[[task]]` header (`task #3 (line 40)`); each is checked
+by the one task validator the API shares (`taskd.taskspec`). Unknown keys are errors
+everywhere except inside the opaque JSON values (`task_params`, `frontend_prefs`,
+`metadata`), so a typo never passes silently.
 
 Relative paths in the file (`state_dir`, `unix_socket`, `key_file`, `password_file`,
 `secret_file`, `ca_file`) are relative to the directory of the config file, not to the working
@@ -47,7 +48,13 @@ from taskd.settings import (
     WebhookSettings,
     resolve_path,
 )
-from taskd.taskspec import check_name, email_address, task_paths, validate_task_spec
+from taskd.taskspec import (
+    check_name,
+    email_address,
+    task_header_lines,
+    task_paths,
+    validate_task_spec,
+)
 from taskd.validate import (
     Check,
     Fields,
@@ -143,8 +150,10 @@ def parse_config(
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise _syntax_error(error, text, source) from None
+    tasks = raw.get("task")
     return _build_settings(
         raw,
+        task_lines=task_header_lines(text, len(tasks)) if isinstance(tasks, list) else None,
         source=source,
         base_dir=base_dir,
         known_modules=known_modules,
@@ -159,6 +168,7 @@ def parse_config(
 def _build_settings(
     raw: Mapping[str, Any],
     *,
+    task_lines: list[int] | None,
     source: str,
     base_dir: Path,
     known_modules: Collection[str] | None,
@@ -178,7 +188,7 @@ def _build_settings(
     daemon = _daemon_settings(daemon_raw, "daemon", base_dir, directories.state, errors)
     socket_dir = directories.runtime or daemon.state_dir
     api = _api_settings(api_raw, "api", base_dir, socket_dir, errors)
-    tasks = _task_specs(tasks_raw, "task", daemon.timezone, known_modules, errors)
+    tasks = _task_specs(tasks_raw, "task", task_lines, daemon.timezone, known_modules, errors)
     smtp = None if smtp_raw is None else _smtp_settings(smtp_raw, "smtp", base_dir, errors)
     notify = _notify_settings(notify_raw, "notify", base_dir, errors)
     if errors:
@@ -392,11 +402,12 @@ def _events(value: Any, path: str) -> frozenset[str]:
 def _task_specs(
     raw: list[Any],
     path: str,
+    lines: list[int] | None,
     default_timezone: str,
     known_modules: Collection[str] | None,
     errors: list[FieldError],
 ) -> tuple[TaskSpec, ...]:
-    paths, name_errors = task_paths(raw, path)
+    paths, name_errors = task_paths(raw, path, lines=lines)
     errors.extend(name_errors)
     specs: list[TaskSpec] = []
     for item, item_path in zip(raw, paths, strict=True):
@@ -498,11 +509,13 @@ def _http_url(value: Any, path: str) -> str:
 
 
 def _timezone(value: Any, path: str) -> str:
+    """An IANA zone name, returned in its canonical spelling (`europe/berlin` is taken)."""
     name = string()(value, path)
     errors: list[FieldError] = []
-    if load_timezone(name, path, errors) is None:
+    zone = load_timezone(name, path, errors)
+    if zone is None:
         raise ValidationError(errors)
-    return name
+    return zone.key
 
 
 def _listen_address(value: Any, path: str) -> ListenAddress:

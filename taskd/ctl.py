@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import tomllib
-from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,7 +38,8 @@ from taskd.api.render import SPEC_FIELDS
 from taskd.errors import FieldError, ValidationError, join_path
 from taskd.model import TaskSpec
 from taskd.settings import DEFAULT_STATE_DIR, SOCKET_NAME, resolve_path
-from taskd.taskspec import validate_task_spec
+from taskd.taskspec import task_header_lines, task_paths, validate_task_spec
+from taskd.validate import did_you_mean
 
 __all__ = [
     "Client",
@@ -887,8 +887,12 @@ def read_task_file(path: Path, stdin: TextIO | None = None) -> TaskFile:
         raise InvalidInputError(f"cannot read {source}: {_reason(error)}") from None
     except UnicodeDecodeError as error:
         raise InvalidInputError(f"{source}: not UTF-8 text (offset {error.start})") from None
-    items = _json_tasks(text, source) if _looks_like_json(path, text) else _toml_tasks(text, source)
-    tasks, errors = _check_tasks(items)
+    if _looks_like_json(path, text):
+        items, lines = _json_tasks(text, source), None
+    else:
+        items = _toml_tasks(text, source)
+        lines = task_header_lines(text, len(items))
+    tasks, errors = _check_tasks(items, lines)
     if errors:
         raise InvalidInputError(*(f"{source}: {error}" for error in errors))
     return TaskFile(source, tasks)
@@ -934,22 +938,16 @@ def _toml_tasks(text: str, source: str) -> list[Any]:
     return items
 
 
-def _check_tasks(items: list[Any]) -> tuple[tuple[FileTask, ...], list[FieldError]]:
-    """Validate each item as the config file's `[[task]]` is validated, named the same way:
-    `task[<name>]` when the name is valid and unique, else `task[<index>]`.
+def _check_tasks(
+    items: list[Any], lines: list[int] | None
+) -> tuple[tuple[FileTask, ...], list[FieldError]]:
+    """Validate each item as the config file's `[[task]]` is validated, named the same way
+    (`taskspec.task_paths`): `task[<name>]` when the name is valid and unique, else
+    `task #<position>`, with its line when `lines` gives it.
     """
-    names = [_name_of(item) for item in items]
-    uses = Counter(name for name in names if name is not None)
-    first_use: dict[str, str] = {}
+    paths, errors = task_paths(items, "task", lines=lines)
     tasks: list[FileTask] = []
-    errors: list[FieldError] = []
-    for index, (item, name) in enumerate(zip(items, names, strict=True)):
-        path = f"task[{name}]" if name and uses[name] == 1 else f"task[{index}]"
-        if name in first_use:
-            reason = f"duplicate task name {name!r}, also used by {first_use[name]}"
-            errors.append(FieldError(join_path(path, "name"), reason))
-        elif name is not None:
-            first_use[name] = path
+    for item, path in zip(items, paths, strict=True):
         if not isinstance(item, dict):
             errors.append(FieldError(path, "must be a table (a JSON object)"))
             continue
@@ -966,11 +964,6 @@ def _check_tasks(items: list[Any]) -> tuple[tuple[FileTask, ...], list[FieldErro
             continue
         tasks.append(FileTask(path, spec, frozenset(raw)))
     return tuple(tasks), errors
-
-
-def _name_of(item: Any) -> str | None:
-    name = item.get("name") if isinstance(item, dict) else None
-    return name if isinstance(name, str) and name else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -999,7 +992,7 @@ async def apply(client: Client, out: Output, tasks: TaskFile) -> None:
     known = {module["name"] for module in modules["modules"]}
     unknown = [
         f"{tasks.source}: {item.path}.task_module: unknown module {item.spec.task_module!r} "
-        f"(the daemon has: {', '.join(sorted(known))})"
+        f"(the daemon has: {', '.join(sorted(known))}){did_you_mean(item.spec.task_module, known)}"
         for item in tasks.tasks
         if item.spec.task_module not in known
     ]

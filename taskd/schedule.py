@@ -7,7 +7,7 @@ Three kinds, parsed from their JSON form by `parse_schedule` / `parse_schedules`
   matching local minute;
 - cron: `{"cron": "30 2 * * 1-5", "timezone": ...}`, parsed and validated by croniter,
   evaluated here with the same daylight-saving rules as calendar schedules (day of month and
-  day of week are ORed when both are restricted, as in cron);
+  day of week are ORed when both are restricted, as in cron: see `_cron_day_or`);
 - interval: `{"interval_sec": N, "start_at": ...}`, every N seconds of real time.
 
 Daylight-saving time (calendar and cron alike). A schedule whose hours are restricted follows
@@ -26,13 +26,23 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from functools import cache
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter  # type: ignore[import-untyped]
 
 from taskd.errors import FieldError, ValidationError, join_path
-from taskd.validate import Check, Fields, collect, fail, member, unknown_field_reason
+from taskd.validate import (
+    Check,
+    Fields,
+    collect,
+    did_you_mean,
+    fail,
+    member,
+    suggest,
+    unknown_field_reason,
+)
 
 __all__ = [
     "WEEKDAY_NAMES",
@@ -112,9 +122,10 @@ class CalendarSchedule:
     """A wall-clock schedule: sets of minutes, hours, days, months and weekdays in one zone.
 
     Both calendar (fylr) and cron schedules evaluate through this class; `source` keeps the
-    JSON the schedule came from. `day_or` is cron's rule: when both the days of month and the
-    weekdays are restricted (neither covers its whole range), a day matches if either
-    matches; otherwise, and always for calendar schedules, both must.
+    JSON the schedule came from. With `day_or` (cron's rule, for a cron expression whose day
+    of month and day of week are both restricted as written), a day matches if either its
+    day of month or its weekday does; without it, and always for calendar schedules, both
+    must.
     """
 
     minutes: tuple[int, ...]
@@ -149,8 +160,7 @@ class CalendarSchedule:
             "_days_to_weekday",
             tuple(min(((w - i) % 7 for w in self.weekdays), default=0) for i in range(7)),
         )
-        # A field that covers its whole range does not restrict (croniter expands it to `*`).
-        either = self.day_or and len(self.days_of_month) < 31 and len(self.weekdays) < 7
+        either = self.day_or
         set_attr(self, "_either_day", either)
         # With weekdays unrestricted and days ANDed, the day table alone decides.
         set_attr(self, "_scan_days", either or len(self.weekdays) < 7)
@@ -554,9 +564,6 @@ _CRON_ALLOWED = _DST_KEYS | {"cron", "timezone"}
 _INTERVAL_ALLOWED = frozenset({"interval_sec", "start_at"})
 _ANY_ALLOWED = _CALENDAR_ALLOWED | _CRON_ALLOWED | _INTERVAL_ALLOWED
 _INTEGERS = "a list of integers in {}..{}"
-_CRON_NAMES = re.compile(
-    r"jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|sun|mon|tue|wed|thu|fri|sat", re.I
-)
 _CRON_ALIASES = frozenset(
     {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 )
@@ -606,11 +613,13 @@ def parse_schedule(
         schedule = _parse_calendar(raw, default_timezone, path, errors)
     else:
         extra = sorted(str(key) for key in raw.keys() - _CALENDAR_ALLOWED)
-        reason = (
-            "is empty: give at least one of days_of_month, hours, minutes, weekdays, "
-            "or a cron expression, or interval_sec"
-        )
-        errors.append(FieldError(path, reason))
+        # `{"hour": [9]}` is a typo, not an empty schedule: its "did you mean" says it all.
+        if not any(suggest(key, _ANY_ALLOWED) for key in extra):
+            reason = (
+                "is empty: give at least one of days_of_month, hours, minutes, weekdays, "
+                "or a cron expression, or interval_sec"
+            )
+            errors.append(FieldError(path, reason))
         errors.extend(
             FieldError(join_path(path, key), unknown_field_reason(key, _ANY_ALLOWED))
             for key in extra
@@ -640,12 +649,25 @@ def _parse_timezone(
 
 
 def load_timezone(name: str, path: str, errors: list[FieldError]) -> ZoneInfo | None:
-    """Return the zone called `name`, or add an error at `path` and return None."""
+    """Return the zone called `name`, or add an error at `path` and return None.
+
+    A name that differs from a known one only in case is that zone: the result's `key` is
+    the canonical spelling (`europe/berlin` gives `Europe/Berlin`), whatever the file
+    system. An unknown name's error suggests the closest known one.
+    """
+    canonical = _zone_spellings().get(name.lower(), name)
     try:
-        return ZoneInfo(name)
+        return ZoneInfo(canonical)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        errors.append(FieldError(path, f"unknown time zone {name!r}"))
+        hint = did_you_mean(name, _zone_spellings().values())
+        errors.append(FieldError(path, f"unknown time zone {name!r}{hint}"))
         return None
+
+
+@cache
+def _zone_spellings() -> dict[str, str]:
+    """Every known zone name by its lowercase form; read once, on first need."""
+    return {zone.lower(): zone for zone in available_timezones()}
 
 
 def _parse_dst(
@@ -699,19 +721,35 @@ def _in_range(low: int, high: int) -> Check[int]:
     return check
 
 
+# Every spelling a calendar weekday may have, in any case: `monday` and cron's `mon`.
+_WEEKDAY_SPELLINGS = {
+    **{name: index for index, name in enumerate(WEEKDAY_NAMES)},
+    **{name[:3]: index for index, name in enumerate(WEEKDAY_NAMES)},
+}
+
+
 def _weekday(value: Any, path: str) -> int:
-    if not isinstance(value, str) or value not in WEEKDAY_NAMES:
-        fail(path, f"{value!r} is not a weekday (sunday, monday, ... saturday)")
-    return WEEKDAY_NAMES.index(value)
+    index = _WEEKDAY_SPELLINGS.get(value.lower()) if isinstance(value, str) else None
+    if index is None:
+        close = suggest(value, WEEKDAY_NAMES) if isinstance(value, str) else None
+        hint = f"; did you mean {close!r}?" if close is not None else ""
+        names = "sunday, monday, ... saturday, or sun, mon, ... sat"
+        fail(path, f"{value!r} is not a weekday ({names}){hint}")
+    return index
 
 
-def _normalized_source(raw: Mapping[str, Any]) -> dict[str, Any]:
+def _normalized_source(raw: Mapping[str, Any], timezone: ZoneInfo) -> dict[str, Any]:
+    """The calendar schedule's JSON form: lists sorted without duplicates, weekdays and the
+    zone in their canonical spelling (`monday` for `Mon`, `Europe/Berlin`)."""
     source: dict[str, Any] = {}
     for key, value in raw.items():
         if key in {"hours", "minutes", "days_of_month"}:
             value = sorted(set(value))
         elif key == "weekdays":
-            value = [name for name in WEEKDAY_NAMES if name in value]
+            given = {_WEEKDAY_SPELLINGS[name.lower()] for name in value}
+            value = [name for index, name in enumerate(WEEKDAY_NAMES) if index in given]
+        elif key == "timezone":
+            value = timezone.key
         source[key] = value
     return source
 
@@ -739,12 +777,16 @@ def _parse_calendar(
         timezone=tz,
         dst_gap=gap,
         dst_fold=fold,
-        source=_normalized_source(raw),
+        source=_normalized_source(raw, tz),
     )
 
 
 def _check_cron_syntax(expression: str) -> str | None:
-    """Return why taskd refuses `expression`, or None if croniter may judge it."""
+    """Return why taskd refuses `expression`, or None if croniter may judge it.
+
+    Each field is checked here first, so that a refusal names its field and value
+    (`minute: 61 is not in 0..59`) instead of quoting croniter on the whole expression.
+    """
     text = expression.strip()
     if text.startswith("@"):
         if text.lower() not in _CRON_ALIASES:
@@ -756,10 +798,110 @@ def _check_cron_syntax(expression: str) -> str | None:
             f"has {len(fields)} fields; taskd takes the standard 5 "
             "(minute hour day-of-month month day-of-week)"
         )
-    for cron_field in fields:
-        if re.search(r"[a-z]", _CRON_NAMES.sub("", cron_field), re.I) or "#" in cron_field:
-            return f"{cron_field!r}: only numbers, names, '*', ',', '-', '/' and '?' are supported"
+    problems = [
+        problem
+        for cron_field, spec in zip(fields, _CRON_FIELDS, strict=True)
+        if (problem := _cron_field_problem(cron_field, spec)) is not None
+    ]
+    return "; ".join(problems) or None
+
+
+@dataclass(frozen=True, slots=True)
+class _CronField:
+    """One of the five fields: its name, its range and the names cron knows for it."""
+
+    name: str
+    low: int
+    high: int
+    names: tuple[str, ...] = ()  # cron's three-letter names, lowercase
+    long_names: tuple[str, ...] = ()  # the same, spelt out, in the same order
+
+
+_CRON_FIELDS = (
+    _CronField("minute", 0, 59),
+    _CronField("hour", 0, 23),
+    _CronField("day of month", 1, 31),
+    _CronField(
+        "month",
+        1,
+        12,
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+        (
+            *("january", "february", "march", "april", "may", "june", "july"),
+            *("august", "september", "october", "november", "december"),
+        ),
+    ),
+    _CronField(
+        "day of week",
+        0,
+        7,
+        ("sun", "mon", "tue", "wed", "thu", "fri", "sat"),
+        ("sunday", *WEEKDAY_NAMES[:-1]),
+    ),
+)
+_CRON_EXTENSION = re.compile(r"[#()]|^\d*(?:L|W|LW|H)\d*$", re.IGNORECASE)
+_CRON_WORD = re.compile(r"[A-Za-z]+")
+
+
+def _cron_field_problem(text: str, spec: _CronField) -> str | None:
+    """Return why taskd refuses one cron field, naming the field, or None."""
+    for item in text.split(","):
+        base, slash, step = item.partition("/")
+        if not base:
+            return f"{spec.name}: {text!r} has an empty item"
+        values = [] if base in {"*", "?"} else base.split("-", 1)
+        if _CRON_EXTENSION.search(item) or any(_CRON_EXTENSION.search(v) for v in values):
+            names = f", names ({spec.names[0]}-{spec.names[-1]})" if spec.names else ""
+            return (
+                f"{spec.name}: {item!r} uses an extension taskd cannot evaluate exactly "
+                f"('L', 'W', '#', 'H'); only numbers{names}, '*', ',', '-', '/' and '?' "
+                "are supported"
+            )
+        if base == "?" and spec.name not in {"day of month", "day of week"}:
+            return f"{spec.name}: '?' is allowed only in day of month and day of week"
+        if slash:
+            if not (step.isascii() and step.isdigit()):
+                return f"{spec.name}: the step in {item!r} must be a whole number"
+            if int(step) == 0:
+                return f"{spec.name}: step 0 in {item!r} never advances; use a step of 1 or more"
+        for value in values:
+            if value.isascii() and value.isdigit():
+                if not spec.low <= int(value) <= spec.high:
+                    return f"{spec.name}: {int(value)} is not in {spec.low}..{spec.high}"
+            elif _CRON_WORD.fullmatch(value) and value.lower() not in spec.names:
+                return _cron_name_problem(text, value, spec)
+            elif not _CRON_WORD.fullmatch(value):
+                return f"{spec.name}: {item!r} is not a number, a name, a range or a step"
     return None
+
+
+def _cron_name_problem(text: str, word: str, spec: _CronField) -> str:
+    """Why `word` is refused in field `text`. When every name in the field is cron's own or
+    the start of a spelt-out one (`monday-friday`), say the field in cron's names (`mon-fri`);
+    else suggest the closest name."""
+    if not spec.names:
+        return f"{spec.name}: {word!r} is not a number (names are for month and day of week)"
+
+    def short(name: str) -> str | None:
+        lowered = name.lower()
+        if lowered in spec.names:
+            return lowered
+        for cron_name, full in zip(spec.names, spec.long_names, strict=True):
+            if len(lowered) > 3 and full.startswith(lowered):  # monday, tues, sept
+                return cron_name
+        return None
+
+    if all(short(found) for found in _CRON_WORD.findall(text)):
+        fixed = _CRON_WORD.sub(lambda match: short(match[0]) or match[0], text)
+        return f"{spec.name}: {word!r} is not a name cron knows; use {fixed}"
+    known = f"cron knows {', '.join(spec.names)}"
+    close = suggest(word, (*spec.names, *spec.long_names))
+    if close is not None:
+        return (
+            f"{spec.name}: {word!r} is not a name cron knows; "
+            f"did you mean {short(close)!r}? ({known})"
+        )
+    return f"{spec.name}: {word!r} is not a name cron knows ({known})"
 
 
 _SINGLE_RANGE = re.compile(r"^(\w+)-(\w+)(?:/\d+)?$")
@@ -787,6 +929,20 @@ def _cron_set(values: Sequence[int | str], full: tuple[int, ...]) -> tuple[int, 
     if values == ["*"]:
         return full
     return tuple(sorted({int(v) for v in values}))
+
+
+def _cron_day_or(expression: str) -> bool:
+    """Whether a day matches when either its day of month or its weekday does.
+
+    POSIX: when both fields are "specified as an element or list", that is anything but
+    `*`; Vixie cron (and cronie) look at the first character only, so `*/2` is unrestricted
+    too, and `1-31` or `0-6` written out are restricted (`0 12 1-31 * 1` fires every day).
+    `?` is croniter's `*`. The aliases restrict at most one of the two.
+    """
+    fields = expression.split()
+    if len(fields) != 5:
+        return False
+    return not fields[2].startswith(("*", "?")) and not fields[4].startswith(("*", "?"))
 
 
 def _parse_cron(
@@ -824,11 +980,11 @@ def _parse_cron(
         days_of_month=_cron_set(day_f, _ALL_DAYS),
         months=_cron_set(month_f, _ALL_MONTHS),
         weekdays=frozenset((d - 1) % 7 for d in cron_weekdays),
-        day_or=True,
+        day_or=_cron_day_or(expression),
         timezone=tz,
         dst_gap=gap,
         dst_fold=fold,
-        source=dict(raw),
+        source={**raw, "timezone": tz.key} if "timezone" in raw else dict(raw),
     )
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "check_name",
     "email_address",
     "is_valid_name",
+    "task_header_lines",
     "task_paths",
     "validate_task_spec",
 ]
@@ -137,22 +138,33 @@ def validate_task_spec(
     )
 
 
-def task_paths(items: Sequence[Any], prefix: str) -> tuple[list[str], list[FieldError]]:
+def task_paths(
+    items: Sequence[Any], prefix: str, *, lines: Sequence[int] | None = None
+) -> tuple[list[str], list[FieldError]]:
     """Name each of a file's task definitions for its error paths, and refuse reused names.
 
     A definition is `prefix[<name>]` when its name is valid and unique among `items`, else
-    `prefix[<index>]` (0-based). Returns the paths, in order, and one error per definition
-    that reuses an earlier one's name.
+    `prefix #<position>` (counted from 1, as a reader counts), followed by ` (line <n>)`
+    when `lines` gives the line each definition starts on (see `task_header_lines`).
+    Returns the paths, in order, and one error per definition that reuses an earlier one's
+    name.
     """
     names = [item.get("name") if isinstance(item, Mapping) else None for item in items]
     valid = [name if is_valid_name(name) else None for name in names]
     uses = Counter(name for name in valid if name is not None)
+    if lines is not None and len(lines) != len(items):
+        lines = None
     paths: list[str] = []
     errors: list[FieldError] = []
     first_use: dict[str, str] = {}
     for index, name in enumerate(valid):
-        # By name when that is unambiguous, else by index.
-        path = f"{prefix}[{name}]" if name and uses[name] == 1 else f"{prefix}[{index}]"
+        # By name when that is unambiguous, else by position.
+        if name and uses[name] == 1:
+            path = f"{prefix}[{name}]"
+        else:
+            path = f"{prefix} #{index + 1}"
+            if lines is not None:
+                path += f" (line {lines[index]})"
         if name in first_use:
             reason = f"duplicate task name {name!r}, also used by {first_use[name]}"
             errors.append(FieldError(join_path(path, "name"), reason))
@@ -160,6 +172,20 @@ def task_paths(items: Sequence[Any], prefix: str) -> tuple[list[str], list[Field
             first_use[name] = path
         paths.append(path)
     return paths, errors
+
+
+_TASK_HEADER = re.compile(r"""^[ \t]*\[\[[ \t]*(?:task|"task"|'task')[ \t]*\]\]""", re.MULTILINE)
+
+
+def task_header_lines(text: str, count: int) -> list[int] | None:
+    """The line (from 1) of each `[[task]]` header in TOML `text`, if there are `count`.
+
+    tomllib gives no positions; a scan for the headers does, unless the tasks are written
+    another way (an inline array) or a header-like line sits in a multi-line string: then
+    the number found differs from `count` and the answer is None.
+    """
+    lines = [text.count("\n", 0, match.start()) + 1 for match in _TASK_HEADER.finditer(text)]
+    return lines if len(lines) == count else None
 
 
 def check_name(value: Any, path: str) -> str:

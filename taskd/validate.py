@@ -30,6 +30,7 @@ __all__ = [
     "choice",
     "collect",
     "describe",
+    "did_you_mean",
     "fail",
     "integer",
     "json_copy",
@@ -82,9 +83,33 @@ def describe(value: Any) -> str:
 
 
 def suggest(name: str, known: Iterable[str]) -> str | None:
-    """Return the known name `name` is most likely a typo of, or None if none is close."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=_SUGGEST_CUTOFF)
-    return close[0] if close else None
+    """Return the known name `name` is most likely a typo of, or None if none is close.
+
+    Case is ignored in the comparison (`europe/berln` -> `Europe/Berlin`), and the known
+    name is returned as it is spelt. None, too, when two known names are equally close
+    (`tasks/delete` is as close to `tasks/create` as to `tasks/update`): a guess between
+    them would mislead as often as it helps.
+    """
+    spelling: dict[str, str] = {}
+    for item in known:
+        spelling.setdefault(item.casefold(), item)
+    folded = name.casefold()
+    close = difflib.get_close_matches(folded, list(spelling), n=2, cutoff=_SUGGEST_CUTOFF)
+    if not close:
+        return None
+    if len(close) == 2 and _likeness(folded, close[0]) == _likeness(folded, close[1]):
+        return None
+    return spelling[close[0]]
+
+
+def _likeness(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b).ratio()
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`"; did you mean 'x'?"` for the known name closest to `name`, or `""` if none is."""
+    close = suggest(name, known)
+    return f"; did you mean {close!r}?" if close is not None else ""
 
 
 def unknown_field_reason(key: str, known: Collection[str]) -> str:
@@ -95,11 +120,12 @@ def unknown_field_reason(key: str, known: Collection[str]) -> str:
 
 
 def unknown_name_reason(noun: str, name: str, known: Iterable[str]) -> str:
-    """The reason a name that refers to something (a module) is refused, listing the known.
-
-    No "did you mean" here: the whole list is short and follows.
-    """
-    return f"unknown {noun} {name!r}; known {noun}s: {', '.join(sorted(known)) or 'none'}"
+    """The reason a name that refers to something (a module) is refused: a suggestion, then
+    every known name."""
+    names = sorted(known)
+    close = suggest(name, names)
+    hint = f" did you mean {close!r}?" if close is not None else ""
+    return f"unknown {noun} {name!r};{hint} known {noun}s: {', '.join(names) or 'none'}"
 
 
 def collect(items: Iterable[tuple[str, Any]], check: Check[T]) -> list[T]:
@@ -269,7 +295,8 @@ def choice(allowed: Collection[str]) -> Check[str]:
     def check(value: Any, path: str) -> str:
         if not isinstance(value, str) or value not in allowed:
             options = ", ".join(repr(a) for a in allowed)
-            fail(path, f"must be one of {options}, got {describe(value)}")
+            hint = did_you_mean(value, allowed) if isinstance(value, str) else ""
+            fail(path, f"must be one of {options}, got {describe(value)}{hint}")
         return value
 
     return check

@@ -65,7 +65,7 @@ class RefWallSchedule:
     days_of_month: frozenset[int] | None
     months: frozenset[int] | None
     weekdays: frozenset[int] | None  # cron convention, 0 = Sunday
-    day_or: bool  # cron: day of month OR day of week (both restricted)
+    day_or: bool  # cron: day of month OR day of week (both restricted as written)
     dst_gap: str
     dst_fold: str
 
@@ -182,13 +182,26 @@ def _policy(raw: Mapping[str, Any], hour_restricted: bool) -> tuple[str, str]:
     return gap, fold
 
 
+def _weekday_number(name: str) -> int:
+    """A calendar weekday, `monday` or `mon` in any case, in the cron convention."""
+    lowered = name.lower()
+    (number,) = (n for full, n in WEEKDAY_NUMBERS.items() if lowered in (full, full[:3]))
+    return number
+
+
+def _restricted(cron_field: str) -> bool:
+    """POSIX: a day field is restricted unless it is `*`; Vixie cron looks at the first
+    character only (`*/2` is unrestricted); `?` is croniter's `*`."""
+    return not cron_field.startswith(("*", "?"))
+
+
 def _from_calendar(raw: Mapping[str, Any], tz: ZoneInfo) -> RefWallSchedule:
     def field(key: str) -> frozenset[int] | None:
         return None if key not in raw else frozenset(raw[key])
 
     hours = field("hours")
     weekdays = (
-        None if "weekdays" not in raw else frozenset(WEEKDAY_NUMBERS[w] for w in raw["weekdays"])
+        None if "weekdays" not in raw else frozenset(_weekday_number(w) for w in raw["weekdays"])
     )
     gap, fold = _policy(raw, hours is not None and hours != frozenset(range(24)))
     return RefWallSchedule(
@@ -221,6 +234,7 @@ def _single_value_ranges(expression: str) -> str:
 
 
 def _from_cron(raw: Mapping[str, Any], tz: ZoneInfo) -> RefWallSchedule:
+    text = raw["cron"].split()
     fields, extra = croniter.expand(_single_value_ranges(raw["cron"]))
     assert not extra, "reference handles plain 5-field expressions only"
 
@@ -242,7 +256,7 @@ def _from_cron(raw: Mapping[str, Any], tz: ZoneInfo) -> RefWallSchedule:
         days_of_month=doms,
         months=months,
         weekdays=dows,
-        day_or=doms is not None and dows is not None,
+        day_or=len(text) == 5 and _restricted(text[2]) and _restricted(text[4]),
         dst_gap=gap,
         dst_fold=fold,
     )

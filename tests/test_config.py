@@ -332,15 +332,15 @@ ERROR_CASES = [
     ('[task]\nname = "t"\n', "task", "must be an array of tables ([[task]]), got an object"),
     ('[[task]]\nname = "t"\n', "task[t].task_module", "is required"),
     ('[[task]]\nname = "t"\ntask_module = ""\n', "task[t].task_module", "must not be empty"),
-    ('[[task]]\ntask_module = "shell"\n', "task[0].name", "is required"),
+    ('[[task]]\ntask_module = "shell"\n', "task #1 (line 1).name", "is required"),
     (
         '[[task]]\nname = "no spaces"\ntask_module = "shell"\n',
-        "task[0].name",
+        "task #1 (line 1).name",
         "must be 1 to 100 characters from A-Z a-z 0-9 _ . -, got 'no spaces'",
     ),
     (
         f'[[task]]\nname = "{"n" * 101}"\ntask_module = "shell"\n',
-        "task[0].name",
+        "task #1 (line 1).name",
         f"must be 1 to 100 characters from A-Z a-z 0-9 _ . -, got '{'n' * 101}'",
     ),
     (
@@ -501,21 +501,34 @@ def test_unknown_keys_are_errors_in_every_section() -> None:
     assert reasons["task[t].schedule"].startswith("unknown field; did you mean 'schedules'?")
 
 
-def test_duplicate_task_names_are_refused_and_named_by_index() -> None:
-    """Two tasks with one name: the second is the error, and both are addressed by index."""
+def test_duplicate_task_names_are_refused_and_named_by_position_and_line() -> None:
+    """Two tasks with one name: the second is the error, and both are addressed by their
+    position counted from 1 and the line of their `[[task]]` (issue 9.10)."""
     text = (
-        '[[task]]\nname = "a"\ntask_module = "shell"\n'
-        '[[task]]\nname = "b"\ntask_module = "shell"\n'
-        '[[task]]\nname = "a"\ntask_module = "shell"\ntask_timeout_sec = -1\n'
+        '[[task]]\nname = "a"\ntask_module = "shell"\n\n'
+        '[[task]]\nname = "b"\ntask_module = "shell"\n\n'
+        '# the same name again\n[[ task ]]\nname = "a"\ntask_module = "shell"\n'
+        "task_timeout_sec = -1\n"
     )
     assert errors_of(text) == [
-        FieldError("task[2].name", "duplicate task name 'a', also used by task[0]"),
-        FieldError("task[2].task_timeout_sec", "must be an integer >= 0, got -1"),
+        FieldError(
+            "task #3 (line 10).name", "duplicate task name 'a', also used by task #1 (line 1)"
+        ),
+        FieldError("task #3 (line 10).task_timeout_sec", "must be an integer >= 0, got -1"),
+    ]
+
+
+def test_task_position_without_line_when_the_headers_do_not_tell() -> None:
+    """Tasks written as an inline array have no `[[task]]` lines: the position alone."""
+    text = 'task = [{ name = "a", task_module = "shell" }, { name = "a", task_module = "shell" }]\n'
+    assert errors_of(text) == [
+        FieldError("task #2.name", "duplicate task name 'a', also used by task #1")
     ]
 
 
 def test_tasks_are_named_by_name_when_valid_else_by_index() -> None:
-    """task[<name>] for a valid name, task[<index>] for an invalid or missing one."""
+    """task[<name>] for a valid name, `task #<position> (line <n>)` for an invalid or
+    missing one."""
     text = (
         '[[task]]\nname = "nightly-backup"\ntask_module = "shell"\n'
         'options = { overlap = "x" }\n'
@@ -525,10 +538,10 @@ def test_tasks_are_named_by_name_when_valid_else_by_index() -> None:
     paths = [error.path for error in errors_of(text)]
     assert paths == [
         "task[nightly-backup].options.overlap",
-        "task[1].name",
-        "task[1].options.overlap",
-        "task[2].name",
-        "task[2].options.overlap",
+        "task #2 (line 5).name",
+        "task #2 (line 5).options.overlap",
+        "task #3 (line 9).name",
+        "task #3 (line 9).options.overlap",
     ]
 
 
@@ -554,11 +567,39 @@ def test_invalid_daemon_timezone_is_reported_once() -> None:
     assert [error.path for error in errors_of(text)] == ["daemon.timezone"]
 
 
+@pytest.mark.parametrize(
+    ("text", "path", "hint"),
+    [
+        ('[daemon]\ntimezone = "Europe/Berln"\n', "daemon.timezone", "'Europe/Berlin'"),
+        (
+            '[[api.keys]]\nname = "ops"\nkey_file = "k"\nscopes = ["tasks/indx"]\n',
+            "api.keys[0].scopes[0]",
+            "'tasks/index'",
+        ),
+        (MINIMAL_TASK + 'options = { overlap = "skp" }\n', "task[t].options.overlap", "'skip'"),
+    ],
+    ids=["zone", "scope", "overlap"],
+)
+def test_misspelt_names_get_a_suggestion(text: str, path: str, hint: str) -> None:
+    """Zones, scopes and choice values suggest the closest known name (issue 9.8)."""
+    (error,) = errors_of(text)
+    assert error.path == path
+    assert error.reason.endswith(f"; did you mean {hint}?")
+
+
+def test_time_zone_in_another_case_is_taken_canonical() -> None:
+    """`daemon.timezone = "europe/berlin"` is Europe/Berlin (issue 9.8)."""
+    assert parse('[daemon]\ntimezone = "europe/berlin"\n').daemon.timezone == "Europe/Berlin"
+
+
 def test_known_modules_hook() -> None:
     """With known_modules an unknown module is an error; without it, any name passes."""
     text = '[[task]]\nname = "t"\ntask_module = "shel"\n'
     assert errors_of(text, known_modules={"shell", "http"}) == [
-        FieldError("task[t].task_module", "unknown module 'shel'; known modules: http, shell")
+        FieldError(
+            "task[t].task_module",
+            "unknown module 'shel'; did you mean 'shell'? known modules: http, shell",
+        )
     ]
     assert parse(text).tasks[0].task_module == "shel"
 

@@ -36,6 +36,7 @@ from typing import IO, Any, TypeVar
 import pytest
 
 from taskd.api.auth import verify_password
+from taskd.ctl import InvalidInputError, read_task_file
 
 T = TypeVar("T")
 
@@ -765,3 +766,35 @@ def test_hash_password_reads_stdin_and_prints_a_verifiable_hash() -> None:
     assert verify_password("correct horse", hashed)
     assert not verify_password("correct horse\n", hashed)
     failed(taskd("hash-password", stdin=""), 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "where"),
+    [
+        (
+            "tasks.toml",
+            '[[task]]\nname = "a"\ntask_module = "sleep"\n\n'
+            '[[task]]\nname = "a"\ntask_module = "sleep"\n',
+            ("task #2 (line 5)", "task #1 (line 1)"),
+        ),
+        (
+            "tasks.json",
+            '[{"name": "a", "task_module": "sleep"}, {"name": "a", "task_module": "sleep"}]',
+            ("task #2", "task #1"),
+        ),
+    ],
+    ids=["toml", "json"],
+)
+def test_task_file_duplicates_are_named_by_position(
+    tmp_path: Path, name: str, text: str, where: tuple[str, str]
+) -> None:
+    """A reused name in a task file names both tasks as config files do: position from 1,
+    and the `[[task]]` line in TOML (issue 9.10)."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InvalidInputError) as info:
+        read_task_file(path)
+    second, first = where
+    assert info.value.messages == [
+        f"{path}: {second}.name: duplicate task name 'a', also used by {first}"
+    ]

@@ -463,6 +463,27 @@ def test_check_params_paths_are_joined() -> None:
     ]
 
 
+def test_shell_comand_suggests_command() -> None:
+    """`task_params.comand` for the shell module suggests `command` (issue 9.8)."""
+    with pytest.raises(ValidationError) as info:
+        ModuleRegistry.builtin().validate("shell", {"comand": "ls"})
+    (error,) = info.value.errors
+    assert error.path == "task_params.comand"
+    assert error.reason.startswith("unknown parameter; did you mean 'command'?")
+
+
+def test_select_and_module_names_suggest() -> None:
+    """A misspelt select option, param type or module name suggests the known one."""
+    defs: list[dict[str, Any]] = [{"name": "mode", "type": "select", "options": ["fast", "slow"]}]
+    assert errors_of({"mode": "fsat"}, defs) == [
+        "task_params.mode: must be one of fast, slow, got 'fsat'; did you mean 'fast'?"
+    ]
+    with pytest.raises(ValidationError, match=r"did you mean 'string-list'\?"):
+        validate_param_defs([{"name": "a", "type": "string_list"}])
+    with pytest.raises(NotFoundError, match=r"did you mean 'shell'\?"):
+        ModuleRegistry.builtin().get("shel")
+
+
 def test_unknown_parameter_suggests_a_close_name() -> None:
     """A typo of a parameter's name is refused with the name it most likely meant."""
     defs: list[dict[str, Any]] = [{"name": "command", "type": "text"}]

@@ -269,11 +269,23 @@ ROWS = [
          "2026-04-13T00:00", "2026-04-17T00:00"]),
     Row("cron-or-names", {"cron": "0 0 13 * fri"}, "2026-03-14T00:00",
         ["2026-03-20T00:00", "2026-03-27T00:00", "2026-04-03T00:00"]),
-    # */10 in day of month is restricted (1, 11, 21, 31) -> OR Mondays (03-02, 09, 16, 23, 30).
-    Row("cron-or-step", {"cron": "0 0 */10 * 1"}, "2026-03-01T00:00",
+    # 1-31/10 in day of month is restricted (1, 11, 21, 31) -> OR Mondays (03-02, 09, 16, 23, 30).
+    Row("cron-or-step", {"cron": "0 0 1-31/10 * 1"}, "2026-03-01T00:00",
         ["2026-03-02T00:00", "2026-03-09T00:00", "2026-03-11T00:00", "2026-03-16T00:00",
          "2026-03-21T00:00", "2026-03-23T00:00", "2026-03-30T00:00", "2026-03-31T00:00",
          "2026-04-01T00:00"]),
+    # */10 starts with '*': unrestricted as Vixie cron reads it, so the days AND: the 1st,
+    # 11th, 21st or 31st that is a Monday.
+    Row("cron-star-step-ands", {"cron": "0 0 */10 * 1"}, "2026-03-01T00:00",
+        ["2026-05-11T00:00", "2026-06-01T00:00", "2026-08-31T00:00", "2026-09-21T00:00"]),
+    # A whole range written out is restricted (POSIX): 1-31 OR Monday is every day.
+    Row("cron-full-range-ors", {"cron": "0 12 1-31 * 1"}, "2026-03-03T00:00",
+        ["2026-03-03T12:00", "2026-03-04T12:00", "2026-03-05T12:00"]),
+    Row("cron-full-weekday-range-ors", {"cron": "0 12 13 * 0-6"}, "2026-03-03T00:00",
+        ["2026-03-03T12:00", "2026-03-04T12:00", "2026-03-05T12:00"]),
+    # '?' is croniter's '*': with it the other field alone decides.
+    Row("cron-question-mark", {"cron": "0 0 ? * 5"}, "2026-03-14T00:00",
+        ["2026-03-20T00:00", "2026-03-27T00:00"]),
     # Month still ANDs: June only; 13th OR Fridays (5, 12, 19, 26); June 2027's first Friday is 4th.
     Row("cron-or-month", {"cron": "0 0 13 6 5"}, "2026-03-14T00:00",
         ["2026-06-05T00:00", "2026-06-12T00:00", "2026-06-13T00:00", "2026-06-19T00:00",

@@ -154,10 +154,13 @@ def calendar_cases(draw: st.DrawFn) -> tuple[dict[str, Any], datetime]:
 def cron_field(
     draw: st.DrawFn, low: int, high: int, favourites: list[int], star_weight: int
 ) -> str:
-    """One cron field: '*', a list, a range or a step, never the full range in disguise."""
-    kind = draw(st.sampled_from(["*"] * star_weight + ["list", "list", "range", "step"]))
+    """One cron field: '*', a list, a range, a step, or the whole range written out (which
+    restricts, as in POSIX cron, when the day of month and day of week are ORed)."""
+    kind = draw(st.sampled_from(["*"] * star_weight + ["list", "list", "range", "step", "whole"]))
     if kind == "*":
         return "*"
+    if kind == "whole":
+        return draw(st.sampled_from([f"{low}-{high}", f"{low}-{high}/1", "*/1"]))
     if kind == "list":
         return ",".join(str(v) for v in draw(int_sets(low, high, favourites, 5)))
     if kind == "range":

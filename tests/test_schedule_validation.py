@@ -48,9 +48,40 @@ def test_hour_out_of_range_exact_message() -> None:
 
 
 def test_unknown_time_zone_exact_message() -> None:
-    """A misspelt zone reads `schedules[0].timezone: unknown time zone 'Europe/Berln'`."""
+    """A misspelt zone reads `schedules[0].timezone: unknown time zone 'Europe/Berln'`, and
+    suggests the zone it most likely meant (issue 9.8)."""
     error = only_error([{"hours": [9], "timezone": "Europe/Berln"}])
-    assert str(error) == "schedules[0].timezone: unknown time zone 'Europe/Berln'"
+    assert str(error) == (
+        "schedules[0].timezone: unknown time zone 'Europe/Berln'; did you mean 'Europe/Berlin'?"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"hours": [9], "timezone": "europe/berlin"},
+        {"cron": "0 9 * * *", "timezone": "EUROPE/BERLIN"},
+    ],
+    ids=["calendar", "cron"],
+)
+def test_time_zone_in_another_case_is_stored_canonical(raw: dict[str, Any]) -> None:
+    """A zone name that differs only in case is that zone, kept in its canonical spelling."""
+    schedule = parse_schedule(raw)
+    assert schedule.to_json()["timezone"] == "Europe/Berlin"
+    assert schedule == parse_schedule({**raw, "timezone": "Europe/Berlin"})
+
+
+def test_misspelt_criterion_is_one_error_with_a_suggestion() -> None:
+    """`{"hour": [9]}` is a typo, not an empty schedule: one error, "did you mean 'hours'"."""
+    error = only_error([{"hour": [9]}])
+    assert error.path == "schedules[0].hour"
+    assert error.reason.startswith("unknown field; did you mean 'hours'?")
+
+
+def test_misspelt_weekday_suggests_the_name() -> None:
+    """A misspelt calendar weekday suggests the closest name."""
+    error = only_error([{"weekdays": ["wensday"]}])
+    assert error.reason.endswith("did you mean 'wednesday'?")
 
 
 def test_str_of_validation_error_lists_every_problem() -> None:
@@ -71,7 +102,7 @@ def test_str_of_validation_error_lists_every_problem() -> None:
         ({"days_of_month": [0]}, "schedules[0].days_of_month[0]", ["0", "1..31"]),
         ({"days_of_month": [1, 32]}, "schedules[0].days_of_month[1]", ["32", "1..31"]),
         ({"weekdays": ["monday", "funday"]}, "schedules[0].weekdays[1]", ["funday"]),
-        ({"weekdays": ["fri"]}, "schedules[0].weekdays[0]", ["fri"]),
+        ({"weekdays": ["fr"]}, "schedules[0].weekdays[0]", ["fr"]),
         ({"weekdays": [5]}, "schedules[0].weekdays[0]", ["5"]),
     ],
     ids=[
@@ -81,7 +112,7 @@ def test_str_of_validation_error_lists_every_problem() -> None:
         "day-0",
         "day-32",
         "weekday-funday",
-        "weekday-abbreviated",
+        "weekday-two-letters",
         "weekday-number",
     ],
 )
@@ -263,6 +294,63 @@ def test_bad_cron(expression: str, reason: str) -> None:
     error = only_error([{"cron": expression}])
     assert error.path == "schedules[0].cron"
     assert re.search(reason, error.reason), error.reason
+
+
+@pytest.mark.parametrize(
+    ("expression", "reason"),
+    [
+        (
+            "*/15 8-18 * * monday-friday",
+            "day of week: 'monday' is not a name cron knows; use mon-fri",
+        ),
+        ("0 0 * january,march *", "month: 'january' is not a name cron knows; use jan,mar"),
+        ("0 0 * * funday", "day of week: 'funday' is not a name cron knows; did you mean 'sun'?"),
+        ("61 * * * *", "minute: 61 is not in 0..59"),
+        ("0 24 * * *", "hour: 24 is not in 0..23"),
+        ("0 0 0 * *", "day of month: 0 is not in 1..31"),
+        ("0 0 * 13 *", "month: 13 is not in 1..12"),
+        ("0 0 * * 8", "day of week: 8 is not in 0..7"),
+        ("61 24 * * *", "minute: 61 is not in 0..59; hour: 24 is not in 0..23"),
+        ("5-5/0 * * * *", "minute: step 0 in '5-5/0' never advances; use a step of 1 or more"),
+        ("0 0 * * 1-5/0", "day of week: step 0 in '1-5/0' never advances"),
+        ("0 0 L * *", "day of month: 'L' uses an extension taskd cannot evaluate exactly"),
+        ("H * * * *", "minute: 'H' uses an extension"),
+        ("mon * * * *", "minute: 'mon' is not a number (names are for month and day of week)"),
+        ("1-2-3 * * * *", "minute: '1-2-3' is not a number, a name, a range or a step"),
+        ("1,,2 * * * *", "minute: '1,,2' has an empty item"),
+        ("\u00b2 * * * *", "minute: '\u00b2' is not a number, a name, a range or a step"),
+    ],
+)
+def test_cron_refusal_names_the_field(expression: str, reason: str) -> None:
+    """A refused cron field is named, with its value and what to write instead (issue 9.7)."""
+    error = only_error([{"cron": expression}])
+    assert error.path == "schedules[0].cron"
+    assert error.reason.startswith(f"invalid cron expression {expression!r}: {reason}"), error
+
+
+@pytest.mark.parametrize(
+    ("weekdays", "stored"),
+    [
+        (["mon", "fri"], ["monday", "friday"]),
+        (["Friday", "MON", "monday"], ["monday", "friday"]),
+        (["sun", "SAT"], ["saturday", "sunday"]),
+    ],
+)
+def test_calendar_weekdays_take_cron_names_in_any_case(
+    weekdays: list[str], stored: list[str]
+) -> None:
+    """Calendar weekdays take `mon` as well as `monday`, in any case, and keep the long
+    lowercase form the API renders (issue 9.7)."""
+    schedule = parse_schedule({"weekdays": weekdays, "hours": [9], "minutes": [0]})
+    assert schedule.to_json()["weekdays"] == stored
+    assert schedule == parse_schedule({"weekdays": stored, "hours": [9], "minutes": [0]})
+
+
+def test_cron_takes_names_in_any_case() -> None:
+    """Cron's names work in any case, as in cron."""
+    assert parse_schedule({"cron": "0 9 * JAN-Mar Mon-FRI"}) == parse_schedule(
+        {"cron": "0 9 * 1-3 1-5"}
+    )
 
 
 def test_cron_not_a_string() -> None:

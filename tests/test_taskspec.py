@@ -9,7 +9,7 @@ import pytest
 
 from taskd.errors import ValidationError
 from taskd.schedule import CalendarSchedule, parse_schedules
-from taskd.taskspec import task_paths, validate_task_spec
+from taskd.taskspec import task_header_lines, task_paths, validate_task_spec
 
 AFTER = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 # 02:30 every day: 00:30 UTC in Berlin (CEST), 06:30 UTC in New York (EDT).
@@ -68,13 +68,29 @@ def test_round_trip_through_the_validator_keeps_the_spec() -> None:
 
 
 def test_task_paths_name_by_name_or_index_and_refuse_reused_names() -> None:
-    """Unique valid names address a task; a reused or invalid one falls back on the index."""
+    """Unique valid names address a task; a reused or invalid one falls back on its
+    position, counted from 1, and its line when known (issue 9.10)."""
     items: list[Any] = [{"name": "a"}, {"name": "b"}, {"name": "b"}, {"name": "no space"}, 3]
     paths, errors = task_paths(items, "task")
-    assert paths == ["task[a]", "task[1]", "task[2]", "task[3]", "task[4]"]
+    assert paths == ["task[a]", "task #2", "task #3", "task #4", "task #5"]
     assert [str(e) for e in errors] == [
-        "task[2].name: duplicate task name 'b', also used by task[1]"
+        "task #3.name: duplicate task name 'b', also used by task #2"
     ]
+    paths, errors = task_paths(items, "task", lines=[1, 5, 9, 13, 17])
+    assert paths[:3] == ["task[a]", "task #2 (line 5)", "task #3 (line 9)"]
+    assert [str(e) for e in errors] == [
+        "task #3 (line 9).name: duplicate task name 'b', also used by task #2 (line 5)"
+    ]
+    # Lines that do not fit the items are not used.
+    assert task_paths(items, "task", lines=[1, 2])[0][1] == "task #2"
+
+
+def test_task_header_lines() -> None:
+    """The `[[task]]` headers' lines, or None when they do not account for every task."""
+    text = '[daemon]\n\n[[task]]\nname = "a"\n  [[task]] # indented\n[[task.x]]\n'
+    assert task_header_lines(text, 2) == [3, 5]
+    assert task_header_lines(text, 3) is None
+    assert task_header_lines('s = """\n[[task]]\n"""\n', 0) is None
 
 
 def test_unknown_field_suggests_the_close_name() -> None:

@@ -11,6 +11,7 @@ import pytest
 from taskd.errors import FieldError, ValidationError
 from taskd.validate import (
     Fields,
+    choice,
     describe,
     integer,
     json_value,
@@ -36,6 +37,10 @@ def errors_of(check: Any, value: Any, path: str = "x") -> list[str]:
         ("nope", ["notes", "token"], None),  # sharing a few letters is not a typo
         ("cc", ["recipients"], None),
         ("anything", [], None),
+        ("europe/berln", ["Europe/Berlin", "Europe/Bern"], "Europe/Berlin"),  # any case
+        ("Hours", ["hours", "minutes"], "hours"),
+        # As close to tasks/create as to tasks/update: no guess.
+        ("tasks/delete", ["tasks/create", "tasks/update", "tasks/destroy"], None),
     ],
 )
 def test_suggest(name: str, known: list[str], expected: str | None) -> None:
@@ -51,6 +56,16 @@ def test_unknown_field_reason_lists_the_keys_sorted() -> None:
     assert unknown_field_reason("cc", ["recipients"]) == (
         "unknown field; expected one of: recipients"
     )
+
+
+def test_choice_suggests_a_close_value() -> None:
+    """A misspelt choice value gets a "did you mean" after the allowed values (issue 9.8)."""
+    assert errors_of(choice(["skip", "queue"]), "skp") == [
+        "x: must be one of 'skip', 'queue', got the string 'skp'; did you mean 'skip'?"
+    ]
+    assert errors_of(choice(["skip", "queue"]), "never") == [
+        "x: must be one of 'skip', 'queue', got the string 'never'"
+    ]
 
 
 def test_fields_collects_every_problem_and_the_unknown_keys() -> None:

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from taskd.errors import FieldError, ValidationError, join_path
-from taskd.validate import boolean, describe, fail, json_copy, string, suggest
+from taskd.validate import boolean, describe, did_you_mean, fail, json_copy, string, suggest
 
 __all__ = ["PARAM_TYPES", "validate_param_defs", "validate_params"]
 
@@ -163,7 +163,8 @@ def _def_errors(spec: Mapping[str, Any], path: str) -> list[FieldError]:
 
     kind = spec.get("type")
     if kind not in PARAM_TYPES:
-        refuse("type", f"unknown type {kind!r} (known: {', '.join(PARAM_TYPES)})")
+        hint = did_you_mean(kind, PARAM_TYPES) if isinstance(kind, str) else ""
+        refuse("type", f"unknown type {kind!r} (known: {', '.join(PARAM_TYPES)}){hint}")
         return errors
     for key in spec:
         if key not in _CHECKED_KEYS and key not in _PRESENTATION_KEYS:
@@ -230,7 +231,8 @@ def _check_value(spec: Mapping[str, Any], value: Any, path: str) -> Any:
         text = _text(value, path)
         options: list[str] = spec["options"]
         if text not in options:
-            fail(path, f"must be one of {', '.join(options)}, got {text!r}")
+            hint = did_you_mean(text, options)
+            fail(path, f"must be one of {', '.join(options)}, got {text!r}{hint}")
         return text
     if kind == "string-list":
         return _check_string_list(spec, value, path)
@@ -265,7 +267,8 @@ def _check_string_list(spec: Mapping[str, Any], value: Any, path: str) -> list[s
         if not isinstance(item, str):
             fail(path, f"item [{index}] must be a string, got {describe(item)}")
         if choices is not None and item not in choices:
-            fail(path, f"item [{index}] must be one of {', '.join(choices)}, got {item!r}")
+            hint = did_you_mean(item, choices)
+            fail(path, f"item [{index}] must be one of {', '.join(choices)}, got {item!r}{hint}")
     return list(value)
 
 

@@ -27,7 +27,7 @@ import structlog
 from taskd.errors import FieldError, NotFoundError, ValidationError, join_path
 from taskd.modules.base import Module
 from taskd.modules.params import validate_param_defs, validate_params
-from taskd.validate import unknown_name_reason
+from taskd.validate import did_you_mean, unknown_name_reason
 
 __all__ = ["ENTRY_POINT_GROUP", "ModuleProblem", "ModuleRegistry", "ParamsChecker"]
 
@@ -131,8 +131,9 @@ class ModuleRegistry:
         try:
             return self._modules[name]
         except KeyError:
+            hint = did_you_mean(name, self._modules)
             raise NotFoundError(
-                f"no module named {name!r}; known modules: {self._known()}"
+                f"no module named {name!r}; known modules: {self._known()}{hint}"
             ) from None
 
     def names(self) -> list[str]:
