@@ -9,6 +9,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,11 @@ import pytest
 from api_fixtures import WAIT_SEC, Api, open_api, spec_problems
 from openapi_spec_validator import validate
 
+from taskd import core as core_module
 from taskd.api import v2
 from taskd.api.app import registered_routes
+from taskd.core import Follow, RunEnded, RunFollowed
+from taskd.model import ExecutionStatus, LogEntry
 
 QUICK = {"task_module": "sleep", "task_params": {"seconds": 0}}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
@@ -226,6 +230,31 @@ async def test_follow_task_streams_every_run_with_a_header_event_and_stays_open(
     ]
     [header] = [data for kind, data in seen if kind == "execution" and data["id"] == second]
     assert header["trigger"] == "manual"
+
+
+async def test_followers_wake_on_commits_not_on_a_timer(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Core.follow_log` hears of new lines and endings through the store's commits: with
+    its fallback re-check and its quiet time set to a minute, a run still comes through
+    (announced, its lines, its end) in moments."""
+    monkeypatch.setattr(core_module, "FOLLOW_RECHECK_SEC", 60.0)
+    task = await api.create("woken", task_module="shell", task_params={"command": "echo hi"})
+    events = api.core.follow_log(int(task["id"]), mode=Follow.TASK, idle_sec=60.0)
+    seen: list[object] = []
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with aclosing(events):
+        await api.unix.put(f"/api/v2/tasks/{task['id']}/action/run")
+        async with asyncio.timeout(WAIT_SEC):
+            async for event in events:
+                seen.append(event)
+                if isinstance(event, RunEnded):
+                    break
+    assert loop.time() - started < 5
+    assert isinstance(seen[0], RunFollowed)
+    assert "hi" in [event.msg for event in seen if isinstance(event, LogEntry)]
+    assert seen[-1] == RunEnded(seen[0].execution.id, ExecutionStatus.DONE)
 
 
 async def test_follow_task_sends_keep_alive_comments_while_idle(
