@@ -376,10 +376,18 @@ def _add_ctl(commands: argparse._SubParsersAction[_Parser]) -> None:
         "log",
         "print the log of the task's current execution (the running one, else the latest "
         "that was not a skipped slot), of --execution ID, or of --all kept ones; with -f, "
-        "follow it until the execution ends (with --json: one JSON object per line)",
+        "follow the task like journalctl -f: that log, then every following run's lines "
+        "as they come, a header line before each run's, until Ctrl-C; with -f --execution "
+        "ID, that run's until it ends (with --json: one JSON object per line)",
     )
     log.add_argument("task", metavar="TASK", help=_TASK_HELP)
-    log.add_argument("-f", "--follow", action="store_true", help="print new lines as they come")
+    log.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new lines as they come: of every following run, or with "
+        "--execution of that run until it ends",
+    )
     which = log.add_mutually_exclusive_group()
     which.add_argument(
         "--execution", type=_positive_argument, metavar="ID", help="the log of execution ID"
@@ -391,6 +399,13 @@ def _add_ctl(commands: argparse._SubParsersAction[_Parser]) -> None:
         "--offset", type=_natural_argument, metavar="N", help="start at the task's log line N"
     )
     log.add_argument("--limit", type=_positive_argument, metavar="N", help="print at most N lines")
+    log.add_argument(
+        "-n",
+        "--lines",
+        type=_positive_argument,
+        metavar="N",
+        help="print only the last N lines (with -f: of the log shown before following)",
+    )
     executions = add("executions", "list a task's executions, newest first")
     executions.add_argument("task", metavar="TASK", help=_TASK_HELP)
     executions.add_argument(
@@ -493,6 +508,10 @@ def _ctl_command(args: argparse.Namespace) -> ctl.Command:
                 raise ctl.InvalidInputError(
                     "--limit does not go with -f: following prints every line"
                 )
+            if args.lines is not None and (args.limit is not None or args.offset is not None):
+                raise ctl.InvalidInputError(
+                    "--lines does not go with --limit or --offset: it chooses the last lines"
+                )
             return lambda client, out: ctl.show_log(
                 client,
                 out,
@@ -502,6 +521,7 @@ def _ctl_command(args: argparse.Namespace) -> ctl.Command:
                 every_execution=args.every_execution,
                 offset=args.offset,
                 limit=args.limit,
+                lines=args.lines,
             )
         case "executions":
             return lambda client, out: ctl.list_executions(client, out, task, args.limit)

@@ -12,7 +12,8 @@ cannot be reached.
 
 Results go to an `Output`: aligned tables and key/value listings for people, or with
 `--json` the server's JSON as it came (one document per command; `log -f` prints one JSON
-object per line). Times are shown in UTC.
+object per line: `log -f --execution ID` each event's data, `log -f TASK` each event as
+`{"event", "data"}`). Times are shown in UTC.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import sys
 import tomllib
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -725,11 +727,20 @@ async def show_log(
     every_execution: bool,
     offset: int | None,
     limit: int | None,
+    lines: int | None = None,
 ) -> None:
     """`log`: the log of the task's current execution (see `current_execution`), or of
-    `execution`, or of every kept one, from the task's log line `offset`; with `follow`,
-    new lines as they come until that execution ends.
+    `execution`, or of every kept one, from the task's log line `offset` (at most `limit`
+    lines from there, or the last `lines`).
+
+    With `follow` and `execution`: that run's lines as they come, until it ends. With
+    `follow` alone, like `journalctl -f`: the current run's lines (its last `lines`, or
+    from `offset`; every kept line with `every_execution`), then every following run's
+    as they come, each run under a header line, until interrupted.
     """
+    if follow and execution is None:
+        await _follow_task(client, out, name, every_execution, offset, lines)
+        return
     if execution is None and not every_execution:
         execution = await current_execution(client, name)
         if execution is None and not follow:
@@ -739,21 +750,39 @@ async def show_log(
         query["execution_id"] = execution
     show_execution = every_execution
     if follow:
-        await _follow_log(client, out, name, query, show_execution)
+        if lines is not None and offset is None:
+            tail = await _read_log(client, name, dict(query), None, lines)
+            if tail:
+                query["offset"] = tail[0]["idx"]
+        await _follow_execution(client, out, name, query, show_execution)
         return
-    entries: list[dict[str, Any]] = []
-    while limit is None or len(entries) < limit:
-        want = LOG_PAGE if limit is None else min(LOG_PAGE, limit - len(entries))
-        page = await client.call("GET", task_path(name, "log"), query={**query, "limit": want})
-        entries += page["entries"]
-        if len(page["entries"]) < want:
-            break
-        query["offset"] = page["entries"][-1]["idx"] + 1
+    entries = await _read_log(client, name, query, limit, lines)
     if out.json:
         out.document({"entries": entries})
         return
     for entry in entries:
         out.line(_log_line(entry, show_execution))
+
+
+async def _read_log(
+    client: Client,
+    name: str,
+    query: dict[str, str | int],
+    limit: int | None,
+    lines: int | None = None,
+) -> list[dict[str, Any]]:
+    """The log entries `query` selects: the first `limit`, or the last `lines`, or all."""
+    entries: deque[dict[str, Any]] = deque(maxlen=lines)
+    count = 0
+    while limit is None or count < limit:
+        want = LOG_PAGE if limit is None else min(LOG_PAGE, limit - count)
+        page = await client.call("GET", task_path(name, "log"), query={**query, "limit": want})
+        entries.extend(page["entries"])
+        count += len(page["entries"])
+        if len(page["entries"]) < want:
+            break
+        query["offset"] = page["entries"][-1]["idx"] + 1
+    return list(entries)
 
 
 _ACTIVE = frozenset({"running", "paused"})
@@ -780,10 +809,11 @@ async def current_execution(client: Client, name: str) -> int | None:
     return None
 
 
-async def _follow_log(
+async def _follow_execution(
     client: Client, out: Output, name: str, query: dict[str, str | int], show_execution: bool
 ) -> None:
-    stream = client.events(task_path(name, "log"), {**query, "follow": "true"})
+    """Print one execution's lines as they come (`follow=execution`) until it ends."""
+    stream = client.events(task_path(name, "log"), {**query, "follow": "execution"})
     async with aclosing(stream) as events:
         async for event in events:
             if out.json:
@@ -792,7 +822,72 @@ async def _follow_log(
                 out.line(_log_line(event.data, show_execution))
             if event.kind == "end":
                 return
+            _check_shutdown(client, event)
     raise UnreachableError(f"the daemon at {client.endpoint} ended the log stream early")
+
+
+async def _follow_task(
+    client: Client,
+    out: Output,
+    name: str,
+    every_execution: bool,
+    offset: int | None,
+    lines: int | None,
+) -> None:
+    """Print the task's log from where `show_log` says, then every run's lines as they
+    come (`follow=task`), a header line before each run's; until interrupted."""
+    query: dict[str, str | int] = {"follow": "task"}
+    if offset is not None:
+        query["offset"] = offset
+    elif lines is not None:
+        # Without an offset the server starts at the current run's first line; its last
+        # `lines` (or the whole log's) start further on.
+        selection: dict[str, str | int] = {"offset": 0}
+        if not every_execution:
+            current = await current_execution(client, name)
+            if current is not None:
+                selection["execution_id"] = current
+        if every_execution or "execution_id" in selection:
+            tail = await _read_log(client, name, selection, None, lines)
+            if tail:
+                query["offset"] = tail[0]["idx"]
+    elif every_execution:
+        query["offset"] = 0
+    runs: dict[str, Mapping[str, Any]] = {}  # announced executions, by id
+    shown: str | None = None  # the run of the last line printed
+    stream = client.events(task_path(name, "log"), query)
+    async with aclosing(stream) as events:
+        async for event in events:
+            _check_shutdown(client, event)
+            if out.json:
+                out.json_line({"event": event.kind, "data": event.data})
+                continue
+            if event.kind == "execution":
+                runs[str(event.data.get("id"))] = event.data
+            elif event.kind == "log":
+                run = event.data.get("execution_id")
+                if run is not None and run != shown:
+                    out.line(_run_header(run, runs.get(run, {})))
+                    shown = run
+                out.line(_log_line(event.data, False))
+    raise UnreachableError(f"the daemon at {client.endpoint} ended the log stream early")
+
+
+def _check_shutdown(client: Client, event: Event) -> None:
+    if event.kind == "shutdown":
+        raise UnreachableError(
+            f"the daemon at {client.endpoint} is shutting down: the log stream ended"
+        )
+
+
+def _run_header(execution_id: str, execution: Mapping[str, Any]) -> str:
+    """`-- execution 42 (schedule, 2026-03-29T01:00:00Z) --`: which run the lines below
+    are of, why it ran and when it was due."""
+    why = [str(execution["trigger"])] if execution.get("trigger") else []
+    when = execution.get("scheduled_for") or execution.get("started_at")
+    if when:
+        why.append(_time(when))
+    return f"-- execution {execution_id}" + (f" ({', '.join(why)})" if why else "") + " --"
 
 
 def _log_line(entry: Mapping[str, Any], show_execution: bool) -> str:

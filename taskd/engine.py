@@ -83,7 +83,6 @@ def build_engine(
     for ended in on_ended:
         events.on_ended(ended)
     events.on_ended(scheduler.on_outcome)
-    store.on_batch = metrics.observe_batch
     core = Core(
         store=store,
         scheduler=scheduler,
@@ -93,6 +92,12 @@ def build_engine(
         default_timezone=settings.default_timezone,
         config_source=settings.config_source,
     )
+
+    def on_batch(seconds: float, writes: int) -> None:
+        metrics.observe_batch(seconds, writes)
+        core.committed()  # wakes the log followers: lines and endings are committed
+
+    store.on_batch = on_batch
     return Engine(
         store=store,
         runner=runner,

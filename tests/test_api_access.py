@@ -16,7 +16,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from api_fixtures import KEY_SCOPES, PASSWORD, USER, Api, Client, basic, open_api
+from api_fixtures import (
+    KEY_SCOPES,
+    PASSWORD,
+    USER,
+    Api,
+    Client,
+    basic,
+    open_api,
+    spec_problems,
+)
 
 from taskd.api.app import build_app, registered_routes, serve_api
 
@@ -151,6 +160,30 @@ async def test_401_without_credentials_403_outside_the_scopes(api: Api) -> None:
     assert "tasks/index" in forbidden.json["messages"][0]
     forbidden_v1 = await (await api.tcp("show")).get("/api/v1/task")
     assert (forbidden_v1.status, forbidden_v1.json["code"]) == (403, "error.api.forbidden")
+
+
+async def test_a_wrong_key_is_told_apart_from_missing_credentials(api: Api) -> None:
+    """401 says which: no credentials ("credentials required"), a key that is not valid,
+    or a user name or password that is not valid; each answer still has its dialect's
+    shape and validates against the dialect's spec."""
+    start = len(api.exchanges)
+    expected = {
+        None: "credentials required: an API key (Authorization: Bearer <key>) or Basic auth",
+        "Bearer " + "x" * 32: "the API key is not valid",
+        "y" * 32: "the API key is not valid",
+        basic(USER, "wrong"): "the user name or password is not valid",
+    }
+    for authorization, message in expected.items():
+        client = await api.tcp(None, authorization=authorization)
+        v2 = await client.get("/api/v2/tasks")
+        assert v2.status == 401
+        assert v2.json["messages"] == [message]
+        assert v2.json["details"] == {"base": [{"error": "unauthorized", "reason": message}]}
+        v1 = await client.get("/api/v1/task")
+        assert (v1.status, v1.json["description"]) == (401, message)
+    refused = api.exchanges[start:]
+    # The requests break the specs' security on purpose: only the answers are checked.
+    assert spec_problems(refused, meant_invalid=refused) == []
 
 
 async def test_header_bytes_that_are_not_utf8_are_401_not_500(api: Api) -> None:

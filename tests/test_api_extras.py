@@ -9,15 +9,21 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonschema
 import pytest
-from api_fixtures import Api, open_api, spec_problems
+from api_fixtures import WAIT_SEC, Api, open_api, spec_problems
 from openapi_spec_validator import validate
 
+from taskd import core as core_module
+from taskd.api import v2
 from taskd.api.app import registered_routes
+from taskd.core import Follow, RunEnded, RunFollowed
+from taskd.model import ExecutionStatus, LogEntry
 
 QUICK = {"task_module": "sleep", "task_params": {"seconds": 0}}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
@@ -135,11 +141,13 @@ async def test_follow_streams_a_running_task_until_end(
         ]
 
 
-async def test_follow_a_task_that_never_ran_waits_for_its_first_run(api: Api) -> None:
-    """Following a task that never ran waits for its first run, then streams it to its end."""
+@pytest.mark.parametrize("follow", ["1", "true", "execution"])
+async def test_follow_a_task_that_never_ran_waits_for_its_first_run(api: Api, follow: str) -> None:
+    """Following an execution (`follow=execution`, or `true` as before) of a task that
+    never ran waits for its first run, then streams it to its end."""
     task = await api.create("idle", task_module="shell", task_params={"command": "echo first run"})
     follower = asyncio.ensure_future(
-        api.unix.events(f"/api/v2/tasks/{task['id']}/log", {"follow": "1"})
+        api.unix.events(f"/api/v2/tasks/{task['id']}/log", {"follow": follow})
     )
     await asyncio.sleep(0.5)
     assert not follower.done(), "the stream waits while the task has not run"
@@ -151,6 +159,158 @@ async def test_follow_a_task_that_never_ran_waits_for_its_first_run(api: Api) ->
         "status": "done",
     }
     assert "first run" in [json.loads(e["data"])["msg"] for e in events[:-1]]
+
+
+async def sse(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, str]]:
+    """The events of a server-sent event stream as they come: one dict of fields each
+    (`event`, `data`, `id`); a comment line comes as `{"comment": text}`."""
+    fields: dict[str, str] = {}
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        elif line:
+            name, _, value = line.partition(": ")
+            fields[name] = value
+        elif fields:
+            yield fields
+            fields = {}
+
+
+async def test_follow_task_streams_every_run_with_a_header_event_and_stays_open(
+    api: Api,
+) -> None:
+    """`follow=task` over TCP: for each run an `execution` event before its first line,
+    its `log` lines, an `end` event after its last line; the stream stays open for the
+    next run (it does not end with a run)."""
+    task = await api.create(
+        "follow-task", task_module="shell", task_params={"command": "echo hello; echo bye"}
+    )
+    first = await run_to_end(api, task["id"])  # the latest run, shown first
+    client = await api.tcp("show")
+    document = (await api.unix.get("/api/v2/openapi.json")).json
+    event_schema = document["components"]["schemas"]["taskd_log_event"]
+    seen: list[tuple[str, dict[str, Any]]] = []
+    async with asyncio.timeout(WAIT_SEC):
+        response = await client.session.get(
+            f"{api.tcp_base}/api/v2/tasks/{task['id']}/log",
+            params={"follow": "task"},
+            headers={"Authorization": client.authorization or ""},
+        )
+        async with response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "text/event-stream"
+            events = sse(response)
+            second = None
+            async for event in events:
+                if "comment" in event:
+                    continue
+                jsonschema.validate(event, event_schema)
+                seen.append((event["event"], json.loads(event["data"])))
+                ends = [data for kind, data in seen if kind == "end"]
+                if len(ends) == 1 and second is None:
+                    second = await run_to_end(api, task["id"])
+                if len(ends) == 2:
+                    break
+            # The stream goes on after the second run: no end of stream within a while.
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await anext(events)
+    runs = [data["id"] for kind, data in seen if kind == "execution"]
+    assert runs == [first, second]
+    for run in runs:
+        kinds = [kind for kind, data in seen if data.get("execution_id", data.get("id")) == run]
+        assert (kinds[0], kinds[-1]) == ("execution", "end"), kinds
+        assert set(kinds[1:-1]) == {"log"}
+        said = [d["msg"] for k, d in seen if k == "log" and d["execution_id"] == run]
+        assert said.index("hello") < said.index("bye")
+    assert [data for kind, data in seen if kind == "end"] == [
+        {"execution_id": first, "status": "done"},
+        {"execution_id": second, "status": "done"},
+    ]
+    [header] = [data for kind, data in seen if kind == "execution" and data["id"] == second]
+    assert header["trigger"] == "manual"
+
+
+async def test_followers_wake_on_commits_not_on_a_timer(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Core.follow_log` hears of new lines and endings through the store's commits: with
+    its fallback re-check and its quiet time set to a minute, a run still comes through
+    (announced, its lines, its end) in moments."""
+    monkeypatch.setattr(core_module, "FOLLOW_RECHECK_SEC", 60.0)
+    task = await api.create("woken", task_module="shell", task_params={"command": "echo hi"})
+    events = api.core.follow_log(int(task["id"]), mode=Follow.TASK, idle_sec=60.0)
+    seen: list[object] = []
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with aclosing(events):
+        await api.unix.put(f"/api/v2/tasks/{task['id']}/action/run")
+        async with asyncio.timeout(WAIT_SEC):
+            async for event in events:
+                seen.append(event)
+                if isinstance(event, RunEnded):
+                    break
+    assert loop.time() - started < 5
+    assert isinstance(seen[0], RunFollowed)
+    assert "hi" in [event.msg for event in seen if isinstance(event, LogEntry)]
+    assert seen[-1] == RunEnded(seen[0].execution.id, ExecutionStatus.DONE)
+
+
+async def test_follow_task_sends_keep_alive_comments_while_idle(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A followed task that logs nothing gets comment lines, so the connection is not
+    taken for dead; a comment is no event."""
+    monkeypatch.setattr(v2, "KEEPALIVE_SEC", 0.2)
+    task = await api.create("quiet", task_module="sleep", task_params={"seconds": 0})
+    comments = 0
+    async with asyncio.timeout(WAIT_SEC):
+        response = await api.unix.session.get(
+            f"http://taskd/api/v2/tasks/{task['id']}/log", params={"follow": "task"}
+        )
+        async with response:
+            async for event in sse(response):
+                assert event == {"comment": "keep-alive"}
+                comments += 1
+                if comments == 2:
+                    break
+
+
+async def test_follow_streams_end_when_the_daemon_shuts_down(tmp_path: Path) -> None:
+    """Shutting the API down ends every live stream at once with a `shutdown` event, in
+    both modes, instead of keeping the shutdown waiting for them."""
+    events: dict[str, list[dict[str, str]]] = {"task": [], "execution": []}
+
+    async def follow(base: str, key: str, task_id: str, mode: str) -> None:
+        async with aiohttp.ClientSession() as session:
+            response = await session.get(
+                f"{base}/api/v2/tasks/{task_id}/log",
+                params={"follow": mode},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            async with response:
+                async for event in sse(response):
+                    events[mode].append(event)
+
+    loop = asyncio.get_running_loop()
+    async with open_api(tmp_path) as api:
+        task = await api.create("long", task_module="sleep", task_params={"seconds": 30})
+        await api.unix.put(f"/api/v2/tasks/{task['id']}/action/run")
+        await api.wait_status(task["id"], "running")
+        followers = [
+            asyncio.create_task(follow(api.tcp_base, api.keys["show"], task["id"], mode))
+            for mode in events
+        ]
+        await asyncio.sleep(0.3)
+        assert not any(follower.done() for follower in followers)
+        closing = loop.time()
+    async with asyncio.timeout(WAIT_SEC):
+        await asyncio.gather(*followers)
+    assert loop.time() - closing < 5, "the streams did not hold the shutdown up"
+    for mode, seen in events.items():
+        assert seen[-1]["event"] == "shutdown", (mode, seen)
+        assert json.loads(seen[-1]["data"]) == {"msg": "taskd is shutting down"}
 
 
 async def test_a_follower_that_goes_away_is_no_error(api: Api) -> None:

@@ -271,10 +271,21 @@ def table(text: str) -> list[list[str]]:
 
 
 @contextlib.contextmanager
-def following(daemon: Daemon, task: str) -> Iterator[subprocess.Popen[str]]:
-    """Run `taskd ctl log -f TASK` with pipes; killed, reaped and closed at the end."""
+def following(daemon: Daemon, task: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """Run `taskd ctl log -f TASK ARGS` with pipes; killed, reaped and closed at the end."""
     with subprocess.Popen(
-        [sys.executable, "-m", "taskd", "ctl", "--socket", str(daemon.socket), "log", "-f", task],
+        [
+            sys.executable,
+            "-m",
+            "taskd",
+            "ctl",
+            "--socket",
+            str(daemon.socket),
+            "log",
+            "-f",
+            task,
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -572,12 +583,97 @@ def test_run_prints_the_execution_id_which_shows_in_executions_and_log(daemon: D
     assert entry["execution_id"] == execution_id
 
 
-def test_log_follow_prints_lines_as_they_come_until_the_end(daemon: Daemon) -> None:
-    """`log -f` prints each line while the task runs and exits 0 when the run ends."""
+HEADER = re.compile(r"-- execution (\d+) \(([a-z_]+), (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)\) --")
+
+
+def read_runs(stream: IO[str], runs: int) -> list[tuple[str, list[str]]]:
+    """Read `log -f TASK` output until `runs` runs have shown a header and then a line
+    ending with their last message; return (header, messages) per run, in order."""
+    found: list[tuple[str, list[str]]] = []
+    for _ in range(400):  # the test timeout bounds the reads
+        line = stream.readline()
+        assert line, f"the stream ended after {found}"
+        line = line.rstrip("\n")
+        if line.startswith("-- "):
+            found.append((line, []))
+        else:
+            assert found, f"a line before any header: {line!r}"
+            found[-1][1].append(line.split(maxsplit=2)[2])
+        complete = [run for run in found if "last" in run[1]]
+        if len(complete) >= runs:
+            return complete
+    raise AssertionError(f"fewer than {runs} complete runs in 400 lines: {found}")
+
+
+def test_log_follow_follows_every_run_of_the_task_until_ctrl_c(daemon: Daemon) -> None:
+    """`log -f TASK`, like `journalctl -f`: the runs of a task due every second come one
+    after the other, each under its header line, and the client keeps following until
+    SIGINT (then 130, quietly)."""
+    apply_toml(
+        daemon,
+        "ev-second",
+        """\
+        [[task]]
+        name = "ev-second"
+        task_module = "shell"
+        task_params = { command = "echo first; echo last" }
+        schedules = [{ interval_sec = 1 }]
+        """,
+    )
+    try:
+        with following(daemon, "ev-second") as follower:
+            assert follower.stdout is not None
+            runs = read_runs(follower.stdout, 3)
+            assert follower.poll() is None, "it keeps following"
+            follower.send_signal(signal.SIGINT)
+            _, errors = follower.communicate(timeout=WAIT_SEC)
+        assert follower.returncode == 130
+        assert errors == ""
+    finally:
+        ok(ctl(daemon, "delete", "ev-second"))
+    ids = []
+    for header, messages in runs:
+        match = HEADER.fullmatch(header)
+        assert match is not None, header
+        assert match.group(2) == "schedule"
+        assert messages.index("first") < messages.index("last")
+        ids.append(int(match.group(1)))
+    assert ids == sorted(set(ids)), "successive runs, each once"
+
+
+def test_log_follow_prints_the_last_lines_then_the_next_run(daemon: Daemon) -> None:
+    """`log -f -n 2 TASK` prints the latest run's last two lines under its header, waits,
+    then prints the run that `ctl run` starts; `log -n 2` alone prints those two lines."""
+    daemon.create("ln-shell", "shell", {"command": "echo one; echo two; echo three; echo last"})
+    earlier = ok(ctl(daemon, "run", "ln-shell")).strip()
+    wait_status(daemon, earlier, "done")
+    whole = ok(ctl(daemon, "log", "ln-shell")).splitlines()
+    assert ok(ctl(daemon, "log", "ln-shell", "--lines", "2")).splitlines() == whole[-2:]
+    with following(daemon, "ln-shell", "-n", "2") as follower:
+        assert follower.stdout is not None
+        header = follower.stdout.readline().rstrip("\n")
+        assert HEADER.fullmatch(header), header
+        assert header.startswith(f"-- execution {earlier} (manual, ")
+        assert [follower.stdout.readline().rstrip("\n") for _ in whole[-2:]] == whole[-2:]
+        later = ok(ctl(daemon, "run", "ln-shell")).strip()
+        [(next_header, messages)] = read_runs(follower.stdout, 1)
+        assert next_header.startswith(f"-- execution {later} (manual, ")
+        said = [m for m in messages if m in {"one", "two", "three", "last"}]
+        assert said == ["one", "two", "three", "last"]
+        follower.send_signal(signal.SIGINT)
+        _, errors = follower.communicate(timeout=WAIT_SEC)
+    assert (follower.returncode, errors) == (130, "")
+
+
+def test_log_follow_one_execution_prints_lines_as_they_come_until_the_end(
+    daemon: Daemon,
+) -> None:
+    """`log -f --execution ID` prints each line while the run goes on and exits 0 when the
+    run ends."""
     command = "echo first; sleep 2; echo second; sleep 0.5; echo third"
     daemon.create("fl-shell", "shell", {"command": command})
     execution_id = ok(ctl(daemon, "run", "fl-shell")).strip()
-    with following(daemon, "fl-shell") as follower:
+    with following(daemon, "fl-shell", "--execution", execution_id) as follower:
         assert follower.stdout is not None
         read_until(follower.stdout, "first")
         # It came while the task still ran: lines are streamed, not printed at the end.
@@ -707,9 +803,10 @@ def test_tcp_needs_the_key_file_and_never_prints_the_key(daemon: Daemon) -> None
 def test_usage_errors_exit_2(daemon: Daemon) -> None:
     """Bad local input is refused before anything is sent."""
     no_config = daemon.work / "no-such-config.toml"
-    metadata, limit, both, scheme, config, missing = parallel(
+    metadata, limit, lines, both, scheme, config, missing = parallel(
         lambda: ctl(daemon, "run", CONFIG_TASK, "--metadata", "[1]"),
         lambda: ctl(daemon, "log", CONFIG_TASK, "--limit", "0"),
+        lambda: ctl(daemon, "log", CONFIG_TASK, "--lines", "2", "--limit", "3"),
         lambda: ctl(daemon, "--url", daemon.url, "list"),
         lambda: taskd("ctl", "--url", "ftp://example.org", "list"),
         lambda: taskd("ctl", "--config", no_config, "list"),
@@ -717,6 +814,9 @@ def test_usage_errors_exit_2(daemon: Daemon) -> None:
     )
     assert failed(metadata, 2)[0].startswith("taskd: --metadata: must be a JSON object")
     assert "--limit" in failed(limit, 2)[0]
+    assert failed(lines, 2) == [
+        "taskd: --lines does not go with --limit or --offset: it chooses the last lines"
+    ]
     assert failed(both, 2) == ["taskd: --socket and --url exclude each other: choose one"]
     assert "is not an http(s) URL" in failed(scheme, 2)[0]
     assert failed(config, 2) == [

@@ -65,12 +65,18 @@ def build_app(
     app[AUTH] = auth
     app[API_SETTINGS] = api_settings
     app[HEALTH] = health
+    # Live log streams end before the server waits for its handlers to finish.
+    app.on_shutdown.append(_stop_following)
     app.add_subapp(V2_PREFIX, v2.app())
     app.add_subapp(V1_PREFIX, v1.app())
     if metrics is not None:
         app[METRICS] = metrics
         app.router.add_get(METRICS_PATH, _metrics)
     return app
+
+
+async def _stop_following(app: web.Application) -> None:
+    app[CORE].stop_following()
 
 
 def registered_routes(app: web.Application) -> list[AbstractRoute]:

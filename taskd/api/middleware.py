@@ -86,6 +86,16 @@ def _is_unix(request: web.Request) -> bool:
     return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
 
 
+def _refusal(authorization: str | None) -> str:
+    """Why credentials were refused: none were sent, or those sent are not valid (a wrong
+    key should not read like a forgotten one)."""
+    if not authorization or not authorization.strip():
+        return "credentials required: an API key (Authorization: Bearer <key>) or Basic auth"
+    if authorization.strip().partition(" ")[0].lower() == "basic":
+        return "the user name or password is not valid"
+    return "the API key is not valid"
+
+
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Check credentials and the route's scope (401 without, 403 outside the scopes).
@@ -103,12 +113,13 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if _is_unix(request) and settings.trust_unix_socket:
         request[PRINCIPAL] = UNIX_SOCKET_PRINCIPAL
         return await handler(request)
-    principal = request.config_dict[AUTH].authenticate(request.headers.get("Authorization"))
+    authorization = request.headers.get("Authorization")
+    principal = request.config_dict[AUTH].authenticate(authorization)
     if principal is None:
         raise ApiError(
             401,
             "unauthorized",
-            "credentials required: an API key (Authorization: Bearer <key>) or Basic auth",
+            _refusal(authorization),
             headers={"WWW-Authenticate": 'Basic realm="taskd", Bearer realm="taskd"'},
         )
     if needed and not any(principal.allows(name) for name in needed):

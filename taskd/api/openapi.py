@@ -160,12 +160,22 @@ _EXTRA_PATHS: dict[str, dict[str, Any]] = {
     },
     "/api/v2/tasks/{task_id}/log": {
         "get": {
-            "summary": "A task's log; with follow=true, live as server-sent events.",
+            "summary": "A task's log; with follow, live as server-sent events.",
             "operationId": "show_task_log",
             "description": (
-                "**API Key Scope**: tasks / show\n\nWith `follow=true` the answer is "
-                "`text/event-stream`: `log` events carry one entry each (JSON), and an `end` "
-                "event closes the stream once the execution has ended."
+                "**API Key Scope**: tasks / show\n\nWith `follow` the answer is "
+                "`text/event-stream` (see `taskd_log_event`): `log` events carry one entry "
+                "each (JSON; the event id is its `idx`).\n\n"
+                "- `follow=execution` (or `true`): the lines of `execution_id`, or without it "
+                "every line from `offset` until the task's newest execution (waited for if "
+                "there is none) has ended; an `end` event closes the stream.\n"
+                "- `follow=task`: every run's lines for good, from `offset` or else from the "
+                "first line of the task's current execution (the running one, else the latest "
+                "that was not a skipped slot); an `execution` event comes before each run's "
+                "first line and an `end` event after its last. The stream ends only when the "
+                "client leaves or the daemon shuts down.\n\n"
+                "Both send a `: keep-alive` comment after 15 s without events, and a "
+                "`shutdown` event before the daemon closes the stream."
             ),
             "parameters": [
                 _TASK_ID,
@@ -180,7 +190,12 @@ _EXTRA_PATHS: dict[str, dict[str, Any]] = {
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1},
                 },
-                {"name": "follow", "in": "query", "schema": {"type": "boolean"}},
+                {
+                    "name": "follow",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["task", "execution", "true", "false"]},
+                    "description": "`true` is `execution`, as before `task` existed.",
+                },
             ],
             "responses": {
                 "200": {
@@ -276,12 +291,15 @@ _LOG_EVENT = {
     "type": "object",
     "required": ["event", "data"],
     "properties": {
-        "event": {"type": "string", "enum": ["log", "end"]},
+        "event": {"type": "string", "enum": ["log", "execution", "end", "shutdown"]},
         "data": {
             "type": "string",
             "description": (
-                "JSON: a log entry (`log`), or `{execution_id, status}` of the execution "
-                "that ended (`end`)."
+                "JSON: a log entry (`log`); the execution whose lines come next, as "
+                "`taskd_execution` (`execution`, with `follow=task` only, once per run before "
+                "its first line); `{execution_id, status}` of a run that ended, after its last "
+                "line (`end`: with `follow=execution` the last event); `{msg}` when the daemon "
+                "shuts down (`shutdown`, the last event)."
             ),
         },
         "id": {"type": "string", "description": "The entry's idx (`log` events)."},

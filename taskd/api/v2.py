@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
@@ -30,9 +31,9 @@ from taskd.api.errors import ApiError
 from taskd.api.middleware import V2, dialect_app
 from taskd.api.openapi import openapi_document
 from taskd.api.render import execution_json, log_entry_json, task_v2
-from taskd.core import Core
+from taskd.core import Closing, Core, Follow, LogEvent, Quiet, RunEnded, RunFollowed
 from taskd.errors import FieldError, ValidationError
-from taskd.model import TASK_QUERY_FIELDS, Task
+from taskd.model import TASK_QUERY_FIELDS, LogEntry, Task
 
 routes = web.RouteTableDef()
 
@@ -289,82 +290,115 @@ async def show_execution(request: web.Request) -> web.Response:
     return web.json_response(execution_json(execution))
 
 
+# Seconds without an event after which a followed log sends a comment line, so proxies
+# and clients do not take a quiet stream for a dead connection.
+KEEPALIVE_SEC = 15.0
+# How soon a follower notices that its client went away while nothing happens.
+_GONE_CHECK_SEC = 1.0
+_FOLLOW_MODES = {
+    "task": Follow.TASK,
+    "execution": Follow.EXECUTION,
+    # `follow=true` came first and followed one execution: it still does.
+    "true": Follow.EXECUTION,
+    "1": Follow.EXECUTION,
+    "yes": Follow.EXECUTION,
+}
+_NO_FOLLOW = frozenset({"", "false", "0", "no"})
+
+
+def _follow_mode(request: web.Request) -> Follow | None:
+    """The `follow` query parameter: `task`, `execution` (alias `true`) or none."""
+    text = request.query.get("follow", "").lower()
+    if text in _NO_FOLLOW:
+        return None
+    mode = _FOLLOW_MODES.get(text)
+    if mode is None:
+        raise ApiError(
+            400,
+            "invalid_query",
+            "query parameter 'follow' must be task, execution (or true) or false, "
+            f"got {request.query['follow']!r}",
+            [FieldError("follow", "must be task, execution, true or false")],
+        )
+    return mode
+
+
 @routes.get("/tasks/{task_id}/log")
 @scope("tasks/show")
 async def task_log(request: web.Request) -> web.StreamResponse:
-    """A task's log from `offset`; with `follow=true`, new entries stream as server-sent
-    events until the execution (the given one, or the task's latest) has ended.
+    """A task's log from `offset`; with `follow`, live as server-sent events: `execution`
+    (or `true`) until that execution (the given one, or the task's newest) has ended,
+    `task` every run's lines for good.
     """
     task = await task_from_path(request)
     core = request.config_dict[CORE]
-    offset = query_int(request, "offset", 0) or 0
+    offset = query_int(request, "offset", None)
     limit = query_int(request, "limit", 100, low=1, high=10_000) or 100
     execution_id = query_int(request, "execution_id", None, low=1)
-    follow = query_bool(request, "follow")
+    follow = _follow_mode(request)
     if execution_id is not None:
         await core.get_execution(execution_id, of=task)
-    if not follow:
+    if follow is None:
         entries = await core.read_log(
-            task.id, offset=offset, limit=limit, execution_id=execution_id
+            task.id, offset=offset or 0, limit=limit, execution_id=execution_id
         )
         return web.json_response({"entries": [log_entry_json(e) for e in entries]})
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
+    events = core.follow_log(
+        task.id,
+        mode=follow,
+        offset=offset,
+        execution_id=execution_id,
+        idle_sec=min(_GONE_CHECK_SEC, KEEPALIVE_SEC),
+    )
     try:
-        await _stream_log(request, response, task, offset, execution_id)
+        async with aclosing(events):
+            await _stream_log(request, response, events)
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client went away: nothing to answer, nothing went wrong
     return response
 
 
-FOLLOW_POLL_SEC = 0.2
+def _event(kind: str, data: Any, event_id: int | None = None) -> bytes:
+    head = "" if event_id is None else f"id: {event_id}\n"
+    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 async def _stream_log(
-    request: web.Request,
-    response: web.StreamResponse,
-    task: Task,
-    offset: int,
-    execution_id: int | None,
+    request: web.Request, response: web.StreamResponse, events: AsyncGenerator[LogEvent, None]
 ) -> None:
-    """Write log events until the watched execution has ended and its log is read.
+    """Write Core's log events as server-sent events until they end or the client goes.
 
-    Without `execution_id` the watched one is the task's newest execution; a task that has
-    never run is waited for until its first execution comes.
+    `log` (an entry; `id` is its idx), `execution` (task mode: a run whose lines follow),
+    `end` (`{execution_id, status}`: that run ended; in execution mode the last event),
+    `shutdown` (the daemon stops; the last event), and `: keep-alive` comments.
     """
-    core = request.config_dict[CORE]
-
-    def gone() -> bool:
-        return request.transport is None or request.transport.is_closing()
-
-    watched = execution_id
-    while watched is None:
-        # The task has never run: follow its first run, whenever that comes.
-        watched = await core.newest_execution_id(task.id)
-        if watched is None:
-            if gone():
+    loop = asyncio.get_running_loop()
+    wrote = loop.time()
+    async for event in events:
+        if request.transport is None or request.transport.is_closing():
+            return  # the client went away: stop reading for it
+        match event:
+            case LogEntry():
+                await response.write(_event("log", log_entry_json(event), event.idx))
+            case RunFollowed():
+                await response.write(_event("execution", execution_json(event.execution)))
+            case RunEnded():
+                status = None if event.status is None else str(event.status)
+                end = {"execution_id": str(event.execution_id), "status": status}
+                await response.write(_event("end", end))
+            case Closing():
+                await response.write(_event("shutdown", {"msg": "taskd is shutting down"}))
                 return
-            await asyncio.sleep(FOLLOW_POLL_SEC)
-    ended, status = False, None
-    while not gone():  # when the client went away, stop polling for it
-        entries = await core.read_log(task.id, offset=offset, limit=500, execution_id=execution_id)
-        for entry in entries:
-            payload = json.dumps(log_entry_json(entry))
-            await response.write(f"id: {entry.idx}\nevent: log\ndata: {payload}\n\n".encode())
-            offset = entry.idx + 1
-        if entries:
-            continue
-        if ended:
-            # Nothing left after the ending was committed: the log is complete.
-            end = {"execution_id": str(watched), "status": None if status is None else str(status)}
-            await response.write(f"event: end\ndata: {json.dumps(end)}\n\n".encode())
-            return
-        ended, status = await core.ending(watched)
-        if not ended:
-            await asyncio.sleep(FOLLOW_POLL_SEC)
+            case Quiet():
+                if loop.time() - wrote < KEEPALIVE_SEC:
+                    continue
+                await response.write(b": keep-alive\n\n")
+        wrote = loop.time()
 
 
 @routes.get("/modules")
