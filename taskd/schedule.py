@@ -868,7 +868,10 @@ def _cron_field_problem(text: str, spec: _CronField) -> str | None:
             if value.isascii() and value.isdigit():
                 if not spec.low <= int(value) <= spec.high:
                     return f"{spec.name}: {int(value)} is not in {spec.low}..{spec.high}"
-            elif _CRON_WORD.fullmatch(value) and value.lower() not in spec.names:
+            elif _CRON_WORD.fullmatch(value) and value.lower() not in (
+                *spec.names,
+                *spec.long_names,
+            ):
                 return _cron_name_problem(text, value, spec)
             elif not _CRON_WORD.fullmatch(value):
                 return f"{spec.name}: {item!r} is not a number, a name, a range or a step"
@@ -902,6 +905,19 @@ def _cron_name_problem(text: str, word: str, spec: _CronField) -> str:
             f"did you mean {short(close)!r}? ({known})"
         )
     return f"{spec.name}: {word!r} is not a name cron knows ({known})"
+
+
+_LONG_NAMES = {
+    long: short
+    for spec in _CRON_FIELDS
+    for short, long in zip(spec.names, spec.long_names, strict=True)
+}
+
+
+def _short_names(expression: str) -> str:
+    """Write spelt-out names (`monday-friday`, `January`) as cron's own (`mon-fri`, `jan`):
+    taskd takes both spellings, croniter only the short one."""
+    return _CRON_WORD.sub(lambda match: _LONG_NAMES.get(match[0].lower(), match[0]), expression)
 
 
 _SINGLE_RANGE = re.compile(r"^(\w+)-(\w+)(?:/\d+)?$")
@@ -958,7 +974,9 @@ def _parse_cron(
     refusal = _check_cron_syntax(expression)
     if refusal is None:
         try:
-            expanded, nth_weekdays = croniter.expand(_collapse_single_ranges(expression))
+            expanded, nth_weekdays = croniter.expand(
+                _collapse_single_ranges(_short_names(expression))
+            )
         except Exception as error:  # croniter raises several unrelated types for bad input
             refusal = str(error) or type(error).__name__
         else:
