@@ -19,10 +19,10 @@ import pytest
 from api_fixtures import WAIT_SEC, Api, open_api, spec_problems
 from openapi_spec_validator import validate
 
-from taskd import core as core_module
 from taskd.api import v2
 from taskd.api.app import registered_routes
 from taskd.core import Follow, RunEnded, RunFollowed
+from taskd.core import follow as follow_module
 from taskd.model import ExecutionStatus, LogEntry
 
 QUICK = {"task_module": "sleep", "task_params": {"seconds": 0}}
@@ -238,7 +238,7 @@ async def test_followers_wake_on_commits_not_on_a_timer(
     """`Core.follow_log` hears of new lines and endings through the store's commits: with
     its fallback re-check and its quiet time set to a minute, a run still comes through
     (announced, its lines, its end) in moments."""
-    monkeypatch.setattr(core_module, "FOLLOW_RECHECK_SEC", 60.0)
+    monkeypatch.setattr(follow_module, "FOLLOW_RECHECK_SEC", 60.0)
     task = await api.create("woken", task_module="shell", task_params={"command": "echo hi"})
     events = api.core.follow_log(int(task["id"]), mode=Follow.TASK, idle_sec=60.0)
     seen: list[object] = []

@@ -8,18 +8,16 @@ names, shapes and errors. Nothing above this layer touches the store.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections import deque
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 import structlog
 
 from taskd.clock import Clock
+from taskd.core.follow import Follow, LogEvent, LogFollowers
 from taskd.definition import Edit, as_id, check_version, merge_definition, named_version
 from taskd.errors import (
     ActionError,
@@ -51,49 +49,6 @@ from taskd.taskspec import validate_task_spec
 log = structlog.get_logger("taskd.core")
 
 DEFER_TTL = timedelta(days=7)
-# A follower re-reads at most this often (a busy store commits many batches a second) ...
-FOLLOW_COALESCE_SEC = 0.05
-# ... and at least this often even without a commit it heard of (a bounded fallback).
-FOLLOW_RECHECK_SEC = 1.0
-_FOLLOW_PAGE = 500
-
-
-class Follow(StrEnum):
-    """What a log follower follows: one execution to its end, or the task for good."""
-
-    EXECUTION = "execution"
-    TASK = "task"
-
-
-@dataclass(frozen=True, slots=True)
-class RunFollowed:
-    """Task mode: the lines that come next include this execution's (told once per run,
-    before its first line)."""
-
-    execution: Execution
-
-
-@dataclass(frozen=True, slots=True)
-class RunEnded:
-    """A followed execution has ended and every line it logged was given (status None if
-    it is gone, deleted with its task)."""
-
-    execution_id: int
-    status: ExecutionStatus | None
-
-
-@dataclass(frozen=True, slots=True)
-class Quiet:
-    """Nothing to tell for `idle_sec`: a chance to keep the connection alive, or to notice
-    that the reader went away."""
-
-
-@dataclass(frozen=True, slots=True)
-class Closing:
-    """The daemon is shutting down: the follow ends here."""
-
-
-LogEvent = LogEntry | RunFollowed | RunEnded | Quiet | Closing
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +97,7 @@ class Core:
         self.clock = clock
         self.config_source = config_source
         scheduler.set_default_timezone(default_timezone)
-        # Set (and replaced) at each store commit: log followers wait on it.
-        self._commit = asyncio.Event()
-        self._following_closed = False
+        self._followers = LogFollowers()
 
     @property
     def default_timezone(self) -> str:
@@ -580,15 +533,13 @@ class Core:
 
     def committed(self, *_batch: object) -> None:
         """Wake the log followers: the store committed a batch (its `on_batch` hook)."""
-        self._commit.set()
-        self._commit = asyncio.Event()
+        self._followers.committed()
 
     def stop_following(self) -> None:
         """End every log follow (with `Closing`): the daemon is shutting down."""
-        self._following_closed = True
-        self.committed()
+        self._followers.stop()
 
-    async def follow_log(
+    def follow_log(
         self,
         task_id: int,
         *,
@@ -597,130 +548,15 @@ class Core:
         execution_id: int | None = None,
         idle_sec: float = 1.0,
     ) -> AsyncGenerator[LogEvent, None]:
-        """Yield a task's log entries as they are committed, oldest first.
-
-        `Follow.EXECUTION`: entries from `offset` (default 0), only those of `execution_id`
-        if given, until the watched execution (`execution_id`, else the task's newest,
-        waited for if it has none) has ended: then `RunEnded` and the follow is over.
-
-        `Follow.TASK`: every entry from `offset` on, for good; without `offset`, from the
-        first line of the task's `current_execution` (waited for while it has none). Each
-        execution is announced with `RunFollowed` before its first line, and `RunEnded`
-        follows its last. `execution_id` is not used.
-
-        Both yield `Quiet` after `idle_sec` without anything else, and `Closing` (then
-        stop) once `stop_following` was called. Waking: each store commit wakes the
-        follower (at most every `FOLLOW_COALESCE_SEC`), and it re-reads at least every
-        `FOLLOW_RECHECK_SEC` anyway.
-        """
-        loop = asyncio.get_running_loop()
-        told = loop.time()  # when the follower last yielded something
-
-        async def wait(commit: asyncio.Event) -> None:
-            """Wait for a commit, the re-check time or the end of the quiet time."""
-            timeout = min(FOLLOW_RECHECK_SEC, max(0.0, told + idle_sec - loop.time()))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await commit.wait()
-                    await asyncio.sleep(FOLLOW_COALESCE_SEC)  # let a busy store batch more
-
-        def idle() -> bool:
-            return loop.time() - told >= idle_sec
-
-        # Where to start, and (execution mode) what to watch.
-        watched = execution_id
-        start = offset
-        while (mode is Follow.EXECUTION and watched is None) or (
-            mode is Follow.TASK and start is None
-        ):
-            commit = self._commit  # taken before reading: a commit after it wakes us
-            if self._following_closed:
-                yield Closing()
-                return
-            if mode is Follow.EXECUTION:
-                watched = await self.newest_execution_id(task_id)
-                if watched is not None:
-                    break
-            else:
-                current = await self.current_execution(task_id)
-                if current is not None:
-                    first = await self.store.read_log(
-                        task_id, offset=0, limit=1, execution_id=current.id
-                    )
-                    if first:
-                        start = first[0].idx
-                        break
-            if idle():
-                yield Quiet()
-                told = loop.time()
-            await wait(commit)
-        offset = start or 0
-
-        if mode is Follow.EXECUTION:
-            assert watched is not None
-            ended, status = False, None
-            while True:
-                commit = self._commit
-                if self._following_closed:
-                    yield Closing()
-                    return
-                entries = await self.read_log(
-                    task_id, offset=offset, limit=_FOLLOW_PAGE, execution_id=execution_id
-                )
-                for entry in entries:
-                    yield entry
-                    offset = entry.idx + 1
-                if entries:
-                    told = loop.time()
-                    continue
-                if ended:  # nothing left after the ending was committed: all was read
-                    yield RunEnded(watched, status)
-                    return
-                ended, status = await self.ending(watched)
-                if ended:
-                    continue
-                if idle():
-                    yield Quiet()
-                    told = loop.time()
-                await wait(commit)
-
-        running: set[int] = set()  # announced, not ended
-        done: deque[int] = deque(maxlen=1000)  # ended lately: not announced again
-        endings: list[RunEnded] = []  # ended, to be told once their last lines are read
-        while True:
-            commit = self._commit
-            if self._following_closed:
-                yield Closing()
-                return
-            entries = await self.read_log(task_id, offset=offset, limit=_FOLLOW_PAGE)
-            for entry in entries:
-                run = entry.execution_id
-                if run is not None and run not in running and run not in done:
-                    with contextlib.suppress(NotFoundError):  # deleted with its task
-                        yield RunFollowed(await self.store.get_execution(run))
-                    running.add(run)
-                yield entry
-                offset = entry.idx + 1
-            if entries:
-                told = loop.time()
-            if len(entries) == _FOLLOW_PAGE:
-                continue
-            for ending in endings:  # read after their endings were committed: all told
-                running.discard(ending.execution_id)
-                done.append(ending.execution_id)
-                yield ending
-                told = loop.time()
-            endings = []
-            for run in sorted(running):
-                ended, status = await self.ending(run)
-                if ended:
-                    endings.append(RunEnded(run, status))
-            if endings:
-                continue  # `ending` committed their last lines: read them first
-            if idle():
-                yield Quiet()
-                told = loop.time()
-            await wait(commit)
+        """Yield a task's log entries as they are committed; see `LogFollowers.follow`."""
+        return self._followers.follow(
+            self,
+            task_id,
+            mode=mode,
+            offset=offset,
+            execution_id=execution_id,
+            idle_sec=idle_sec,
+        )
 
     async def ending(self, execution_id: int) -> tuple[bool, ExecutionStatus | None]:
         """Whether the execution has ended, and how: `(False, None)` while it is queued,
