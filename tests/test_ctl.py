@@ -359,7 +359,7 @@ def test_show_finds_a_task_by_name_or_id(daemon: Daemon) -> None:
     assert json.loads(as_json) == daemon.api(f"/tasks/{task_id}")
 
 
-def test_show_and_executions_show_progress(daemon: Daemon) -> None:
+def test_show_and_executions_showprogress_text(daemon: Daemon) -> None:
     """`show` (its last execution) and `executions` (a PROGRESS column) show the progress a
     module reported."""
     daemon.create("pg-nap", "sleep", {"seconds": 0.1, "steps": 2})
@@ -383,11 +383,11 @@ def test_show_and_executions_show_progress(daemon: Daemon) -> None:
 
 def test_progress_cell_names_every_counter() -> None:
     """The progress cell carries the percent, sizes, files and bandwidth a module reported."""
-    from taskd.ctl import _progress
+    from taskd.ctl.output import progress_text
 
-    assert _progress({}) == "-"
+    assert progress_text({}) == "-"
     assert (
-        _progress(
+        progress_text(
             {
                 "progress": 40,
                 "size_done": 1_200_000_000,
@@ -399,7 +399,7 @@ def test_progress_cell_names_every_counter() -> None:
         )
         == "40 %, 1.2 GB of 3.0 GB, 12 of 30 files, 85.0 MB/s"
     )
-    assert _progress({"size_done": 512}) == "512 B"
+    assert progress_text({"size_done": 512}) == "512 B"
 
 
 def test_modules_lists_the_builtin_modules(daemon: Daemon) -> None:
