@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from module_context import FakeContext
 
 from taskd.errors import ValidationError
 from taskd.modules.base import ModuleError
 from taskd.modules.http import MAX_EXCERPT_BYTES, HttpModule
 from taskd.modules.registry import ModuleRegistry
+from taskd.testing import FakeContext
 
 
 @dataclass
@@ -91,7 +91,7 @@ def collect_garbage() -> Iterator[None]:
 
 def http_ctx(**raw: Any) -> FakeContext:
     """A context holding `raw` validated as http params by the registry."""
-    return FakeContext(params=ModuleRegistry.builtin().validate("http", raw))
+    return FakeContext.for_module(HttpModule(), raw)
 
 
 async def test_ok_status_returns_and_logs_body(server: Server) -> None:

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from module_context import FakeContext
 
 from taskd.errors import ValidationError
 from taskd.modules.base import LogLevel, ModuleError
 from taskd.modules.registry import ModuleRegistry
 from taskd.modules.shell import MAX_LINE_BYTES, ShellModule
+from taskd.testing import FakeContext
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc, uses prctl")
 
