@@ -12,6 +12,8 @@ For module authors::
 `FakeContext` stands in for the runner: the test drives pause, resume and stop and reads back
 what the module logged, reported and saved. `FakeClock` is a `taskd.clock.Clock` whose time
 the test sets. `wait_until` bounds a wait on a condition that has no event to wait on.
+`slow_callbacks` records every callback that held the event loop too long, so a test can
+fail when a module does blocking work on the loop.
 
 Every wait here is bounded (`WAIT_SEC` unless given): a hang detector, not a timing assertion.
 Nothing here sleeps to let time pass.
@@ -20,8 +22,10 @@ Nothing here sleeps to let time pass.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,10 +34,21 @@ from taskd.clock import Clock
 from taskd.modules.base import LogLevel, Module, ModuleContext, Trigger
 from taskd.modules.registry import ModuleRegistry
 
-__all__ = ["DEFAULT_START", "WAIT_SEC", "FakeClock", "FakeContext", "wait_until"]
+__all__ = [
+    "DEFAULT_START",
+    "SLOW_CALLBACK_SEC",
+    "WAIT_SEC",
+    "FakeClock",
+    "FakeContext",
+    "slow_callbacks",
+    "wait_until",
+]
 
 WAIT_SEC = 2.0
 """How long the helpers here wait for something before failing (a hang detector)."""
+
+SLOW_CALLBACK_SEC = 0.05
+"""How long one callback may hold the event loop before `slow_callbacks` reports it."""
 
 DEFAULT_START = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 """Where a stopped `FakeClock` starts unless told: a Monday, 10:00 UTC, on a quarter hour."""
@@ -273,6 +288,53 @@ async def wait_until(
             if value:
                 return
             await asyncio.sleep(poll_sec)
+
+
+@contextmanager
+def slow_callbacks(
+    threshold_sec: float = SLOW_CALLBACK_SEC, *, loop: asyncio.AbstractEventLoop | None = None
+) -> Iterator[list[str]]:
+    """Record every callback that holds `loop` (default: the running loop) `threshold_sec`
+    or longer; yield the list the reports go into.
+
+    Each report is asyncio's own line, naming the task or handle and how long it took
+    (`"Executing <Task ...> took 0.212 seconds"`). asyncio measures callbacks only in debug
+    mode, so debug mode is on inside the block (it also refuses non-thread-safe calls from
+    other threads and is slower); the loop's debug flag and threshold are restored after.
+    The measure is wall time: on an overloaded machine a callback that was merely
+    preempted can be reported too. Raises `RuntimeError` without a loop and none running.
+    """
+    loop = loop if loop is not None else asyncio.get_running_loop()
+    reports: list[str] = []
+    handler = _SlowCallbackHandler(reports)
+    logger = logging.getLogger("asyncio")
+    old_level = logger.level
+    old_debug = loop.get_debug()
+    old_threshold = loop.slow_callback_duration
+    if not logger.isEnabledFor(logging.WARNING):
+        logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    loop.slow_callback_duration = threshold_sec
+    loop.set_debug(True)
+    try:
+        yield reports
+    finally:
+        loop.set_debug(old_debug)
+        loop.slow_callback_duration = old_threshold
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+class _SlowCallbackHandler(logging.Handler):
+    """Keeps asyncio's "Executing ... took ... seconds" warnings, and only those."""
+
+    def __init__(self, reports: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self._reports = reports
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith("Executing "):
+            self._reports.append(record.getMessage())
 
 
 def _aware_utc(when: datetime) -> datetime:

@@ -11,13 +11,11 @@ end. The specs are patched only where they cannot be validated against (see
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from api_fixtures import QUIET_SCHEDULE, Api, Reply, SpecCheck, open_api, spec_problems
+from api_fixtures import QUIET_SCHEDULE, Api, Reply, SpecCheck, spec_problems
 from multidict import MultiDict
 
 LONG = {"task_module": "sleep", "task_params": {"seconds": 30, "steps": 300}}
@@ -31,14 +29,6 @@ FYLR_READ_ONLY = {
     "status_msg",
     "status_percent",
 }
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    """A live API on real parts; no request may fail inside taskd."""
-    async with open_api(tmp_path) as served:
-        yield served
-        assert not served.failures()
 
 
 def rfc3339(instant: datetime) -> str:

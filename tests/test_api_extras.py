@@ -8,27 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from api_fixtures import Api, open_api, spec_problems
+from api_fixtures import Api, spec_problems
 from openapi_spec_validator import validate
 
 from taskd.api.app import registered_routes
 
 QUICK = {"task_module": "sleep", "task_params": {"seconds": 0}}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    """A live API on real parts; no request may fail inside taskd."""
-    async with open_api(tmp_path) as served:
-        yield served
-        assert not served.failures()
 
 
 async def run_to_end(api: Api, task_id: str, body: dict[str, Any] | None = None) -> str:

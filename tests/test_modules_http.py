@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,9 @@ from taskd.modules.base import ModuleError
 from taskd.modules.http import MAX_EXCERPT_BYTES, HttpModule
 from taskd.modules.registry import ModuleRegistry
 from taskd.testing import FakeContext
+
+# Collect garbage after each test, so an unclosed session warns in its own test.
+pytestmark = pytest.mark.usefixtures("collect_garbage")
 
 
 @dataclass
@@ -80,13 +82,6 @@ async def server() -> AsyncIterator[Server]:
     yield record
     record.release.set()  # so that cleanup does not wait for a held handler
     await runner.cleanup()
-
-
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect garbage after each test, so an unclosed session warns in its own test."""
-    yield
-    gc.collect()
 
 
 def http_ctx(**raw: Any) -> FakeContext:

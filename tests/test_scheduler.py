@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -37,13 +37,6 @@ from taskd.store import NewExecution
 
 SKIPPED = ExecutionStatus.SKIPPED
 DONE = ExecutionStatus.DONE
-
-
-@pytest.fixture
-async def eng(tmp_path: Path) -> AsyncIterator[Engine]:
-    """An engine with the scheduler's loop off, the clock one second before T0."""
-    async with open_engine(tmp_path / "taskd.db", clock=FakeClock(at(-1))) as engine:
-        yield engine
 
 
 def statuses(rows: Sequence[Execution]) -> list[str]:
