@@ -37,6 +37,9 @@ import pytest
 
 from taskd.api.auth import verify_password
 
+# One `taskd serve` subprocess for the module; every test runs `taskd ctl` processes.
+pytestmark = pytest.mark.slow
+
 T = TypeVar("T")
 
 WAIT_SEC = 10.0  # the bound of every wait
