@@ -36,6 +36,7 @@ def rfc3339(instant: datetime) -> str:
     return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+@pytest.mark.slow  # openapi-core validates every exchange (CPU)
 async def test_every_v2_exchange_conforms_to_the_nodeum_spec(api: Api) -> None:
     """Create, list (paging, sort, every filter), show, update, destroy and every action,
     with their 201/200/204 answers and 404, 409, 422 errors, all validate against Nodeum."""
@@ -133,6 +134,7 @@ async def test_every_v2_exchange_conforms_to_the_nodeum_spec(api: Api) -> None:
     assert spec_problems(api.exchanges, meant_invalid=meant_invalid) == []
 
 
+@pytest.mark.slow  # openapi-core validates every exchange (CPU)
 async def test_every_v1_exchange_conforms_to_the_fylr_spec(api: Api) -> None:
     """GET/POST /task, GET/DELETE /task/{id}, cancel, log and modules (and the alias), in
     success and error cases, all validate against fylr under /api/v1."""

@@ -143,6 +143,7 @@ async def test_follow_a_task_that_never_ran_waits_for_its_first_run(api: Api) ->
     assert "first run" in [json.loads(e["data"])["msg"] for e in events[:-1]]
 
 
+@pytest.mark.slow  # a real 0.6 s task runs to its end
 async def test_a_follower_that_goes_away_is_no_error(api: Api) -> None:
     """A client that drops a live stream leaves no failed request behind."""
     task = await api.create("dropped", task_module="sleep", task_params={"seconds": 0.6})

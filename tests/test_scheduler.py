@@ -460,6 +460,7 @@ async def test_a_stale_heap_entry_does_not_lose_the_task(eng: Engine) -> None:
     ]
 
 
+@pytest.mark.slow  # the real loop, a second of real time
 async def test_the_real_loop_notices_a_wall_clock_jump_within_a_second(tmp_path: Path) -> None:
     """With the loop asleep and nothing due for 2 h, a 2 h jump fires the slot within ~1 s."""
     clock = FakeClock(at(-7200))
