@@ -19,8 +19,9 @@ from taskd.modules.http import MAX_EXCERPT_BYTES, HttpModule
 from taskd.modules.registry import ModuleRegistry
 from taskd.testing import FakeContext
 
-# Collect garbage after each test, so an unclosed session warns in its own test.
-pytestmark = pytest.mark.usefixtures("collect_garbage")
+# Nothing may block the loop; garbage is collected after each test, so an unclosed session
+# warns in its own test.
+pytestmark = pytest.mark.usefixtures("no_blocking", "collect_garbage")
 
 
 @dataclass

@@ -16,6 +16,8 @@ from taskd.modules.params import PARAM_TYPES, validate_param_defs, validate_para
 from taskd.modules.registry import ModuleRegistry
 from taskd.testing import FakeContext
 
+pytestmark = pytest.mark.usefixtures("no_blocking")  # nothing may block the event loop
+
 DEFS: list[dict[str, Any]] = [
     {"name": "flag", "type": "bool", "default": False},
     {"name": "count", "type": "int", "default": 3, "minimum": 1, "maximum": 10},

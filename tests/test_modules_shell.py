@@ -27,8 +27,9 @@ from taskd.testing import FakeContext
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="reads /proc, uses prctl"),
-    # Collect garbage after each test, so an unclosed transport warns in its own test.
-    pytest.mark.usefixtures("collect_garbage"),
+    # Nothing may block the loop; garbage is collected after each test, so an unclosed
+    # transport warns in its own test.
+    pytest.mark.usefixtures("no_blocking", "collect_garbage"),
 ]
 
 _PR_SET_CHILD_SUBREAPER = 36

@@ -20,6 +20,8 @@ from taskd.modules.registry import ModuleRegistry
 from taskd.modules.sleep import SleepModule
 from taskd.testing import FakeContext
 
+pytestmark = pytest.mark.usefixtures("no_blocking")  # nothing may block the event loop
+
 
 def module_ctx(module: str, ctx_class: type[FakeContext] = FakeContext, **raw: Any) -> FakeContext:
     """A context holding `raw` validated for `module` by the registry."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from taskd.errors import ValidationError
 from taskd.modules.sleep import SleepModule
-from taskd.testing import DEFAULT_START, FakeClock, FakeContext, wait_until
+from taskd.testing import DEFAULT_START, FakeClock, FakeContext, slow_callbacks, wait_until
 
 
 def test_a_stopped_clock_moves_only_when_told() -> None:
@@ -71,3 +73,19 @@ async def test_wait_until_is_bounded() -> None:
     assert len(calls) == 3
     with pytest.raises(TimeoutError):
         await wait_until(lambda: False, timeout_sec=0.02)
+
+
+async def test_slow_callbacks_reports_a_blocked_loop_and_only_that() -> None:
+    """A step that blocks 120 ms is reported with its coroutine; quick steps are not."""
+    with slow_callbacks(0.05) as reports:
+        await asyncio.sleep(0)
+    assert reports == []
+
+    async def blocks() -> None:
+        time.sleep(0.12)  # noqa: ASYNC251 - blocking the loop is the point
+
+    with slow_callbacks(0.05) as reports:
+        await asyncio.create_task(blocks())
+    assert len(reports) == 1
+    assert "blocks()" in reports[0]
+    assert not asyncio.get_running_loop().get_debug()
