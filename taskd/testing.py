@@ -15,8 +15,8 @@ the test sets. `wait_until` bounds a wait on a condition that has no event to wa
 `slow_callbacks` records every callback that held the event loop too long, so a test can
 fail when a module does blocking work on the loop.
 
-Every wait here is bounded (`WAIT_SEC` unless given): a hang detector, not a timing assertion.
-Nothing here sleeps to let time pass.
+Every wait here ends as soon as what it waits for happens, and is bounded (`WAIT_SEC` unless
+given): a hang detector, not a timing assertion.
 """
 
 from __future__ import annotations
