@@ -1,38 +1,57 @@
-# The two commands: `make run` and `make test`. Both set up .venv first if it is missing.
+# The two commands: `make run` and `make test`. Both set up .venv first if it is missing:
+# `make run` installs taskd's runtime dependencies only, `make test` adds the test tools.
+# Each install leaves a stamp file, so neither command installs again until pyproject.toml
+# changes (and `make run` after `make test` installs nothing).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench zipapp clean
+.PHONY: run test test-fast lint bench zipapp clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	@echo "taskd: creating the virtual environment $(VENV) with $(PYTHON)..."
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
 
-run: $(STAMP)
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	@echo "taskd: installing runtime dependencies into $(VENV) (first run only)..."
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(TEST_STAMP): $(RUNTIME_STAMP) pyproject.toml
+	@echo "taskd: installing the test tools into $(VENV) (first run only)..."
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+run: $(RUNTIME_STAMP)
 	$(BIN)/taskd check-config etc/taskd.toml
 	$(BIN)/taskd serve --config etc/taskd.toml
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+# The quick loop while editing: everything but the tests marked `slow` (subprocess daemons,
+# the zipapp build, the API fuzz, long property tests); under 30 s on two cores.
+test-fast: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(RUNTIME_STAMP)
 	$(BIN)/python bench/schedule.py
 
 # One file, dist/taskd.pyz, that runs with the system's Python 3.11+ on a server without pip:
 # `python3 taskd.pyz serve --config /etc/taskd/taskd.toml`. Dependencies are bundled (built
 # for this machine's Python version and architecture).
-zipapp: $(STAMP)
+zipapp: $(TEST_STAMP)
 	mkdir -p dist
 	$(BIN)/shiv --quiet --reproducible --console-script taskd --output-file dist/taskd.pyz .
 	@echo "built dist/taskd.pyz"

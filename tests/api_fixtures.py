@@ -12,9 +12,9 @@ the config says otherwise) and `api.tcp(key)` over TCP. Every call is recorded i
 `api.exchanges` (request and reply), so a test can validate all of them against a spec.
 
 Log events are captured (`api.logs`, structlog's event dicts); `api.failures()` lists the
-requests the error middleware logged as failed (answered 500). The clock is the system
-clock plus an offset a test may move (`api.clock.shift`), for deferred runs that expire
-after days. Waits are bounded by `WAIT_SEC` (a hang detector).
+requests the error middleware logged as failed (answered 500). The clock is a running
+`FakeClock`: the system clock plus what a test adds (`api.clock.jump`), for deferred runs
+that expire after days. Waits are bounded by `WAIT_SEC` (a hang detector).
 
 `SpecCheck` / `spec_problems` validate recorded exchanges with openapi-core against the
 original specs, patched only where a spec cannot be validated against (each patch says why).
@@ -32,7 +32,6 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, closing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from taskd.runner import Runner
 from taskd.scheduler import Scheduler
 from taskd.settings import ApiSettings, ListenAddress
 from taskd.store import DB_FILE, Store, open_store
+from taskd.testing import FakeClock
 
 WAIT_SEC = 10.0
 
@@ -89,29 +89,6 @@ def password_hash() -> str:
 def basic(user: str, password: str) -> str:
     """An `Authorization` value for Basic auth."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-class OffsetClock:
-    """The system clock plus an offset a test may move forward (`shift`)."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def now(self) -> datetime:
-        """Return the current wall time plus the offset (aware UTC)."""
-        return datetime.now(UTC) + self.offset
-
-    def monotonic(self) -> float:
-        """Return the real monotonic clock."""
-        return asyncio.get_running_loop().time()
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep real time."""
-        await asyncio.sleep(max(0.0, seconds))
-
-    def shift(self, delta: timedelta) -> None:
-        """Move the wall clock by `delta`."""
-        self.offset += delta
 
 
 @dataclass(frozen=True, eq=False)
@@ -261,7 +238,7 @@ class Api:
     runner: Runner
     scheduler: Scheduler
     core: Core
-    clock: OffsetClock
+    clock: FakeClock
     settings: ApiSettings
     app: Any
     tcp_base: str
@@ -430,7 +407,7 @@ async def open_api(
         settings.api, listen=(ListenAddress(host="127.0.0.1", port=0),)
     )
     auth = Authenticator.from_settings(api_settings)
-    clock = OffsetClock()
+    clock = FakeClock.running()
     async with AsyncExitStack() as stack:
         # Log events are captured as dicts (and not rendered: a rendered traceback is slow).
         logs = stack.enter_context(capture_logs())

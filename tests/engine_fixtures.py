@@ -1,9 +1,10 @@
 """Builders for tests of the scheduler, the runner and the core, all real parts.
 
 `open_engine` wires a real SQLite `Store` (in a temporary directory), the real `Runner`,
-`Scheduler` and `Core` with a `FakeClock` and a `GateModule` the test controls. The
-scheduler's loop is not started unless asked for: tests drive it with `Engine.tick(when)`,
-which sets the fake clock and runs one step, so what is due is decided by the test alone.
+`Scheduler` and `Core` with a `FakeClock` (from `taskd.testing`) and a `GateModule` the
+test controls. The scheduler's loop is not started unless asked for: tests drive it with
+`Engine.tick(when)`, which sets the fake clock and runs one step, so what is due is decided
+by the test alone.
 
 Waits are bounded by `WAIT_SEC`, a hang detector rather than a timing assertion.
 """
@@ -14,7 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,12 @@ from taskd.runner import RunEvents, Runner
 from taskd.scheduler import Scheduler, SchedulerSettings
 from taskd.store import Store
 from taskd.store.sqlite import SqliteStore
+from taskd.testing import DEFAULT_START, FakeClock, wait_until
 
 WAIT_SEC = 1.5
 
 # A Monday, on a quarter hour: every-15-minutes schedules have a slot here.
-T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+T0 = DEFAULT_START
 QUARTER = timedelta(minutes=15)
 EVERY_15_MIN = [{"interval_sec": 900}]
 
@@ -41,44 +43,6 @@ EVERY_15_MIN = [{"interval_sec": 900}]
 def at(offset_sec: float) -> datetime:
     """T0 plus `offset_sec` seconds."""
     return T0 + timedelta(seconds=offset_sec)
-
-
-class FakeClock:
-    """A `Clock` whose wall time the test sets; `jump` moves the wall clock only.
-
-    `monotonic()` moves with `advance` but not with `set`/`jump`, as a real machine's
-    monotonic clock ignores a change of the wall clock. `sleep` sleeps real time.
-    """
-
-    def __init__(self, now: datetime = T0) -> None:
-        self._now = now
-        self._monotonic = 1000.0
-
-    def now(self) -> datetime:
-        """Return the current fake wall time (aware UTC)."""
-        return self._now
-
-    def set(self, when: datetime) -> None:
-        """Set the wall time (it may go backwards: that is a clock being set)."""
-        assert when.tzinfo is not None, "the clock speaks aware datetimes only"
-        self._now = when.astimezone(UTC)
-
-    def advance(self, seconds: float) -> None:
-        """Let `seconds` pass on both clocks."""
-        self._now += timedelta(seconds=seconds)
-        self._monotonic += seconds
-
-    def jump(self, seconds: float) -> None:
-        """Move the wall clock only (an NTP step, a resumed virtual machine)."""
-        self._now += timedelta(seconds=seconds)
-
-    def monotonic(self) -> float:
-        """Return the fake monotonic reading."""
-        return self._monotonic
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep real time (the engine does not sleep through the clock today)."""
-        await asyncio.sleep(max(0.0, seconds))
 
 
 @dataclass(eq=False)
@@ -254,14 +218,7 @@ async def until(check: Callable[[], Any], *, timeout_sec: float = WAIT_SEC) -> N
     For conditions only the database can tell (a status written in a batch); anything the
     test can wait on as an event is waited on as an event.
     """
-    async with asyncio.timeout(timeout_sec):
-        while True:
-            value = check()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return
-            await asyncio.sleep(0.005)
+    await wait_until(check, timeout_sec=timeout_sec)
 
 
 def registry(gate: GateModule, *extra: Module) -> ModuleRegistry:

@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import socket
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -59,14 +58,6 @@ ROUTES: list[tuple[str, str, str | None, object]] = [
     ("GET", "/api/v1/task/modules", "tasks/index", None),
     ("GET", "/api/v1/task/module", "tasks/index", None),
 ]
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    """A live API with a key per scope, `tasks/*`, `*` and a Basic-auth user."""
-    async with open_api(tmp_path) as served:
-        yield served
-        assert not served.failures()
 
 
 async def call(client: Client, method: str, path: str, body: object) -> int:

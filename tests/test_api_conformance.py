@@ -11,13 +11,11 @@ end. The specs are patched only where they cannot be validated against (see
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from api_fixtures import QUIET_SCHEDULE, Api, Reply, SpecCheck, open_api, spec_problems
+from api_fixtures import QUIET_SCHEDULE, Api, Reply, SpecCheck, spec_problems
 from multidict import MultiDict
 
 LONG = {"task_module": "sleep", "task_params": {"seconds": 30, "steps": 300}}
@@ -33,19 +31,12 @@ FYLR_READ_ONLY = {
 }
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    """A live API on real parts; no request may fail inside taskd."""
-    async with open_api(tmp_path) as served:
-        yield served
-        assert not served.failures()
-
-
 def rfc3339(instant: datetime) -> str:
     """An instant as RFC 3339 UTC with a Z."""
     return instant.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+@pytest.mark.slow  # openapi-core validates every exchange (CPU)
 async def test_every_v2_exchange_conforms_to_the_nodeum_spec(api: Api) -> None:
     """Create, list (paging, sort, every filter), show, update, destroy and every action,
     with their 201/200/204 answers and 404, 409, 422 errors, all validate against Nodeum."""
@@ -143,6 +134,7 @@ async def test_every_v2_exchange_conforms_to_the_nodeum_spec(api: Api) -> None:
     assert spec_problems(api.exchanges, meant_invalid=meant_invalid) == []
 
 
+@pytest.mark.slow  # openapi-core validates every exchange (CPU)
 async def test_every_v1_exchange_conforms_to_the_fylr_spec(api: Api) -> None:
     """GET/POST /task, GET/DELETE /task/{id}, cancel, log and modules (and the alias), in
     success and error cases, all validate against fylr under /api/v1."""

@@ -29,14 +29,6 @@ QUICK = {"task_module": "sleep", "task_params": {"seconds": 0}}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    """A live API on real parts; no request may fail inside taskd."""
-    async with open_api(tmp_path) as served:
-        yield served
-        assert not served.failures()
-
-
 async def run_to_end(api: Api, task_id: str, body: dict[str, Any] | None = None) -> str:
     """Run the task and wait until that execution is done; return its id."""
     reply = await api.unix.put(f"/api/v2/tasks/{task_id}/action/run", body or {})
@@ -313,6 +305,7 @@ async def test_follow_streams_end_when_the_daemon_shuts_down(tmp_path: Path) -> 
         assert json.loads(seen[-1]["data"]) == {"msg": "taskd is shutting down"}
 
 
+@pytest.mark.slow  # a real 0.6 s task runs to its end
 async def test_a_follower_that_goes_away_is_no_error(api: Api) -> None:
     """A client that drops a live stream leaves no failed request behind."""
     task = await api.create("dropped", task_module="sleep", task_params={"seconds": 0.6})

@@ -26,6 +26,9 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+# The schemathesis fuzz: generated requests against a live API.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = 20
 CHECKS = [not_a_server_error, response_schema_conformance]
 # Where a valid request may be aimed at the seeded task (by id, and in v2 by name too).

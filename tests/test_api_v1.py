@@ -8,13 +8,11 @@ modules (and the singular alias), and the status mapping (queued -> new, paused 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from api_fixtures import Api, open_api
+from api_fixtures import Api
 
 LONG = {"task_module": "sleep", "task_params": {"seconds": 30, "steps": 300}}
 QUICK = {"task_module": "sleep", "task_params": {"seconds": 0}}
@@ -22,11 +20,9 @@ CONFIG_TASK = {"name": "from-config", **QUICK}
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    """A live API with one config-defined task; no request may fail inside taskd."""
-    async with open_api(tmp_path, tasks=[CONFIG_TASK]) as served:
-        yield served
-        assert not served.failures()
+def api_tasks() -> list[dict[str, Any]]:
+    """The `api` fixture's config file defines one task."""
+    return [CONFIG_TASK]
 
 
 async def save(api: Api, *tasks: dict[str, Any], status: int = 200) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,11 +23,9 @@ CONFIG_TASK = {"name": "from-config", "task_module": "sleep", "task_params": {"s
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    """A live API with one config-defined task; no request may fail inside taskd."""
-    async with open_api(tmp_path, tasks=[CONFIG_TASK]) as served:
-        yield served
-        assert not served.failures()
+def api_tasks() -> list[dict[str, Any]]:
+    """The `api` fixture's config file defines one task."""
+    return [CONFIG_TASK]
 
 
 def rfc3339(instant: datetime) -> str:
@@ -110,7 +107,7 @@ async def test_every_filter_of_the_spec(api: Api) -> None:
 async def test_created_at_and_updated_at_filters_with_prefixes(api: Api) -> None:
     """created_at / updated_at take an instant, exactly or after `>=`, `<=`, `>`, `<`."""
     old = await api.create("t-old")
-    api.clock.shift(timedelta(hours=2))
+    api.clock.jump(timedelta(hours=2))
     new = await api.create("t-new")
     between = rfc3339(datetime.now(UTC) + timedelta(hours=1))
     assert (await names(api, name="t-*", created_at=f">={between}"))[0] == ["t-new"]
@@ -118,7 +115,7 @@ async def test_created_at_and_updated_at_filters_with_prefixes(api: Api) -> None
     assert (await names(api, name="t-*", created_at=f">{old['updated_at']}"))[0] == ["t-new"]
     assert (await names(api, name="t-*", created_at=f"<{new['updated_at']}"))[0] == ["t-old"]
     assert (await names(api, name="t-*", created_at=old["updated_at"]))[0] == ["t-old"]
-    api.clock.shift(timedelta(hours=2))
+    api.clock.jump(timedelta(hours=2))
     assert (await api.unix.put(f"/api/v2/tasks/{old['id']}", {"comment": "x"})).status == 200
     later = rfc3339(datetime.now(UTC) + timedelta(hours=3))
     assert (await names(api, name="t-*", updated_at=f">={later}"))[0] == ["t-old"]
@@ -295,7 +292,7 @@ async def test_an_expired_defer_id_is_refused(api: Api) -> None:
     """A defer id expires after 7 days; using it later is 409 and starts nothing."""
     task = await api.create("expiring")
     defer_id = (await api.unix.put(f"/api/v2/tasks/{task['id']}/action/defer_run")).json["defer_id"]
-    api.clock.shift(timedelta(days=7, seconds=1))
+    api.clock.jump(timedelta(days=7, seconds=1))
     expired = await api.unix.put("/api/v2/tasks/-/action/run_defer", params={"defer_id": defer_id})
     assert expired.status == 409
     assert_data_management_error(expired.json, 409, "expired")

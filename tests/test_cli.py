@@ -11,6 +11,9 @@ import pytest
 
 from taskd.cli import main
 
+# Each test runs `python -m taskd` as a subprocess (about 0.2 s apiece).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 BERLIN_0230 = '{"hours":[2],"minutes":[30],"timezone":"Europe/Berlin"}'
 

@@ -8,7 +8,7 @@ core enqueued.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,6 @@ from taskd.core import ConfigChanges
 from taskd.errors import ActionError, ConflictError, DeferError, NotFoundError, ValidationError
 from taskd.model import ExecutionStatus, TaskSource, TaskSpec, TaskStatus, TriggerKind
 from taskd.store import NewExecution
-
-
-@pytest.fixture
-async def eng(tmp_path: Path) -> AsyncIterator[Engine]:
-    """An engine with the scheduler's loop off, the clock one second before T0."""
-    async with open_engine(tmp_path / "taskd.db", clock=FakeClock(at(-1))) as engine:
-        yield engine
 
 
 def spec(eng: Engine, name: str = "job", **fields: Any) -> TaskSpec:

@@ -38,6 +38,9 @@ import pytest
 from taskd.api.auth import verify_password
 from taskd.ctl import InvalidInputError, read_task_file
 
+# One `taskd serve` subprocess for the module; every test runs `taskd ctl` processes.
+pytestmark = pytest.mark.slow
+
 T = TypeVar("T")
 
 WAIT_SEC = 10.0  # the bound of every wait
@@ -61,16 +64,20 @@ class Daemon:
     log: Path
     work: Path  # a directory for the tests' files
 
-    def api(self, path: str) -> Any:
-        """GET `/api/v2<path>` over the socket; return the parsed JSON (asserting 200)."""
+    def get(self, path: str) -> tuple[int, bytes]:
+        """GET `/api/v2<path>` over the socket; return the status and the body."""
         connection = _UnixConnection(self.socket)
         try:
             connection.request("GET", "/api/v2" + path)
             response = connection.getresponse()
-            body = response.read()
+            return response.status, response.read()
         finally:
             connection.close()
-        assert response.status == 200, (path, response.status, body)
+
+    def api(self, path: str) -> Any:
+        """GET `/api/v2<path>` over the socket; return the parsed JSON (asserting 200)."""
+        status, body = self.get(path)
+        assert status == 200, (path, status, body)
         return json.loads(body)
 
     def create(self, name: str, module: str, params: Mapping[str, Any]) -> str:
@@ -187,9 +194,11 @@ def daemon() -> Iterator[Daemon]:
             if process.poll() is not None:
                 raise AssertionError(f"the daemon exited:\n{log.read_text()}")
             try:
-                return bool(started.api("/health")["status"] == "ok")
+                status, body = started.get("/health")
             except OSError:
                 return False
+            # 503 ("scheduler": "stopped") while the API is up and the scheduler starting.
+            return status == 200 and json.loads(body)["status"] == "ok"
 
         wait_until(healthy, "the daemon to answer GET /api/v2/health", timeout=3 * WAIT_SEC)
         yield started
@@ -272,24 +281,27 @@ def table(text: str) -> list[list[str]]:
 
 @contextlib.contextmanager
 def following(daemon: Daemon, task: str, *args: str) -> Iterator[subprocess.Popen[str]]:
-    """Run `taskd ctl log -f TASK ARGS` with pipes; killed, reaped and closed at the end."""
-    with subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "taskd",
-            "ctl",
-            "--socket",
-            str(daemon.socket),
-            "log",
-            "-f",
-            task,
-            *args,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
+    """Run `taskd ctl log -f TASK ARGS` with pipes; killed, reaped and closed at the end.
+
+    The client gets SIGINT's default action, as from a terminal, even when this test run
+    ignores SIGINT (a background job of a non-interactive shell does, and children inherit
+    an ignored signal): Python then leaves SIGINT ignored and Ctrl-C could not be tested.
+    """
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # reset to SIG_DFL by exec
+    try:
+        client = [sys.executable, "-m", "taskd", "ctl", "--socket", str(daemon.socket)]
+        process = subprocess.Popen(
+            [*client, "log", "-f", task, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with process:
         try:
             yield process
         finally:

@@ -31,6 +31,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+# Each test starts `taskd serve` as a subprocess (kill -9 loops among them).
+pytestmark = pytest.mark.slow
+
 T = TypeVar("T")
 
 WAIT_SEC = 10.0  # the bound of every wait for the daemon

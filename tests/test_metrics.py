@@ -27,6 +27,7 @@ from taskd import __version__
 from taskd.daemon import Daemon
 from taskd.metrics import Metrics
 from taskd.model import ExecutionStatus
+from taskd.testing import FakeClock
 
 # Key name -> scopes.
 KEYS = {"scraper": ["metrics"], "index": ["tasks/index"], "show": ["tasks/show"]}
@@ -252,13 +253,15 @@ async def test_metrics_route_is_in_the_openapi_document(served: Served) -> None:
 
 def test_metrics_of_one_process_do_not_collide_and_measure_by_the_given_clock() -> None:
     """Own registries; durations by the given clock; early starts 0 s late; refused jobs count."""
-    now = [100.0]
-    first = Metrics(load=SimpleNamespace(running_count=2, queued_count=5), monotonic=lambda: now[0])
-    Metrics(load=SimpleNamespace(running_count=0, queued_count=0), monotonic=lambda: 0.0)
+    clock = FakeClock()
+    first = Metrics(
+        load=SimpleNamespace(running_count=2, queued_count=5), monotonic=clock.monotonic
+    )
+    Metrics(load=SimpleNamespace(running_count=0, queued_count=0), monotonic=FakeClock().monotonic)
     job = SimpleNamespace(execution_id=7, task=SimpleNamespace(module="sleep"))
     refused = SimpleNamespace(execution_id=8, task=SimpleNamespace(module="shell"))
     first.observe_started(job, -3.0)  # type: ignore[arg-type]
-    now[0] = 102.5
+    clock.advance(2.5)
     first.observe_outcome(SimpleNamespace(job=job, status=ExecutionStatus.DONE))  # type: ignore[arg-type]
     first.observe_outcome(SimpleNamespace(job=refused, status=ExecutionStatus.ERROR))  # type: ignore[arg-type]
     first.observe_batch(0.004, 3)

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from aiohttp import web
-from module_context import FakeContext
 
 from taskd.errors import ValidationError
 from taskd.modules.base import ModuleError
 from taskd.modules.http import MAX_EXCERPT_BYTES, HttpModule
 from taskd.modules.registry import ModuleRegistry
+from taskd.testing import FakeContext
+
+# Nothing may block the loop; garbage is collected after each test, so an unclosed session
+# warns in its own test.
+pytestmark = pytest.mark.usefixtures("no_blocking", "collect_garbage")
 
 
 @dataclass
@@ -82,16 +85,9 @@ async def server() -> AsyncIterator[Server]:
     await runner.cleanup()
 
 
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect garbage after each test, so an unclosed session warns in its own test."""
-    yield
-    gc.collect()
-
-
 def http_ctx(**raw: Any) -> FakeContext:
     """A context holding `raw` validated as http params by the registry."""
-    return FakeContext(params=ModuleRegistry.builtin().validate("http", raw))
+    return FakeContext.for_module(HttpModule(), raw)
 
 
 async def test_ok_status_returns_and_logs_body(server: Server) -> None:

@@ -7,7 +7,6 @@ from importlib.metadata import EntryPoint
 from typing import Any
 
 import pytest
-from module_context import FakeContext
 from structlog.testing import capture_logs
 
 from taskd.errors import FieldError, NotFoundError, ValidationError
@@ -15,6 +14,9 @@ from taskd.modules import registry as registry_module
 from taskd.modules.base import Module, ModuleContext
 from taskd.modules.params import PARAM_TYPES, validate_param_defs, validate_params
 from taskd.modules.registry import ModuleRegistry
+from taskd.testing import FakeContext
+
+pytestmark = pytest.mark.usefixtures("no_blocking")  # nothing may block the event loop
 
 DEFS: list[dict[str, Any]] = [
     {"name": "flag", "type": "bool", "default": False},

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import gc
 import os
 import signal
 import sys
@@ -19,14 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from module_context import FakeContext
 
 from taskd.errors import ValidationError
 from taskd.modules.base import LogLevel, ModuleError
 from taskd.modules.registry import ModuleRegistry
 from taskd.modules.shell import MAX_LINE_BYTES, ShellModule
+from taskd.testing import FakeContext
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc, uses prctl")
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="reads /proc, uses prctl"),
+    # Nothing may block the loop; garbage is collected after each test, so an unclosed
+    # transport warns in its own test.
+    pytest.mark.usefixtures("no_blocking", "collect_garbage"),
+]
 
 _PR_SET_CHILD_SUBREAPER = 36
 # Prints the shell's pid, then the pids of two background sleeps, then waits for them.
@@ -110,13 +114,6 @@ def subreaper() -> Iterator[None]:
         pytest.skip("prctl(PR_SET_CHILD_SUBREAPER) is not available")
     yield
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-
-
-@pytest.fixture(autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """Collect garbage after each test, so an unclosed transport warns in its own test."""
-    yield
-    gc.collect()
 
 
 async def assert_group_gone(pgid: int, orphans: list[int]) -> None:

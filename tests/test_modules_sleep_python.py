@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from module_context import FakeContext
 
 from taskd.errors import ValidationError
 from taskd.modules.base import LogLevel, ModuleError
 from taskd.modules.python import PythonModule
 from taskd.modules.registry import ModuleRegistry
 from taskd.modules.sleep import SleepModule
+from taskd.testing import FakeContext
+
+pytestmark = pytest.mark.usefixtures("no_blocking")  # nothing may block the event loop
 
 
 def module_ctx(module: str, ctx_class: type[FakeContext] = FakeContext, **raw: Any) -> FakeContext:

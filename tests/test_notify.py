@@ -532,6 +532,7 @@ async def test_server_down_at_first_gets_the_mail_after_retries(tmp_path: Path) 
     assert events(logs, "notification failed") == []
 
 
+@pytest.mark.slow  # five attempts, with real retry delays
 async def test_server_never_up_logs_the_failure_and_raises_nothing(tmp_path: Path) -> None:
     """With no server ever, each attempt is logged, then the failure; nothing is raised."""
     port = free_port()

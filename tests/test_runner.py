@@ -27,7 +27,8 @@ GRACE_SEC = 0.2  # the runner's stop_grace_sec in these tests
 
 @pytest.fixture
 async def eng(tmp_path: Path) -> AsyncIterator[Engine]:
-    """An engine at T0 with the scheduler's loop off and a 0.2 s stop grace."""
+    """An engine at T0 with the scheduler's loop off and a 0.2 s stop grace (this module's
+    own: the shared `eng` starts one second before T0 with the default grace)."""
     async with open_engine(
         tmp_path / "taskd.db", clock=FakeClock(T0), stop_grace_sec=GRACE_SEC
     ) as engine:

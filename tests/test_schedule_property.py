@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +42,9 @@ FIRST = datetime(2015, 1, 1, tzinfo=UTC)
 LAST = datetime(2036, 1, 1, tzinfo=UTC)
 CHAIN = 5
 ODD_OFFSET = timezone(timedelta(hours=-3, minutes=-7, seconds=-13))
+
+# Hundreds of generated schedules checked against the reference: seconds in all.
+pytestmark = pytest.mark.slow
 
 SETTINGS = settings(
     deadline=None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -37,13 +37,6 @@ from taskd.store import NewExecution
 
 SKIPPED = ExecutionStatus.SKIPPED
 DONE = ExecutionStatus.DONE
-
-
-@pytest.fixture
-async def eng(tmp_path: Path) -> AsyncIterator[Engine]:
-    """An engine with the scheduler's loop off, the clock one second before T0."""
-    async with open_engine(tmp_path / "taskd.db", clock=FakeClock(at(-1))) as engine:
-        yield engine
 
 
 def statuses(rows: Sequence[Execution]) -> list[str]:
@@ -467,6 +460,7 @@ async def test_a_stale_heap_entry_does_not_lose_the_task(eng: Engine) -> None:
     ]
 
 
+@pytest.mark.slow  # the real loop, a second of real time
 async def test_the_real_loop_notices_a_wall_clock_jump_within_a_second(tmp_path: Path) -> None:
     """With the loop asleep and nothing due for 2 h, a 2 h jump fires the slot within ~1 s."""
     clock = FakeClock(at(-7200))

@@ -219,6 +219,7 @@ async def collect(listener: NotifyListener, into: list[str]) -> None:
         into.append(await listener.receive())
 
 
+@pytest.mark.slow  # a second of real watchdog pings
 async def test_watchdog_loop_pings_at_half_the_timeout(
     listener: NotifyListener, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# Builds the shiv archive and runs it outside the venv.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 
 

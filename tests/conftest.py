@@ -1,0 +1,73 @@
+"""Fixtures shared by the test modules.
+
+- `eng`: the engine of `engine_fixtures` (real store, runner, scheduler, core) on a stopped
+  `FakeClock` one second before T0, the scheduler's loop off. A module that needs another
+  clock or grace overrides `eng`.
+- `api`: a live API from `api_fixtures.open_api`; at teardown no request may have failed
+  inside taskd. Config-defined tasks come from `api_tasks` (none unless a module overrides it).
+- `collect_garbage`: collects garbage after the test, so an unclosed transport or session
+  warns (and, warnings being errors, fails) in the test that leaked it.
+- `no_blocking`: fails the test if a callback held the event loop 50 ms or longer (practice
+  14). Opt in per module: `pytestmark = pytest.mark.usefixtures("no_blocking")`.
+
+The store fixtures live in `tests/store/conftest.py`.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from api_fixtures import Api, open_api
+from engine_fixtures import Engine, at, open_engine
+
+from taskd.testing import SLOW_CALLBACK_SEC, FakeClock, slow_callbacks
+
+
+@pytest.fixture
+async def eng(tmp_path: Path) -> AsyncIterator[Engine]:
+    """An engine with the scheduler's loop off, the clock one second before T0."""
+    async with open_engine(tmp_path / "taskd.db", clock=FakeClock(at(-1))) as engine:
+        yield engine
+
+
+@pytest.fixture
+def api_tasks() -> Sequence[Mapping[str, Any]]:
+    """The `[[task]]` tables of the `api` fixture's config file: none."""
+    return ()
+
+
+@pytest.fixture
+async def api(tmp_path: Path, api_tasks: Sequence[Mapping[str, Any]]) -> AsyncIterator[Api]:
+    """A live API with a key per scope, `tasks/*`, `*`, a Basic-auth user and `api_tasks`;
+    no request may fail inside taskd."""
+    async with open_api(tmp_path, tasks=api_tasks) as served:
+        yield served
+        assert not served.failures()
+
+
+@pytest.fixture
+def collect_garbage() -> Iterator[None]:
+    """Collect garbage after the test, so what it leaked warns in its own test."""
+    yield
+    gc.collect()
+
+
+@pytest.fixture
+async def no_blocking() -> AsyncIterator[None]:
+    """Fail the test if one callback held the event loop `SLOW_CALLBACK_SEC` or longer.
+
+    Covers the fixtures set up after this one and their teardown (ask for it first, or
+    through `usefixtures`, which comes before arguments).
+    """
+    with slow_callbacks(SLOW_CALLBACK_SEC) as reports:
+        yield
+    if reports:
+        pytest.fail(
+            f"the event loop was blocked for {SLOW_CALLBACK_SEC * 1000:g} ms or longer:\n"
+            + "\n".join(reports),
+            pytrace=False,
+        )
