@@ -25,7 +25,11 @@ $(TEST_STAMP): $(RUNTIME_STAMP) pyproject.toml
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $@
 
+# The example config names var/keys/admin as its API key: made here on first use. taskd
+# refuses a config file others may write, which a checkout made under umask 002 would be.
 run: $(RUNTIME_STAMP)
+	@chmod go-w etc/taskd.toml
+	@test -e var/keys/admin || $(BIN)/taskd gen-key --out var/keys/admin
 	$(BIN)/taskd check-config etc/taskd.toml
 	$(BIN)/taskd serve --config etc/taskd.toml
 

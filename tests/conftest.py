@@ -71,3 +71,22 @@ async def no_blocking() -> AsyncIterator[None]:
             + "\n".join(reports),
             pytrace=False,
         )
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def example_checkout(tmp_path: Path) -> Path:
+    """A directory laid out as a checkout after the first `make run`: `etc/taskd.toml` (the
+    repository's example, mode 0600) and the admin key it names, `var/keys/admin` (0600)."""
+    checkout = tmp_path / "checkout"
+    (checkout / "etc").mkdir(parents=True)
+    config = checkout / "etc" / "taskd.toml"
+    config.write_text((REPO / "etc" / "taskd.toml").read_text())
+    config.chmod(0o600)
+    key = checkout / "var" / "keys" / "admin"
+    key.parent.mkdir(parents=True, mode=0o700)
+    key.write_text("k" * 43 + "\n")
+    key.chmod(0o600)
+    return checkout

@@ -18,11 +18,11 @@ REPO = Path(__file__).resolve().parent.parent
 BERLIN_0230 = '{"hours":[2],"minutes":[30],"timezone":"Europe/Berlin"}'
 
 
-def taskd(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """Run the CLI from the repository root and capture what it prints."""
+def taskd(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """Run the CLI (from the repository root unless `cwd`) and capture what it prints."""
     return subprocess.run(
         [sys.executable, "-m", "taskd", *map(str, args)],
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=30,
@@ -212,9 +212,11 @@ def test_schedule_without_a_command_names_what_is_missing() -> None:
 # check-config
 
 
-def test_check_config_example_lists_every_task() -> None:
+def test_check_config_example_lists_every_task(example_checkout: Path) -> None:
     """etc/taskd.toml is valid; each task is shown with its next three fire times."""
-    result = taskd("check-config", "etc/taskd.toml", "--after", "2026-03-28T12:00:00Z")
+    result = taskd(
+        "check-config", "etc/taskd.toml", "--after", "2026-03-28T12:00:00Z", cwd=example_checkout
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     rows = [line.split() for line in result.stdout.splitlines()]
@@ -235,16 +237,18 @@ def test_check_config_example_lists_every_task() -> None:
     ]  # fmt: skip
 
 
-def test_check_config_example_now() -> None:
+def test_check_config_example_now(example_checkout: Path) -> None:
     """Without --after the example still checks out (times are relative to now)."""
-    result = taskd("check-config", "etc/taskd.toml")
+    result = taskd("check-config", "etc/taskd.toml", cwd=example_checkout)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "etc/taskd.toml: OK, 7 tasks"
 
 
-def test_check_config_past_one_shot() -> None:
+def test_check_config_past_one_shot(example_checkout: Path) -> None:
     """A one-shot whose time has passed says so instead of "not scheduled"."""
-    result = taskd("check-config", "etc/taskd.toml", "--after", "2027-06-01T00:00:00Z")
+    result = taskd(
+        "check-config", "etc/taskd.toml", "--after", "2027-06-01T00:00:00Z", cwd=example_checkout
+    )
     line = next(line for line in result.stdout.splitlines() if "new-year" in line)
     assert line.split(None, 2)[2] == (
         "once at 2026-12-31T23:00:00Z (past; its catch_up policy decides)"
@@ -307,6 +311,19 @@ def test_empty_config_is_valid(tmp_path: Path) -> None:
     result = taskd("check-config", path)
     assert result.returncode == 0
     assert result.stdout == f"{path}: OK, 0 tasks\n"
+
+
+def test_the_example_needs_the_key_make_run_makes(example_checkout: Path) -> None:
+    """The example config names `var/keys/admin`, which `make run` makes on first use:
+    without it, check-config says serve would refuse, naming the key file."""
+    (example_checkout / "var" / "keys" / "admin").unlink()
+    lines = assert_refused(taskd("check-config", "etc/taskd.toml", cwd=example_checkout))
+    assert lines[0].startswith(
+        "taskd: etc/taskd.toml: taskd serve would refuse to start: api.keys[0].key_file: "
+    )
+    assert "var/keys/admin" in lines[0]
+    makefile = (REPO / "Makefile").read_text()
+    assert "test -e var/keys/admin || $(BIN)/taskd gen-key --out var/keys/admin" in makefile
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(240)
-def test_zipapp_builds_and_runs_outside_the_venv(tmp_path: Path) -> None:
+def test_zipapp_builds_and_runs_outside_the_venv(tmp_path: Path, example_checkout: Path) -> None:
     """The archive built by shiv answers `schedule next` and `check-config` without the venv."""
     shiv = Path(sys.executable).parent / "shiv"
     if not shiv.exists():
@@ -41,7 +41,7 @@ def test_zipapp_builds_and_runs_outside_the_venv(tmp_path: Path) -> None:
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split() == ["2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"]
     checked = subprocess.run(
-        [python, str(archive), "check-config", str(REPO / "etc" / "taskd.toml")],
+        [python, str(archive), "check-config", str(example_checkout / "etc" / "taskd.toml")],
         capture_output=True, text=True, env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
         timeout=60, check=False,
     )  # fmt: skip
