@@ -521,6 +521,38 @@ def test_sighup_applies_a_changed_config_and_refuses_an_invalid_one_whole(
     assert daemon.wait_exit() == 0
 
 
+def test_sighup_with_a_new_default_timezone_moves_zoneless_schedules(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon]
+) -> None:
+    """A schedule without its own zone is stored without one and follows `[daemon].timezone`:
+    a SIGHUP that changes it moves the task's due time; a task naming its zone stays."""
+    noon = "[{ hours = [12], minutes = [0] }]"
+    pinned = "[{ hours = [12], minutes = [0], timezone = 'UTC' }]"
+    path = tmp_path / "taskd.toml"
+    tasks = sleep_task("zoneless", 0, schedules=noon) + sleep_task("pinned", 0, schedules=pinned)
+    write_config(path, tasks, timezone="UTC")
+    daemon, db = started(start_daemon, path)
+
+    def due() -> dict[str, datetime]:
+        rows = db.rows("SELECT name, next_run_at FROM tasks")
+        return {name: datetime.fromtimestamp(micros / 1e6, UTC) for name, micros in rows}
+
+    before = due()
+    assert (before["zoneless"].hour, before["pinned"].hour) == (12, 12)
+    [spec] = db.rows("SELECT spec FROM tasks WHERE name = 'zoneless'")
+    assert "timezone" not in json.loads(spec[0])["schedules"][0]
+
+    write_config(path, tasks, timezone="Asia/Tokyo")  # UTC+9 all year: noon is 03:00 UTC
+    daemon.send(signal.SIGHUP)
+    daemon.wait_for("config reloaded")
+    after = due()
+    assert after["zoneless"].hour == 3
+    assert after["pinned"] == before["pinned"]
+    assert daemon.find("default timezone changed")
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
 # ---------------------------------------------------------------------------------------
 # 4. Invalid config at start
 
