@@ -682,7 +682,13 @@ def test_log_follow_one_execution_prints_lines_as_they_come_until_the_end(
 ) -> None:
     """`log -f --execution ID` prints each line while the run goes on and exits 0 when the
     run ends."""
-    command = "echo first; sleep 2; echo second; sleep 0.5; echo third"
+    # The run waits for the test (not for a time): however slow the machine, "first" is
+    # read while it still runs.
+    go_on = daemon.work / "fl-go-on"
+    command = (
+        f"echo first; while [ ! -e {go_on} ]; do sleep 0.05; done; "
+        "echo second; sleep 0.2; echo third"
+    )
     daemon.create("fl-shell", "shell", {"command": command})
     execution_id = ok(ctl(daemon, "run", "fl-shell")).strip()
     with following(daemon, "fl-shell", "--execution", execution_id) as follower:
@@ -690,6 +696,7 @@ def test_log_follow_one_execution_prints_lines_as_they_come_until_the_end(
         read_until(follower.stdout, "first")
         # It came while the task still ran: lines are streamed, not printed at the end.
         assert daemon.execution(execution_id)["status"] == "running"
+        go_on.touch()
         rest, errors = follower.communicate(timeout=WAIT_SEC)
     assert follower.returncode == 0, errors
     assert errors == ""

@@ -77,6 +77,7 @@ async def test_wait_until_is_bounded() -> None:
 
 async def test_slow_callbacks_reports_a_blocked_loop_and_only_that() -> None:
     """A step that blocks 120 ms is reported with its coroutine; quick steps are not."""
+    original = asyncio.Handle._run
     with slow_callbacks(0.05) as reports:
         await asyncio.sleep(0)
     assert reports == []
@@ -88,4 +89,5 @@ async def test_slow_callbacks_reports_a_blocked_loop_and_only_that() -> None:
         await asyncio.create_task(blocks())
     assert len(reports) == 1
     assert "blocks()" in reports[0]
+    assert asyncio.Handle._run is original  # restored, not left wrapped
     assert not asyncio.get_running_loop().get_debug()
