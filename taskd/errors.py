@@ -75,3 +75,19 @@ class ActionError(TaskdError):
 
 class DeferError(TaskdError, LookupError):
     """A defer id that is unknown, already used or expired."""
+
+
+class StoreUnavailableError(TaskdError, OSError):
+    """The store cannot do its work now: the disk is full, the file system is read-only or
+    frozen, the database file cannot be opened. Not a bug and not the caller's fault: the
+    same call may succeed later (the API answers 503 with Retry-After).
+
+    `reason` says what failed, in the words of the backend ("database or disk is full").
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason

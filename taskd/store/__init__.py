@@ -28,8 +28,9 @@ async def open_store(
 
     `history_per_task`: finished executions kept per task (within 10 %);
     `log_entries_per_execution`: log entries kept per execution. Raises RuntimeError for a
-    database of a newer schema version than this taskd knows, OSError if the directory
-    cannot be created.
+    database of a newer schema version than this taskd knows, StoreUnavailableError
+    (naming the path and the reason) if the directory cannot be created or the database
+    cannot be opened or written.
     """
     async with SqliteStore.open(
         state_dir / DB_FILE,

@@ -19,8 +19,19 @@ Durability, for every implementation:
 Errors: `NotFoundError` for an unknown task / execution id where the method says so,
 `ConflictError` for a write refused by a uniqueness or version rule, `DeferError` for an
 unusable defer id; `RuntimeError` for an awaited write after the store was closed (a
-`*_nowait` one is dropped then). Anything else (the disk is full, the server is gone)
-propagates as the backend raised it.
+`*_nowait` one is dropped then). `StoreUnavailableError` (with the backend's reason) when the
+store cannot do the work now: the disk is full, the file system is read-only or frozen, the
+server is gone; a read that gets no answer within the store's read timeout raises it too.
+An awaited write that raised it changed nothing and may be tried again.
+
+Failing writes, for every implementation:
+
+- The store remembers why its last write failed (`failure`) until a write succeeds; `ping`
+  raises it meanwhile (an empty write may commit on a full disk and proves nothing).
+- A `*_nowait` write that failed because the store was unavailable is held and retried,
+  in order, with backoff, until it commits; the store holds a bounded number (past the
+  bound it drops the newest and counts them in `writes_dropped`). Closing tries once more.
+  While writes fail, a held write may commit after writes submitted later.
 """
 
 from __future__ import annotations
@@ -103,12 +114,26 @@ class Store(Protocol):
         """Return once every write submitted before this call (`*_nowait` ones included) is
         committed. Writes submitted later do not delay it. A refused write among them does
         not make it raise (its own awaiter gets the error); a transaction that cannot
-        commit does, with that error."""
+        commit does, with that error. A `*_nowait` write that failed and is held for a
+        retry (see "Failing writes") is not waited for."""
         ...
 
     async def ping(self) -> None:
         """Commit an empty write: proves the store takes writes (health checks). Raises
+        StoreUnavailableError while a write failure is remembered (see `failure`), or
         whatever stops the store from writing."""
+        ...
+
+    @property
+    def failure(self) -> str | None:
+        """Why the last write failed (the reason of its StoreUnavailableError), kept until
+        a write other than an empty one (`flush`, `ping`) succeeds; None while writes do."""
+        ...
+
+    @property
+    def writes_dropped(self) -> int:
+        """How many failed `*_nowait` writes were dropped because the store held as many as
+        it may keep for a retry."""
         ...
 
     # -- tasks ---------------------------------------------------------------------------

@@ -9,11 +9,19 @@ refused write (a version conflict, say) never takes its batch-mates down with it
 Times are stored as integer microseconds since the Unix epoch (UTC); JSON as text.
 WAL with synchronous=NORMAL: a committed transaction survives a crash of the process
 (kill -9), which is the durability the scheduler promises.
+
+When the database cannot be written (disk full, read-only or failing file system), every
+write that failed raises `StoreUnavailableError`; the store remembers the reason until a
+write succeeds (`ping` reports it, so health does not trust an empty write, which may
+commit on a full disk). Failed `*_nowait` writes are held, at most `HELD_WRITES_MAX`, and
+retried with backoff (and at once after a write succeeded); past the bound the newest are
+dropped and counted in `writes_dropped`. Reads time out after `read_timeout_sec`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import sqlite3
@@ -25,9 +33,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import structlog
 
 from taskd.clock import from_micros, to_micros
-from taskd.errors import ConflictError, DeferError, NotFoundError
+from taskd.errors import ConflictError, DeferError, NotFoundError, StoreUnavailableError
 from taskd.model import (
     Execution,
     ExecutionStatus,
@@ -42,7 +51,29 @@ from taskd.store.migrations import check_version, migrate
 
 T = TypeVar("T")
 
+log = structlog.get_logger("taskd.store")
+
 DB_FILE = "taskd.db"
+# Failed `*_nowait` writes held for a retry; past this many, the newest are dropped (counted).
+HELD_WRITES_MAX = 10_000
+# Held writes are retried after this delay, doubling up to the maximum, while writes fail.
+HELD_RETRY_FIRST_SEC = 0.1
+HELD_RETRY_MAX_SEC = 5.0
+READ_TIMEOUT_SEC = 10.0
+# SQLite result codes (and their extended forms) that say the database cannot be used now:
+# not a bug of taskd, and the same call may succeed later.
+_UNAVAILABLE_CODES = (
+    "SQLITE_FULL",
+    "SQLITE_READONLY",
+    "SQLITE_IOERR",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_CANTOPEN",
+    "SQLITE_PERM",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+    "SQLITE_NOMEM",
+)
 
 _TASK_COLUMNS = (
     "id, name, source, spec, enabled, next_run_at, status, status_msg, status_percent, "
@@ -131,10 +162,23 @@ def _execution_from_row(row: Sequence[Any]) -> Execution:
     )
 
 
+def _unavailable(error: BaseException) -> StoreUnavailableError | None:
+    """The `StoreUnavailableError` an error of the database means, or None (a bug, or a
+    refusal such as a conflict)."""
+    if isinstance(error, StoreUnavailableError):
+        return error
+    if isinstance(error, sqlite3.Error) and not isinstance(error, sqlite3.IntegrityError):
+        name = getattr(error, "sqlite_errorname", None) or ""
+        if name.startswith(_UNAVAILABLE_CODES):
+            return StoreUnavailableError(str(error))
+    return None
+
+
 @dataclass(slots=True)
 class _Write:
     apply: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any] | None
+    probe: bool = False  # an empty write (flush, ping): proves nothing about free space
 
 
 class SqliteStore:
@@ -151,11 +195,20 @@ class SqliteStore:
         *,
         history_per_task: int,
         log_entries_per_execution: int,
+        read_timeout_sec: float = READ_TIMEOUT_SEC,
     ) -> None:
         self._conn = conn
         self._history = history_per_task
         self._log_cap = log_entries_per_execution
+        self._read_timeout_sec = read_timeout_sec
         self._pending: list[_Write] = []
+        # Failed `*_nowait` writes waiting for their retry (bounded by HELD_WRITES_MAX).
+        self._held: list[_Write] = []
+        self._held_delay = HELD_RETRY_FIRST_SEC
+        self._held_retry_at = 0.0  # loop time
+        # Why the last write failed, until a (non-empty) write succeeds.
+        self._failure: str | None = None
+        self.writes_dropped = 0
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -189,25 +242,22 @@ class SqliteStore:
         *,
         history_per_task: int = 100,
         log_entries_per_execution: int = 1000,
+        read_timeout_sec: float = READ_TIMEOUT_SEC,
     ) -> AsyncIterator[SqliteStore]:
         """Open (creating directories and file, migrating if needed) the database at `path`.
 
-        Raises RuntimeError for a file of a newer schema version (left unchanged). Closing
-        commits pending `*_nowait` writes.
+        Raises RuntimeError for a file of a newer schema version (left unchanged),
+        StoreUnavailableError (naming the path and the reason) if the directory cannot be
+        created or the database cannot be opened, written or read. Closing commits pending
+        `*_nowait` writes.
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
+        conn = await _connect(path)
         try:
-            await check_version(conn)
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            await conn.execute("PRAGMA foreign_keys = ON")
-            await conn.execute("PRAGMA busy_timeout = 5000")
-            await migrate(conn)
             store = cls(
                 conn,
                 history_per_task=history_per_task,
                 log_entries_per_execution=log_entries_per_execution,
+                read_timeout_sec=read_timeout_sec,
             )
             store._writer = asyncio.create_task(store._write_loop(), name="taskd-store-writer")
             try:
@@ -219,11 +269,11 @@ class SqliteStore:
 
     # -- group commit -------------------------------------------------------------------
 
-    async def _submit(self, apply: Callable[[sqlite3.Connection], T]) -> T:
+    async def _submit(self, apply: Callable[[sqlite3.Connection], T], *, probe: bool = False) -> T:
         if self._closing:
             raise RuntimeError("store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Write(apply, future))
+        self._pending.append(_Write(apply, future, probe))
         self._wake.set()
         return await future
 
@@ -238,15 +288,29 @@ class SqliteStore:
 
         An empty write joins the queue behind them: batches commit in order, so when it
         is acknowledged, so is everything ahead of it (later writes do not delay it).
+        Failed `*_nowait` writes held for a retry are not waited for.
         """
-        await self._submit(lambda cx: None)
+        await self._submit(lambda cx: None, probe=True)
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
+            if self._held and not self._closing:
+                # Held writes wait for their retry time, or for the next write.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(self._held_retry_at):
+                        await self._wake.wait()
+            else:
+                await self._wake.wait()
             self._wake.clear()
-            batch, self._pending = self._pending, []
+            retry = bool(self._held) and (
+                self._closing or self._failure is None or loop.time() >= self._held_retry_at
+            )
+            # Held writes go first: among themselves they keep their order.
+            batch = [*self._held, *self._pending] if retry else self._pending
+            self._pending = []
+            if retry:
+                self._held = []
             if not batch:
                 if self._closing:
                     return
@@ -265,21 +329,78 @@ class SqliteStore:
             self.batches_written += 1
             if self.on_batch is not None:
                 self.on_batch(self.last_batch_seconds, len(batch))
-            for write, result in zip(batch, results, strict=True):
-                if write.future is None or write.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    write.future.set_exception(result)
-                else:
-                    write.future.set_result(result)
+            self._settle(batch, results, loop.time())
             if self._pending:
                 self._wake.set()
             elif self._closing:
+                if self._held:
+                    log.error(
+                        "store closed with writes it could not commit",
+                        writes=len(self._held),
+                        reason=self._failure,
+                    )
                 return
 
+    def _settle(self, batch: list[_Write], results: list[Any], now: float) -> None:
+        """Hand each write its result; hold failed `*_nowait` writes; track the failure."""
+        failure: StoreUnavailableError | None = None
+        succeeded = False
+        for write, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                unavailable = _unavailable(result)
+                if unavailable is not None:
+                    failure, result = unavailable, unavailable
+                    if write.future is None:
+                        self._hold(write)
+                        continue
+            elif not write.probe:
+                succeeded = True
+            if write.future is None or write.future.done():
+                continue
+            if isinstance(result, BaseException):
+                write.future.set_exception(result)
+            else:
+                write.future.set_result(result)
+        if failure is not None:
+            if self._failure is None:
+                log.warning("store writes fail", reason=failure.reason)
+            self._failure = failure.reason
+            self._held_retry_at = now + self._held_delay
+            self._held_delay = min(self._held_delay * 2, HELD_RETRY_MAX_SEC)
+        elif succeeded and self._failure is not None:
+            log.info("store writes succeed again", held=len(self._held))
+            self._failure = None
+            self._held_delay = HELD_RETRY_FIRST_SEC
+            self._held_retry_at = 0.0
+            if self._held:
+                self._wake.set()
+
+    def _hold(self, write: _Write) -> None:
+        if len(self._held) >= HELD_WRITES_MAX:
+            if not self.writes_dropped:
+                log.error(
+                    "store writes fail and too many are held: dropping the newest",
+                    held=len(self._held),
+                    reason=self._failure,
+                )
+            self.writes_dropped += 1
+            return
+        self._held.append(write)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the last write failed, until a write (other than an empty one) succeeds."""
+        return self._failure
+
     async def ping(self) -> None:
-        """Commit an empty write: proves the database takes writes (for health checks)."""
-        await self._submit(lambda cx: None)
+        """Commit an empty write: proves the database takes writes (for health checks).
+
+        An empty write may commit on a full disk: while a failure is remembered (see
+        `failure`), that failure is raised as StoreUnavailableError.
+        """
+        await self._submit(lambda cx: None, probe=True)
+        if self._failure is not None:
+            raise StoreUnavailableError(self._failure)
 
     async def _close(self) -> None:
         self._closing = True
@@ -288,7 +409,18 @@ class SqliteStore:
             await self._writer
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        rows = await self._conn.execute_fetchall(sql, params)
+        try:
+            async with asyncio.timeout(self._read_timeout_sec):
+                rows = await self._conn.execute_fetchall(sql, params)
+        except TimeoutError:
+            raise StoreUnavailableError(
+                f"no answer from the database within {self._read_timeout_sec:g} s"
+            ) from None
+        except sqlite3.Error as error:
+            unavailable = _unavailable(error)
+            if unavailable is None:
+                raise
+            raise unavailable from error
         return rows if isinstance(rows, list) else list(rows)
 
     # -- tasks ---------------------------------------------------------------------------
@@ -928,6 +1060,36 @@ class SqliteStore:
         return await self._submit(apply)
 
 
+async def _connect(path: Path) -> aiosqlite.Connection:
+    """Open and prepare (pragmas, migrations) the database at `path`.
+
+    Raises StoreUnavailableError naming the path and the reason when that cannot be done.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreUnavailableError(
+            f"cannot create the state directory {path.parent}: {error.strerror or error}"
+        ) from error
+    try:
+        conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as error:
+        raise StoreUnavailableError(f"cannot open the database {path}: {error}") from error
+    try:
+        await check_version(conn)
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        await migrate(conn)
+    except BaseException as error:
+        await conn.close()
+        if isinstance(error, sqlite3.Error) and _unavailable(error) is not None:
+            raise StoreUnavailableError(f"cannot use the database {path}: {error}") from error
+        raise
+    return conn
+
+
 def _mark_task_queued(cx: sqlite3.Connection, task_id: int) -> None:
     # A queued run does not hide a running one: the task shows its latest started execution.
     cx.execute(
@@ -967,6 +1129,8 @@ def _apply_batch(cx: sqlite3.Connection, batch: Iterable[_Write]) -> list[Any]:
             try:
                 results.append(write.apply(cx))
             except Exception as error:
+                if not cx.in_transaction:
+                    raise  # SQLite rolled the whole transaction back (disk full, I/O error)
                 cx.execute("ROLLBACK TO write")
                 results.append(error)
             cx.execute("RELEASE write")

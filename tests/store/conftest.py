@@ -4,7 +4,8 @@ Contract tests (`test_contract.py`) take `store` (a fresh, open store) or `store
 (to open one with other limits, or to close and reopen the same database) and see nothing
 but the `Store` Protocol. Each implementation is a fixture named `<param>_opener`; it joins
 the suite with one entry in `STORE_IMPLEMENTATIONS` (as APScheduler 4's `datastore` fixture
-does for its stores).
+does for its stores). Its disk faults (`disk_faults.DiskFaults`) are a fixture named
+`<param>_disk`, reached through `disk`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
+from disk_faults import DiskFaults, SqliteDiskFaults
 from store_helpers import StoreOpener
 
 from taskd.store import Store, open_store
@@ -50,3 +52,17 @@ async def store(store_opener: StoreOpener) -> AsyncIterator[Store]:
     """A store with the default limits on a fresh database."""
     async with store_opener() as opened:
         yield opened
+
+
+@pytest.fixture
+def sqlite_disk() -> DiskFaults:
+    """Disk faults of the SQLite store."""
+    return SqliteDiskFaults()
+
+
+@pytest.fixture
+def disk(request: pytest.FixtureRequest, store_opener: StoreOpener) -> DiskFaults:
+    """Disk faults of the implementation under test (the one `store` is)."""
+    implementation = request.node.callspec.params["store_opener"]
+    faults: DiskFaults = request.getfixturevalue(f"{implementation}_disk")
+    return faults

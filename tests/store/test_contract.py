@@ -15,6 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from disk_faults import BIG_TEXT, DiskFaults
 from store_helpers import (
     SPEC,
     T0,
@@ -29,9 +30,10 @@ from store_helpers import (
 )
 
 from taskd.clock import to_micros
-from taskd.errors import ConflictError, DeferError, NotFoundError
+from taskd.errors import ConflictError, DeferError, NotFoundError, StoreUnavailableError
 from taskd.model import TASK_QUERY_FIELDS, ExecutionStatus, TaskSource, TaskStatus, TriggerKind
 from taskd.store import ClaimResult, NewExecution, SlotClaim, Store
+from taskd.testing import wait_until
 
 # ---------------------------------------------------------------------------------------
 # opening, reopening, closing
@@ -487,6 +489,126 @@ async def test_commits_are_counted_and_reported(store: Store) -> None:
     assert store.batches_written - before == len(reported) >= 2
     assert sum(writes for _, writes in reported) == 21
     assert all(seconds >= 0 for seconds, _ in reported)
+
+
+# ---------------------------------------------------------------------------------------
+# a full or read-only disk
+
+
+async def test_a_write_on_a_full_disk_raises_store_unavailable_and_changes_nothing(
+    store: Store, disk: DiskFaults
+) -> None:
+    """A write that finds no space raises StoreUnavailableError with the reason; it wrote
+    nothing; the store remembers the failure (ping raises it, though an empty write commits)
+    until a write succeeds after space returned."""
+    await add_task(store, "small")
+    assert store.failure is None
+    await disk.fill(store)
+    with pytest.raises(StoreUnavailableError, match="full") as raised:
+        await insert(store, "big", spec={**SPEC, "description": BIG_TEXT})
+    assert "full" in raised.value.reason
+    assert await store.find_task("big") is None
+    assert store.failure == raised.value.reason
+    with pytest.raises(StoreUnavailableError, match="full"):
+        await store.ping()
+    await store.flush()  # an empty write neither raises nor clears the failure
+    assert store.failure is not None
+    await disk.restore(store)
+    with pytest.raises(StoreUnavailableError):
+        await store.ping()  # still nothing but empty writes since the failure
+    await insert(store, "big", spec={**SPEC, "description": BIG_TEXT})
+    assert store.failure is None
+    await store.ping()
+
+
+async def test_every_kind_of_write_raises_store_unavailable_when_writes_are_refused(
+    store: Store, disk: DiskFaults
+) -> None:
+    """With the file system refusing writes, awaited writes raise StoreUnavailableError
+    (not a backend error) and change nothing; reads keep working."""
+    task_id = await add_task(store)
+    execution_id = await start(store, task_id)
+    await disk.refuse_writes(store)
+    attempts = [
+        insert(store, "other"),
+        store.save_state(task_id, {"step": 1}),
+        store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(1)),
+        store.add_executions([NewExecution(task_id=task_id, trigger=TriggerKind.MANUAL)], T0),
+        store.delete_task(task_id),
+    ]
+    for attempt in attempts:
+        with pytest.raises(StoreUnavailableError, match="readonly"):
+            await attempt
+    assert (await store.get_execution(execution_id)).status is ExecutionStatus.RUNNING
+    assert [task.name for task in await store.list_tasks()] == ["t"]
+
+
+async def test_a_failed_ending_tried_again_after_space_returns_is_recorded(
+    store: Store, disk: DiskFaults
+) -> None:
+    """`finish` that raised StoreUnavailableError left the execution running; the same call
+    after space returned records the ending, with the task, as if it had never failed."""
+    task_id = await add_task(store)
+    execution_id = await start(store, task_id)
+    await disk.refuse_writes(store)
+    with pytest.raises(StoreUnavailableError):
+        await store.finish(execution_id, task_id, ExecutionStatus.DONE, "ok", at(5))
+    assert (await store.get_task(task_id)).status is TaskStatus.RUNNING
+    await disk.restore(store)
+    await store.finish(execution_id, task_id, ExecutionStatus.DONE, "ok", at(5))
+    execution = await store.get_execution(execution_id)
+    assert (execution.status, execution.status_msg, execution.finished_at) == (
+        ExecutionStatus.DONE,
+        "ok",
+        at(5),
+    )
+    assert (await store.get_task(task_id)).status is TaskStatus.DONE
+
+
+async def test_nowait_writes_that_failed_are_held_and_land_in_order_when_space_returns(
+    store: Store, disk: DiskFaults
+) -> None:
+    """Log lines, progress and pause state queued while writes fail are not lost: they are
+    retried and commit, in their order, once the disk takes writes again (no other write
+    needed to carry them)."""
+    task_id = await add_task(store)
+    execution_id = await start(store, task_id)
+    await disk.refuse_writes(store)
+    for n in range(5):
+        store.log_nowait(task_id, execution_id, "info", f"line {n}", at(n))
+    store.progress_nowait(execution_id, task_id, {"progress": 40.0})
+    store.set_running_status_nowait(execution_id, task_id, ExecutionStatus.PAUSED)
+    with contextlib.suppress(StoreUnavailableError):
+        await store.flush()  # raises if no transaction can begin, as here
+    assert await store.read_log(task_id) == []
+    assert store.failure is not None
+    await disk.restore(store)
+
+    async def landed() -> bool:
+        return len(await store.read_log(task_id)) == 5
+
+    await wait_until(landed, timeout_sec=3)
+    assert [entry.msg for entry in await store.read_log(task_id)] == [f"line {n}" for n in range(5)]
+    assert [entry.idx for entry in await store.read_log(task_id)] == list(range(5))
+    execution = await store.get_execution(execution_id)
+    assert (execution.progress, execution.status) == (40.0, ExecutionStatus.PAUSED)
+    assert store.failure is None
+    assert store.writes_dropped == 0
+
+
+async def test_closing_commits_held_writes_once_space_returned(
+    store_opener: StoreOpener, disk: DiskFaults
+) -> None:
+    """Writes held after a failure are committed by closing, when the disk takes them."""
+    async with store_opener() as store:
+        task_id = await add_task(store)
+        await disk.refuse_writes(store)
+        store.log_nowait(task_id, None, "info", "kept", T0)
+        with contextlib.suppress(StoreUnavailableError):
+            await store.flush()
+        await disk.restore(store)
+    async with store_opener() as store:
+        assert [e.msg for e in await store.read_log(task_id)] == ["kept"]
 
 
 # ---------------------------------------------------------------------------------------

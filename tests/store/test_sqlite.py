@@ -8,13 +8,16 @@ to the same file sees committed transactions only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
+from disk_faults import SqliteDiskFaults
 from store_helpers import (
     SPEC,
     T0,
@@ -28,7 +31,7 @@ from store_helpers import (
 )
 
 from taskd.clock import to_micros
-from taskd.errors import ConflictError, DeferError, NotFoundError
+from taskd.errors import ConflictError, DeferError, NotFoundError, StoreUnavailableError
 from taskd.model import TASK_QUERY_FIELDS, ExecutionStatus, TaskSource, TaskStatus, TriggerKind
 from taskd.store import DB_FILE, ClaimResult, NewExecution, Store, open_store
 from taskd.store.migrations import MIGRATIONS
@@ -422,3 +425,71 @@ async def test_defer_of_an_unknown_task_is_not_found(store: Store, db_path: Path
     with pytest.raises(NotFoundError):
         await store.create_defer(404, {}, T0, at(60))
     assert query(db_path, "SELECT count(*) FROM deferred_runs") == [(0,)]
+
+
+# ---------------------------------------------------------------------------------------
+# an unusable file or disk
+
+
+async def test_a_read_that_gets_no_answer_times_out_as_store_unavailable(db_path: Path) -> None:
+    """A read waiting behind a database thread that hangs (a frozen file system, here a
+    sleep on that thread) raises StoreUnavailableError after `read_timeout_sec`."""
+    async with SqliteStore.open(db_path, read_timeout_sec=0.05) as store:
+        task_id = await add_task(store)
+        hang = asyncio.ensure_future(store._conn._execute(time.sleep, 0.5))  # type: ignore[no-untyped-call]
+        await asyncio.sleep(0)  # the sleep is on the database thread's queue first
+        try:
+            with pytest.raises(StoreUnavailableError, match=r"no answer .* within 0\.05 s"):
+                await store.get_task(task_id)
+        finally:
+            await hang
+        assert (await store.get_task(task_id)).id == task_id
+
+
+@pytest.mark.parametrize(
+    ("layout", "reason"),
+    [
+        ("state dir is a file", "cannot create the state directory"),
+        ("database is a directory", "cannot open the database"),
+        ("database is not a database", "cannot use the database"),
+    ],
+)
+async def test_an_unusable_state_directory_raises_store_unavailable_with_the_path(
+    tmp_path: Path, layout: str, reason: str
+) -> None:
+    """Opening where no database can live raises StoreUnavailableError naming the path
+    and the reason (root ignores modes, so the faults are made of misplaced files)."""
+    state_dir = tmp_path / "state"
+    if layout == "state dir is a file":
+        state_dir.write_text("not a directory\n")
+    elif layout == "database is a directory":
+        (state_dir / DB_FILE).mkdir(parents=True)
+    else:
+        state_dir.mkdir()
+        (state_dir / DB_FILE).write_bytes(b"this is not an SQLite file, " * 100)
+    with pytest.raises(StoreUnavailableError) as raised:
+        async with open_store(state_dir):
+            pass
+    assert reason in raised.value.reason
+    assert str(state_dir) in raised.value.reason
+
+
+async def test_held_writes_are_bounded_and_the_excess_is_counted(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past HELD_WRITES_MAX failed `*_nowait` writes, the newest are dropped and counted;
+    the held ones land once writes succeed again."""
+    monkeypatch.setattr("taskd.store.sqlite.HELD_WRITES_MAX", 3)
+    task_id = await add_task(store)
+    faults = SqliteDiskFaults()
+    await faults.refuse_writes(store)
+    for n in range(5):
+        store.log_nowait(task_id, None, "info", f"line {n}", T0)
+    with contextlib.suppress(StoreUnavailableError):
+        await store.flush()
+    assert store.writes_dropped == 2
+    await faults.restore(store)
+    await add_task(store, "after")  # a write that succeeds sends the held ones at once
+    await store.flush()
+    await store.flush()
+    assert [entry.msg for entry in await store.read_log(task_id)] == ["line 0", "line 1", "line 2"]
