@@ -270,7 +270,12 @@ class Daemon:
         return f"stopping: {counts}" if self.stopping.is_set() else counts
 
     async def health(self) -> dict[str, Any]:
-        """What `GET /api/v2/health` reports: scheduler alive, store writable, version."""
+        """What `GET /api/v2/health` reports: scheduler alive, store writable, version.
+
+        The store is `writable`, or `failing: <reason>` while its last write failed (until
+        a write succeeds) or an empty write gets no answer within 2 s; `unrecorded` counts
+        the endings that wait for the store (within `running`).
+        """
         assert self.core is not None
         report: dict[str, Any] = {"status": "ok", "version": __version__}
         alive = self.scheduler is not None and self.scheduler.alive
@@ -279,11 +284,15 @@ class Daemon:
             async with asyncio.timeout(2):
                 await self.core.store.ping()
             report["store"] = "writable"
+        except TimeoutError:
+            report["store"] = "failing: no answer from the store within 2 s"
+            alive = False
         except Exception as error:  # any failure to write is what health reports
-            report["store"] = f"not writable: {error}"
+            report["store"] = f"failing: {error}"
             alive = False
         report["running"] = self.core.runner.running_count
         report["queued"] = self.core.runner.queued_count
+        report["unrecorded"] = self.core.runner.unrecorded_count
         if not alive:
             report["status"] = "degraded"
         return report

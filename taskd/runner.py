@@ -8,6 +8,14 @@ it interrupted), never silently `queued` for a second start.
 Every ending is recorded, not raised: a module's exception, a timeout, a stop or a forced stop
 each become the execution's final status, written under `asyncio.shield` so that even a
 cancelled execution records how it ended.
+
+An ending the store cannot record now (`StoreUnavailableError`: the disk is full, say) is
+retried with backoff (`ENDING_RETRY_FIRST_SEC`, doubling up to `ENDING_RETRY_MAX_SEC`)
+until it is recorded. Meanwhile the execution keeps its place among the running ones (so
+at most `max_running` endings wait, and no more start while they do), its task counts as
+busy (overlap `skip` skips, `stop` answers that it ended and waits to be recorded), and
+its outcome (retries, notifications) is told only once the ending is recorded, with the
+time it ended. Starts the store cannot record are retried the same way, jobs kept queued.
 """
 
 from __future__ import annotations
@@ -26,13 +34,18 @@ import structlog
 
 from taskd.clock import Clock, to_micros
 from taskd.context import ExecutionContext
-from taskd.errors import ActionError
+from taskd.errors import ActionError, StoreUnavailableError
 from taskd.model import ExecutionStatus, Job, Outcome
 from taskd.modules.base import LogLevel, ModuleError
 from taskd.modules.registry import ModuleRegistry
 from taskd.store import Store
 
 log = structlog.get_logger("taskd.runner")
+
+# Endings and starts the store could not record are tried again after this delay, doubling
+# up to the maximum, until the store takes them.
+ENDING_RETRY_FIRST_SEC = 0.1
+ENDING_RETRY_MAX_SEC = 10.0
 
 
 @dataclass(slots=True, eq=False)
@@ -43,7 +56,9 @@ class _Running:
     forced_reason: str | None = None  # why the runner cancelled it, if it did
     stop_reason: str | None = None
     grace_timer: asyncio.Task[None] | None = None  # forces the stop after the grace
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # ended and recorded
+    ended: ExecutionStatus | None = None  # how the module ended, once it has
+    unrecorded: str | None = None  # why the store has not recorded the ending yet
 
 
 class RunEvents:
@@ -125,6 +140,7 @@ class Runner:
         self._accepting = True
         self._hurry = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._start_retry_sec = ENDING_RETRY_FIRST_SEC
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -163,6 +179,15 @@ class Runner:
                 [asyncio.ensure_future(r.finished.wait()) for r in self._running.values()],
                 timeout=self.stop_grace_sec + 5,
             )
+        for running in self._running.values():
+            if running.unrecorded is not None:
+                log.error(
+                    "taskd stops with an ending the store did not record: the execution "
+                    "stays running in the store and is marked interrupted at the next start",
+                    execution_id=running.job.execution_id,
+                    status=str(running.ended),
+                    reason=running.unrecorded,
+                )
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -181,12 +206,20 @@ class Runner:
         """How many jobs wait for a free place."""
         return len(self._queue)
 
+    @property
+    def unrecorded_count(self) -> int:
+        """How many executions have ended but wait for the store to record their ending
+        (counted in `running_count` too: they keep their place until recorded)."""
+        return sum(1 for running in self._running.values() if running.unrecorded is not None)
+
     def busy_with_task(self, task_id: int) -> bool:
-        """Whether any execution of the task runs or waits in the queue (O(1))."""
+        """Whether any execution of the task runs (or has ended and waits for its ending to
+        be recorded) or waits in the queue (O(1))."""
         return task_id in self._running_by_task or task_id in self._queued_by_task
 
     def running_for_task(self, task_id: int) -> list[int]:
-        """Return the ids of the task's executions that run now."""
+        """Return the ids of the task's executions that run now (or have ended and wait
+        for their ending to be recorded)."""
         return sorted(self._running_by_task.get(task_id, ()))
 
     def queued_for_task(self, task_id: int) -> list[int]:
@@ -274,9 +307,24 @@ class Runner:
             await self.store.mark_started_many(
                 [(job.execution_id, job.task.id) for job, _ in startable], now, self.dispatcher
             )
+        except StoreUnavailableError as error:
+            log.warning(
+                "could not record executions as started; they wait in the queue",
+                reason=error.reason,
+                jobs=len(batch),
+                retry_sec=self._start_retry_sec,
+            )
+            for job in batch:
+                self.submit(job)
+            # Nothing can start before the store takes writes again: the dispatcher waits.
+            await self.clock.sleep(self._start_retry_sec)
+            self._start_retry_sec = min(self._start_retry_sec * 2, ENDING_RETRY_MAX_SEC)
+            self._wake.set()
+            return
         except Exception:
             log.exception("could not record executions as started; they stay queued")
             return
+        self._start_retry_sec = ENDING_RETRY_FIRST_SEC
         for job, job_params in startable:
             self.events.started(job, (now - job.due).total_seconds())
             context = ExecutionContext(
@@ -355,11 +403,12 @@ class Runner:
                 seconds=round(elapsed, 6),
             )
             recorded = False
+            running.ended = status
             try:
                 if message:
                     level = LogLevel.INFO if status is ExecutionStatus.DONE else LogLevel.ERROR
                     ctx.log(level, _prefixed(str(status), message) or message)
-                recorded = await asyncio.shield(self._record(job, status, message))
+                recorded = await asyncio.shield(self._record_ending(running, message))
             finally:
                 self._running.pop(job.execution_id, None)
                 _discard(self._running_by_task, job.task.id, job.execution_id)
@@ -374,8 +423,44 @@ class Runner:
                     )
                 )
 
+    async def _record_ending(self, running: _Running, message: str | None) -> bool:
+        """Commit how a running execution ended, trying again with backoff while the store
+        is unavailable; False (logged) if the store refused it otherwise, or closed."""
+        job, status = running.job, running.ended
+        assert status is not None
+        finished_at = self.clock.now()
+        delay = ENDING_RETRY_FIRST_SEC
+        while True:
+            try:
+                await self.store.finish(job.execution_id, job.task.id, status, message, finished_at)
+            except StoreUnavailableError as error:
+                if running.unrecorded is None:
+                    log.warning(
+                        "could not record the end of an execution; retrying",
+                        execution_id=job.execution_id,
+                        status=str(status),
+                        reason=error.reason,
+                    )
+                running.unrecorded = error.reason
+            except Exception:
+                log.exception(
+                    "could not record the end of an execution", execution_id=job.execution_id
+                )
+                return False
+            else:
+                if running.unrecorded is not None:
+                    log.info(
+                        "end of an execution recorded after the store recovered",
+                        execution_id=job.execution_id,
+                        status=str(status),
+                    )
+                    running.unrecorded = None
+                return True
+            await self.clock.sleep(delay)
+            delay = min(delay * 2, ENDING_RETRY_MAX_SEC)
+
     async def _record(self, job: Job, status: ExecutionStatus, message: str | None) -> bool:
-        """Commit how an execution ended; False (logged) if the store refused."""
+        """Commit how an execution ended, once; False (logged) if the store refused."""
         try:
             await self.store.finish(
                 job.execution_id, job.task.id, status, message, self.clock.now()
@@ -394,6 +479,11 @@ class Runner:
         running = self._running.get(execution_id)
         if running is None:
             raise ActionError(f"execution {execution_id} is not running")
+        if running.unrecorded is not None:
+            raise ActionError(
+                f"execution {execution_id} has ended ({running.ended}) and waits for the "
+                f"store to record it (store unavailable: {running.unrecorded})"
+            )
         return running
 
     def pause(self, execution_id: int) -> None:
@@ -423,12 +513,14 @@ class Runner:
     def force_stop(self, execution_id: int, reason: str = "force stopped") -> None:
         """Cancel an execution now (its module kills its processes)."""
         running = self._get(execution_id)
+        if running.ended is not None:
+            return  # its ending is being recorded: nothing left to cancel
         running.forced_reason = reason
         if running.task is not None:
             running.task.cancel()
 
     def _request_stop(self, running: _Running, reason: str) -> None:
-        if running.context.stopping:
+        if running.context.stopping or running.ended is not None:
             return
         running.stop_reason = reason
         running.context.request_stop()

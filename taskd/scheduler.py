@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from taskd.clock import Clock, to_micros
-from taskd.errors import ValidationError
+from taskd.errors import StoreUnavailableError, ValidationError
 from taskd.model import (
     CatchUp,
     Execution,
@@ -48,6 +48,10 @@ __all__ = ["Scheduler", "SchedulerSettings"]
 log = structlog.get_logger("taskd.scheduler")
 
 MAX_WAKE_INTERVAL_SEC = 1.0
+# While the store is unavailable, ticks (and the records of skipped slots) are tried again
+# after this delay, doubling up to the maximum: due slots wait, none is lost.
+STORE_RETRY_FIRST_SEC = 0.1
+STORE_RETRY_MAX_SEC = 2.0
 MAX_RETRY_WAIT_SEC = 7 * 86_400.0
 
 
@@ -179,12 +183,18 @@ class Scheduler:
     # -- the loop -------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        backoff = 0.0
         while True:
             try:
                 await self.tick(self.clock.now())
+                backoff = 0.0
+            except StoreUnavailableError as error:
+                if not backoff:
+                    log.warning("scheduler waits for the store", reason=error.reason)
+                backoff = min(max(backoff * 2, STORE_RETRY_FIRST_SEC), STORE_RETRY_MAX_SEC)
             except Exception:
                 log.exception("scheduler tick failed; retrying")
-            delay = self._seconds_to_next(self.clock.now())
+            delay = max(backoff, self._seconds_to_next(self.clock.now()))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -314,9 +324,16 @@ class Scheduler:
         log.info("slot skipped", task_id=job.task.id, execution_id=job.execution_id, reason=reason)
 
         async def record() -> None:
-            await self.store.finish(
-                job.execution_id, job.task.id, ExecutionStatus.SKIPPED, reason, self.clock.now()
-            )
+            at, delay = self.clock.now(), STORE_RETRY_FIRST_SEC
+            while True:
+                try:
+                    await self.store.finish(
+                        job.execution_id, job.task.id, ExecutionStatus.SKIPPED, reason, at
+                    )
+                    return
+                except StoreUnavailableError:
+                    await self.clock.sleep(delay)  # kept until recorded, as endings are
+                    delay = min(delay * 2, STORE_RETRY_MAX_SEC)
 
         _spawn(record())
 

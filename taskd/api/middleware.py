@@ -18,9 +18,19 @@ from aiohttp.typedefs import Middleware
 from taskd.api.auth import UNIX_SOCKET_PRINCIPAL
 from taskd.api.common import API_SETTINGS, AUTH, PRINCIPAL, PUBLIC, Handler
 from taskd.api.errors import ApiError, Renderer, v1_error, v2_error
-from taskd.errors import ActionError, ConflictError, DeferError, NotFoundError, ValidationError
+from taskd.errors import (
+    ActionError,
+    ConflictError,
+    DeferError,
+    NotFoundError,
+    StoreUnavailableError,
+    ValidationError,
+)
 
 log = structlog.get_logger("taskd.api")
+
+# What a 503 for an unavailable store suggests: long enough for the store's retries.
+STORE_RETRY_AFTER_SEC = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +57,13 @@ def _as_api_error(error: Exception, style: ErrorStyle) -> ApiError | None:
         return ApiError(404, "not_found", str(error))
     if isinstance(error, ConflictError):
         return ApiError(409, "conflict", str(error))
+    if isinstance(error, StoreUnavailableError):
+        return ApiError(
+            503,
+            "store_unavailable",
+            f"store unavailable: {error.reason}",
+            headers={"Retry-After": str(STORE_RETRY_AFTER_SEC)},
+        )
     if isinstance(error, ActionError | DeferError):
         status = 404 if isinstance(error, DeferError) and "unknown" in str(error) else 409
         return ApiError(status, style.refused_code, str(error))

@@ -319,6 +319,7 @@ _EXTRA_SCHEMAS = {
             "store": {"type": "string"},
             "running": {"type": "integer"},
             "queued": {"type": "integer"},
+            "unrecorded": {"type": "integer"},
         },
     },
 }

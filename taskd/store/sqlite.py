@@ -1060,6 +1060,10 @@ class SqliteStore:
         return await self._submit(apply)
 
 
+def _try_open(path: Path) -> None:
+    sqlite3.connect(path).close()
+
+
 async def _connect(path: Path) -> aiosqlite.Connection:
     """Open and prepare (pragmas, migrations) the database at `path`.
 
@@ -1072,6 +1076,9 @@ async def _connect(path: Path) -> aiosqlite.Connection:
             f"cannot create the state directory {path.parent}: {error.strerror or error}"
         ) from error
     try:
+        # Opened once in a plain thread first: aiosqlite leaves its thread behind when
+        # its own connect fails, and that thread outlives the event loop.
+        await asyncio.to_thread(_try_open, path)
         conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as error:
         raise StoreUnavailableError(f"cannot open the database {path}: {error}") from error
