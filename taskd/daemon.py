@@ -32,7 +32,7 @@ from taskd.clock import Clock, SystemClock
 from taskd.config import load_config
 from taskd.core import Core, config_errors_for
 from taskd.engine import EngineSettings, build_engine
-from taskd.errors import FieldError, ValidationError
+from taskd.errors import FieldError, StoreUnavailableError, ValidationError
 from taskd.metrics import Metrics
 from taskd.modules.registry import ModuleRegistry
 from taskd.notify import Notifier
@@ -174,17 +174,24 @@ class Daemon:
                     "another taskd runs on this state directory", state_dir=str(daemon.state_dir)
                 )
                 return 1
+            except OSError as error:
+                _unusable_state_dir(daemon.state_dir, f"{error.strerror or error}")
+                return 2
             watchdog = asyncio.create_task(
                 systemd.watchdog_loop(alive=self._alive, on_error=_notify_failed)
             )
             stack.callback(watchdog.cancel)
-            store = await stack.enter_async_context(
-                open_store(
-                    daemon.state_dir,
-                    history_per_task=daemon.history_per_task,
-                    log_entries_per_execution=daemon.log_entries_per_execution,
+            try:
+                store = await stack.enter_async_context(
+                    open_store(
+                        daemon.state_dir,
+                        history_per_task=daemon.history_per_task,
+                        log_entries_per_execution=daemon.log_entries_per_execution,
+                    )
                 )
-            )
+            except (StoreUnavailableError, RuntimeError) as error:  # RuntimeError: newer file
+                _unusable_state_dir(daemon.state_dir, str(error))
+                return 2
             notifier = await stack.enter_async_context(
                 Notifier.from_settings(settings, store=store, clock=self.clock)
             )
@@ -414,6 +421,16 @@ def unsafe_files(files: list[tuple[Path, bool]]) -> list[str]:
         except OSError:
             pass  # a file that cannot be read is reported by whoever reads it
     return problems
+
+
+def _unusable_state_dir(state_dir: Path, problem: str) -> None:
+    """Say which state directory taskd cannot use and why (it exits 2: fix and restart)."""
+    log.error(
+        "cannot use the state directory",
+        state_dir=str(state_dir),
+        problem=problem,
+        hint=f"make {state_dir} a directory taskd can write (and the database in it readable)",
+    )
 
 
 def _notify(state: str) -> None:

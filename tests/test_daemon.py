@@ -759,6 +759,39 @@ def test_a_second_daemon_on_the_same_state_directory_is_refused(
     assert db.task_ids() == {"steady": 1}
 
 
+@pytest.mark.parametrize(
+    ("layout", "problem"),
+    [
+        ("state dir is a file", "File exists"),
+        ("database is a directory", "cannot open the database"),
+        ("database is not a database", "file is not a database"),
+    ],
+)
+def test_an_unusable_state_directory_at_start_exits_2_naming_path_and_reason(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon], layout: str, problem: str
+) -> None:
+    """A state directory taskd cannot use (made of misplaced files: tests run as root, so
+    modes would not stop them) is an error line naming the path and the reason, exit 2;
+    never "internal error ... a bug" (exit 70) nor a traceback."""
+    state_dir = tmp_path / "state"
+    if layout == "state dir is a file":
+        state_dir.write_text("not a directory\n")
+    elif layout == "database is a directory":
+        (state_dir / DB_NAME).mkdir(parents=True)
+    else:
+        state_dir.mkdir()
+        (state_dir / DB_NAME).write_bytes(b"this is not an SQLite file, " * 100)
+    daemon = start_daemon(write_config(tmp_path / "taskd.toml", sleep_task("never", 0.1)))
+    assert daemon.wait_exit() == 2, daemon.stderr_text()
+    [event] = daemon.find("cannot use the state directory", level="error")
+    assert event["state_dir"] == str(state_dir)
+    assert problem in event["problem"]
+    text = daemon.stderr_text()
+    assert "Traceback" not in text
+    assert "bug" not in text
+    assert not daemon.find("taskd started")
+
+
 # ---------------------------------------------------------------------------------------
 # A failure mail, end to end: the daemon, a failing task, a real SMTP server on loopback
 

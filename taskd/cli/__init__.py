@@ -3,7 +3,8 @@ of a running daemon), and the admin helpers `gen-key` and `hash-password`.
 
 This is the edge where typed errors become messages and exit codes: 0 success, 1 a refused
 action (the daemon refused or failed, could not be reached, a file was not overwritten),
-2 invalid input (usage, config file, schedule, task file, the API's validation), 70 an
+2 invalid input (usage, config file, schedule, task file, the API's validation; for `serve`
+also a state directory or database it cannot use), 70 an
 internal error (a bug), 130 interrupted (Ctrl-C). Messages go to stderr, one per line,
 prefixed `taskd: `; results go to stdout. Invalid input never shows a traceback.
 """
