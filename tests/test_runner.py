@@ -14,15 +14,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from disk_faults import SqliteDiskFaults
 from engine_fixtures import T0, Engine, FakeClock, at, open_engine, settle, until
 
-from taskd.errors import ActionError
-from taskd.model import Execution, ExecutionStatus, Job, Task, TaskStatus, TriggerKind
+from taskd.errors import ActionError, StoreUnavailableError
+from taskd.model import Execution, ExecutionStatus, Job, Outcome, Task, TaskStatus, TriggerKind
 from taskd.modules.base import Trigger
 from taskd.schedule import format_utc
 from taskd.store import NewExecution
 
 GRACE_SEC = 0.2  # the runner's stop_grace_sec in these tests
+DISK = SqliteDiskFaults()  # the engine's store is SQLite
 
 
 @pytest.fixture
@@ -439,3 +441,89 @@ async def test_shutdown_lets_short_runs_finish_and_stops_long_ones(tmp_path: Pat
             )
         )
         assert eng.runner.queued_count == 0  # no longer accepting
+
+
+# -- a store that cannot write -------------------------------------------------------------
+
+
+async def test_an_ending_the_store_refused_is_retried_and_recorded_once(eng: Engine) -> None:
+    """An ending that finds the disk refusing writes is kept: the execution still counts
+    for its task (overlap `skip` refuses a new run, `stop` says it waits for the store),
+    its outcome is not told; once writes succeed it is recorded once, with the time it
+    ended, and its outcome told once."""
+    outcomes: list[Outcome] = []
+    eng.events.on_ended(outcomes.append)
+    task = await eng.create(params={"result": "all good"}, options={"max_retries": 2})
+    execution_id = await submit(eng, task)
+    [call] = await eng.gate.wait_calls(1)
+    await DISK.refuse_writes(eng.store)
+    eng.clock.advance(5)
+    call.release.set()
+    await call.wait_finished()
+    await until(lambda: eng.runner.unrecorded_count == 1)
+    eng.clock.advance(60)  # the retries record the time it ended, not their own
+    assert eng.runner.running_for_task(task.id) == [execution_id]
+    assert eng.runner.busy_with_task(task.id)
+    with pytest.raises(ActionError, match="has ended \\(done\\) and waits for the store"):
+        eng.runner.stop(execution_id)
+    with pytest.raises(ActionError, match="overlap policy is 'skip'"):
+        await eng.core.run(task.id)
+    assert (await eng.store.get_execution(execution_id)).status is ExecutionStatus.RUNNING
+    assert outcomes == []
+
+    await DISK.restore(eng.store)
+    await eng.finished(execution_id)
+    done = await row(eng, execution_id)
+    assert (done.status, done.status_msg, done.finished_at) == (
+        ExecutionStatus.DONE,
+        "all good",
+        at(5),
+    )
+    assert [outcome.status for outcome in outcomes] == [ExecutionStatus.DONE]
+    assert eng.runner.running_for_task(task.id) == []
+    assert eng.runner.unrecorded_count == 0
+    log = await eng.store.read_log(task.id)
+    assert [entry.msg for entry in log] == ["done: all good"]
+
+
+async def test_an_ending_recorded_late_is_not_run_again_after_a_restart(tmp_path: Path) -> None:
+    """The finished command whose ending waited for the store is not marked interrupted
+    (and retried) by the next start: it ran once, and stays done."""
+    db_path = tmp_path / "taskd.db"
+    async with open_engine(db_path, clock=FakeClock(T0)) as eng:
+        task = await eng.create(options={"max_retries": 2, "retry_delay_sec": 1})
+        execution_id = await submit(eng, task)
+        [call] = await eng.gate.wait_calls(1)
+        await DISK.refuse_writes(eng.store)
+        with pytest.raises(StoreUnavailableError):
+            await eng.store.ping()
+        call.release.set()
+        await until(lambda: eng.runner.unrecorded_count == 1)
+        await DISK.restore(eng.store)
+        await eng.finished(execution_id)
+    async with open_engine(db_path, clock=FakeClock(at(60)), start=True) as eng:
+        await eng.tick(at(61))
+        await settle(eng.store)
+        [execution] = await eng.executions(task.id)
+        assert (execution.id, execution.status) == (execution_id, ExecutionStatus.DONE)
+        assert eng.gate.calls == []
+
+
+async def test_a_start_the_store_refused_waits_queued_and_starts_later(eng: Engine) -> None:
+    """Jobs whose start cannot be recorded stay in the runner's queue (their task busy) and
+    start once the store takes writes again; none is lost or started unrecorded."""
+    task = await eng.create(params={"auto": True})
+    [execution_id] = await eng.store.add_executions(
+        [NewExecution(task_id=task.id, trigger=TriggerKind.MANUAL, scheduled_for=T0)], T0
+    )
+    assert execution_id is not None
+    await DISK.refuse_writes(eng.store)
+    trigger = Trigger(kind=TriggerKind.MANUAL, scheduled_for=format_utc(T0))
+    eng.runner.submit(Job(execution_id=execution_id, task=task, trigger=trigger, due=T0))
+    await asyncio.sleep(0.05)
+    assert eng.gate.calls == []
+    assert eng.runner.busy_with_task(task.id)
+    await DISK.restore(eng.store)
+    await eng.gate.wait_calls(1)
+    await eng.finished(execution_id)
+    assert (await row(eng, execution_id)).status is ExecutionStatus.DONE
