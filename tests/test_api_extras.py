@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -17,6 +18,7 @@ import aiohttp
 import jsonschema
 import pytest
 from api_fixtures import WAIT_SEC, Api, open_api, spec_problems
+from disk_faults import BIG_TEXT, SqliteDiskFaults
 from openapi_spec_validator import validate
 
 from taskd.api import v2
@@ -429,3 +431,75 @@ async def test_unknown_routes_and_methods_answer_in_the_dialect(
         assert reply.json["statuscode"] == status
     else:
         assert reply.json["details"]["base"][0]["error"] in {"not_found", "method_not_allowed"}
+
+
+# ---------------------------------------------------------------------------------------
+# a full disk
+
+DISK = SqliteDiskFaults()  # the API's store is SQLite
+
+
+async def test_a_write_on_a_full_disk_answers_503_store_unavailable_in_each_dialect(
+    api: Api,
+) -> None:
+    """Creating a task on a full disk is 503 `store unavailable: <reason>` with Retry-After,
+    in the error shape of the dialect asked (not 500 "internal error"); nothing is created,
+    and the same request succeeds once space returns."""
+    big = {"task_module": "sleep", "task_params": {"seconds": 0}, "description": BIG_TEXT}
+    await DISK.fill(api.store)
+    v2_reply = await api.unix.post("/api/v2/tasks", {"name": "big", **big})
+    assert v2_reply.status == 503, v2_reply
+    assert v2_reply.headers["Retry-After"] == "5"
+    assert v2_reply.json["messages"] == ["store unavailable: database or disk is full"]
+    assert v2_reply.json["details"]["base"][0]["error"] == "store_unavailable"
+    v1_reply = await api.unix.post("/api/v1/task", [{"task": {"name": "big", **big}}])
+    assert v1_reply.status == 503, v1_reply
+    assert v1_reply.headers["Retry-After"] == "5"
+    assert v1_reply.json == {
+        "code": "error.api.store_unavailable",
+        "statuscode": 503,
+        "description": "store unavailable: database or disk is full",
+    }
+    assert await api.store.find_task("big") is None
+    await DISK.restore(api.store)
+    assert (await api.unix.post("/api/v2/tasks", {"name": "big", **big})).status == 201
+
+
+async def test_health_reports_a_failing_store_with_its_reason_until_a_write_succeeds(
+    api: Api,
+) -> None:
+    """After a write failed for lack of space, health answers 503 `degraded` with the store
+    `failing: <reason>` (an empty write would still commit); after space returned and a
+    write succeeded, `writable` again."""
+    anonymous = await api.tcp(None)
+    big = {"task_module": "sleep", "task_params": {"seconds": 0}, "description": BIG_TEXT}
+    await DISK.fill(api.store)
+    assert (await api.unix.post("/api/v2/tasks", {"name": "big", **big})).status == 503
+    health = await anonymous.get("/api/v2/health")
+    assert health.status == 503
+    assert health.json["status"] == "degraded"
+    assert health.json["store"] == "failing: database or disk is full"
+    await DISK.restore(api.store)
+    assert (await api.unix.post("/api/v2/tasks", {"name": "big", **big})).status == 201
+    health = await anonymous.get("/api/v2/health")
+    assert (health.status, health.json["store"]) == (200, "writable")
+
+
+async def test_a_read_that_gets_no_answer_is_503_not_a_hang(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read the database does not answer in time (a frozen file system) is 503 `store
+    unavailable` in the dialect's shape, within the store's read timeout."""
+    monkeypatch.setattr(api.store, "_read_timeout_sec", 0.05)
+    hang = asyncio.ensure_future(api.store._conn._execute(time.sleep, 0.5))  # type: ignore[attr-defined]
+    await asyncio.sleep(0)
+    try:
+        reply = await api.unix.get("/api/v2/tasks")
+        assert reply.status == 503, reply
+        assert reply.json["messages"] == [
+            "store unavailable: no answer from the database within 0.05 s"
+        ]
+        v1_reply = await api.unix.get("/api/v1/task")
+        assert (v1_reply.status, v1_reply.json["code"]) == (503, "error.api.store_unavailable")
+    finally:
+        await hang
