@@ -143,9 +143,19 @@ class Daemon:
         self.notifier: Notifier | None = None
         self.metrics: Metrics | None = None
         self._reloading: asyncio.Task[bool] | None = None
+        self.state_dir: Path | None = None
 
     async def run(self) -> int:
         """Serve until SIGTERM / SIGINT; return the exit code."""
+        try:
+            return await self._run()
+        except StoreUnavailableError as error:
+            # Start-up writes (config tasks, crash recovery) found the store unusable.
+            assert self.state_dir is not None
+            _unusable_state_dir(self.state_dir, f"store unavailable: {error}")
+            return 2
+
+    async def _run(self) -> int:
         try:
             checked = preflight(self.config_path, self.modules)
         except StartRefused as refused:
@@ -153,6 +163,7 @@ class Daemon:
                 log.error(event, problem=str(problem))
             return 2
         settings, auth = checked.settings, checked.auth
+        self.state_dir = settings.daemon.state_dir
         for warning in checked.warnings:
             log.warning(warning)
         daemon = settings.daemon

@@ -349,9 +349,16 @@ class Scheduler:
             if not parked:
                 del self._parked[task_id]
         if outcome.status is ExecutionStatus.ERROR and not outcome.stopped_by_user:
-            task = (await self.store.get_tasks([task_id])).get(task_id)
-            if task is not None:
-                await self._maybe_retry(task, outcome.job.trigger.attempt, self.clock.now())
+            delay = STORE_RETRY_FIRST_SEC
+            while True:  # the ending is recorded: its retry must not be lost to the store
+                try:
+                    task = (await self.store.get_tasks([task_id])).get(task_id)
+                    if task is not None:
+                        await self._maybe_retry(task, outcome.job.trigger.attempt, self.clock.now())
+                    return
+                except StoreUnavailableError:
+                    await self.clock.sleep(delay)
+                    delay = min(delay * 2, STORE_RETRY_MAX_SEC)
 
     async def _maybe_retry(self, task: Task, attempt: int, now: datetime) -> None:
         """Queue a retry of a failed execution if the task's policy allows another."""
