@@ -14,8 +14,9 @@ When the database cannot be written (disk full, read-only or failing file system
 write that failed raises `StoreUnavailableError`; the store remembers the reason until a
 write succeeds (`ping` reports it, so health does not trust an empty write, which may
 commit on a full disk). Failed `*_nowait` writes are held, at most `HELD_WRITES_MAX`, and
-retried with backoff (and at once after a write succeeded); past the bound the newest are
-dropped and counted in `writes_dropped`. Reads time out after `read_timeout_sec`.
+retried ahead of the next batch, or alone with backoff when no other write comes; past the
+bound the newest are dropped and counted in `writes_dropped`. Reads time out after
+`read_timeout_sec`.
 """
 
 from __future__ import annotations
@@ -303,14 +304,10 @@ class SqliteStore:
             else:
                 await self._wake.wait()
             self._wake.clear()
-            retry = bool(self._held) and (
-                self._closing or self._failure is None or loop.time() >= self._held_retry_at
-            )
-            # Held writes go first: among themselves they keep their order.
-            batch = [*self._held, *self._pending] if retry else self._pending
-            self._pending = []
-            if retry:
-                self._held = []
+            # Held writes go first, with every batch (and alone when their retry time
+            # comes): log lines keep their order, and a write that succeeds proves space
+            # for them too.
+            batch, self._held, self._pending = [*self._held, *self._pending], [], []
             if not batch:
                 if self._closing:
                     return

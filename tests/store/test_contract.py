@@ -596,6 +596,29 @@ async def test_nowait_writes_that_failed_are_held_and_land_in_order_when_space_r
     assert store.writes_dropped == 0
 
 
+async def test_held_log_lines_keep_their_place_before_lines_logged_after_the_failure(
+    store: Store, disk: DiskFaults
+) -> None:
+    """Lines held by a failure are committed ahead of the lines logged once writes succeed
+    again: a task's log reads in the order it was written."""
+    task_id = await add_task(store)
+    await disk.refuse_writes(store)
+    for n in range(3):
+        store.log_nowait(task_id, None, "info", f"held {n}", T0)
+    with contextlib.suppress(StoreUnavailableError):
+        await store.flush()
+    await disk.restore(store)
+    store.log_nowait(task_id, None, "info", "after", T0)
+    await store.flush()
+    log = await store.read_log(task_id)
+    assert [(entry.idx, entry.msg) for entry in log] == [
+        (0, "held 0"),
+        (1, "held 1"),
+        (2, "held 2"),
+        (3, "after"),
+    ]
+
+
 async def test_closing_commits_held_writes_once_space_returned(
     store_opener: StoreOpener, disk: DiskFaults
 ) -> None:
