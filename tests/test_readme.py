@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
 import re
 import shlex
 from contextlib import redirect_stderr, redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
+from api_fixtures import WAIT_SEC, open_api
 
 from taskd.api.app import build_app, registered_routes
 from taskd.api.auth import Authenticator
@@ -43,6 +48,15 @@ def test_every_readme_citation_in_the_code_names_a_real_heading() -> None:
     assert citations, "no citation found: has the message format changed?"
     missing = sorted((path, title) for path, title in citations if title not in known)
     assert missing == []
+
+
+def test_every_cross_reference_in_the_readme_names_a_real_part() -> None:
+    """The README's own `see "X"` names a heading or a paragraph's bold lead (**X.**)."""
+    text = README.read_text(encoding="utf-8")
+    known = headings() | set(re.findall(r"\*\*([^*]+?)\.\*\*", text))
+    cited = re.findall(r'\b[Ss]ee "([^"]+)"', text)
+    assert len(cited) >= 3, cited
+    assert sorted(set(cited) - known) == []
 
 
 def test_readme_cron_day_rule_is_what_the_engine_does() -> None:
@@ -143,6 +157,7 @@ def test_every_taskd_command_in_a_readme_code_block_parses() -> None:
     assert refused == []
 
 
+@functools.cache
 def help_text(path: tuple[str, ...]) -> str:
     """What `taskd PATH --help` prints."""
     with redirect_stdout(io.StringIO()) as out:
@@ -313,3 +328,28 @@ def test_every_curl_example_of_the_readme_names_a_served_route() -> None:
     requests = curl_requests()
     assert len(requests) >= 15, requests
     assert [request for request in requests if not is_served(*request)] == []
+
+
+# ---------------------------------------------------------------------------------------
+# What the README promises of `taskd ctl log -f`, beyond tests/test_ctl.py.
+
+
+async def test_log_follow_exits_1_when_the_daemon_stops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: `log TASK -f` follows "until Ctrl-C (exit 130) or until the daemon stops
+    (exit 1)": the daemon's shutdown ends the stream, and ctl says so and exits 1."""
+    async with open_api(tmp_path) as api:
+        await api.create("long", task_module="shell", task_params={"command": "echo go; sleep 30"})
+        await api.unix.put("/api/v2/tasks/long/action/run")
+        argv = ["ctl", "--socket", str(api.socket_path), "log", "-f", "long"]
+        follower = asyncio.ensure_future(asyncio.to_thread(main, argv))
+        printed = ""
+        async with asyncio.timeout(WAIT_SEC):
+            while "go" not in printed.split():
+                await asyncio.sleep(0.05)
+                printed += capsys.readouterr().out
+        assert not follower.done()
+    async with asyncio.timeout(WAIT_SEC):
+        assert await follower == 1
+    assert "is shutting down: the log stream ended" in capsys.readouterr().err
