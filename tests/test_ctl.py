@@ -393,6 +393,16 @@ def test_show_and_executions_showprogress_text(daemon: Daemon) -> None:
     assert re.search(rf"^last execution +{execution_id}, manual, done.*progress 100 %", shown, re.M)
 
 
+def test_show_says_a_paused_run_is_paused() -> None:
+    """`show`'s "last run" says `(paused)` for a paused run, not `(running)`."""
+    from taskd.ctl.reading import _last_run
+
+    started = "2026-12-03T14:27:17Z"
+    assert _last_run({"run_started_at": started, "status": "paused"}) == f"{started} (paused)"
+    assert _last_run({"run_started_at": started, "status": "running"}) == f"{started} (running)"
+    assert _last_run({}) == "never"
+
+
 def test_progress_cell_names_every_counter() -> None:
     """The progress cell carries the percent, sizes, files and bandwidth a module reported."""
     from taskd.ctl.output import progress_text

@@ -89,6 +89,21 @@ async def test_sleep_resumes_from_saved_state() -> None:
     assert "resuming after step 3 of 4" in ctx.messages(LogLevel.INFO)
 
 
+async def test_sleep_clears_the_saved_state_once_it_has_slept_the_rest() -> None:
+    """The saved steps serve one execution: once it has slept the rest it saves `{}`, so the
+    task's next run sleeps every step again instead of "resuming after step 3" for good."""
+    resumed = module_ctx("sleep", seconds=0.04, steps=4)
+    resumed.state = {"done_steps": 3}
+    await SleepModule().run(resumed)
+    assert resumed.saved_states == [{}]
+    following = module_ctx("sleep", seconds=0.04, steps=4)
+    following.state = resumed.saved_states[-1]
+    await SleepModule().run(following)
+    assert percents(following) == [25, 50, 75, 100]
+    assert following.messages(LogLevel.INFO) == []
+    assert following.saved_states == []
+
+
 async def test_sleep_ignores_saved_state_that_does_not_fit() -> None:
     """A saved done_steps beyond the steps is ignored with a warning; all steps run."""
     ctx = module_ctx("sleep", seconds=0, steps=2)

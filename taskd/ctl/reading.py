@@ -106,7 +106,7 @@ def _last_run(task: Mapping[str, Any]) -> str:
         return "never"
     finished = task.get("run_finished_at")
     if not finished:
-        return f"{utc_time(started)} (running)"
+        return f"{utc_time(started)} ({'paused' if task.get('status') == 'paused' else 'running'})"
     return f"{utc_time(started)} ({duration_text(seconds_between(started, finished))})"
 
 

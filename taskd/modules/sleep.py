@@ -2,7 +2,8 @@
 
 It shows the cooperative contract in its simplest form: after each step it passes a
 checkpoint (so a pause holds it there), reports its progress, and on a stop request saves
-`{"done_steps": n}` and returns; a resumed execution continues after the saved step.
+`{"done_steps": n}` and returns; the next execution continues after the saved step, and
+clears the saved state once it has slept the rest.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class SleepModule:
             if ctx.stopping and done < steps:
                 await ctx.save_state({"done_steps": done})
                 return f"stopped after {done} steps"
+        if ctx.state:
+            # The saved steps are used up: the next run starts from the first step again.
+            await ctx.save_state({})
         if ctx.params["fail"]:
             raise ModuleError(f"failed on purpose after {seconds:g} s (fail is set)")
         return f"slept {seconds:g} s in {steps} steps"
