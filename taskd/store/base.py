@@ -302,15 +302,44 @@ class Store(Protocol):
         at: datetime,
         status_percent: float | None = None,
     ) -> None:
-        """Queue a log entry of a task (and of an execution, if given).
+        """Queue a log entry of a task (and of an execution, if given). Never blocks.
 
         Its `idx` is allocated when it is committed, from what is stored: 0 for a task's
         first entry, one more than its latest entry after that (across executions, reopens
-        and processes sharing the store). An execution's entries past
-        `log_entries_per_execution` are dropped, after one final `warning` entry saying
-        so; entries without an execution are never capped. An entry of a deleted task or
-        execution is dropped. Committed with the next write transaction.
+        and processes sharing the store). An entry of a deleted task or execution is
+        dropped. Entries without an execution are queued and never capped.
+
+        An execution's log keeps its first and its last entries, `log_entries_per_execution`
+        (N) in all: the first `N - 1 - (N - 1) // 2` entries (the head) are queued as they
+        come; every later one goes into a ring of the latest `(N - 1) // 2 + 1` held in
+        memory (the tail), and what falls out of the ring is only counted, never queued.
+        `finish` writes the tail, before the ending: a log of at most N entries is kept
+        whole; a longer one is the head, one `warning` entry "... K lines left out ..."
+        (K: how many were not kept), then the last `(N - 1) // 2` entries. The tail of
+        an execution that is never finished is written when the store closes. Memory per
+        execution is bounded by the tail, whatever it logs.
+
+        When full (see `log_full`) the entry is still queued: the bound is kept by the
+        producers that can wait, and the others add at most an execution's head.
         """
+        ...
+
+    @property
+    def log_pending(self) -> int:
+        """How many log entries are queued (submitted and not yet committed) now."""
+        ...
+
+    @property
+    def log_full(self) -> bool:
+        """Whether the log backlog is over its bound: True once more than the bound's log
+        entries (or bytes of their text) wait to be committed, False again once the
+        backlog is down to half of it. A producer that can wait (the shell module reading
+        a task's pipes) stops reading while it is True and waits for `wait_log_room`, so a
+        task's output is read only as fast as the store writes it."""
+        ...
+
+    async def wait_log_room(self) -> None:
+        """Return once `log_full` is False (at once if it is)."""
         ...
 
     async def finish(
@@ -322,6 +351,9 @@ class Store(Protocol):
         finished_at: datetime,
     ) -> None:
         """Record how a queued, running or paused execution ended, atomically with its task.
+
+        First the execution's log tail is queued (see `log_nowait`), so it is committed
+        before, or with, the ending.
 
         The task takes the ending (status, message, `run_finished_at`, `run_canceled_at` if
         `canceled`, 100 % if `done`, `last_execution_id`) unless a newer execution of it is
