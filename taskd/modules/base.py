@@ -61,6 +61,27 @@ class ModuleContext(Protocol):
         """Append an entry to the task log. Never blocks; entries are written in batches."""
         ...
 
+    @property
+    def log_full(self) -> bool:
+        """True while the task log takes entries faster than they can be written.
+
+        `log` still takes entries then (it never blocks); a module that can wait - one
+        reading a process's output - should stop reading and await `wait_log_room`.
+        """
+        ...
+
+    async def wait_log_room(self) -> None:
+        """Return once `log_full` is False (at once if it is)."""
+        ...
+
+    async def record_process_group(self, pgid: int) -> None:
+        """Record, durably, the process group this execution started (its leader's pid).
+
+        Should taskd die without ending it (kill -9), the next start ends what is left of
+        the group before it marks the run interrupted and retries it. Waits for commit.
+        """
+        ...
+
     def progress(
         self,
         *,

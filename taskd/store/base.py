@@ -365,6 +365,19 @@ class Store(Protocol):
         """
         ...
 
+    async def record_process_group(self, execution_id: int, pgid: int, start: str) -> None:
+        """Record the process group a `running` or `paused` execution started: its id and
+        its leader's start (an opaque string, `taskd.processes.process_start`). A later call
+        replaces it; an execution in another status, or an unknown id, changes nothing."""
+        ...
+
+    async def interrupted_process_groups(self) -> list[tuple[int, int, int, str]]:
+        """Return (execution id, task id, process group id, start) of every `running` or
+        `paused` execution with a recorded process group, oldest first. For start-up,
+        before `recover_interrupted`: these groups may have outlived the process that ran
+        them, and are ended before their runs are marked interrupted and retried."""
+        ...
+
     async def recover_interrupted(self, now: datetime) -> list[Execution]:
         """Mark every `running` or `paused` execution `error` "interrupted", finished `now`,
         and its task likewise if it shows it; one atomic write. Returns them as they are now,

@@ -905,6 +905,26 @@ class SqliteStore:
                 (task_id, row[0]),
             )
 
+    async def record_process_group(self, execution_id: int, pgid: int, start: str) -> None:
+        """Record the process group of a running or paused execution (see the Protocol)."""
+
+        def apply(cx: sqlite3.Connection) -> None:
+            cx.execute(
+                "UPDATE executions SET process_group = ?, process_start = ? WHERE id = ?"
+                " AND status IN ('running', 'paused')",
+                (pgid, start, execution_id),
+            )
+
+        await self._submit(apply)
+
+    async def interrupted_process_groups(self) -> list[tuple[int, int, int, str]]:
+        """(execution id, task id, pgid, start) of running or paused executions, by id."""
+        rows = await self._read(
+            "SELECT id, task_id, process_group, process_start FROM executions"
+            " WHERE status IN ('running', 'paused') AND process_group IS NOT NULL ORDER BY id"
+        )
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
     async def recover_interrupted(self, now: datetime) -> list[Execution]:
         """Mark executions a dead process left `running` or `paused` as `error`, "interrupted".
 
@@ -933,7 +953,10 @@ class SqliteStore:
                 for row in rows
             ]
 
-        return await self._submit(apply)
+        recovered = await self._submit(apply)
+        for execution in recovered:  # lines logged for it since (recovery's own) are kept
+            self._write_tail(execution.id)
+        return recovered
 
     async def queued_executions(self) -> list[Execution]:
         """Return executions waiting to start, oldest first."""

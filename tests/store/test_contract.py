@@ -1205,6 +1205,36 @@ async def test_recover_interrupted_marks_running_and_paused_as_error(store: Stor
     assert await store.recover_interrupted(at(200)) == []
 
 
+async def test_process_groups_of_running_executions_are_recorded_for_recovery(
+    store_opener: StoreOpener,
+) -> None:
+    """record_process_group is committed; interrupted_process_groups lists running and
+    paused executions' groups (a later record replaces one), until recovery marks them."""
+    async with store_opener() as store:
+        a, b, c = [await add_task(store, name) for name in "abc"]
+        running = await start(store, a, at(1))
+        paused = await start(store, b, at(2))
+        store.set_running_status_nowait(paused, b, ExecutionStatus.PAUSED)
+        finished = await start(store, c, at(3))
+        queued = await queue(store, c, at(4))
+        without = await start(store, a, at(5))
+        await store.record_process_group(running, 4242, "boot:1")
+        await store.record_process_group(running, 4343, "boot:2")  # replaces
+        await store.record_process_group(paused, 5151, "boot:3")
+        await store.record_process_group(finished, 6161, "boot:4")
+        await store.finish(finished, c, ExecutionStatus.DONE, None, at(6))
+        await store.record_process_group(queued, 7171, "boot:5")  # not running: no change
+        await store.record_process_group(404, 1, "boot:6")  # unknown: no change, no error
+        assert without  # running without a recorded group: not listed
+    async with store_opener() as store:  # committed: it survives a reopen
+        assert await store.interrupted_process_groups() == [
+            (running, a, 4343, "boot:2"),
+            (paused, b, 5151, "boot:3"),
+        ]
+        await store.recover_interrupted(at(100))
+        assert await store.interrupted_process_groups() == []
+
+
 async def test_queued_executions_lists_oldest_first(store: Store) -> None:
     """queued_executions() returns only queued rows, oldest first."""
     a, b = await add_task(store, "a"), await add_task(store, "b")
