@@ -195,7 +195,7 @@ async def test_a_flood_of_one_character_lines_never_blocks_the_loop() -> None:
 
 async def test_reading_waits_while_the_log_is_full() -> None:
     """While the log is full the pipe is not read (the process blocks); then all comes."""
-    ctx = shell_ctx(command="seq 50000")
+    ctx = shell_ctx(command="seq 20000")
     ctx.fill_log()
     run = asyncio.create_task(ShellModule().run(ctx))
     await wait_until(lambda: ctx.log_waits >= 1)
@@ -207,7 +207,7 @@ async def test_reading_waits_while_the_log_is_full() -> None:
     ctx.drain_log()
     async with asyncio.timeout(10):
         assert await run == "exit code 0"
-    assert ctx.logs[1:] == list(zip(repeat("info"), map(str, range(1, 50_001)), strict=False))
+    assert ctx.logs[1:] == list(zip(repeat("info"), map(str, range(1, 20_001)), strict=False))
 
 
 async def test_the_process_group_is_recorded_as_it_starts() -> None:

@@ -377,7 +377,7 @@ class _Lines:
 
     def feed(self, data: bytes, slice_lines: int) -> Iterator[None]:
         """Take a chunk of output; log every line it completes, yielding after each
-        `slice_lines` of them (the caller lets the loop run there)."""
+        `slice_lines` of them and after the last (the caller lets the loop run there)."""
         start = 0
         emitted = 0
         while (end := data.find(b"\n", start)) >= 0:
@@ -389,6 +389,8 @@ class _Lines:
                 emitted = 0
                 yield
         self._keep(data, start, len(data))
+        if emitted:
+            yield
 
     def flush(self) -> None:
         """Log the unterminated line, if any."""

@@ -352,8 +352,8 @@ class Store(Protocol):
     ) -> None:
         """Record how a queued, running or paused execution ended, atomically with its task.
 
-        First the execution's log tail is queued (see `log_nowait`), so it is committed
-        before, or with, the ending.
+        First the execution's log tail is queued (see `log_nowait`; waiting for room while
+        the log backlog is full), so it is committed before, or with, the ending.
 
         The task takes the ending (status, message, `run_finished_at`, `run_canceled_at` if
         `canceled`, 100 % if `done`, `last_execution_id`) unless a newer execution of it is

@@ -762,27 +762,35 @@ class SqliteStore:
             log.left_out += 1
         log.tail.append((level, msg, at, status_percent))
 
-    def _write_tail(self, execution_id: int) -> None:
-        """Queue an execution's tail: the marker (if lines were left out), then its lines."""
+    def _tail_entries(
+        self, execution_id: int
+    ) -> tuple[int, list[tuple[str, str, datetime, float | None]]]:
+        """Take an execution's tail: (task id, the marker if lines were left out + the tail)."""
         log = self._execution_logs.pop(execution_id, None)
         if log is None:
-            return
-        tail = log.tail
+            return 0, []
+        entries = list(log.tail)
         if log.left_out:
             # The ring holds one more than the tail: that one is left out too.
-            dropped = tail.popleft()
-            left_out, when = log.left_out + 1, dropped[2]
+            _, _, when, percent = entries.pop(0)
+            left_out = log.left_out + 1
             plural = "line" if left_out == 1 else "lines"
-            self._queue_log(
-                log.task_id,
-                execution_id,
-                "warning",
-                f"... {left_out} {plural} left out ...",
-                when,
-                dropped[3],
-            )
-        for level, msg, at, percent in tail:
-            self._queue_log(log.task_id, execution_id, level, msg, at, percent)
+            entries.insert(0, ("warning", f"... {left_out} {plural} left out ...", when, percent))
+        return log.task_id, entries
+
+    def _write_tail(self, execution_id: int) -> None:
+        """Queue an execution's tail at once (closing, recovery: nothing waits for room)."""
+        task_id, entries = self._tail_entries(execution_id)
+        for level, msg, at, percent in entries:
+            self._queue_log(task_id, execution_id, level, msg, at, percent)
+
+    async def _write_tail_within_bound(self, execution_id: int) -> None:
+        """Queue an execution's tail, waiting for room whenever the backlog is full."""
+        task_id, entries = self._tail_entries(execution_id)
+        for level, msg, at, percent in entries:
+            if not self._log_room.is_set():
+                await self._log_room.wait()
+            self._queue_log(task_id, execution_id, level, msg, at, percent)
 
     def _queue_log(
         self,
@@ -847,7 +855,7 @@ class SqliteStore:
         finished_at: datetime,
     ) -> None:
         """Write the execution's log tail, then record how it ended (see the Protocol)."""
-        self._write_tail(execution_id)
+        await self._write_tail_within_bound(execution_id)
         at = to_micros(finished_at)
         canceled_at = at if status is ExecutionStatus.CANCELED else None
 
