@@ -76,6 +76,14 @@ class ExecutionContext(ModuleContext):
         """Return once the store's log backlog is below its bound."""
         await self._store.wait_log_room()
 
+    def log_keeps_last(self) -> int | None:
+        """The store's answer for this execution (see `Store.log_keeps_last`)."""
+        return self._store.log_keeps_last(self.execution_id)
+
+    def log_left_out(self, count: int) -> None:
+        """Count entries as left out (see `Store.log_left_out_nowait`)."""
+        self._store.log_left_out_nowait(self.execution_id, count)
+
     async def record_process_group(self, pgid: int) -> None:
         """Record the process group with its leader's start (guards against pid reuse)."""
         start = process_start(pgid)

@@ -142,6 +142,8 @@ class FakeContext:
 
     process_groups: list[int] = field(default_factory=list)  # record_process_group calls
     log_waits: int = 0  # how often the module waited for room in the log (`wait_log_room`)
+    keeps_last: int | None = None  # what `log_keeps_last` answers (None: every entry kept)
+    left_out: int = 0  # entries counted with `log_left_out`
 
     def __post_init__(self) -> None:
         self._log_room = asyncio.Event()  # cleared by `fill_log`, set by `drain_log`
@@ -243,6 +245,14 @@ class FakeContext:
         """Count the wait (`log_waits`), then return once the log is not full."""
         self.log_waits += 1
         await self._log_room.wait()
+
+    def log_keeps_last(self) -> int | None:
+        """`keeps_last` (None unless the test sets it)."""
+        return self.keeps_last
+
+    def log_left_out(self, count: int) -> None:
+        """Add `count` to `left_out`."""
+        self.left_out += count
 
     async def record_process_group(self, pgid: int) -> None:
         """Record the process group id (`process_groups`)."""

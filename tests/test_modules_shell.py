@@ -210,6 +210,19 @@ async def test_reading_waits_while_the_log_is_full() -> None:
     assert ctx.logs[1:] == list(zip(repeat("info"), map(str, range(1, 20_001)), strict=False))
 
 
+async def test_past_the_head_only_the_last_lines_of_a_chunk_are_logged() -> None:
+    """Once the log keeps only its last K entries, a chunk's earlier lines are counted
+    (`log_left_out`), not logged: every line is logged or counted, the last K are logged."""
+    ctx = shell_ctx(command="seq 100000")
+    ctx.keeps_last = 5
+    assert await ShellModule().run(ctx) == "exit code 0"
+    lines = output(ctx)
+    assert len(lines) + ctx.left_out == 100_000
+    assert len(lines) < 2_000  # a few per chunk
+    assert lines[-5:] == [str(n) for n in range(99_996, 100_001)]
+    assert [int(line) for line in lines] == sorted(int(line) for line in lines)
+
+
 async def test_the_process_group_is_recorded_as_it_starts() -> None:
     """The run records its process group (the leader's pid) once, before it ends."""
     ctx = shell_ctx(command="echo $$")

@@ -74,6 +74,17 @@ class ModuleContext(Protocol):
         """Return once `log_full` is False (at once if it is)."""
         ...
 
+    def log_keeps_last(self) -> int | None:
+        """None while every entry logged is kept; K once the log keeps only the last K of
+        what comes next (its head is full): a module with many lines at hand may then log
+        only their last K and count the others with `log_left_out`."""
+        ...
+
+    def log_left_out(self, count: int) -> None:
+        """Count `count` entries as logged and left out, without their text; only right for
+        entries that at least `log_keeps_last()` later ones follow."""
+        ...
+
     async def record_process_group(self, pgid: int) -> None:
         """Record, durably, the process group this execution started (its leader's pid).
 

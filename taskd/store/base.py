@@ -324,6 +324,19 @@ class Store(Protocol):
         """
         ...
 
+    def log_keeps_last(self, execution_id: int) -> int | None:
+        """None while the execution's entries are still kept as they come (its head, or no
+        entry yet); once its head is full, K: of what it logs from now on, only the last K
+        entries can be kept (the tail ring's size), the others are only counted."""
+        ...
+
+    def log_left_out_nowait(self, execution_id: int, count: int) -> None:
+        """Count `count` entries of the execution as left out without taking their text: for
+        a producer that knows they would be pushed out of the tail anyway, because at least
+        `log_keeps_last` more entries follow them (a chunk of output with more lines than
+        that, say). Does nothing while `log_keeps_last` is None."""
+        ...
+
     @property
     def log_pending(self) -> int:
         """How many log entries are queued (submitted and not yet committed) now."""

@@ -762,6 +762,19 @@ class SqliteStore:
             log.left_out += 1
         log.tail.append((level, msg, at, status_percent))
 
+    def log_keeps_last(self, execution_id: int) -> int | None:
+        """The ring's size once the execution's head is full, else None (see the Protocol)."""
+        log = self._execution_logs.get(execution_id)
+        if log is None or log.head_left > 0:
+            return None
+        return log.tail.maxlen
+
+    def log_left_out_nowait(self, execution_id: int, count: int) -> None:
+        """Count entries of the execution as left out without their text (see the Protocol)."""
+        log = self._execution_logs.get(execution_id)
+        if log is not None and log.head_left == 0 and count > 0:
+            log.left_out += count
+
     def _tail_entries(
         self, execution_id: int
     ) -> tuple[int, list[tuple[str, str, datetime, float | None]]]:

@@ -996,6 +996,28 @@ async def test_lines_past_the_head_are_not_queued(store_opener: StoreOpener) -> 
     ]
 
 
+async def test_entries_left_out_without_text_count_in_the_marker(
+    store_opener: StoreOpener,
+) -> None:
+    """log_keeps_last is None until the head is full, then the ring's size; entries counted
+    with log_left_out_nowait are in the marker's count (and nothing while in the head)."""
+    async with store_opener(log_entries_per_execution=5) as store:
+        task_id = await add_task(store)
+        execution_id = await start(store, task_id)
+        assert store.log_keeps_last(execution_id) is None
+        store.log_nowait(task_id, execution_id, "info", "line 0", at(0))
+        store.log_left_out_nowait(execution_id, 1000)  # in the head: ignored
+        assert store.log_keeps_last(execution_id) is None
+        store.log_nowait(task_id, execution_id, "info", "line 1", at(1))
+        assert store.log_keeps_last(execution_id) == 3
+        store.log_left_out_nowait(execution_id, 100)
+        for n in range(2, 5):
+            store.log_nowait(task_id, execution_id, "info", f"line {n}", at(n))
+        await store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(9))
+        messages = [e.msg for e in await store.read_log(task_id, execution_id=execution_id)]
+    assert messages == ["line 0", "line 1", "... 101 lines left out ...", "line 3", "line 4"]
+
+
 async def test_closing_writes_the_tail_of_an_unfinished_run(store_opener: StoreOpener) -> None:
     """A run still logging when the store closes keeps its tail (the last lines are kept)."""
     async with store_opener(log_entries_per_execution=3) as store:
