@@ -14,6 +14,7 @@ from typing import Any
 from taskd.clock import Clock
 from taskd.model import Job
 from taskd.modules.base import LogLevel, ModuleContext
+from taskd.processes import process_start
 from taskd.store import Store
 
 
@@ -65,6 +66,30 @@ class ExecutionContext(ModuleContext):
             self._clock.now(),
             self._percent,
         )
+
+    @property
+    def log_full(self) -> bool:
+        """True while the store's log backlog is over its bound."""
+        return self._store.log_full
+
+    async def wait_log_room(self) -> None:
+        """Return once the store's log backlog is below its bound."""
+        await self._store.wait_log_room()
+
+    def log_keeps_last(self) -> int | None:
+        """The store's answer for this execution (see `Store.log_keeps_last`)."""
+        return self._store.log_keeps_last(self.execution_id)
+
+    def log_left_out(self, count: int) -> None:
+        """Count entries as left out (see `Store.log_left_out_nowait`)."""
+        self._store.log_left_out_nowait(self.execution_id, count)
+
+    async def record_process_group(self, pgid: int) -> None:
+        """Record the process group with its leader's start (guards against pid reuse)."""
+        start = process_start(pgid)
+        if start is None:  # gone already: nothing could survive taskd
+            return
+        await self._store.record_process_group(self.execution_id, pgid, start)
 
     def progress(
         self,

@@ -39,6 +39,7 @@ from taskd.model import (
     TriggerKind,
 )
 from taskd.planning import Plan, SchedulerSettings, plan_due_slots
+from taskd.processes import end_group
 from taskd.runner import Runner
 from taskd.schedule import ScheduleSet, format_utc
 from taskd.store import NewExecution, Store
@@ -88,7 +89,13 @@ class Scheduler:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover from a previous process, load the due index and start the loop."""
+        """Recover from a previous process, load the due index and start the loop.
+
+        Recovery first ends what is left of the process groups of runs the previous process
+        left running (see `taskd.processes`), then marks those runs interrupted and applies
+        the retry policy: a command never runs twice at once.
+        """
+        await self._end_surviving_groups()
         now = self.clock.now()
         interrupted = await self.store.recover_interrupted(now)
         tasks = await self.store.get_tasks(sorted({e.task_id for e in interrupted}))
@@ -106,6 +113,29 @@ class Scheduler:
         heapq.heapify(self._heap)
         log.info("scheduler started", scheduled_tasks=len(self._heap))
         self._loop_task = asyncio.create_task(self._run(), name="taskd-scheduler")
+
+    async def _end_surviving_groups(self) -> None:
+        groups = await self.store.interrupted_process_groups()
+
+        async def end(execution_id: int, task_id: int, pgid: int, start: str) -> None:
+            grace = self.runner.stop_grace_sec
+            outcome = await asyncio.to_thread(end_group, pgid, start, grace)
+            log.warning(
+                "process group of an interrupted execution",
+                task_id=task_id,
+                execution_id=execution_id,
+                pgid=pgid,
+                outcome=outcome,
+            )
+            self.store.log_nowait(
+                task_id,
+                execution_id,
+                "warning",
+                f"taskd restarted: process group {pgid}: {outcome}",
+                self.clock.now(),
+            )
+
+        await asyncio.gather(*(end(*group) for group in groups))
 
     async def stop(self) -> None:
         """Stop the loop. Claimed jobs not yet started stay `queued` in the store."""

@@ -139,7 +139,14 @@ class FakeContext:
     progress_reports: list[dict[str, Any]] = field(default_factory=list)
     saved_states: list[dict[str, Any]] = field(default_factory=list)
 
+    process_groups: list[int] = field(default_factory=list)  # record_process_group calls
+    log_waits: int = 0  # how often the module waited for room in the log (`wait_log_room`)
+    keeps_last: int | None = None  # what `log_keeps_last` answers (None: every entry kept)
+    left_out: int = 0  # entries counted with `log_left_out`
+
     def __post_init__(self) -> None:
+        self._log_room = asyncio.Event()  # cleared by `fill_log`, set by `drain_log`
+        self._log_room.set()
         self._paused = asyncio.Event()
         self._running = asyncio.Event()
         self._running.set()
@@ -184,6 +191,14 @@ class FakeContext:
         self._stopping.set()
         self._unblocked.set()
 
+    def fill_log(self) -> None:
+        """Make the log full (`log_full`), as a store whose writer fell behind."""
+        self._log_room.clear()
+
+    def drain_log(self) -> None:
+        """Make the log take entries again; modules waiting in `wait_log_room` go on."""
+        self._log_room.set()
+
     def messages(self, level: LogLevel | str | None = None) -> list[str]:
         """The logged messages, in order; only those at `level` if given."""
         return [msg for lvl, msg in self.logs if level is None or lvl == str(level)]
@@ -219,6 +234,28 @@ class FakeContext:
         """Record a log entry; raises `ValueError` for an unknown level."""
         self.logs.append((str(LogLevel(level)), msg))
         self._logged.set()
+
+    @property
+    def log_full(self) -> bool:
+        """True between `fill_log` and `drain_log`."""
+        return not self._log_room.is_set()
+
+    async def wait_log_room(self) -> None:
+        """Count the wait (`log_waits`), then return once the log is not full."""
+        self.log_waits += 1
+        await self._log_room.wait()
+
+    def log_keeps_last(self) -> int | None:
+        """`keeps_last` (None unless the test sets it)."""
+        return self.keeps_last
+
+    def log_left_out(self, count: int) -> None:
+        """Add `count` to `left_out`."""
+        self.left_out += count
+
+    async def record_process_group(self, pgid: int) -> None:
+        """Record the process group id (`process_groups`)."""
+        self.process_groups.append(pgid)
 
     def progress(
         self,

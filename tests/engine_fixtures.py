@@ -235,15 +235,17 @@ async def open_engine(
     stop_grace_sec: float = 0.2,
     settings: SchedulerSettings | None = None,
     start: bool = False,
+    store_options: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Engine]:
     """Open a store at `db_path` and build the engine on it; tear it all down after.
 
     With `start`, `Scheduler.start()` runs (crash recovery, due index, the loop).
+    `store_options` go to `SqliteStore.open` (its limits).
     """
     clock = clock if clock is not None else FakeClock()
     gate = GateModule()
     modules = registry(gate)
-    async with SqliteStore.open(db_path) as store:
+    async with SqliteStore.open(db_path, **(store_options or {})) as store:
         built = build_engine(
             store=store,
             modules=modules,

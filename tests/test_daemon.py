@@ -873,3 +873,93 @@ def test_once_listening_the_daemon_prints_a_curl_line_that_works(
         ["bash", "-c", ready["example"]], capture_output=True, text=True, timeout=20, check=True
     )
     assert [task["name"] for task in json.loads(reply.stdout)["tasks"]] == ["hello"]
+
+
+# ---------------------------------------------------------------------------------------
+# 12. kill -9 with a shell command running: the command never runs twice at once
+
+# Each copy first notes any earlier copy that is still alive (not a zombie), then its pid.
+_NOTE_AND_SLEEP = (
+    "for p in $(cat pids 2>/dev/null); do"
+    " s=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f1);"
+    ' if [ -n "$s" ] && [ "$s" != Z ]; then echo "$p $s" >> overlaps; fi;'
+    " done; echo $$ >> pids; exec sleep 1000"
+)
+
+
+def test_kill_9_with_a_shell_command_running_ends_it_before_the_retry(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon]
+) -> None:
+    """kill -9 leaves the command's process group running; the restart ends it (SIGTERM)
+    before marking the run interrupted and starting the retry: never two copies at once."""
+    work = tmp_path / "work"
+    work.mkdir()
+    pids_file = work / "pids"
+    params = (
+        "{ command = " + json.dumps(_NOTE_AND_SLEEP) + ", cwd = " + json.dumps(str(work)) + " }"
+    )
+    config = write_config(
+        tmp_path / "taskd.toml",
+        task_toml(
+            "sleeper",
+            "shell",
+            params,
+            next_run_at=utc_in(0.3),
+            options="{ max_retries = 1, retry_delay_sec = 0.2 }",
+        ),
+        stop_grace_sec=2,
+        shutdown_grace_sec=0.5,
+    )
+    pids: list[int] = []
+
+    def copies() -> list[int]:
+        return [int(p) for p in pids_file.read_text().split()] if pids_file.exists() else []
+
+    try:
+        first, db = started(start_daemon, config)
+        [old] = pids = wait_until(copies, "the command to start")
+        [execution] = wait_until(
+            lambda: db.executions("status = 'running'"), "the execution to be running"
+        )
+        wait_until(
+            lambda: (
+                db.value("SELECT process_group FROM executions WHERE id = ?", (execution["id"],))
+                == old
+            ),
+            "the process group to be recorded",
+        )
+        wait_until(lambda: _alive(old), "the command to exec sleep")
+        first.send(signal.SIGKILL)
+        assert first.wait_exit() == -signal.SIGKILL
+        assert _alive(old)  # the daemon died, its command did not
+
+        second, _ = started(start_daemon, config)
+        pids = wait_until(lambda: len(copies()) == 2 and copies(), "the retry to start")
+        assert not (work / "overlaps").exists(), (work / "overlaps").read_text()
+        assert not _alive(old)
+        ended = second.wait_for("process group of an interrupted execution")
+        assert (ended["execution_id"], ended["pgid"]) == (execution["id"], old)
+        assert ended["outcome"] == "ended 1 process(es) with SIGTERM"
+        # The group was ended before the run was marked interrupted (and so retried).
+        names = [event["event"] for event in second.events]
+        assert names.index("process group of an interrupted execution") < names.index(
+            "execution was interrupted by a crash"
+        )
+        [before, retry] = db.executions()
+        assert (before["status"], before["status_msg"]) == ("error", "interrupted")
+        assert (retry["trigger"], retry["status"]) == ("retry", "running")
+        logged = [
+            msg
+            for (msg,) in db.rows(
+                "SELECT msg FROM log_entries WHERE execution_id = ? ORDER BY idx",
+                (execution["id"],),
+            )
+        ]
+        assert f"taskd restarted: process group {old}: ended 1 process(es) with SIGTERM" in logged
+        second.send(signal.SIGTERM)
+        assert second.wait_exit() == 0
+        second.assert_no_errors()
+    finally:
+        for pid in pids:  # only what this test's command started, should it have survived
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ import pytest
 from taskd.errors import ValidationError
 from taskd.modules.base import LogLevel, ModuleError
 from taskd.modules.registry import ModuleRegistry
-from taskd.modules.shell import MAX_LINE_BYTES, ShellModule
-from taskd.testing import FakeContext
+from taskd.modules.shell import MAX_LINE_BYTES, SLICE_LINES, ShellModule
+from taskd.testing import FakeContext, wait_until
 
 pytestmark = [
     pytest.mark.skipif(sys.platform != "linux", reason="reads /proc, uses prctl"),
@@ -181,6 +182,52 @@ async def test_invalid_utf8_replaced_long_lines_cut_last_line_kept() -> None:
         "a" * MAX_LINE_BYTES + f" [line cut at {MAX_LINE_BYTES} bytes, {dropped} more dropped]",
         "tail",
     ]
+
+
+async def test_a_flood_of_one_character_lines_never_blocks_the_loop() -> None:
+    """100,000 one-character lines: every line logged, in order, the loop never held 50 ms
+    (a 256 KiB chunk of them is split a slice at a time; `no_blocking` fails the test)."""
+    ctx = shell_ctx(command="yes x | head -n 100000")
+    assert await ShellModule().run(ctx) == "exit code 0"
+    # Compared in C: a Python loop over 200,000 entries would itself hold the loop.
+    assert ctx.logs[1:] == [("info", "x")] * 100_000
+
+
+async def test_reading_waits_while_the_log_is_full() -> None:
+    """While the log is full the pipe is not read (the process blocks); then all comes."""
+    ctx = shell_ctx(command="seq 5000")
+    ctx.fill_log()
+    run = asyncio.create_task(ShellModule().run(ctx))
+    await wait_until(lambda: ctx.log_waits >= 1)
+    held = len(ctx.logs)
+    assert held <= SLICE_LINES + 1  # "started process" and one slice, no more
+    await asyncio.sleep(0.2)  # an OS edge: the process would write on if it could
+    assert len(ctx.logs) == held
+    assert not run.done()
+    ctx.drain_log()
+    async with asyncio.timeout(10):
+        assert await run == "exit code 0"
+    assert ctx.logs[1:] == list(zip(repeat("info"), map(str, range(1, 5_001)), strict=False))
+
+
+async def test_past_the_head_only_the_last_lines_of_a_chunk_are_logged() -> None:
+    """Once the log keeps only its last K entries, a chunk's earlier lines are counted
+    (`log_left_out`), not logged: every line is logged or counted, the last K are logged."""
+    ctx = shell_ctx(command="seq 100000")
+    ctx.keeps_last = 5
+    assert await ShellModule().run(ctx) == "exit code 0"
+    lines = output(ctx)
+    assert len(lines) + ctx.left_out == 100_000
+    assert len(lines) < 2_000  # a few per chunk
+    assert lines[-5:] == [str(n) for n in range(99_996, 100_001)]
+    assert [int(line) for line in lines] == sorted(int(line) for line in lines)
+
+
+async def test_the_process_group_is_recorded_as_it_starts() -> None:
+    """The run records its process group (the leader's pid) once, before it ends."""
+    ctx = shell_ctx(command="echo $$")
+    assert await ShellModule().run(ctx) == "exit code 0"
+    assert ctx.process_groups == [int(output(ctx)[0])]
 
 
 async def test_env_is_merged_over_the_daemon_environment_and_cwd_is_used(

@@ -61,6 +61,38 @@ class ModuleContext(Protocol):
         """Append an entry to the task log. Never blocks; entries are written in batches."""
         ...
 
+    @property
+    def log_full(self) -> bool:
+        """True while the task log takes entries faster than they can be written.
+
+        `log` still takes entries then (it never blocks); a module that can wait - one
+        reading a process's output - should stop reading and await `wait_log_room`.
+        """
+        ...
+
+    async def wait_log_room(self) -> None:
+        """Return once `log_full` is False (at once if it is)."""
+        ...
+
+    def log_keeps_last(self) -> int | None:
+        """None while every entry logged is kept; K once the log keeps only the last K of
+        what comes next (its head is full): a module with many lines at hand may then log
+        only their last K and count the others with `log_left_out`."""
+        ...
+
+    def log_left_out(self, count: int) -> None:
+        """Count `count` entries as logged and left out, without their text; only right for
+        entries that at least `log_keeps_last()` later ones follow."""
+        ...
+
+    async def record_process_group(self, pgid: int) -> None:
+        """Record, durably, the process group this execution started (its leader's pid).
+
+        Should taskd die without ending it (kill -9), the next start ends what is left of
+        the group before it marks the run interrupted and retries it. Waits for commit.
+        """
+        ...
+
     def progress(
         self,
         *,

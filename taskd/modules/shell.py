@@ -14,6 +14,15 @@ The process starts in a new session, so its process group holds it and everythin
 stdin is /dev/null. Each line of stdout goes to the task log at `info`, of stderr at
 `warning`, as it comes, cut at 4 KiB, with invalid UTF-8 replaced.
 
+Output is read only as fast as it is logged: each chunk read from a pipe is split into lines
+a slice at a time (the event loop is never held for a whole chunk of one-character lines),
+the pipe is paused meanwhile, and while the store's log backlog is full (`ctx.log_full`)
+reading waits for room. The process then blocks on a full pipe, as under a slow terminal.
+What taskd holds of a task's output is at most one chunk per pipe.
+
+The group is recorded in the execution (`ctx.record_process_group`) as soon as it started:
+should taskd be killed, its next start ends the group before the run is retried.
+
 How it ends: exit code 0 returns "exit code 0"; another exit code raises
 `ModuleError("exit code N")`; death by a signal raises `ModuleError` naming it, except for
 the SIGTERM or SIGKILL of a requested stop, which returns "stopped by SIGTERM" (the stop did
@@ -25,18 +34,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from taskd.errors import FieldError
 from taskd.modules.base import LogLevel, ModuleContext, ModuleError
 
-__all__ = ["MAX_LINE_BYTES", "ShellModule"]
+__all__ = ["MAX_LINE_BYTES", "SLICE_LINES", "ShellModule"]
 
 MAX_LINE_BYTES = 4096
-# After the process exits, how long its output may take to reach end-of-file. Only a process
-# that left the group (setsid) and kept the pipe open makes this wait the full time.
+# After the process exits, how long its output may go without reaching end-of-file or being
+# read further. Only a process that left the group (setsid) and kept the pipe open makes
+# this wait the full time; `_DRAIN_MAX_SEC` bounds one that keeps writing.
 _DRAIN_SEC = 1.0
+_DRAIN_MAX_SEC = 30.0
+# Lines split and logged per turn of the event loop: a few milliseconds of work.
+SLICE_LINES = 200
 # SIGKILL cannot be caught, so reaping after it is quick; the bound only guards a wedged
 # kernel (a process in uninterruptible sleep on a dead NFS mount).
 _REAP_SEC = 5.0
@@ -121,6 +135,10 @@ async def _supervise(
 ) -> str:
     """Follow pause and stop requests until the process exits; return or raise its outcome."""
     group = _Group(transport.get_pid())
+    try:
+        await ctx.record_process_group(group.pgid)
+    except Exception as error:  # the run goes on; only a crash of taskd would need it
+        ctx.log(LogLevel.WARNING, f"could not record process group {group.pgid}: {error}")
     watchers = [
         asyncio.create_task(_follow_pause(ctx, group)),
         asyncio.create_task(_follow_stop(ctx, group, protocol.exited)),
@@ -132,10 +150,7 @@ async def _supervise(
         # processes held, so the output reaches end-of-file.
         if group.signal(signal.SIGKILL):
             ctx.log(LogLevel.INFO, f"killed what was left of process group {group.pgid}")
-        try:
-            async with asyncio.timeout(_DRAIN_SEC):
-                await protocol.output_closed.wait()
-        except TimeoutError:
+        if not await _drain(protocol):
             ctx.log(LogLevel.WARNING, "output still open after the process exited; not read")
         protocol.finish()
     except BaseException as error:
@@ -156,6 +171,23 @@ async def _supervise(
         _stop_watching(watchers)
         await asyncio.gather(*watchers, return_exceptions=True)
     return _outcome(transport.get_returncode(), group.stop_signals)
+
+
+async def _drain(protocol: _Protocol) -> bool:
+    """Wait until all output was read and logged; False if it stalls or takes too long."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + _DRAIN_MAX_SEC
+    while loop.time() < give_up:
+        handled = protocol.handled
+        try:
+            async with asyncio.timeout(_DRAIN_SEC):
+                await protocol.output_closed.wait()
+        except TimeoutError:
+            if protocol.handled == handled and not protocol.waiting_for_room:
+                return False  # nothing came: a process outside the group holds the pipe
+        else:
+            return True
+    return False
 
 
 def _stop_watching(watchers: list[asyncio.Task[None]]) -> None:
@@ -240,76 +272,150 @@ class _Group:
 
 
 class _Protocol(asyncio.SubprocessProtocol):
-    """Turns the process's output into log lines and tells when it exited."""
+    """Turns the process's output into log lines and tells when it exited.
+
+    A chunk read from a pipe waits in `_chunks` with its pipe paused until `_pump` logged
+    its lines, a slice at a time; so at most one chunk per pipe is held.
+    """
 
     def __init__(self, ctx: ModuleContext) -> None:
         self._ctx = ctx
-        self._lines = {1: _Lines(self._log, LogLevel.INFO), 2: _Lines(self._log, LogLevel.WARNING)}
-        # Output can arrive before `connection_made` (the pipes connect first): it waits
-        # here, so that "started process" is the run's first line. A few reads at most.
-        self._held: list[tuple[LogLevel, str]] | None = []
-        self._open = {1, 2}
+        self._lines = {1: _Lines(ctx, LogLevel.INFO), 2: _Lines(ctx, LogLevel.WARNING)}
+        self._chunks: deque[tuple[int, bytes | None]] = deque()  # None: the pipe closed
+        self._arrived = asyncio.Event()
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._pump_task: asyncio.Task[None] | None = None
         self._finished = False
         self.exited = asyncio.Event()
         self.output_closed = asyncio.Event()
+        self.handled = 0  # chunks logged so far
+        self.waiting_for_room = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Say which process started, then log the output that came before this call."""
+        """Say which process started, then start logging its output."""
         assert isinstance(transport, asyncio.SubprocessTransport)
-        pid = transport.get_pid()
-        self._ctx.log(LogLevel.DEBUG, f"started process {pid} in its own process group")
-        held, self._held = self._held or [], None
-        for level, text in held:
-            self._ctx.log(level, text)
-
-    def _log(self, level: LogLevel, text: str) -> None:
-        if self._held is not None:
-            self._held.append((level, text))
-        else:
-            self._ctx.log(level, text)
+        self._transport = transport
+        self._ctx.log(
+            LogLevel.DEBUG, f"started process {transport.get_pid()} in its own process group"
+        )
+        for fd, data in self._chunks:  # come before this call (asyncio does not do that today)
+            if data is not None:
+                self._reading(fd, False)
+        self._pump_task = asyncio.create_task(self._pump(), name="taskd-shell-output")
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
-        """Feed output into the lines of its stream."""
+        """Hold the chunk, with its pipe paused, until its lines are logged."""
         if not self._finished:
-            self._lines[fd].feed(data)
+            self._chunks.append((fd, data))
+            self._reading(fd, False)
+            self._arrived.set()
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        """Log the last, unterminated line of a stream when it closes."""
-        if not self._finished:
-            self._lines[fd].flush()
-        self._open.discard(fd)
-        if not self._open:
-            self.output_closed.set()
+        """Note the end of a stream, after its last chunk."""
+        self._chunks.append((fd, None))
+        self._arrived.set()
 
     def process_exited(self) -> None:
         """Called once the process was reaped."""
         self.exited.set()
 
+    def _reading(self, fd: int, on: bool) -> None:
+        pipe = self._transport.get_pipe_transport(fd) if self._transport else None
+        if isinstance(pipe, asyncio.ReadTransport):
+            if on:
+                pipe.resume_reading()
+            else:
+                pipe.pause_reading()
+
+    async def _pump(self) -> None:
+        open_fds = {1, 2}
+        while open_fds:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._chunks:
+                fd, data = self._chunks.popleft()
+                if data is None:
+                    self._lines[fd].flush()
+                    open_fds.discard(fd)
+                    continue
+                for _ in self._lines[fd].feed(data, SLICE_LINES):
+                    await self._next_slice()
+                self.handled += 1
+                self._reading(fd, True)
+        self.output_closed.set()
+
+    async def _next_slice(self) -> None:
+        """Let the loop run; while the log is full, wait for room (the pipe stays paused)."""
+        if self._ctx.log_full:
+            self.waiting_for_room = True
+            try:
+                await self._ctx.wait_log_room()
+            finally:
+                self.waiting_for_room = False
+        else:
+            await asyncio.sleep(0)
+
     def finish(self) -> None:
-        """Log what is buffered; log nothing more (the execution is ending)."""
+        """Log the unterminated lines; log nothing more (the execution is ending)."""
         if not self._finished:
+            self._finished = True
+            if self._pump_task is not None:
+                self._pump_task.cancel()
+            self._chunks.clear()
             for lines in self._lines.values():
                 lines.flush()
-            self._finished = True
 
 
 class _Lines:
     """Splits one stream into lines, keeping at most MAX_LINE_BYTES of each."""
 
-    def __init__(self, log: Callable[[LogLevel, str], None], level: LogLevel) -> None:
-        self._log = log
+    def __init__(self, ctx: ModuleContext, level: LogLevel) -> None:
+        self._ctx = ctx
+        self._log: Callable[[LogLevel, str], None] = ctx.log
         self._level = level
         self._buffer = bytearray()
         self._dropped = 0  # bytes of the current line beyond the limit
 
-    def feed(self, data: bytes) -> None:
-        """Take a chunk of output; log every line it completes."""
+    def feed(self, data: bytes, slice_lines: int) -> Iterator[None]:
+        """Take a chunk of output; log every line it completes, yielding after each
+        `slice_lines` of them and after the last (the caller lets the loop run there)."""
         start = 0
+        if self._buffer or self._dropped:  # finish the line the last chunk began
+            end = data.find(b"\n")
+            if end >= 0:
+                self._keep(data, 0, end)
+                self._emit()
+                start = end + 1
+        start = self._skip_to_kept(data, start)
+        emitted = 0
         while (end := data.find(b"\n", start)) >= 0:
             self._keep(data, start, end)
             self._emit()
             start = end + 1
+            emitted += 1
+            if emitted == slice_lines:
+                emitted = 0
+                yield
         self._keep(data, start, len(data))
+        if emitted:
+            yield
+
+    def _skip_to_kept(self, data: bytes, start: int) -> int:
+        """Where the lines worth logging begin: past the head, of a chunk's lines only the
+        last `keeps_last` can be kept, so the ones before are counted, not split (C speed:
+        a chunk of 100,000 one-character lines costs a count, not 100,000 log calls)."""
+        keeps_last = self._ctx.log_keeps_last()
+        if keeps_last is None:
+            return start
+        position = data.rfind(b"\n", start)  # the end of the chunk's last complete line
+        for _ in range(keeps_last):
+            if position < start:
+                return start  # no more complete lines than are kept
+            position = data.rfind(b"\n", start, position)
+        if position < start:
+            return start
+        self._ctx.log_left_out(data.count(b"\n", start, position + 1))
+        return position + 1
 
     def flush(self) -> None:
         """Log the unterminated line, if any."""

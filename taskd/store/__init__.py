@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from taskd.store.base import ClaimResult, NewExecution, SlotClaim, Store
-from taskd.store.sqlite import DB_FILE, SqliteStore
+from taskd.store.sqlite import DB_FILE, LOG_BACKLOG_ENTRIES, SqliteStore
 
 __all__ = ["DB_FILE", "ClaimResult", "NewExecution", "SlotClaim", "Store", "open_store"]
 
@@ -22,19 +22,22 @@ async def open_store(
     *,
     history_per_task: int = 100,
     log_entries_per_execution: int = 1000,
+    log_backlog_entries: int = LOG_BACKLOG_ENTRIES,
 ) -> AsyncIterator[Store]:
     """Open the store of a state directory (`state_dir / DB_FILE`, created and migrated if
     needed) and close it on exit, committing pending `*_nowait` writes.
 
     `history_per_task`: finished executions kept per task (within 10 %);
-    `log_entries_per_execution`: log entries kept per execution. Raises RuntimeError for a
-    database of a newer schema version than this taskd knows, StoreUnavailableError
-    (naming the path and the reason) if the directory cannot be created or the database
-    cannot be opened or written.
+    `log_entries_per_execution`: log entries kept per execution (head, marker, tail);
+    `log_backlog_entries`: log entries waiting to be written past which `log_full` holds
+    (see `Store.log_full`). Raises RuntimeError for a database of a newer schema version
+    than this taskd knows, StoreUnavailableError (naming the path and the reason) if the
+    directory cannot be created or the database cannot be opened or written.
     """
     async with SqliteStore.open(
         state_dir / DB_FILE,
         history_per_task=history_per_task,
         log_entries_per_execution=log_entries_per_execution,
+        log_backlog_entries=log_backlog_entries,
     ) as store:
         yield store

@@ -327,15 +327,57 @@ class Store(Protocol):
         at: datetime,
         status_percent: float | None = None,
     ) -> None:
-        """Queue a log entry of a task (and of an execution, if given).
+        """Queue a log entry of a task (and of an execution, if given). Never blocks.
 
         Its `idx` is allocated when it is committed, from what is stored: 0 for a task's
         first entry, one more than its latest entry after that (across executions, reopens
-        and processes sharing the store). An execution's entries past
-        `log_entries_per_execution` are dropped, after one final `warning` entry saying
-        so; entries without an execution are never capped. An entry of a deleted task or
-        execution is dropped. Committed with the next write transaction.
+        and processes sharing the store). An entry of a deleted task or execution is
+        dropped. Entries without an execution are queued and never capped.
+
+        An execution's log keeps its first and its last entries, `log_entries_per_execution`
+        (N) in all: the first `N - 1 - (N - 1) // 2` entries (the head) are queued as they
+        come; every later one goes into a ring of the latest `(N - 1) // 2 + 1` held in
+        memory (the tail), and what falls out of the ring is only counted, never queued.
+        `finish` writes the tail, before the ending: a log of at most N entries is kept
+        whole; a longer one is the head, one `warning` entry "... K lines left out ..."
+        (K: how many were not kept), then the last `(N - 1) // 2` entries. The tail of
+        an execution that is never finished is written when the store closes. Memory per
+        execution is bounded by the tail, whatever it logs.
+
+        When full (see `log_full`) the entry is still queued: the bound is kept by the
+        producers that can wait, and the others add at most an execution's head.
         """
+        ...
+
+    def log_keeps_last(self, execution_id: int) -> int | None:
+        """None while the execution's entries are still kept as they come (its head, or no
+        entry yet); once its head is full, K: of what it logs from now on, only the last K
+        entries can be kept (the tail ring's size), the others are only counted."""
+        ...
+
+    def log_left_out_nowait(self, execution_id: int, count: int) -> None:
+        """Count `count` entries of the execution as left out without taking their text: for
+        a producer that knows they would be pushed out of the tail anyway, because at least
+        `log_keeps_last` more entries follow them (a chunk of output with more lines than
+        that, say). Does nothing while `log_keeps_last` is None."""
+        ...
+
+    @property
+    def log_pending(self) -> int:
+        """How many log entries are queued (submitted and not yet committed) now."""
+        ...
+
+    @property
+    def log_full(self) -> bool:
+        """Whether the log backlog is over its bound: True once more than the bound's log
+        entries (or bytes of their text) wait to be committed, False again once the
+        backlog is down to half of it. A producer that can wait (the shell module reading
+        a task's pipes) stops reading while it is True and waits for `wait_log_room`, so a
+        task's output is read only as fast as the store writes it."""
+        ...
+
+    async def wait_log_room(self) -> None:
+        """Return once `log_full` is False (at once if it is)."""
         ...
 
     async def finish(
@@ -348,6 +390,9 @@ class Store(Protocol):
     ) -> None:
         """Record how a queued, running or paused execution ended, atomically with its task.
 
+        First the execution's log tail is queued (see `log_nowait`; waiting for room while
+        the log backlog is full), so it is committed before, or with, the ending.
+
         The task takes the ending (status, message, `run_finished_at`, `run_canceled_at` if
         `canceled`, 100 % if `done`, `last_execution_id`) unless a newer execution of it is
         running or paused; a `skipped` ending gives a `queued` task back the status of its
@@ -356,6 +401,19 @@ class Store(Protocol):
         newest, with their log entries. An execution that ended already (or an unknown id)
         stays as it is: an ending is recorded once.
         """
+        ...
+
+    async def record_process_group(self, execution_id: int, pgid: int, start: str) -> None:
+        """Record the process group a `running` or `paused` execution started: its id and
+        its leader's start (an opaque string, `taskd.processes.process_start`). A later call
+        replaces it; an execution in another status, or an unknown id, changes nothing."""
+        ...
+
+    async def interrupted_process_groups(self) -> list[tuple[int, int, int, str]]:
+        """Return (execution id, task id, process group id, start) of every `running` or
+        `paused` execution with a recorded process group, oldest first. For start-up,
+        before `recover_interrupted`: these groups may have outlived the process that ran
+        them, and are ended before their runs are marked interrupted and retried."""
         ...
 
     async def recover_interrupted(self, now: datetime) -> list[Execution]:

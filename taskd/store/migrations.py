@@ -85,6 +85,12 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # Config reconciliation lists the tasks of one source on every start and reload.
     "CREATE INDEX tasks_source ON tasks (source)",
+    # The process group a run started, with its leader's start (boot id and start ticks):
+    # after a crash, recovery ends what is left of it before the run is retried.
+    """
+    ALTER TABLE executions ADD COLUMN process_group INTEGER;
+    ALTER TABLE executions ADD COLUMN process_start TEXT;
+    """,
 )
 
 

@@ -26,6 +26,7 @@ import contextlib
 import json
 import secrets
 import sqlite3
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -180,6 +181,27 @@ class _Write:
     apply: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any] | None
     probe: bool = False  # an empty write (flush, ping): proves nothing about free space
+    log_bytes: int = -1  # a log entry's text size; -1: not a log entry
+
+
+# Log entries waiting to be committed: above either high-water mark `log_full` is True (the
+# shell module stops reading its pipes); below both low-water marks (half) it is False again.
+LOG_BACKLOG_ENTRIES = 8192
+LOG_BACKLOG_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class _ExecutionLog:
+    """What the event loop keeps of one execution's log between its head and its ending.
+
+    The first `head` entries go straight to the write queue; later ones go to `tail`, a
+    ring of the latest ones; what falls out of the ring is only counted (`left_out`).
+    """
+
+    task_id: int
+    head_left: int
+    tail: deque[tuple[str, str, datetime, float | None]]
+    left_out: int = 0
 
 
 class SqliteStore:
@@ -197,11 +219,24 @@ class SqliteStore:
         history_per_task: int,
         log_entries_per_execution: int,
         read_timeout_sec: float = READ_TIMEOUT_SEC,
+        log_backlog_entries: int = LOG_BACKLOG_ENTRIES,
+        log_backlog_bytes: int = LOG_BACKLOG_BYTES,
     ) -> None:
         self._conn = conn
         self._history = history_per_task
         self._log_cap = log_entries_per_execution
         self._read_timeout_sec = read_timeout_sec
+        # An execution's log: `_log_head` first entries, a marker line, `_log_tail` last ones
+        # (at most `_log_cap` in all); the ring holds one more, so that a log of exactly
+        # `_log_cap` entries is kept whole, without a marker.
+        self._log_tail = (log_entries_per_execution - 1) // 2
+        self._log_head = log_entries_per_execution - 1 - self._log_tail
+        self._execution_logs: dict[int, _ExecutionLog] = {}
+        self._log_high = (log_backlog_entries, log_backlog_bytes)
+        self._log_pending_entries = 0  # submitted, not yet committed (or failed)
+        self._log_pending_bytes = 0
+        self._log_room = asyncio.Event()
+        self._log_room.set()
         self._pending: list[_Write] = []
         # Failed `*_nowait` writes waiting for their retry (bounded by HELD_WRITES_MAX).
         self._held: list[_Write] = []
@@ -244,13 +279,14 @@ class SqliteStore:
         history_per_task: int = 100,
         log_entries_per_execution: int = 1000,
         read_timeout_sec: float = READ_TIMEOUT_SEC,
+        log_backlog_entries: int = LOG_BACKLOG_ENTRIES,
     ) -> AsyncIterator[SqliteStore]:
         """Open (creating directories and file, migrating if needed) the database at `path`.
 
         Raises RuntimeError for a file of a newer schema version (left unchanged),
         StoreUnavailableError (naming the path and the reason) if the directory cannot be
         created or the database cannot be opened, written or read. Closing commits pending
-        `*_nowait` writes.
+        `*_nowait` writes (the tails of executions still logging included).
         """
         conn = await _connect(path)
         try:
@@ -259,6 +295,7 @@ class SqliteStore:
                 history_per_task=history_per_task,
                 log_entries_per_execution=log_entries_per_execution,
                 read_timeout_sec=read_timeout_sec,
+                log_backlog_entries=log_backlog_entries,
             )
             store._writer = asyncio.create_task(store._write_loop(), name="taskd-store-writer")
             try:
@@ -278,11 +315,43 @@ class SqliteStore:
         self._wake.set()
         return await future
 
-    def _submit_nowait(self, apply: Callable[[sqlite3.Connection], Any]) -> None:
+    def _submit_nowait(
+        self, apply: Callable[[sqlite3.Connection], Any], log_bytes: int = -1
+    ) -> None:
         if self._closing:
             return
-        self._pending.append(_Write(apply, None))
+        self._pending.append(_Write(apply, None, log_bytes=log_bytes))
+        if log_bytes >= 0:
+            self._log_pending_entries += 1
+            self._log_pending_bytes += log_bytes
+            entries, size = self._log_high
+            if self._log_pending_entries > entries or self._log_pending_bytes > size:
+                self._log_room.clear()
         self._wake.set()
+
+    def _log_committed(self, batch: Sequence[_Write]) -> None:
+        """Take a written batch's log entries off the backlog; open up below half the bound."""
+        for write in batch:
+            if write.log_bytes >= 0:
+                self._log_pending_entries -= 1
+                self._log_pending_bytes -= write.log_bytes
+        entries, size = self._log_high
+        if self._log_pending_entries <= entries // 2 and self._log_pending_bytes <= size // 2:
+            self._log_room.set()
+
+    @property
+    def log_pending(self) -> int:
+        """Log entries submitted and not yet committed."""
+        return self._log_pending_entries
+
+    @property
+    def log_full(self) -> bool:
+        """True from when the log backlog passes its bound until it drained to half of it."""
+        return not self._log_room.is_set()
+
+    async def wait_log_room(self) -> None:
+        """Return once `log_full` is False (at once if it is)."""
+        await self._log_room.wait()
 
     async def flush(self) -> None:
         """Return once everything submitted before this call has been committed.
@@ -324,6 +393,7 @@ class SqliteStore:
                 results = [error] * len(batch)
             self.last_batch_seconds = loop.time() - started
             self.batches_written += 1
+            self._log_committed(batch)
             if self.on_batch is not None:
                 self.on_batch(self.last_batch_seconds, len(batch))
             self._settle(batch, results, loop.time())
@@ -373,6 +443,9 @@ class SqliteStore:
                 self._wake.set()
 
     def _hold(self, write: _Write) -> None:
+        # Its log entry left the backlog count with the batch that failed: held writes have
+        # their own bound (HELD_WRITES_MAX), and a retry must not count it off again.
+        write.log_bytes = -1
         if len(self._held) >= HELD_WRITES_MAX:
             if not self.writes_dropped:
                 log.error(
@@ -400,6 +473,8 @@ class SqliteStore:
             raise StoreUnavailableError(self._failure)
 
     async def _close(self) -> None:
+        for execution_id in list(self._execution_logs):
+            self._write_tail(execution_id)
         self._closing = True
         self._wake.set()
         if self._writer is not None:
@@ -512,6 +587,9 @@ class SqliteStore:
 
     async def delete_task(self, task_id: int) -> None:
         """Delete a task with its executions, log and deferred runs. NotFoundError if absent."""
+        for execution_id, log in list(self._execution_logs.items()):
+            if log.task_id == task_id:  # its tail has nowhere to go
+                del self._execution_logs[execution_id]
 
         def apply(cx: sqlite3.Connection) -> None:
             if cx.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount == 0:
@@ -797,15 +875,80 @@ class SqliteStore:
         at: datetime,
         status_percent: float | None = None,
     ) -> None:
-        """Append a log entry with the next batch.
+        """Queue a log entry; an execution's past its head wait in its tail ring (memory).
 
-        An execution's entries past `log_entries_per_execution` are dropped, after one
-        final entry saying so.
+        See the Protocol: the head goes to the write queue, the tail is written by `finish`.
         """
+        if execution_id is None:
+            self._queue_log(task_id, None, level, msg, at, status_percent)
+            return
+        log = self._execution_logs.get(execution_id)
+        if log is None:
+            log = _ExecutionLog(task_id, self._log_head, deque(maxlen=self._log_tail + 1))
+            self._execution_logs[execution_id] = log
+        if log.head_left > 0:
+            log.head_left -= 1
+            self._queue_log(task_id, execution_id, level, msg, at, status_percent)
+            return
+        if len(log.tail) == log.tail.maxlen:
+            log.left_out += 1
+        log.tail.append((level, msg, at, status_percent))
+
+    def log_keeps_last(self, execution_id: int) -> int | None:
+        """The ring's size once the execution's head is full, else None (see the Protocol)."""
+        log = self._execution_logs.get(execution_id)
+        if log is None or log.head_left > 0:
+            return None
+        return log.tail.maxlen
+
+    def log_left_out_nowait(self, execution_id: int, count: int) -> None:
+        """Count entries of the execution as left out without their text (see the Protocol)."""
+        log = self._execution_logs.get(execution_id)
+        if log is not None and log.head_left == 0 and count > 0:
+            log.left_out += count
+
+    def _tail_entries(
+        self, execution_id: int
+    ) -> tuple[int, list[tuple[str, str, datetime, float | None]]]:
+        """Take an execution's tail: (task id, the marker if lines were left out + the tail)."""
+        log = self._execution_logs.pop(execution_id, None)
+        if log is None:
+            return 0, []
+        entries = list(log.tail)
+        if log.left_out:
+            # The ring holds one more than the tail: that one is left out too.
+            _, _, when, percent = entries.pop(0)
+            left_out = log.left_out + 1
+            plural = "line" if left_out == 1 else "lines"
+            entries.insert(0, ("warning", f"... {left_out} {plural} left out ...", when, percent))
+        return log.task_id, entries
+
+    def _write_tail(self, execution_id: int) -> None:
+        """Queue an execution's tail at once (closing, recovery: nothing waits for room)."""
+        task_id, entries = self._tail_entries(execution_id)
+        for level, msg, at, percent in entries:
+            self._queue_log(task_id, execution_id, level, msg, at, percent)
+
+    async def _write_tail_within_bound(self, execution_id: int) -> None:
+        """Queue an execution's tail, waiting for room whenever the backlog is full."""
+        task_id, entries = self._tail_entries(execution_id)
+        for level, msg, at, percent in entries:
+            if not self._log_room.is_set():
+                await self._log_room.wait()
+            self._queue_log(task_id, execution_id, level, msg, at, percent)
+
+    def _queue_log(
+        self,
+        task_id: int,
+        execution_id: int | None,
+        level: str,
+        msg: str,
+        at: datetime,
+        status_percent: float | None,
+    ) -> None:
         at_us = to_micros(at)
 
         def apply(cx: sqlite3.Connection) -> None:
-            entry_msg, entry_level = msg, level
             if execution_id is not None:
                 count = self._log_count.get(execution_id)
                 if count is None:
@@ -814,11 +957,10 @@ class SqliteStore:
                         (execution_id,),
                     ).fetchone()
                     count = int(row[0])
-                if count > self._log_cap:
+                # The head and tail rule keeps a run within the cap; this guards the rest
+                # (an execution that went on logging after the store was reopened).
+                if count >= self._log_cap:
                     return
-                if count == self._log_cap:
-                    entry_msg = f"log truncated: more than {self._log_cap} entries"
-                    entry_level = "warning"
                 self._log_count[execution_id] = count + 1
             idx = self._batch_log_idx.get(task_id)
             if idx is None:
@@ -833,13 +975,13 @@ class SqliteStore:
                 cx.execute(
                     "INSERT INTO log_entries (task_id, idx, execution_id, level, msg,"
                     " status_percent, timestamp) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (task_id, idx, execution_id, entry_level, entry_msg, status_percent, at_us),
+                    (task_id, idx, execution_id, level, msg, status_percent, at_us),
                 )
             except sqlite3.IntegrityError:
                 return  # the task or execution was deleted meanwhile
             self._batch_log_idx[task_id] = idx + 1
 
-        self._submit_nowait(apply)
+        self._submit_nowait(apply, len(msg))
 
     async def save_state(self, task_id: int, state: Mapping[str, Any] | None) -> None:
         """Store a task's module state (JSON) for a later resume."""
@@ -857,7 +999,8 @@ class SqliteStore:
         status_msg: str | None,
         finished_at: datetime,
     ) -> None:
-        """Record how an execution ended; the task takes its status; old history is pruned."""
+        """Write the execution's log tail, then record how it ended (see the Protocol)."""
+        await self._write_tail_within_bound(execution_id)
         at = to_micros(finished_at)
         canceled_at = at if status is ExecutionStatus.CANCELED else None
 
@@ -915,6 +1058,26 @@ class SqliteStore:
                 (task_id, row[0]),
             )
 
+    async def record_process_group(self, execution_id: int, pgid: int, start: str) -> None:
+        """Record the process group of a running or paused execution (see the Protocol)."""
+
+        def apply(cx: sqlite3.Connection) -> None:
+            cx.execute(
+                "UPDATE executions SET process_group = ?, process_start = ? WHERE id = ?"
+                " AND status IN ('running', 'paused')",
+                (pgid, start, execution_id),
+            )
+
+        await self._submit(apply)
+
+    async def interrupted_process_groups(self) -> list[tuple[int, int, int, str]]:
+        """(execution id, task id, pgid, start) of running or paused executions, by id."""
+        rows = await self._read(
+            "SELECT id, task_id, process_group, process_start FROM executions"
+            " WHERE status IN ('running', 'paused') AND process_group IS NOT NULL ORDER BY id"
+        )
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
     async def recover_interrupted(self, now: datetime) -> list[Execution]:
         """Mark executions a dead process left `running` or `paused` as `error`, "interrupted".
 
@@ -943,7 +1106,10 @@ class SqliteStore:
                 for row in rows
             ]
 
-        return await self._submit(apply)
+        recovered = await self._submit(apply)
+        for execution in recovered:  # lines logged for it since (recovery's own) are kept
+            self._write_tail(execution.id)
+        return recovered
 
     async def queued_executions(self) -> list[Execution]:
         """Return executions waiting to start, oldest first."""

@@ -29,12 +29,16 @@ def sqlite_opener(tmp_path: Path) -> StoreOpener:
     state_dir = tmp_path / "state"
 
     def opener(
-        *, history_per_task: int = 100, log_entries_per_execution: int = 1000
+        *,
+        history_per_task: int = 100,
+        log_entries_per_execution: int = 1000,
+        log_backlog_entries: int = 8192,
     ) -> AbstractAsyncContextManager[Store]:
         return open_store(
             state_dir,
             history_per_task=history_per_task,
             log_entries_per_execution=log_entries_per_execution,
+            log_backlog_entries=log_backlog_entries,
         )
 
     return opener

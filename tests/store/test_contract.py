@@ -1052,8 +1052,8 @@ async def test_read_log_offset_limit_and_execution_filter(store: Store) -> None:
     assert await store.read_log(404) == []
 
 
-async def test_log_is_capped_per_execution(store_opener: StoreOpener) -> None:
-    """Past log_entries_per_execution, one 'log truncated' warning is kept and the rest dropped."""
+async def test_log_keeps_head_marker_and_tail_per_execution(store_opener: StoreOpener) -> None:
+    """Past log_entries_per_execution: the first lines, "... K lines left out ...", the last."""
     async with store_opener(log_entries_per_execution=5) as store:
         task_id = await add_task(store)
         capped = await start(store, task_id)
@@ -1064,17 +1064,151 @@ async def test_log_is_capped_per_execution(store_opener: StoreOpener) -> None:
             store.log_nowait(task_id, other, "info", f"other {n}", at(30 + n))
         store.log_nowait(task_id, None, "info", "task-level", at(40))
         await store.flush()
+        # Until the run ends, only its head is written: the rest waits in the tail ring.
+        assert [e.msg for e in await store.read_log(task_id, execution_id=capped)] == [
+            "line 0",
+            "line 1",
+        ]
+        await store.finish(capped, task_id, ExecutionStatus.ERROR, "exit code 1", at(50))
+        await store.finish(other, task_id, ExecutionStatus.DONE, None, at(50))
         entries = await store.read_log(task_id, execution_id=capped)
-        assert [e.msg for e in entries[:5]] == [f"line {n}" for n in range(5)]
-        assert len(entries) == 6
-        assert entries[5].level == "warning"
-        assert entries[5].msg.startswith("log truncated")
+        assert [e.msg for e in entries] == [
+            "line 0",
+            "line 1",
+            "... 16 lines left out ...",
+            "line 18",
+            "line 19",
+        ]
+        assert entries[2].level == "warning"
+        assert entries[2].timestamp == at(17)  # the last line left out
         assert [e.msg for e in await store.read_log(task_id, execution_id=other)] == [
             "other 0",
             "other 1",
             "other 2",
         ]
-        assert [e.idx for e in await store.read_log(task_id)] == list(range(10))
+        assert len(await store.read_log(task_id)) == 9
+
+
+@pytest.mark.parametrize("count", [5, 6])
+async def test_a_log_of_at_most_the_cap_is_kept_whole(
+    store_opener: StoreOpener, count: int
+) -> None:
+    """A run logging exactly log_entries_per_execution lines keeps them all; one more: marker."""
+    async with store_opener(log_entries_per_execution=5) as store:
+        task_id = await add_task(store)
+        execution_id = await start(store, task_id)
+        for n in range(count):
+            store.log_nowait(task_id, execution_id, "info", f"line {n}", at(n))
+        await store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(9))
+        messages = [e.msg for e in await store.read_log(task_id, execution_id=execution_id)]
+    if count == 5:
+        assert messages == [f"line {n}" for n in range(5)]
+    else:
+        assert messages == ["line 0", "line 1", "... 2 lines left out ...", "line 4", "line 5"]
+
+
+async def test_a_log_of_one_entry_per_execution_is_the_marker(store_opener: StoreOpener) -> None:
+    """log_entries_per_execution = 1: one line is kept; two or more become the marker alone."""
+    async with store_opener(log_entries_per_execution=1) as store:
+        task_id = await add_task(store)
+        one, many = await start(store, task_id), await start(store, task_id, at(1))
+        store.log_nowait(task_id, one, "info", "only", at(0))
+        for n in range(3):
+            store.log_nowait(task_id, many, "info", f"line {n}", at(n))
+        for execution_id in (one, many):
+            await store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(9))
+        assert [e.msg for e in await store.read_log(task_id, execution_id=one)] == ["only"]
+        assert [e.msg for e in await store.read_log(task_id, execution_id=many)] == [
+            "... 3 lines left out ..."
+        ]
+
+
+async def test_lines_past_the_head_are_not_queued(store_opener: StoreOpener) -> None:
+    """However much a run logs, what waits to be written is its head: the rest is counted."""
+    async with store_opener(log_entries_per_execution=11) as store:
+        task_id = await add_task(store)
+        execution_id = await start(store, task_id)
+        for n in range(100_000):
+            store.log_nowait(task_id, execution_id, "info", f"line {n}", at(0))
+        assert store.log_pending == 5
+        await store.flush()
+        assert store.log_pending == 0
+        await store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(9))
+        entries = await store.read_log(task_id, execution_id=execution_id)
+    assert [e.msg for e in entries][5:] == [
+        "... 99990 lines left out ...",
+        *(f"line {n}" for n in range(99_995, 100_000)),
+    ]
+
+
+async def test_entries_left_out_without_text_count_in_the_marker(
+    store_opener: StoreOpener,
+) -> None:
+    """log_keeps_last is None until the head is full, then the ring's size; entries counted
+    with log_left_out_nowait are in the marker's count (and nothing while in the head)."""
+    async with store_opener(log_entries_per_execution=5) as store:
+        task_id = await add_task(store)
+        execution_id = await start(store, task_id)
+        assert store.log_keeps_last(execution_id) is None
+        store.log_nowait(task_id, execution_id, "info", "line 0", at(0))
+        store.log_left_out_nowait(execution_id, 1000)  # in the head: ignored
+        assert store.log_keeps_last(execution_id) is None
+        store.log_nowait(task_id, execution_id, "info", "line 1", at(1))
+        assert store.log_keeps_last(execution_id) == 3
+        store.log_left_out_nowait(execution_id, 100)
+        for n in range(2, 5):
+            store.log_nowait(task_id, execution_id, "info", f"line {n}", at(n))
+        await store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(9))
+        messages = [e.msg for e in await store.read_log(task_id, execution_id=execution_id)]
+    assert messages == ["line 0", "line 1", "... 101 lines left out ...", "line 3", "line 4"]
+
+
+async def test_closing_writes_the_tail_of_an_unfinished_run(store_opener: StoreOpener) -> None:
+    """A run still logging when the store closes keeps its tail (the last lines are kept)."""
+    async with store_opener(log_entries_per_execution=3) as store:
+        task_id = await add_task(store)
+        execution_id = await start(store, task_id)
+        for n in range(10):
+            store.log_nowait(task_id, execution_id, "info", f"line {n}", at(n))
+    async with store_opener(log_entries_per_execution=3) as store:
+        entries = await store.read_log(task_id, execution_id=execution_id)
+    assert [e.msg for e in entries] == ["line 0", "... 8 lines left out ...", "line 9"]
+
+
+async def test_log_backlog_bound_sets_log_full_until_half_drained(
+    store_opener: StoreOpener,
+) -> None:
+    """More than the bound waiting: log_full; wait_log_room returns once the writer caught up."""
+    async with store_opener(log_backlog_entries=10) as store:
+        task_id = await add_task(store)
+        assert not store.log_full
+        await store.wait_log_room()  # at once
+        for n in range(10):
+            store.log_nowait(task_id, None, "info", f"m{n}", at(n))
+        assert not store.log_full  # at the bound, not over it
+        store.log_nowait(task_id, None, "info", "m10", at(10))
+        assert store.log_full
+        # Still queued (never dropped): the bound is for producers that can wait.
+        assert store.log_pending == 11
+        async with asyncio.timeout(5):
+            await store.wait_log_room()
+        assert not store.log_full
+        await store.flush()
+        assert store.log_pending == 0
+        assert len(await store.read_log(task_id)) == 11
+
+
+async def test_log_backlog_bound_counts_bytes_too(store_opener: StoreOpener) -> None:
+    """A few huge entries make the backlog full as many small ones do."""
+    async with store_opener(log_backlog_entries=10_000) as store:
+        task_id = await add_task(store)
+        for n in range(3):
+            store.log_nowait(task_id, None, "info", "x" * 4 * 1024 * 1024, at(n))
+        assert store.log_full
+        async with asyncio.timeout(5):
+            await store.wait_log_room()
+        await store.flush()
+        assert not store.log_full
 
 
 async def test_ids_of_deleted_tasks_and_executions_are_not_issued_again(
@@ -1098,7 +1232,7 @@ async def test_ids_of_deleted_tasks_and_executions_are_not_issued_again(
             await store.get_execution(old)
         for n in range(5):
             store.log_nowait(new_task, new, "info", f"new {n}", at(21 + n))
-        await store.flush()
+        await store.finish(new, new_task, ExecutionStatus.DONE, None, at(30))
         assert [e.msg for e in await store.read_log(new_task)] == [f"new {n}" for n in range(5)]
 
 
@@ -1165,18 +1299,9 @@ async def test_log_cap_holds_across_reopening(store_opener: StoreOpener) -> None
     async with store_opener(log_entries_per_execution=5) as store:
         for n in range(10):
             store.log_nowait(task_id, execution_id, "info", f"after {n}", at(10 + n))
-        await store.flush()
+        await store.finish(execution_id, task_id, ExecutionStatus.DONE, None, at(30))
         entries = await store.read_log(task_id, execution_id=execution_id)
-    assert [e.msg for e in entries[:5]] == [
-        "before 0",
-        "before 1",
-        "before 2",
-        "after 0",
-        "after 1",
-    ]
-    assert len(entries) == 6
-    assert entries[5].level == "warning"
-    assert entries[5].msg.startswith("log truncated")
+    assert [e.msg for e in entries] == ["before 0", "before 1", "before 2", "after 0", "after 1"]
 
 
 async def test_log_lines_of_unknown_tasks_and_executions_are_dropped(store: Store) -> None:
@@ -1245,6 +1370,36 @@ async def test_recover_interrupted_marks_running_and_paused_as_error(store: Stor
     assert await store.get_task(queued_task) == queued_before
     assert [e.id for e in await store.queued_executions()] == [queued_early, queued_late]
     assert await store.recover_interrupted(at(200)) == []
+
+
+async def test_process_groups_of_running_executions_are_recorded_for_recovery(
+    store_opener: StoreOpener,
+) -> None:
+    """record_process_group is committed; interrupted_process_groups lists running and
+    paused executions' groups (a later record replaces one), until recovery marks them."""
+    async with store_opener() as store:
+        a, b, c = [await add_task(store, name) for name in "abc"]
+        running = await start(store, a, at(1))
+        paused = await start(store, b, at(2))
+        store.set_running_status_nowait(paused, b, ExecutionStatus.PAUSED)
+        finished = await start(store, c, at(3))
+        queued = await queue(store, c, at(4))
+        without = await start(store, a, at(5))
+        await store.record_process_group(running, 4242, "boot:1")
+        await store.record_process_group(running, 4343, "boot:2")  # replaces
+        await store.record_process_group(paused, 5151, "boot:3")
+        await store.record_process_group(finished, 6161, "boot:4")
+        await store.finish(finished, c, ExecutionStatus.DONE, None, at(6))
+        await store.record_process_group(queued, 7171, "boot:5")  # not running: no change
+        await store.record_process_group(404, 1, "boot:6")  # unknown: no change, no error
+        assert without  # running without a recorded group: not listed
+    async with store_opener() as store:  # committed: it survives a reopen
+        assert await store.interrupted_process_groups() == [
+            (running, a, 4343, "boot:2"),
+            (paused, b, 5151, "boot:3"),
+        ]
+        await store.recover_interrupted(at(100))
+        assert await store.interrupted_process_groups() == []
 
 
 async def test_queued_executions_lists_oldest_first(store: Store) -> None:

@@ -117,12 +117,16 @@ async def test_an_older_file_is_migrated_and_keeps_its_data(db_path: Path) -> No
         task_id = await add_task(store, "old")
     with closing(sqlite3.connect(db_path)) as cx:
         cx.execute("DROP INDEX tasks_source")
+        cx.execute("ALTER TABLE executions DROP COLUMN process_group")
+        cx.execute("ALTER TABLE executions DROP COLUMN process_start")
         cx.execute("PRAGMA user_version = 1")
     async with SqliteStore.open(db_path) as store:
         assert (await store.get_task(task_id)).name == "old"
     assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     indexes = query(db_path, "SELECT name FROM sqlite_master WHERE name = 'tasks_source'")
     assert indexes == [("tasks_source",)]
+    columns = {row[1] for row in query(db_path, "PRAGMA table_info(executions)")}
+    assert {"process_group", "process_start"} <= columns
 
 
 async def test_newer_schema_version_is_refused(db_path: Path) -> None:
