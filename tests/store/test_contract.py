@@ -619,6 +619,25 @@ async def test_held_log_lines_keep_their_place_before_lines_logged_after_the_fai
     ]
 
 
+async def test_held_log_lines_leave_the_backlog_count_once(store: Store, disk: DiskFaults) -> None:
+    """A log line held by a failure counts off the log backlog once: after space returns
+    and everything is committed, `log_pending` is back to 0 (not below) and `log_full`
+    is False."""
+    task_id = await add_task(store)
+    await disk.refuse_writes(store)
+    for n in range(5):
+        store.log_nowait(task_id, None, "info", f"held {n}", T0)
+    with contextlib.suppress(StoreUnavailableError):
+        await store.flush()
+    await disk.restore(store)
+    store.log_nowait(task_id, None, "info", "after", T0)
+    await store.flush()
+    await store.flush()
+    assert store.log_pending == 0
+    assert not store.log_full
+    assert len(await store.read_log(task_id)) == 6
+
+
 async def test_closing_commits_held_writes_once_space_returned(
     store_opener: StoreOpener, disk: DiskFaults
 ) -> None:
