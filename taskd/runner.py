@@ -18,6 +18,7 @@ import heapq
 import inspect
 import itertools
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,9 @@ class Runner:
         # Per task, the ids of its queued and running executions: overlap checks are O(1).
         self._queued_by_task: dict[int, set[int]] = {}
         self._running_by_task: dict[int, set[int]] = {}
+        # Jobs taken from the queue whose start is being recorded: neither queued nor
+        # running for that moment, yet the task is busy (an overlap check must see them).
+        self._starting_by_task: Counter[int] = Counter()
         # Validated params by (task id, version): a task's definition changes its version.
         self._params: dict[tuple[int, int], Mapping[str, Any]] = {}
         self._wake = asyncio.Event()
@@ -182,8 +186,13 @@ class Runner:
         return len(self._queue)
 
     def busy_with_task(self, task_id: int) -> bool:
-        """Whether any execution of the task runs or waits in the queue (O(1))."""
-        return task_id in self._running_by_task or task_id in self._queued_by_task
+        """Whether any execution of the task runs, is being started or waits in the queue
+        (O(1))."""
+        return (
+            task_id in self._running_by_task
+            or task_id in self._queued_by_task
+            or task_id in self._starting_by_task
+        )
 
     def running_for_task(self, task_id: int) -> list[int]:
         """Return the ids of the task's executions that run now."""
@@ -253,9 +262,16 @@ class Runner:
                 job = heapq.heappop(self._queue)[3]
                 self._queued_ids.discard(job.execution_id)
                 _discard(self._queued_by_task, job.task.id, job.execution_id)
+                self._starting_by_task[job.task.id] += 1
                 batch.append(job)
             if batch:
-                await self._start(batch)
+                try:
+                    await self._start(batch)
+                finally:
+                    for job in batch:
+                        self._starting_by_task[job.task.id] -= 1
+                        if self._starting_by_task[job.task.id] <= 0:
+                            del self._starting_by_task[job.task.id]
             if not self._running and not self._queue:
                 self._idle.set()
 

@@ -8,8 +8,9 @@ names, shapes and errors. Nothing above this layer touches the store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -98,6 +99,10 @@ class Core:
         self.config_source = config_source
         scheduler.set_default_timezone(default_timezone)
         self._followers = LogFollowers()
+        # One lock per task with a manual run in progress (see `run`); an entry leaves the
+        # dict when its last holder or waiter is done, so the dict stays as small as the
+        # number of tasks being started right now.
+        self._run_locks: dict[int, tuple[asyncio.Lock, int]] = {}
 
     @property
     def default_timezone(self) -> str:
@@ -337,13 +342,37 @@ class Core:
     ) -> int:
         """Start a run of the task now; return its execution id.
 
-        ActionError if the task runs and its overlap policy is `skip`.
+        ActionError if the task runs and its overlap policy is `skip`. Concurrent runs of
+        one task are serialised: the overlap check, the insert of the execution row and the
+        hand-over to the scheduler happen as one step, so of many `run`s sent at once on a
+        `skip` task exactly one starts.
         """
+        async with self._run_lock(task_id):
+            return await self._run_locked(task_id, metadata, kind)
+
+    @contextlib.asynccontextmanager
+    async def _run_lock(self, task_id: int) -> AsyncIterator[None]:
+        # A per-task asyncio lock rather than a conditional insert in the store: what
+        # "the task runs" means lives in this process (the runner's running and queued
+        # jobs, the scheduler's waiting ones, retries not due yet), not in rows alone.
+        lock, users = self._run_locks.get(task_id, (asyncio.Lock(), 0))
+        self._run_locks[task_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._run_locks[task_id]
+            if users == 1:
+                del self._run_locks[task_id]
+            else:
+                self._run_locks[task_id] = (lock, users - 1)
+
+    async def _run_locked(
+        self, task_id: int, metadata: Mapping[str, Any] | None, kind: TriggerKind
+    ) -> int:
         task = await self.store.get_task(task_id)
         if task.options.overlap is Overlap.SKIP and (
-            self.runner.running_for_task(task_id)
-            or self.runner.queued_for_task(task_id)
-            or self.scheduler.pending_for_task(task_id)
+            self.runner.busy_with_task(task_id) or self.scheduler.pending_for_task(task_id)
         ):
             raise ActionError(f"task {task.name!r} is running and its overlap policy is 'skip'")
         now = self.clock.now()
