@@ -71,9 +71,11 @@ async def _save(request: web.Request, body: Mapping[str, Any], task: Task | None
     core = request.config_dict[CORE]
     try:
         edit = core.edit(_changes(body), task)
+        # Merged again over the stored task when it is written (a concurrent partial
+        # update may have changed it), so saving can refuse the result too.
+        [saved] = await core.save([edit], by=principal(request).name)
     except ValidationError as error:
         raise _v2_paths(error) from None
-    [saved] = await core.save([edit], by=principal(request).name)
     return saved
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,7 +45,7 @@ from taskd.modules.registry import ModuleRegistry
 from taskd.runner import Runner
 from taskd.schedule import format_utc
 from taskd.scheduler import Scheduler
-from taskd.store import NewExecution, Store
+from taskd.store import Definition, NewExecution, Store, TaskInsert, TaskUpdate
 from taskd.taskspec import validate_task_spec
 
 log = structlog.get_logger("taskd.core")
@@ -270,7 +271,8 @@ class Core:
         version = None
         if task is not None:
             version = named_version(changes, required=version_required, path=path)
-        return Edit(task, self.validate(merge_definition(changes, task), path=path), version)
+        spec = self.validate(merge_definition(changes, task), path=path)
+        return Edit(task, spec, version, changes=dict(changes), path=path)
 
     async def check_edits(self, edits: Sequence[Edit]) -> None:
         """Raise ConflictError for the first edit the store would refuse: a config-defined
@@ -294,21 +296,66 @@ class Core:
                 raise ConflictError(f"a task named {name!r} exists already")
 
     async def save(self, edits: Sequence[Edit], *, by: str | None = None) -> list[Task]:
-        """Write `edits` in order after `check_edits` passed for all of them; return the
-        tasks as stored. Raises what `check_edits` raises, before any write."""
+        """Write `edits` in order, all or nothing, and return the tasks as stored.
+
+        `check_edits` runs first (its messages name the item); then the store writes every
+        edit in one transaction that checks names and versions again and merges each
+        update's changes over the task as stored then, so concurrent writes neither leave a
+        refused batch half written nor lose a field another partial update changed. Raises
+        what `check_edits` raises, or the same refusals found at write time (ConflictError,
+        ValidationError for changes that no longer fit the stored task); nothing is
+        written then.
+        """
         await self.check_edits(edits)
-        saved = []
+        now = self.clock.now()
+        writes: list[TaskInsert | TaskUpdate] = []
         for edit in edits:
             if edit.task is None:
-                saved.append(await self.create_task(edit.spec, by=by))
+                definition = self._definition(edit.spec, None, now)
+                assert definition is not None
+                writes.append(TaskInsert(source=TaskSource.API, definition=definition))
             else:
-                expected = None if edit.version is None else edit.version - 1
-                saved.append(
-                    await self.update_task(
-                        edit.task.id, edit.spec, expected_version=expected, by=by
+                writes.append(
+                    TaskUpdate(
+                        task_id=edit.task.id, build=functools.partial(self._rebuild, edit, now)
                     )
                 )
+        saved = await self.store.write_tasks(writes, now=now, by=by)
+        for task in saved:
+            self.scheduler.task_changed(task.id, task)
         return saved
+
+    def _rebuild(self, edit: Edit, now: datetime, stored: Task) -> Definition | None:
+        """What `edit` makes of `stored` (the task inside the write's transaction): pure.
+
+        The same version means the same definition `edit` was checked against, so its spec
+        stands; otherwise its changes are merged over the stored definition and validated
+        again. None: nothing changes.
+        """
+        assert edit.task is not None
+        self._check_editable(stored, False)
+        check_version(stored, edit.version)
+        spec = edit.spec
+        if stored.version != edit.task.version:
+            spec = self.validate(merge_definition(edit.changes, stored), path=edit.path)
+        return self._definition(spec, stored, now, versioned=edit.version is not None)
+
+    def _definition(
+        self, spec: TaskSpec, stored: Task | None, now: datetime, *, versioned: bool = False
+    ) -> Definition | None:
+        """The row `spec` makes of `stored` (or of a new task); None if an unversioned write
+        changes nothing. The stored `next_run_at` stays while schedules, `next_run_at` and
+        `enabled` do, so an edit of params does not move (or lose) a due slot."""
+        spec_json = spec.to_json()
+        if stored is not None and spec_json == stored.spec and not versioned:
+            return None
+        if stored is not None and _schedule_fields(spec_json) == _schedule_fields(stored.spec):
+            next_run_at = stored.next_run_at
+        else:
+            next_run_at = self.next_run_at(spec, now)
+        return Definition(
+            name=spec.name, spec=spec_json, enabled=spec.enabled, next_run_at=next_run_at
+        )
 
     async def apply_config(self, specs: Sequence[TaskSpec]) -> ConfigChanges:
         """Make the stored config-defined tasks match `specs`: add, update, remove."""

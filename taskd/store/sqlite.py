@@ -37,7 +37,14 @@ from taskd.model import (
     TaskStatus,
     TriggerKind,
 )
-from taskd.store.base import ClaimResult, NewExecution, SlotClaim
+from taskd.store.base import (
+    ClaimResult,
+    Definition,
+    NewExecution,
+    SlotClaim,
+    TaskInsert,
+    TaskUpdate,
+)
 from taskd.store.migrations import check_version, migrate
 
 T = TypeVar("T")
@@ -305,29 +312,11 @@ class SqliteStore:
         by: str | None = None,
     ) -> Task:
         """Insert a new task (version 1). Raises ConflictError if the name is taken."""
+        definition = Definition(name=name, spec=spec, enabled=enabled, next_run_at=next_run_at)
         now_us = to_micros(now)
 
         def apply(cx: sqlite3.Connection) -> int:
-            try:
-                cursor = cx.execute(
-                    "INSERT INTO tasks (name, source, spec, enabled, next_run_at, created_at,"
-                    " updated_at, created_by, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        name,
-                        source,
-                        _json(spec),
-                        enabled,
-                        _micros(next_run_at),
-                        now_us,
-                        now_us,
-                        by,
-                        by,
-                    ),
-                )
-            except sqlite3.IntegrityError as error:
-                raise ConflictError(f"a task named {name!r} exists already") from error
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
+            return _insert_task(cx, source, definition, now_us, by)
 
         task_id = await self._submit(apply)
         return await self.get_task(task_id)
@@ -370,6 +359,37 @@ class SqliteStore:
 
         await self._submit(apply)
         return await self.get_task(task_id)
+
+    async def write_tasks(
+        self, writes: Sequence[TaskInsert | TaskUpdate], *, now: datetime, by: str | None = None
+    ) -> list[Task]:
+        """Insert and update tasks in one write function: its savepoint makes them atomic,
+        and an update's `build` sees the row as it is inside the transaction."""
+        now_us = to_micros(now)
+
+        def apply(cx: sqlite3.Connection) -> list[Task]:
+            ids = []
+            for write in writes:
+                if isinstance(write, TaskInsert):
+                    ids.append(_insert_task(cx, write.source, write.definition, now_us, by))
+                    continue
+                row = cx.execute(
+                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (write.task_id,)
+                ).fetchone()
+                if row is None:
+                    raise NotFoundError(f"task {write.task_id} not found")
+                definition = write.build(_task_from_row(row))
+                if definition is not None:
+                    _update_task(cx, write.task_id, definition, now_us, by)
+                ids.append(write.task_id)
+            return [
+                _task_from_row(
+                    cx.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (i,)).fetchone()
+                )
+                for i in ids
+            ]
+
+        return await self._submit(apply)
 
     async def set_next_run_at(self, task_id: int, next_run_at: datetime | None) -> None:
         """Set a task's next due time (without a version bump: the server's own update)."""
@@ -926,6 +946,56 @@ class SqliteStore:
             return row[0], json.loads(row[1]) if row[1] else {}
 
         return await self._submit(apply)
+
+
+def _insert_task(
+    cx: sqlite3.Connection,
+    source: TaskSource,
+    definition: Definition,
+    now_us: int,
+    by: str | None,
+) -> int:
+    try:
+        cursor = cx.execute(
+            "INSERT INTO tasks (name, source, spec, enabled, next_run_at, created_at,"
+            " updated_at, created_by, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                definition.name,
+                source,
+                _json(definition.spec),
+                definition.enabled,
+                _micros(definition.next_run_at),
+                now_us,
+                now_us,
+                by,
+                by,
+            ),
+        )
+    except sqlite3.IntegrityError as error:
+        raise ConflictError(f"a task named {definition.name!r} exists already") from error
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _update_task(
+    cx: sqlite3.Connection, task_id: int, definition: Definition, now_us: int, by: str | None
+) -> None:
+    try:
+        cx.execute(
+            "UPDATE tasks SET spec = ?, enabled = ?, next_run_at = ?, updated_at = ?,"
+            " updated_by = ?, name = ?, version = version + 1 WHERE id = ?",
+            (
+                _json(definition.spec),
+                definition.enabled,
+                _micros(definition.next_run_at),
+                now_us,
+                by,
+                definition.name,
+                task_id,
+            ),
+        )
+    except sqlite3.IntegrityError as error:
+        raise ConflictError(f"a task named {definition.name!r} exists already") from error
 
 
 def _mark_task_queued(cx: sqlite3.Connection, task_id: int) -> None:
