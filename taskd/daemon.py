@@ -211,7 +211,7 @@ class Daemon:
                 "config applied",
                 added=len(changes.added),
                 updated=len(changes.updated),
-                removed=len(changes.removed),
+                retired=len(changes.retired),
             )
             app = build_app(
                 core=self.core,
@@ -342,7 +342,7 @@ class Daemon:
             "config reloaded",
             added=list(changes.added),
             updated=list(changes.updated),
-            removed=list(changes.removed),
+            retired=list(changes.retired),
         )
         return True
 

@@ -34,6 +34,8 @@ LIVE_FIELDS = frozenset(
         "last_execution",
         "source",
         "version",
+        "retired",
+        "retired_at",
     }
 )
 

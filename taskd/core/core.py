@@ -58,8 +58,8 @@ class ConfigChanges:
     """What reconciling the config file did, by task name."""
 
     added: tuple[str, ...] = ()
-    updated: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()  # retired ones the file names again included
+    retired: tuple[str, ...] = ()  # left the file: disabled, kept with their history
     refused: tuple[str, ...] = ()  # names taken by API-defined tasks
 
 
@@ -199,9 +199,9 @@ class Core:
         self._check_editable(task, as_config)
         check_version(task, None if expected_version is None else expected_version + 1)
         spec_json = spec.to_json()
-        if spec_json == task.spec and expected_version is None:
+        if spec_json == task.spec and expected_version is None and task.retired_at is None:
             return task  # nothing changes: no new version, no write
-        if _schedule_fields(spec_json) == _schedule_fields(task.spec):
+        if task.retired_at is None and _schedule_fields(spec_json) == _schedule_fields(task.spec):
             next_run_at = task.next_run_at
         else:
             next_run_at = self.next_run_at(spec, self.clock.now())
@@ -219,9 +219,14 @@ class Core:
         return updated
 
     async def delete_task(self, task_id: int, *, as_config: bool = False) -> None:
-        """Delete a task; its running executions are stopped first (forced)."""
+        """Delete a task with its history; its running executions are stopped first (forced).
+
+        ConflictError for a config-defined task (unless `as_config`) that is not retired: a
+        retired one is gone from the file, and a delete is how it is removed for good.
+        """
         task = await self.store.get_task(task_id)
-        self._check_editable(task, as_config)
+        if task.retired_at is None:
+            self._check_editable(task, as_config)
         self.scheduler.task_changed(task_id, None)  # runs not started yet are dropped
         for execution_id in self.runner.running_for_task(task_id):
             self.runner.force_stop(execution_id, "task deleted")
@@ -358,13 +363,26 @@ class Core:
         )
 
     async def apply_config(self, specs: Sequence[TaskSpec]) -> ConfigChanges:
-        """Make the stored config-defined tasks match `specs`: add, update, remove."""
-        added, updated, removed, refused = [], [], [], []
+        """Make the stored config-defined tasks match `specs`: add, update, retire.
+
+        A config task the file no longer names is retired, never deleted (an empty or
+        truncated file must not take the history with it): disabled, its runs not started
+        yet skipped, a running one left to finish, kept with its id, executions and log,
+        until the file names it again (brought back, same id) or a delete removes it.
+        """
+        added, updated, retired, refused = [], [], [], []
         wanted = {spec.name: spec for spec in specs}
+        now = self.clock.now()
         for task in await self.store.list_tasks(source=TaskSource.CONFIG):
-            if task.name not in wanted:
-                await self.delete_task(task.id, as_config=True)
-                removed.append(task.name)
+            if task.name not in wanted and task.retired_at is None:
+                retiring = await self.store.retire_task(task.id, now=now, by="config")
+                self.scheduler.task_changed(task.id, retiring)
+                retired.append(task.name)
+                log.warning(
+                    "config task retired: it left the config file; its history is kept",
+                    task=task.name,
+                    task_id=task.id,
+                )
         for spec in specs:
             existing = await self.store.find_task(spec.name)
             if existing is None:
@@ -373,10 +391,10 @@ class Core:
             elif existing.source is not TaskSource.CONFIG:
                 log.error("config task name is taken by an API task; left alone", task=spec.name)
                 refused.append(spec.name)
-            elif existing.spec != spec.to_json():
+            elif existing.spec != spec.to_json() or existing.retired_at is not None:
                 await self.update_task(existing.id, spec, by="config", as_config=True)
                 updated.append(spec.name)
-        return ConfigChanges(tuple(added), tuple(updated), tuple(removed), tuple(refused))
+        return ConfigChanges(tuple(added), tuple(updated), tuple(retired), tuple(refused))
 
     # -- actions --------------------------------------------------------------------------
 
@@ -389,10 +407,10 @@ class Core:
     ) -> int:
         """Start a run of the task now; return its execution id.
 
-        ActionError if the task runs and its overlap policy is `skip`. Concurrent runs of
-        one task are serialised: the overlap check, the insert of the execution row and the
-        hand-over to the scheduler happen as one step, so of many `run`s sent at once on a
-        `skip` task exactly one starts.
+        ActionError if the task is retired, or runs and its overlap policy is `skip`.
+        Concurrent runs of one task are serialised: the overlap check, the insert of the
+        execution row and the hand-over to the scheduler happen as one step, so of many
+        `run`s sent at once on a `skip` task exactly one starts.
         """
         async with self._run_lock(task_id):
             return await self._run_locked(task_id, metadata, kind)
@@ -418,6 +436,11 @@ class Core:
         self, task_id: int, metadata: Mapping[str, Any] | None, kind: TriggerKind
     ) -> int:
         task = await self.store.get_task(task_id)
+        if task.retired_at is not None:
+            raise ActionError(
+                f"task {task.name!r} is retired: it left {self.config_source}; name it there"
+                " again to run it"
+            )
         if task.options.overlap is Overlap.SKIP and (
             self.runner.busy_with_task(task_id) or self.scheduler.pending_for_task(task_id)
         ):

@@ -177,7 +177,8 @@ class Store(Protocol):
     ) -> Task:
         """Replace a task's definition (and its name, if given) and bump its version by one.
 
-        Creation data, status and run data stay. With `expected_version`, the write applies
+        Creation data, status and run data stay; a retired task is brought back
+        (`retired_at` None). With `expected_version`, the write applies
         only if the stored version equals it. Returns the task as committed. Raises
         NotFoundError for an unknown id, ConflictError for a version mismatch or a name
         taken by another task; either way nothing is written.
@@ -196,6 +197,15 @@ class Store(Protocol):
         committed, in the order of `writes`. Raises NotFoundError for an unknown id,
         ConflictError for a name taken, or whatever a `build` raised; nothing is written
         then.
+        """
+        ...
+
+    async def retire_task(self, task_id: int, *, now: datetime, by: str | None = None) -> Task:
+        """Retire a task (a config task that left the file): disable it, clear its
+        `next_run_at`, set `retired_at` (kept if it is retired already) and bump its version;
+        its definition, executions and log stay. `update_task` and `write_tasks` bring it
+        back (`retired_at` None). Returns the task as committed. Raises NotFoundError for an
+        unknown id.
         """
         ...
 

@@ -85,6 +85,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # Config reconciliation lists the tasks of one source on every start and reload.
     "CREATE INDEX tasks_source ON tasks (source)",
+    # A config task that left the file is retired (disabled, history kept), not deleted.
+    "ALTER TABLE tasks ADD COLUMN retired_at INTEGER",
 )
 
 

@@ -54,7 +54,7 @@ DB_FILE = "taskd.db"
 _TASK_COLUMNS = (
     "id, name, source, spec, enabled, next_run_at, status, status_msg, status_percent, "
     "run_started_at, run_finished_at, run_canceled_at, state, version, last_execution_id, "
-    "created_at, updated_at, created_by, updated_by"
+    "created_at, updated_at, created_by, updated_by, retired_at"
 )
 _EXECUTION_COLUMNS = (
     "id, task_id, trigger, trigger_metadata, slot_at, scheduled_for, queued_at, started_at, "
@@ -111,6 +111,7 @@ def _task_from_row(row: Sequence[Any]) -> Task:
         updated_at=from_micros(row[16]),
         created_by=row[17],
         updated_by=row[18],
+        retired_at=_instant(row[19]),
     )
 
 
@@ -350,8 +351,8 @@ class SqliteStore:
             try:
                 cx.execute(
                     "UPDATE tasks SET spec = ?, enabled = ?, next_run_at = ?, updated_at = ?,"
-                    " updated_by = ?, name = coalesce(?, name), version = version + 1"
-                    " WHERE id = ?",
+                    " updated_by = ?, name = coalesce(?, name), version = version + 1,"
+                    " retired_at = NULL WHERE id = ?",
                     (_json(spec), enabled, _micros(next_run_at), to_micros(now), by, name, task_id),
                 )
             except sqlite3.IntegrityError as error:
@@ -390,6 +391,22 @@ class SqliteStore:
             ]
 
         return await self._submit(apply)
+
+    async def retire_task(self, task_id: int, *, now: datetime, by: str | None = None) -> Task:
+        """Retire a task: disabled, no due time, `retired_at` set, version + 1."""
+        now_us = to_micros(now)
+
+        def apply(cx: sqlite3.Connection) -> None:
+            if not cx.execute(
+                "UPDATE tasks SET retired_at = coalesce(retired_at, ?), enabled = 0,"
+                " next_run_at = NULL, updated_at = ?, updated_by = ?, version = version + 1"
+                " WHERE id = ?",
+                (now_us, now_us, by, task_id),
+            ).rowcount:
+                raise NotFoundError(f"task {task_id} not found")
+
+        await self._submit(apply)
+        return await self.get_task(task_id)
 
     async def set_next_run_at(self, task_id: int, next_run_at: datetime | None) -> None:
         """Set a task's next due time (without a version bump: the server's own update)."""
@@ -983,7 +1000,7 @@ def _update_task(
     try:
         cx.execute(
             "UPDATE tasks SET spec = ?, enabled = ?, next_run_at = ?, updated_at = ?,"
-            " updated_by = ?, name = ?, version = version + 1 WHERE id = ?",
+            " updated_by = ?, name = ?, version = version + 1, retired_at = NULL WHERE id = ?",
             (
                 _json(definition.spec),
                 definition.enabled,

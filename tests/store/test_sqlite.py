@@ -114,12 +114,16 @@ async def test_an_older_file_is_migrated_and_keeps_its_data(db_path: Path) -> No
         task_id = await add_task(store, "old")
     with closing(sqlite3.connect(db_path)) as cx:
         cx.execute("DROP INDEX tasks_source")
+        cx.execute("ALTER TABLE tasks DROP COLUMN retired_at")
         cx.execute("PRAGMA user_version = 1")
     async with SqliteStore.open(db_path) as store:
-        assert (await store.get_task(task_id)).name == "old"
+        old = await store.get_task(task_id)
+        assert (old.name, old.retired_at) == ("old", None)
     assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     indexes = query(db_path, "SELECT name FROM sqlite_master WHERE name = 'tasks_source'")
     assert indexes == [("tasks_source",)]
+    columns = query(db_path, "SELECT name FROM pragma_table_info('tasks')")
+    assert ("retired_at",) in columns
 
 
 async def test_newer_schema_version_is_refused(db_path: Path) -> None:
