@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from taskd.model import (
     Trigger,
     TriggerKind,
 )
+from taskd.modules.params import keep_secrets, redact_params
 from taskd.modules.registry import ModuleRegistry
 from taskd.runner import Runner
 from taskd.schedule import format_utc
@@ -148,6 +150,41 @@ class Core:
         )
         self.check_params(spec, path=path)
         return spec
+
+    def shown(self, task: Task) -> Task:
+        """`task` as the API shows it to every caller: its module's secret params (the
+        `secret` key of a param definition) masked. The engine uses the stored task."""
+        params = task.spec.get("task_params")
+        try:
+            defs = self.modules.get(task.module).params
+        except NotFoundError:
+            return task
+        if not isinstance(params, Mapping):
+            return task
+        masked = redact_params(defs, params)
+        if masked == params:
+            return task
+        return dataclasses.replace(task, spec={**task.spec, "task_params": masked})
+
+    def _merged(
+        self, changes: Mapping[str, Any], task: Task | None, path: str = ""
+    ) -> dict[str, Any]:
+        """`merge_definition`, with the masks of secret params a client sent back (it read
+        the task through the API) replaced by the stored values."""
+        raw = merge_definition(changes, task)
+        sent = changes.get("task_params")
+        if task is None or not isinstance(sent, Mapping) or raw.get("task_module") != task.module:
+            return raw
+        stored = task.spec.get("task_params")
+        try:
+            defs = self.modules.get(task.module).params
+        except NotFoundError:
+            return raw
+        if isinstance(stored, Mapping):
+            raw["task_params"] = keep_secrets(
+                defs, sent, stored, path=join_path(path, "task_params")
+            )
+        return raw
 
     def check_params(self, spec: TaskSpec, *, path: str = "") -> None:
         """Validate a spec's params against its module. Raises ValidationError."""
@@ -276,7 +313,7 @@ class Core:
         version = None
         if task is not None:
             version = named_version(changes, required=version_required, path=path)
-        spec = self.validate(merge_definition(changes, task), path=path)
+        spec = self.validate(self._merged(changes, task, path), path=path)
         return Edit(task, spec, version, changes=dict(changes), path=path)
 
     async def check_edits(self, edits: Sequence[Edit]) -> None:
@@ -342,7 +379,7 @@ class Core:
         check_version(stored, edit.version)
         spec = edit.spec
         if stored.version != edit.task.version:
-            spec = self.validate(merge_definition(edit.changes, stored), path=edit.path)
+            spec = self.validate(self._merged(edit.changes, stored, edit.path), path=edit.path)
         return self._definition(spec, stored, now, versioned=edit.version is not None)
 
     def _definition(

@@ -11,6 +11,10 @@ A module declares its parameters in the fylr `config_def` form, one dict per par
 - `required` (taskd's addition, default false): the task must give the parameter;
 - `options` (`select`), `choices` (`string-list`), `schema` (`json`), `minimum` and `maximum`
   (inclusive, `int` and `float`);
+- `secret` (taskd's addition): the value is secret, never shown by the API (it shows
+  `SECRET_MASK`, and a client that sends the mask back keeps the stored value): `true` for
+  the whole value (for an object or a list: each of its values, the keys stay visible;
+  type `secret` is secret without it), `"url_password"` for the password of a URL;
 - presentation keys that fylr clients know (`description`, `group`, `position`, ...), kept
   as they are and not checked.
 
@@ -30,7 +34,17 @@ from typing import Any
 from taskd.errors import FieldError, ValidationError, join_path
 from taskd.validate import boolean, describe, did_you_mean, fail, json_copy, string, suggest
 
-__all__ = ["PARAM_TYPES", "validate_param_defs", "validate_params"]
+__all__ = [
+    "PARAM_TYPES",
+    "SECRET_MASK",
+    "keep_secrets",
+    "redact_params",
+    "validate_param_defs",
+    "validate_params",
+]
+
+# What the API shows instead of a secret value; sent back, it means "keep the stored one".
+SECRET_MASK = "***"
 
 PARAM_TYPES = (
     "bool",
@@ -59,7 +73,18 @@ _TYPE_KEYS = {
 # clients may use and taskd passes through. Anything else is most likely a typo
 # (`requried`) that would silently change the meaning, so it is refused.
 _CHECKED_KEYS = frozenset(
-    {"name", "type", "default", "required", "options", "choices", "schema", "minimum", "maximum"}
+    {
+        "name",
+        "type",
+        "default",
+        "required",
+        "options",
+        "choices",
+        "schema",
+        "minimum",
+        "maximum",
+        "secret",
+    }
 )
 _PRESENTATION_KEYS = frozenset(
     {
@@ -184,6 +209,11 @@ def _def_errors(spec: Mapping[str, Any], path: str) -> list[FieldError]:
     for key in ("minimum", "maximum"):
         if key in spec and not _is_number(spec[key]):
             refuse(key, f"must be a number, got {describe(spec[key])}")
+    secret = spec.get("secret", False)
+    if not (isinstance(secret, bool) or secret == "url_password"):
+        refuse("secret", f"must be true, false or 'url_password', got {describe(secret)}")
+    elif secret == "url_password" and kind not in _STRING_TYPES:
+        refuse("secret", "only a text parameter holds a URL")
     required = spec.get("required", False)
     try:
         required = boolean(required, join_path(path, "required"))
@@ -305,3 +335,119 @@ def _is_distinct_strings(value: Any) -> bool:
         and all(isinstance(item, str) for item in value)
         and len(set(value)) == len(value)
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Secrets
+
+
+def _secret(spec: Mapping[str, Any]) -> bool | str:
+    """True (the value), "url_password" or False: what of a parameter is secret."""
+    secret: bool | str = spec.get("secret", spec["type"] == "secret")
+    return secret
+
+
+def _split_url_password(url: str) -> tuple[str, str, str] | None:
+    """(text before the password, the password, text after it), or None if `url` has none.
+
+    Textual, so the URL keeps its exact spelling (its percent-encoding included)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    authority_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority = rest[:authority_end]
+    userinfo, at, _ = authority.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not at or not colon:
+        return None
+    head = f"{scheme}://{user}:"
+    return head, password, url[len(head) + len(password) :]
+
+
+def _masked(value: Any, secret: bool | str) -> Any:
+    if secret == "url_password":
+        parts = _split_url_password(value) if isinstance(value, str) else None
+        return value if parts is None else parts[0] + SECRET_MASK + parts[2]
+    if isinstance(value, dict):
+        return dict.fromkeys(value, SECRET_MASK)
+    if isinstance(value, list):
+        return [SECRET_MASK for _ in value]
+    return SECRET_MASK
+
+
+def redact_params(defs: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` with every secret value replaced by `SECRET_MASK` (see the `secret` key);
+    a value that is not given (None) stays None. Pure: `params` is not changed."""
+    shown = dict(params)
+    for spec in defs:
+        name, secret = spec["name"], _secret(spec)
+        if secret and shown.get(name) is not None:
+            shown[name] = _masked(shown[name], secret)
+    return shown
+
+
+def keep_secrets(
+    defs: list[dict[str, Any]],
+    sent: Mapping[str, Any],
+    stored: Mapping[str, Any],
+    *,
+    path: str = "task_params",
+) -> dict[str, Any]:
+    """`sent` params with each `SECRET_MASK` a client sent back (as a shown value, an
+    object's value, a URL's password) replaced by the `stored` value it stands for. A mask
+    with nothing stored behind it stays as sent. Pure.
+
+    A URL's password is kept only for the same URL (all but the password unchanged), and
+    no mask is kept once a URL changed: a secret must not follow its task to another
+    server unless the client knows it. Raises ValidationError at the mask's path then.
+    """
+    urls = [spec["name"] for spec in defs if _secret(spec) == "url_password"]
+    moved = [
+        name
+        for name in urls
+        if name in sent
+        and name in stored
+        and _masked(sent[name], "url_password") != _masked(stored[name], "url_password")
+    ]
+    merged = dict(sent)
+    kept: list[str] = []
+    for spec in defs:
+        name, secret = spec["name"], _secret(spec)
+        if not secret or name not in sent or name not in stored:
+            continue
+        value, old = sent[name], stored[name]
+        if secret == "url_password":
+            new_parts = _split_url_password(value) if isinstance(value, str) else None
+            old_parts = _split_url_password(old) if isinstance(old, str) else None
+            if new_parts and old_parts and new_parts[1] == SECRET_MASK:
+                merged[name] = new_parts[0] + old_parts[1] + new_parts[2]
+                kept.append(name)
+        elif value == SECRET_MASK:
+            merged[name] = old
+            kept.append(name)
+        elif isinstance(value, dict) and isinstance(old, dict):
+            merged[name] = {
+                key: old[key] if item == SECRET_MASK and key in old else item
+                for key, item in value.items()
+            }
+            kept += [
+                join_path(name, key)
+                for key, item in value.items()
+                if item == SECRET_MASK and key in old
+            ]
+        elif isinstance(value, list) and isinstance(old, list) and len(value) == len(old):
+            merged[name] = [o if v == SECRET_MASK else v for v, o in zip(value, old, strict=True)]
+            if SECRET_MASK in value:
+                kept.append(name)
+    if moved and kept:
+        raise ValidationError(
+            [
+                FieldError(
+                    join_path(path, name),
+                    f"{SECRET_MASK!r} keeps the stored secret only while"
+                    f" {', '.join(moved)} stays the same: send the value itself",
+                )
+                for name in kept
+            ]
+        )
+    return merged
