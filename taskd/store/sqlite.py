@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -204,6 +205,7 @@ class SqliteStore:
         commits pending `*_nowait` writes.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         try:
             await check_version(conn)
@@ -1013,6 +1015,20 @@ def _update_task(
         )
     except sqlite3.IntegrityError as error:
         raise ConflictError(f"a task named {definition.name!r} exists already") from error
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (0600), whatever the umask.
+
+    It holds task params (secrets among them): outside systemd (whose unit sets
+    `UMask=0077`) the usual umask 022 would make it world-readable. SQLite gives its `-wal`
+    and `-shm` files the database file's mode. An existing file is left as it is.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def _mark_task_queued(cx: sqlite3.Connection, task_id: int) -> None:

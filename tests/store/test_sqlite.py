@@ -8,7 +8,9 @@ to the same file sees committed transactions only.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -426,3 +428,17 @@ async def test_defer_of_an_unknown_task_is_not_found(store: Store, db_path: Path
     with pytest.raises(NotFoundError):
         await store.create_defer(404, {}, T0, at(60))
     assert query(db_path, "SELECT count(*) FROM deferred_runs") == [(0,)]
+
+
+async def test_the_database_file_is_created_private_whatever_the_umask(db_path: Path) -> None:
+    """Under umask 022 the new database file and its -wal file are 0600: task params hold
+    secrets, and outside systemd nothing else narrows the mode."""
+    old = os.umask(0o022)
+    try:
+        async with SqliteStore.open(db_path) as store:
+            await add_task(store, "t")
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in db_path.parent.iterdir()}
+    finally:
+        os.umask(old)
+    assert modes[db_path.name] == 0o600
+    assert modes[db_path.name + "-wal"] == 0o600
