@@ -30,6 +30,7 @@ from taskd.context import ExecutionContext
 from taskd.errors import ActionError
 from taskd.model import ExecutionStatus, Job, Outcome
 from taskd.modules.base import LogLevel, ModuleError
+from taskd.modules.params import has_secret_files
 from taskd.modules.registry import ModuleRegistry
 from taskd.store import Store
 
@@ -237,6 +238,8 @@ class Runner:
             params = self.modules.validate(
                 job.task.module, job.task.task_params, path="task_params"
             )
+            if has_secret_files(self.modules.get(job.task.module).params, job.task.task_params):
+                return params  # read again for each run: the file may have been rotated
             if len(self._params) >= 10_000:
                 self._params.clear()
             self._params[key] = params

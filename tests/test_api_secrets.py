@@ -6,6 +6,7 @@ value.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from api_fixtures import Api
@@ -92,3 +93,25 @@ async def test_masks_do_not_follow_a_changed_url(api: Api) -> None:
     assert reply.status == 422, reply
     assert {"task_params.url", "task_params.headers.Cookie"} <= set(reply.json["details"])
     assert (await api.task(created["id"])).version == 1
+
+
+async def test_a_secret_read_from_a_file_is_used_and_never_shown(api: Api) -> None:
+    """A shell task whose env value names a private file: the API shows the reference,
+    the run sees the file's content; a file others may read is refused (422 at its path)."""
+    token = api.tmp_path / "token"
+    token.write_text("from-file\n")
+    token.chmod(0o600)
+    params = {"argv": ["sh", "-c", "echo got=$TOKEN"], "env": {"TOKEN": {"file": str(token)}}}
+    created = await api.create("filed", task_module="shell", task_params=params)
+    assert created["task_params"]["env"] == {"TOKEN": {"file": str(token)}}
+    run = await api.unix.put(f"/api/v2/tasks/{created['id']}/action/run")
+    await api.wait_execution(run.json["execution_id"], "done")
+    log = (await api.unix.get(f"/api/v2/tasks/{created['id']}/log")).json
+    assert "got=from-file" in json.dumps(log)
+
+    token.chmod(0o644)
+    reply = await api.unix.post(
+        "/api/v2/tasks", {"name": "leaky", "task_module": "shell", "task_params": params}
+    )
+    assert reply.status == 422, reply
+    assert "task_params.env.TOKEN.file" in reply.json["details"]

@@ -15,7 +15,9 @@ from taskd.modules import registry as registry_module
 from taskd.modules.base import Module, ModuleContext
 from taskd.modules.params import (
     PARAM_TYPES,
+    has_secret_files,
     keep_secrets,
+    read_secret_files,
     redact_params,
     validate_param_defs,
     validate_params,
@@ -566,3 +568,48 @@ def test_no_mask_is_kept_once_the_url_changed(url: str) -> None:
     assert {e.path for e in caught.value.errors} == {"task_params.url", "task_params.headers.A"}
     sent = {"headers": {"A": "1"}, "url": "https://u:p@evil.example/"}
     assert keep_secrets(SECRET_DEFS, sent, stored) == sent
+
+
+def _secret_file(tmp_path: Any, text: str, mode: int = 0o600) -> str:
+    path = tmp_path / "token"
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_secret_values_can_come_from_private_files(tmp_path: Any) -> None:
+    """`{"file": path}` for a secret value (or an object's value) is read from the file
+    (one trailing newline dropped); redact shows the reference, which is no secret."""
+    path = _secret_file(tmp_path, "s3cret\n")
+    raw = {"token": {"file": path}, "headers": {"A": {"file": path}, "B": "plain"}}
+    assert has_secret_files(SECRET_DEFS, raw)
+    assert read_secret_files(SECRET_DEFS, raw) == {
+        "token": "s3cret",
+        "headers": {"A": "s3cret", "B": "plain"},
+    }
+    assert redact_params(SECRET_DEFS, raw) == {
+        "token": {"file": path},
+        "headers": {"A": {"file": path}, "B": "***"},
+    }
+    assert not has_secret_files(SECRET_DEFS, {"plain": {"file": path}})
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [("mode", "readable by it alone"), ("relative", "absolute path"), ("missing", "cannot read")],
+)
+def test_unusable_secret_files_are_refused_at_the_reference(
+    tmp_path: Any, setup: str, reason: str
+) -> None:
+    """A secret file others may read, a relative path or a missing file: ValidationError at
+    the reference's `file`."""
+    path = {
+        "mode": _secret_file(tmp_path, "x", 0o644),
+        "relative": "token",
+        "missing": str(tmp_path / "nope"),
+    }[setup]
+    with pytest.raises(ValidationError) as caught:
+        read_secret_files(SECRET_DEFS, {"headers": {"A": {"file": path}}})
+    [error] = caught.value.errors
+    assert error.path == "task_params.headers.A.file"
+    assert reason in error.reason

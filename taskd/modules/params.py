@@ -14,7 +14,11 @@ A module declares its parameters in the fylr `config_def` form, one dict per par
 - `secret` (taskd's addition): the value is secret, never shown by the API (it shows
   `SECRET_MASK`, and a client that sends the mask back keeps the stored value): `true` for
   the whole value (for an object or a list: each of its values, the keys stay visible;
-  type `secret` is secret without it), `"url_password"` for the password of a URL;
+  type `secret` is secret without it), `"url_password"` for the password of a URL. A
+  secret value (for an object, each of its values) may be `{"file": "/absolute/path"}`:
+  the value is read from that file when the params are checked (at every write and before
+  every run), and the file must be private, like an API key file (owned by root or taskd's
+  user, mode 0600 or 0400);
 - presentation keys that fylr clients know (`description`, `group`, `position`, ...), kept
   as they are and not checked.
 
@@ -27,8 +31,11 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
+import stat
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from taskd.errors import FieldError, ValidationError, join_path
@@ -37,7 +44,9 @@ from taskd.validate import boolean, describe, did_you_mean, fail, json_copy, str
 __all__ = [
     "PARAM_TYPES",
     "SECRET_MASK",
+    "has_secret_files",
     "keep_secrets",
+    "read_secret_files",
     "redact_params",
     "validate_param_defs",
     "validate_params",
@@ -364,12 +373,89 @@ def _split_url_password(url: str) -> tuple[str, str, str] | None:
     return head, password, url[len(head) + len(password) :]
 
 
+def _file_ref(value: Any) -> str | None:
+    """The path of a `{"file": path}` reference, or None if `value` is no reference."""
+    if isinstance(value, Mapping) and set(value) == {"file"} and isinstance(value["file"], str):
+        return value["file"]
+    return None
+
+
+def _read_secret_file(text: str, path: str) -> str:
+    """The secret in the file `text` names (one trailing newline dropped); ValidationError
+    at `path` for a relative path, an unreadable file or one others may read or change."""
+    file = Path(text)
+    if not file.is_absolute():
+        fail(path, f"must be an absolute path, got {text!r}")
+    try:
+        info = file.stat()
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (0, os.geteuid()) or mode & 0o077:
+            fail(
+                path,
+                f"{file} is mode {mode:04o} owned by uid {info.st_uid}: a secret file must"
+                f" belong to root or taskd's user and be readable by it alone"
+                f" (chmod 600 {file})",
+            )
+        content = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        fail(path, f"cannot read {file}: {getattr(error, 'strerror', None) or error}")
+    return content[:-1] if content.endswith("\n") else content
+
+
+def has_secret_files(defs: list[dict[str, Any]], raw: object) -> bool:
+    """Whether `raw` params name a file for any secret value (its content can change)."""
+    if not isinstance(raw, Mapping):
+        return False
+    for spec in defs:
+        value = raw.get(spec["name"])
+        if _secret(spec) is True and (
+            _file_ref(value) is not None
+            or (isinstance(value, Mapping) and any(_file_ref(v) for v in value.values()))
+        ):
+            return True
+    return False
+
+
+def read_secret_files(
+    defs: list[dict[str, Any]], raw: object, *, path: str = "task_params"
+) -> object:
+    """`raw` params with every `{"file": path}` of a secret value replaced by the file's
+    content (others are left for `validate_params` to judge). Raises ValidationError at
+    the reference's `file` for a file that cannot be used."""
+    if not isinstance(raw, Mapping) or not has_secret_files(defs, raw):
+        return raw
+    resolved = dict(raw)
+    errors: list[FieldError] = []
+    for spec in defs:
+        name = spec["name"]
+        value = raw.get(name)
+        if _secret(spec) is not True:
+            continue
+        try:
+            if (ref := _file_ref(value)) is not None:
+                resolved[name] = _read_secret_file(ref, join_path(join_path(path, name), "file"))
+            elif isinstance(value, Mapping):
+                resolved[name] = {
+                    key: _read_secret_file(ref, f"{join_path(path, name)}.{key}.file")
+                    if (ref := _file_ref(item)) is not None
+                    else item
+                    for key, item in value.items()
+                }
+        except ValidationError as error:
+            errors.extend(error.errors)
+    if errors:
+        raise ValidationError(errors)
+    return resolved
+
+
 def _masked(value: Any, secret: bool | str) -> Any:
+    if _file_ref(value) is not None:
+        return value  # where the secret lives is no secret
     if secret == "url_password":
         parts = _split_url_password(value) if isinstance(value, str) else None
         return value if parts is None else parts[0] + SECRET_MASK + parts[2]
     if isinstance(value, dict):
-        return dict.fromkeys(value, SECRET_MASK)
+        return {k: v if _file_ref(v) is not None else SECRET_MASK for k, v in value.items()}
     if isinstance(value, list):
         return [SECRET_MASK for _ in value]
     return SECRET_MASK
