@@ -506,6 +506,25 @@ async def test_a_v1_cancel_says_canceled_once(eng: Engine) -> None:
     assert not [m for m in messages if "canceled: canceled" in m]
 
 
+async def test_a_never_firing_schedule_stored_before_it_was_refused_breaks_nothing(
+    eng: Engine,
+) -> None:
+    """A task stored with `0 0 30 2 *` (valid before "never fires" was refused) does not
+    stop a change of the default timezone, nor the scheduler's tick."""
+    eng.clock.set(T0)
+    stored = await eng.store.insert_task(
+        name="feb-30",
+        source=TaskSource.API,
+        spec={"task_module": "gate", "task_params": {}, "schedules": [{"cron": "0 0 30 2 *"}]},
+        enabled=True,
+        next_run_at=T0,
+        now=T0,
+    )
+    eng.scheduler.task_changed(stored.id, stored)
+    assert await eng.core.set_default_timezone("Europe/Berlin") == 0
+    await eng.tick(T0)  # returns: the slot is planned with no schedule, not raised
+
+
 async def test_a_new_default_timezone_moves_zoneless_schedules_only(eng: Engine) -> None:
     """Schedules without their own zone follow the daemon's current default (a SIGHUP that
     changes [daemon].timezone): their due time moves; a schedule naming its zone and an

@@ -126,7 +126,10 @@ class Core:
         for task in await self.store.list_tasks():
             if not task.enabled or not _has_zoneless_schedule(task.spec):
                 continue
-            schedules = task.schedule_set(zone)
+            try:
+                schedules = task.schedule_set(zone)
+            except ValidationError:  # stored before a rule refused it (a never-firing cron)
+                continue
             one_shot = task.spec.get("next_run_at")
             candidates = [schedules.next_after(now)]
             if one_shot and task.next_run_at is not None and task.next_run_at > now:
