@@ -35,6 +35,9 @@ async def test_a_retired_config_task_is_shown_refused_and_deletable(api: Api) ->
 
     assert (await api.unix.put("/api/v2/tasks/leaving/action/run")).status == 409
     assert (await api.unix.put("/api/v2/tasks/leaving", {"comment": "x"})).status == 409
+    taken = await api.unix.post("/api/v2/tasks", {"name": "leaving", **QUICK})
+    assert taken.status == 409
+    assert "retired config task: delete it first" in taken.json["messages"][0]
     assert (await api.unix.delete("/api/v2/tasks/kept")).status == 409
     assert (await api.unix.delete("/api/v2/tasks/leaving")).status == 204
     assert (await api.unix.get("/api/v2/tasks/leaving")).status == 404

@@ -338,7 +338,8 @@ class Core:
             names[name] = index
             holder = await self.store.find_task(name)
             if holder is not None and (edit.task is None or holder.id != edit.task.id):
-                raise ConflictError(f"a task named {name!r} exists already")
+                retired = " (a retired config task: delete it first)" if holder.retired_at else ""
+                raise ConflictError(f"a task named {name!r} exists already{retired}")
 
     async def save(self, edits: Sequence[Edit], *, by: str | None = None) -> list[Task]:
         """Write `edits` in order, all or nothing, and return the tasks as stored.
