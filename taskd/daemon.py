@@ -144,6 +144,10 @@ class Daemon:
         self.metrics: Metrics | None = None
         self._reloading: asyncio.Task[bool] | None = None
         self.state_dir: Path | None = None
+        # A SIGHUP came while a reload ran: it may have read the file before the edit the
+        # signal announces, so one more reload follows (however many signals came).
+        self._reload_again = False
+        self.auth: Authenticator | None = None
 
     async def run(self) -> int:
         """Serve until SIGTERM / SIGINT; return the exit code."""
@@ -164,6 +168,7 @@ class Daemon:
             return 2
         settings, auth = checked.settings, checked.auth
         self.state_dir = settings.daemon.state_dir
+        self.auth = auth
         for warning in checked.warnings:
             log.warning(warning)
         daemon = settings.daemon
@@ -229,7 +234,7 @@ class Daemon:
                 "config applied",
                 added=len(changes.added),
                 updated=len(changes.updated),
-                removed=len(changes.removed),
+                retired=len(changes.retired),
             )
             app = build_app(
                 core=self.core,
@@ -331,10 +336,23 @@ class Daemon:
 
     def _on_reload_signal(self) -> None:
         if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.create_task(self.reload())
+            self._reloading = asyncio.create_task(self._reload_until_current())
+        else:
+            self._reload_again = True
+            log.info("reload requested during a reload: another one follows it")
+
+    async def _reload_until_current(self) -> bool:
+        """Reload; again after it if SIGHUPs came meanwhile. Returns the last one's success."""
+        while True:
+            self._reload_again = False
+            reloaded = await self.reload()
+            if not self._reload_again:
+                return reloaded
 
     async def reload(self) -> bool:
-        """Reload the config file's tasks; refuse an invalid file whole. Returns success."""
+        """Reload the config file: its tasks, API keys and users, default timezone,
+        `max_running` and notifications; refuse an invalid file (or an unreadable key file)
+        whole. Returns success."""
         assert self.core is not None
         _notify(systemd.reloading_state())
         try:
@@ -358,18 +376,27 @@ class Daemon:
             log.error("config reload refused", problem=reason)
         if unsafe:
             return False
+        try:
+            auth = Authenticator.from_settings(settings.api)
+        except ValidationError as error:
+            for problem in error.errors:
+                log.error("config reload refused", problem=str(problem))
+            return False
         moved = await self.core.set_default_timezone(settings.daemon.timezone)
         if moved:
             log.info("default timezone changed", timezone=settings.daemon.timezone, moved=moved)
         changes = await self.core.apply_config(settings.tasks)
         self.core.runner.max_running = settings.daemon.max_running
+        if self.auth is not None:
+            # Keys and users as the file names them now: a revoked one gets 401 at once.
+            self.auth.take_credentials(auth)
         if self.notifier is not None:
             self.notifier.reconfigure(smtp=settings.smtp, settings=settings.notify)
         log.info(
             "config reloaded",
             added=list(changes.added),
             updated=list(changes.updated),
-            removed=list(changes.removed),
+            retired=list(changes.retired),
         )
         return True
 

@@ -6,7 +6,7 @@ a write must name. `Core` applies them; the API dialects only translate names an
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from taskd.errors import ConflictError, ValidationError, join_path
@@ -34,6 +34,8 @@ LIVE_FIELDS = frozenset(
         "last_execution",
         "source",
         "version",
+        "retired",
+        "retired_at",
     }
 )
 
@@ -41,11 +43,18 @@ LIVE_FIELDS = frozenset(
 @dataclass(frozen=True, slots=True)
 class Edit:
     """A checked write a front end asks for: a new task (`task` None) or `task` changed to
-    `spec`; `version` is the version the write names (current + 1), None for no check."""
+    `spec`; `version` is the version the write names (current + 1), None for no check.
+
+    `changes` (what the front end sent, under the core's names) and `path` (where its
+    fields are, for errors) let the write merge them again over the task as it is stored
+    when the write commits, should another write have changed it since `task` was read.
+    """
 
     task: Task | None
     spec: TaskSpec
     version: int | None = None
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    path: str = ""
 
 
 def as_id(name_or_id: str | int) -> int | None:

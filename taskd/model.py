@@ -109,6 +109,9 @@ class Task:
     updated_at: datetime
     created_by: str | None
     updated_by: str | None
+    # When a config task was retired: it left the config file, so it is disabled and kept
+    # with its history until the file names it again or it is deleted. None: not retired.
+    retired_at: datetime | None = None
 
     # Typed views of `spec`, decoded on first use: the engine reads these, never the JSON.
     _options: TaskOptions | None = field(default=None, init=False, repr=False, compare=False)

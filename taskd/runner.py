@@ -26,6 +26,7 @@ import heapq
 import inspect
 import itertools
 import socket
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from taskd.context import ExecutionContext
 from taskd.errors import ActionError, StoreUnavailableError
 from taskd.model import ExecutionStatus, Job, Outcome
 from taskd.modules.base import LogLevel, ModuleError
+from taskd.modules.params import has_secret_files
 from taskd.modules.registry import ModuleRegistry
 from taskd.store import Store
 
@@ -132,6 +134,9 @@ class Runner:
         # Per task, the ids of its queued and running executions: overlap checks are O(1).
         self._queued_by_task: dict[int, set[int]] = {}
         self._running_by_task: dict[int, set[int]] = {}
+        # Jobs taken from the queue whose start is being recorded: neither queued nor
+        # running for that moment, yet the task is busy (an overlap check must see them).
+        self._starting_by_task: Counter[int] = Counter()
         # Validated params by (task id, version): a task's definition changes its version.
         self._params: dict[tuple[int, int], Mapping[str, Any]] = {}
         self._wake = asyncio.Event()
@@ -214,8 +219,12 @@ class Runner:
 
     def busy_with_task(self, task_id: int) -> bool:
         """Whether any execution of the task runs (or has ended and waits for its ending to
-        be recorded) or waits in the queue (O(1))."""
-        return task_id in self._running_by_task or task_id in self._queued_by_task
+        be recorded), is being started or waits in the queue (O(1))."""
+        return (
+            task_id in self._running_by_task
+            or task_id in self._queued_by_task
+            or task_id in self._starting_by_task
+        )
 
     def running_for_task(self, task_id: int) -> list[int]:
         """Return the ids of the task's executions that run now (or have ended and wait
@@ -261,6 +270,8 @@ class Runner:
             params = self.modules.validate(
                 job.task.module, job.task.task_params, path="task_params"
             )
+            if has_secret_files(self.modules.get(job.task.module).params, job.task.task_params):
+                return params  # read again for each run: the file may have been rotated
             if len(self._params) >= 10_000:
                 self._params.clear()
             self._params[key] = params
@@ -286,9 +297,16 @@ class Runner:
                 job = heapq.heappop(self._queue)[3]
                 self._queued_ids.discard(job.execution_id)
                 _discard(self._queued_by_task, job.task.id, job.execution_id)
+                self._starting_by_task[job.task.id] += 1
                 batch.append(job)
             if batch:
-                await self._start(batch)
+                try:
+                    await self._start(batch)
+                finally:
+                    for job in batch:
+                        self._starting_by_task[job.task.id] -= 1
+                        if self._starting_by_task[job.task.id] <= 0:
+                            del self._starting_by_task[job.task.id]
             if not self._running and not self._queue:
                 self._idle.set()
 

@@ -80,6 +80,10 @@ WEEKDAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturd
 
 _ONE_MINUTE = timedelta(minutes=1)
 MAX_INTERVAL_SEC = 100 * 365 * 86_400
+# Each schedule costs a computation per due time; no real task needs more than a few.
+MAX_SCHEDULES = 100
+# The most days each month can have (February's 29th comes in leap years).
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -579,6 +583,10 @@ def parse_schedules(
     """
     if not isinstance(raw, list):
         raise ValidationError.single(path, "must be a list of schedules")
+    if len(raw) > MAX_SCHEDULES:
+        raise ValidationError.single(
+            path, f"holds {len(raw)} schedules; a task may have at most {MAX_SCHEDULES}"
+        )
     errors: list[FieldError] = []
     schedules: list[CalendarSchedule | IntervalSchedule] = []
     for index, item in enumerate(raw):
@@ -986,6 +994,19 @@ def _parse_cron(
         errors.append(FieldError(cron_path, f"invalid cron expression {expression!r}: {refusal}"))
         return None
     minute_f, hour_f, day_f, month_f, weekday_f = expanded
+    days = _cron_set(day_f, _ALL_DAYS)
+    months = _cron_set(month_f, _ALL_MONTHS)
+    day_or = _cron_day_or(expression)
+    if not day_or and not any(min(days) <= _MONTH_DAYS[month - 1] for month in months):
+        # Day-of-month and month alone decide the date, and no month has such a day.
+        errors.append(
+            FieldError(
+                cron_path,
+                f"invalid cron expression {expression!r}: never fires (no month of"
+                f" {', '.join(map(str, months))} has day {', '.join(map(str, days))})",
+            )
+        )
+        return None
     hours = _cron_set(hour_f, _ALL_HOURS)
     gap, fold = _parse_dst(raw, len(hours) < 24, path, errors)
     if errors or tz is None:
@@ -995,10 +1016,10 @@ def _parse_cron(
     return CalendarSchedule(
         minutes=_cron_set(minute_f, _ALL_MINUTES),
         hours=hours,
-        days_of_month=_cron_set(day_f, _ALL_DAYS),
-        months=_cron_set(month_f, _ALL_MONTHS),
+        days_of_month=days,
+        months=months,
         weekdays=frozenset((d - 1) % 7 for d in cron_weekdays),
-        day_or=_cron_day_or(expression),
+        day_or=day_or,
         timezone=tz,
         dst_gap=gap,
         dst_fold=fold,
@@ -1048,5 +1069,10 @@ def parse_instant(value: object, path: str, errors: list[FieldError]) -> datetim
         return None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         errors.append(FieldError(path, f"{value!s} has no UTC offset (add 'Z' or '+hh:mm')"))
+        return None
+    try:
+        parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is in year 0 in UTC, say
+        errors.append(FieldError(path, f"{value!s} is outside the years 1..9999 in UTC"))
         return None
     return parsed

@@ -248,6 +248,8 @@ class Api:
     stack: AsyncExitStack
     logs: list[dict[str, Any]]
     exchanges: list[Reply] = field(default_factory=list)
+    # The daemon object whose health (and `reload`) the API uses.
+    daemon: Daemon | None = None
 
     async def tcp(self, key: str | None = "all", *, authorization: str | None = None) -> Client:
         """A TCP client sending `Authorization: Bearer <key named key>` (or `authorization`)."""
@@ -427,7 +429,7 @@ async def open_api(
         await stack.enter_async_context(runner)
         await core.apply_config(settings.tasks)
         await stack.enter_async_context(scheduler)
-        daemon.core, daemon.scheduler = core, scheduler
+        daemon.core, daemon.scheduler, daemon.auth = core, scheduler, auth
         app = build_app(core=core, auth=auth, api_settings=api_settings, health=daemon.health)
         site_runner = await stack.enter_async_context(serve_api(app, api_settings))
         host, port = next(
@@ -461,6 +463,7 @@ async def open_api(
             stack=stack,
             logs=logs,
             exchanges=exchanges,
+            daemon=daemon,
         )
         # Stop executions before the sites close, as `Daemon.run` does on SIGTERM.
         stack.push_async_callback(runner.shutdown, 0)

@@ -118,6 +118,15 @@ INVALID_FIELDS: list[tuple[dict[str, Any], str]] = [
     ({"metadata": {"files": {"a": 1}}}, "metadata.files.a"),
     ({"email": {"recipients": [{"email": "nope"}]}}, "email.recipients[0].email"),
     ({"next_run_at": "tomorrow"}, "next_run_at"),
+    ({"next_run_at": "0001-01-01T00:00:00+14:00"}, "next_run_at"),  # before year 1 in UTC
+    ({"next_run_at": "9999-12-31T23:59:59-14:00"}, "next_run_at"),  # after year 9999 in UTC
+    (
+        {"schedules": [{"interval_sec": 60, "start_at": "9999-12-31T23:59:59-14:00"}]},
+        "schedules[0].start_at",
+    ),
+    ({"schedules": [{"cron": "0 0 30 2 *"}]}, "schedules[0].cron"),  # never fires
+    ({"schedules": [{"cron": "0 0 31 4,6,9,11 *"}]}, "schedules[0].cron"),  # never fires
+    ({"schedules": [{"interval_sec": 60 + i} for i in range(101)]}, "schedules"),
     ({"bogus": 1}, "bogus"),
     ({"schedules": "daily"}, "schedules"),
     ({"schedules": [{}]}, "schedules[0]"),
@@ -200,6 +209,15 @@ def query_cases() -> list[Case]:
         ({"limit": "abc"}, "limit"),
         ({"limit": "1001"}, "limit"),
         ({"limit": "1.5"}, "limit"),
+        ({"limit": "1_0"}, "limit"),
+        ({"limit": " 10"}, "limit"),
+        ({"limit": "10 "}, "limit"),
+        ({"limit": "+10"}, "limit"),
+        ({"limit": "\u0661\u0660"}, "limit"),  # Arabic-Indic digits: int() reads them
+        ({"offset": "\uff11"}, "offset"),  # a fullwidth digit
+        ({"offset": "0_1"}, "offset"),
+        ({"created_at": "0001-01-01T00:00:00+14:00"}, "created_at"),
+        ({"updated_at": "<9999-12-31T23:59:59-14:00"}, "updated_at"),
         ({"offset": "-1"}, "offset"),
         ({"offset": "x"}, "offset"),
         ({"sort_by": "bogus"}, "sort_by"),
@@ -219,6 +237,8 @@ def query_cases() -> list[Case]:
             ({"limit": "-1"}, "limit"),
             ({"limit": "abc"}, "limit"),
             ({"offset": "-1"}, "offset"),
+            ({"limit": "1_0"}, "limit"),
+            ({"offset": "\u0661"}, "offset"),
         ]:
             v1_name = None if path.startswith("/api/v1") else name
             cases.append(Case("GET", path, 400, params=params, names=v1_name or name))
@@ -395,6 +415,26 @@ async def test_the_daemon_still_serves_after_the_whole_matrix(api: Api) -> None:
             await send(api, case)
     shown = await api.unix.get(TASK)
     assert (shown.status, shown.json["comment"], shown.json["version"]) == (200, "keep me", 1)
+
+
+async def test_a_body_that_is_not_what_its_content_encoding_says_is_400(api: Api) -> None:
+    """`Content-Encoding: gzip` (or deflate) on a body that is not compressed that way is
+    400 naming the body, in both dialects; nothing is stored."""
+    before = await api.snapshot()
+    for method, path in ALL_BODY_ROUTES:
+        for encoding in ("gzip", "deflate"):
+            body = j([{"task": VALID}]) if path.startswith("/api/v1") else j(VALID)
+            reply = await api.unix.call(
+                method,
+                path,
+                data=body,
+                headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+            )
+            case = Case(method, path, 400, names=None if path.startswith("/api/v1") else "base")
+            assert reply.status == 400, reply
+            check_error_shape(case, reply)
+            assert encoding.encode() in reply.body, reply
+    assert await api.snapshot() == before
 
 
 # -- input that once crashed the core (overflows, odd ids) ------------------------------

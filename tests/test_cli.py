@@ -114,14 +114,16 @@ def test_schedule_next_help_says_naive_after_is_utc() -> None:
     assert "without an offset it is taken as UTC" in " ".join(result.stdout.split())
 
 
-def test_schedule_that_never_fires_prints_nothing_and_succeeds() -> None:
-    """February 30th never comes: no output, exit 0, a note on stderr."""
+def test_schedule_that_never_fires_is_refused_as_invalid() -> None:
+    """February 30th never comes: the schedule is invalid (exit 2), as a task holding it
+    would be, with the field and the reason on stderr."""
     result = taskd(
         "schedule", "next", "--schedule", '{"cron":"0 0 30 2 *"}', "--after", "2026-01-01T00:00:00Z"
     )
-    assert result.returncode == 0
+    assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr == "taskd: note: the schedule never fires after 2026-01-01T00:00:00Z\n"
+    assert "schedule.cron" in result.stderr
+    assert "never fires" in result.stderr
 
 
 def test_empty_schedule_list_never_fires() -> None:

@@ -386,9 +386,9 @@ async def test_resume_after_a_crash_continues_the_interrupted_run(tmp_path: Path
 # -- the config file's tasks --------------------------------------------------------------
 
 
-async def test_apply_config_adds_updates_removes_and_refuses(eng: Engine) -> None:
-    """apply_config makes the config tasks match: add, update, remove; an API task's name is
-    refused; applying the same specs again changes nothing."""
+async def test_apply_config_adds_updates_retires_and_refuses(eng: Engine) -> None:
+    """apply_config makes the config tasks match: add, update, retire (never delete); an
+    API task's name is refused; applying the same specs again changes nothing."""
     api_task = await eng.core.create_task(spec(eng, "taken", description="mine"))
     changes = await eng.core.apply_config(
         [spec(eng, "alpha", schedules=EVERY_15_MIN), spec(eng, "beta"), spec(eng, "taken")]
@@ -411,28 +411,75 @@ async def test_apply_config_adds_updates_removes_and_refuses(eng: Engine) -> Non
             spec(eng, "gamma"),
         ]
     )
-    assert changes == ConfigChanges(added=("gamma",), updated=("alpha",), removed=("beta",))
+    assert changes == ConfigChanges(added=("gamma",), updated=("alpha",), retired=("beta",))
     alpha = await eng.core.find("alpha")
     assert (alpha.version, alpha.spec["description"], alpha.next_run_at) == (2, "edited", T0)
-    assert await eng.store.find_task("beta") is None
-    assert {t.name for t in await eng.store.list_tasks(source=TaskSource.CONFIG)} == {
-        "alpha",
-        "gamma",
-    }
+    beta = await eng.core.find("beta")
+    assert (beta.source, beta.enabled, beta.next_run_at) == (TaskSource.CONFIG, False, None)
+    assert beta.retired_at == eng.clock.now()
     assert (await eng.core.find("taken")).source is TaskSource.API
+    assert (
+        await eng.core.apply_config(
+            [spec(eng, "alpha", schedules=EVERY_15_MIN, description="edited"), spec(eng, "gamma")]
+        )
+        == ConfigChanges()
+    ), "a retired task is retired once"
 
 
-async def test_apply_config_removing_a_running_task_stops_it(eng: Engine) -> None:
-    """A config task that leaves the file is stopped (forced) and deleted."""
-    await eng.core.apply_config([spec(eng, "leaving", task_params={"ignore_stop": True})])
-    task = await eng.core.find("leaving")
-    await eng.core.run(task.id)
+async def test_an_empty_config_retires_tasks_with_their_history(eng: Engine) -> None:
+    """An empty (or truncated) file retires every config task: its id, executions and log
+    stay; a retired task cannot run; the file naming it again brings it back with the
+    same id, enabled and scheduled again."""
+    await eng.core.apply_config([spec(eng, "nightly", schedules=EVERY_15_MIN)])
+    task = await eng.core.find("nightly")
+    execution_id = await eng.core.run(task.id)
     await eng.tick()
     [call] = await eng.gate.wait_calls(1)
-    assert await eng.core.apply_config([]) == ConfigChanges(removed=("leaving",))
-    assert call.ended == "cancelled"
-    assert await eng.store.find_task("leaving") is None
-    assert eng.runner.running_count == 0
+    call.release.set()
+    await eng.drain()
+    assert await eng.core.apply_config([]) == ConfigChanges(retired=("nightly",))
+    retired = await eng.core.find("nightly")
+    assert (retired.id, retired.retired_at, retired.enabled) == (task.id, eng.clock.now(), False)
+    assert [e.id for e in await eng.core.list_executions(task.id)] == [execution_id]
+    assert await eng.store.due_entry(task.id) is None
+    with pytest.raises(ActionError, match="retired"):
+        await eng.core.run(task.id)
+
+    back = await eng.core.apply_config([spec(eng, "nightly", schedules=EVERY_15_MIN)])
+    assert back == ConfigChanges(updated=("nightly",))
+    restored = await eng.core.find("nightly")
+    assert (restored.id, restored.retired_at, restored.enabled) == (task.id, None, True)
+    assert restored.next_run_at == T0
+    assert [e.id for e in await eng.core.list_executions(task.id)] == [execution_id]
+
+
+async def test_retiring_a_running_task_lets_it_finish(eng: Engine) -> None:
+    """A config task that leaves the file while it runs is retired; the run ends on its
+    own and is recorded."""
+    await eng.core.apply_config([spec(eng, "leaving")])
+    task = await eng.core.find("leaving")
+    execution_id = await eng.core.run(task.id)
+    await eng.tick()
+    [call] = await eng.gate.wait_calls(1)
+    assert await eng.core.apply_config([]) == ConfigChanges(retired=("leaving",))
+    assert eng.runner.running_for_task(task.id) == [execution_id]
+    call.release.set()
+    await eng.drain()
+    assert (await eng.store.get_execution(execution_id)).status is ExecutionStatus.DONE
+    assert (await eng.core.find("leaving")).retired_at is not None
+
+
+async def test_only_a_retired_config_task_can_be_deleted(eng: Engine) -> None:
+    """A config task in the file cannot be deleted (409 naming the file); once retired, a
+    delete removes it with its history, for good."""
+    await eng.core.apply_config([spec(eng, "old")])
+    task = await eng.core.find("old")
+    with pytest.raises(ConflictError, match="edit it there"):
+        await eng.core.delete_task(task.id)
+    await eng.core.apply_config([])
+    await eng.core.delete_task(task.id)
+    assert await eng.store.find_task("old") is None
+    assert await eng.core.apply_config([]) == ConfigChanges()
 
 
 async def test_a_v1_cancel_says_canceled_once(eng: Engine) -> None:
@@ -457,6 +504,25 @@ async def test_a_v1_cancel_says_canceled_once(eng: Engine) -> None:
     messages = [e.msg for e in await eng.store.read_log(task.id, limit=1000)]
     assert ended.status_msg in messages
     assert not [m for m in messages if "canceled: canceled" in m]
+
+
+async def test_a_never_firing_schedule_stored_before_it_was_refused_breaks_nothing(
+    eng: Engine,
+) -> None:
+    """A task stored with `0 0 30 2 *` (valid before "never fires" was refused) does not
+    stop a change of the default timezone, nor the scheduler's tick."""
+    eng.clock.set(T0)
+    stored = await eng.store.insert_task(
+        name="feb-30",
+        source=TaskSource.API,
+        spec={"task_module": "gate", "task_params": {}, "schedules": [{"cron": "0 0 30 2 *"}]},
+        enabled=True,
+        next_run_at=T0,
+        now=T0,
+    )
+    eng.scheduler.task_changed(stored.id, stored)
+    assert await eng.core.set_default_timezone("Europe/Berlin") == 0
+    await eng.tick(T0)  # returns: the slot is planned with no schedule, not raised
 
 
 async def test_a_new_default_timezone_moves_zoneless_schedules_only(eng: Engine) -> None:

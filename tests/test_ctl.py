@@ -476,6 +476,26 @@ def test_apply_creates_then_updates_and_says_what_changed(daemon: Daemon) -> Non
     assert task["task_params"] == {"seconds": 7}
 
 
+def test_apply_of_a_secret_says_unchanged_or_updated_rightly(daemon: Daemon) -> None:
+    """A secret param (shell `env`) is shown masked: re-applying it unchanged writes no
+    version, and changing only the secret is reported as an update of task_params."""
+    tasks = """\
+        [[task]]
+        name = "ap-secret"
+        task_module = "shell"
+        task_params = { command = "true", env = { TOKEN = "one" } }
+        """
+    ok(apply_toml(daemon, "apply", tasks))
+    task_id = daemon.task_id("ap-secret")
+    assert daemon.api(f"/tasks/{task_id}")["task_params"]["env"] == {"TOKEN": "***"}
+    out = ok(apply_toml(daemon, "apply", tasks)).splitlines()
+    assert out == [f"unchanged ap-secret (id {task_id})"]
+    assert daemon.api(f"/tasks/{task_id}")["version"] == 1
+    out = ok(apply_toml(daemon, "apply", tasks.replace('"one"', '"two"'))).splitlines()
+    assert out == [f"updated   ap-secret (id {task_id}): task_params"]
+    assert daemon.api(f"/tasks/{task_id}")["version"] == 2
+
+
 def test_apply_reads_a_json_list_of_task_objects(daemon: Daemon) -> None:
     """A JSON file holds a list of task objects; `comment` is the v2 name of description."""
     path = daemon.work / "tasks.json"

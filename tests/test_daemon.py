@@ -23,6 +23,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -480,14 +482,17 @@ def test_sighup_applies_a_changed_config_and_refuses_an_invalid_one_whole(
     )
     daemon.send(signal.SIGHUP)
     reloaded = daemon.wait_for("config reloaded")
-    assert (reloaded["added"], reloaded["updated"], reloaded["removed"]) == (
+    assert (reloaded["added"], reloaded["updated"], reloaded["retired"]) == (
         ["added"],
         ["change"],
         ["remove"],
     )
     now_ids = db.task_ids()
-    assert set(now_ids) == {"keep", "change", "added"}
+    assert set(now_ids) == {"keep", "change", "added", "remove"}, "retired, not deleted"
     assert (now_ids["keep"], now_ids["change"]) == (ids["keep"], ids["change"])
+    assert db.rows("SELECT enabled, retired_at IS NOT NULL FROM tasks WHERE name = 'remove'") == [
+        (0, 1)
+    ]
     rows = {
         name: (json.loads(spec), version, source)
         for name, spec, version, source in db.rows("SELECT name, spec, version, source FROM tasks")
@@ -497,6 +502,7 @@ def test_sighup_applies_a_changed_config_and_refuses_an_invalid_one_whole(
     assert rows["keep"][1] == 1
     assert rows["added"][0]["task_params"] == {"seconds": 1, "steps": 5}
     assert {source for _, _, source in rows.values()} == {"config"}
+    retired_snapshot = db.rows("SELECT * FROM tasks ORDER BY id")
 
     # An invalid file (hours = 25) that would also add, change and remove: refused whole.
     snapshot = db.rows("SELECT * FROM tasks ORDER BY id")
@@ -512,11 +518,73 @@ def test_sighup_applies_a_changed_config_and_refuses_an_invalid_one_whole(
     assert "task[keep].schedules[0].hours[0]" in refused["problem"], refused
     assert "25" in refused["problem"]
     time.sleep(0.3)  # nothing may follow the refusal
-    assert db.rows("SELECT * FROM tasks ORDER BY id") == snapshot
+    assert db.rows("SELECT * FROM tasks ORDER BY id") == snapshot == retired_snapshot
     assert len(daemon.find("config reloaded")) == 1
     assert daemon.process.poll() is None, "the daemon died of an invalid reload"
     assert "Traceback" not in daemon.stderr_text()
 
+    # An empty file retires every task; naming `remove` again brings it back, same id.
+    path.write_text("")
+    daemon.send(signal.SIGHUP)
+    wait_until(lambda: len(daemon.find("config reloaded")) == 2, "the empty file's reload")
+    assert db.value("SELECT count(*) FROM tasks WHERE retired_at IS NULL") == 0
+    assert set(db.task_ids()) == {"keep", "change", "added", "remove"}
+    write_config(path, sleep_task("remove", 1, schedules=never))
+    daemon.send(signal.SIGHUP)
+    wait_until(lambda: len(daemon.find("config reloaded")) == 3, "the restoring reload")
+    assert db.rows("SELECT id, enabled, retired_at FROM tasks WHERE name = 'remove'") == [
+        (ids["remove"], 1, None)
+    ]
+
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+
+
+def test_sighup_revokes_an_api_key_at_once(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon]
+) -> None:
+    """A key removed from the file gets 401 right after the SIGHUP's reload; the key that
+    stays keeps working (over TCP, as a client would see it)."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    secrets = {name: name[0] * 43 for name in ("ops", "gone")}
+    for name, secret in secrets.items():
+        (keys / name).write_text(secret + "\n")
+        (keys / name).chmod(0o600)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def config(*names: str) -> str:
+        blocks = "".join(
+            f'[[api.keys]]\nname = "{n}"\nkey_file = "keys/{n}"\nscopes = ["*"]\n' for n in names
+        )
+        return (
+            '[daemon]\nstate_dir = "state"\n'
+            f'[api]\nlisten = ["127.0.0.1:{port}"]\nunix_socket = false\n{blocks}'
+        )
+
+    path = tmp_path / "taskd.toml"
+    path.write_text(config("ops", "gone"))
+    path.chmod(0o600)
+    daemon, _ = started(start_daemon, path)
+
+    def status(name: str) -> int:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v2/tasks",
+            headers={"Authorization": f"Bearer {secrets[name]}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert (status("ops"), status("gone")) == (200, 200)
+    path.write_text(config("ops"))
+    daemon.send(signal.SIGHUP)
+    daemon.wait_for("config reloaded")
+    assert (status("ops"), status("gone")) == (200, 401)
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint
 from typing import Any
@@ -12,7 +13,15 @@ from structlog.testing import capture_logs
 from taskd.errors import FieldError, NotFoundError, ValidationError
 from taskd.modules import registry as registry_module
 from taskd.modules.base import Module, ModuleContext
-from taskd.modules.params import PARAM_TYPES, validate_param_defs, validate_params
+from taskd.modules.params import (
+    PARAM_TYPES,
+    has_secret_files,
+    keep_secrets,
+    read_secret_files,
+    redact_params,
+    validate_param_defs,
+    validate_params,
+)
 from taskd.modules.registry import ModuleRegistry
 from taskd.testing import FakeContext
 
@@ -492,3 +501,115 @@ def test_unknown_parameter_suggests_a_close_name() -> None:
     assert errors_of({"commnd": "x"}, defs) == [
         "task_params.commnd: unknown parameter; did you mean 'command'? (known: command)"
     ]
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+SECRET_DEFS: list[dict[str, Any]] = [
+    {"name": "url", "type": "text", "secret": "url_password"},
+    {"name": "headers", "type": "json", "schema": "object", "secret": True},
+    {"name": "token", "type": "secret"},
+    {"name": "argv", "type": "string-list", "secret": True},
+    {"name": "plain", "type": "text"},
+]
+
+
+def test_secret_definitions_are_checked() -> None:
+    """`secret` is true, false or "url_password" (on text params only)."""
+    validate_param_defs(SECRET_DEFS)
+    for bad in (
+        {"name": "a", "type": "text", "secret": "yes"},
+        {"name": "a", "type": "json", "secret": "url_password"},
+    ):
+        with pytest.raises(ValidationError) as caught:
+            validate_param_defs([bad])
+        assert caught.value.errors[0].path == "params[0].secret"
+
+
+@pytest.mark.parametrize(
+    ("params", "shown"),
+    [
+        ({"url": "https://u:p%40ss@h:1/x?q#f"}, {"url": "https://u:***@h:1/x?q#f"}),
+        ({"url": "https://u@h/x"}, {"url": "https://u@h/x"}),
+        ({"url": "https://h/x?a=b:c@d"}, {"url": "https://h/x?a=b:c@d"}),
+        ({"headers": {"A": "1", "B": "2"}}, {"headers": {"A": "***", "B": "***"}}),
+        ({"token": "t", "plain": "p"}, {"token": "***", "plain": "p"}),
+        ({"argv": ["x", "y"], "token": None}, {"argv": ["***", "***"], "token": None}),
+    ],
+)
+def test_redact_masks_secret_values_and_keep_secrets_undoes_it(
+    params: dict[str, Any], shown: dict[str, Any]
+) -> None:
+    """redact_params masks what the definitions call secret (pure); keep_secrets, given
+    the masked params back, restores the stored values."""
+    before = json.dumps(params)
+    assert redact_params(SECRET_DEFS, params) == shown
+    assert json.dumps(params) == before
+    assert keep_secrets(SECRET_DEFS, shown, params) == params
+
+
+def test_keep_secrets_keeps_new_values_and_masks_without_a_stored_value() -> None:
+    """A changed value is taken as sent; a mask with nothing stored behind it stays."""
+    stored = {"headers": {"A": "1"}, "url": "https://u:p@h/"}
+    sent = {"headers": {"A": "***", "B": "***", "C": "3"}, "url": "https://u:***@h/"}
+    assert keep_secrets(SECRET_DEFS, sent, stored) == {
+        "headers": {"A": "1", "B": "***", "C": "3"},
+        "url": "https://u:p@h/",
+    }
+
+
+@pytest.mark.parametrize("url", ["https://u:***@evil.example/", "https://x:***@h/"])
+def test_no_mask_is_kept_once_the_url_changed(url: str) -> None:
+    """Masks sent with another URL (host or user) would hand the stored secrets to it:
+    refused at each mask's path; the values themselves may be sent."""
+    stored = {"headers": {"A": "1"}, "url": "https://u:p@h/"}
+    with pytest.raises(ValidationError) as caught:
+        keep_secrets(SECRET_DEFS, {"headers": {"A": "***"}, "url": url}, stored)
+    assert {e.path for e in caught.value.errors} == {"task_params.url", "task_params.headers.A"}
+    sent = {"headers": {"A": "1"}, "url": "https://u:p@evil.example/"}
+    assert keep_secrets(SECRET_DEFS, sent, stored) == sent
+
+
+def _secret_file(tmp_path: Any, text: str, mode: int = 0o600) -> str:
+    path = tmp_path / "token"
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_secret_values_can_come_from_private_files(tmp_path: Any) -> None:
+    """`{"file": path}` for a secret value (or an object's value) is read from the file
+    (one trailing newline dropped); redact shows the reference, which is no secret."""
+    path = _secret_file(tmp_path, "s3cret\n")
+    raw = {"token": {"file": path}, "headers": {"A": {"file": path}, "B": "plain"}}
+    assert has_secret_files(SECRET_DEFS, raw)
+    assert read_secret_files(SECRET_DEFS, raw) == {
+        "token": "s3cret",
+        "headers": {"A": "s3cret", "B": "plain"},
+    }
+    assert redact_params(SECRET_DEFS, raw) == {
+        "token": {"file": path},
+        "headers": {"A": {"file": path}, "B": "***"},
+    }
+    assert not has_secret_files(SECRET_DEFS, {"plain": {"file": path}})
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [("mode", "readable by it alone"), ("relative", "absolute path"), ("missing", "cannot read")],
+)
+def test_unusable_secret_files_are_refused_at_the_reference(
+    tmp_path: Any, setup: str, reason: str
+) -> None:
+    """A secret file others may read, a relative path or a missing file: ValidationError at
+    the reference's `file`."""
+    path = {
+        "mode": _secret_file(tmp_path, "x", 0o644),
+        "relative": "token",
+        "missing": str(tmp_path / "nope"),
+    }[setup]
+    with pytest.raises(ValidationError) as caught:
+        read_secret_files(SECRET_DEFS, {"headers": {"A": {"file": path}}})
+    [error] = caught.value.errors
+    assert error.path == "task_params.headers.A.file"
+    assert reason in error.reason

@@ -15,7 +15,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from taskd.schedule import parse_schedule, parse_schedules
+from taskd.errors import ValidationError
+from taskd.schedule import (
+    CalendarSchedule,
+    DstFold,
+    DstGap,
+    ScheduleSet,
+    parse_schedule,
+    parse_schedules,
+)
 from tests.schedule_reference import ref_next_after, ref_set_next_after, ref_times
 
 BERLIN = "Europe/Berlin"
@@ -389,12 +397,15 @@ def test_hour_restricted_fall_back_fires_once() -> None:
     ],
     ids=["feb-30", "feb-30-berlin", "feb-30-31", "31-in-short-months", "apr-31-every-minute"],
 )
-def test_impossible_date_returns_none_fast(raw: dict[str, Any]) -> None:
-    """A cron expression naming a date that never exists returns None, quickly."""
-    schedule = parse_schedule(raw)
+def test_impossible_date_is_refused_as_never_firing(raw: dict[str, Any]) -> None:
+    """A cron expression naming a date that never exists is a validation error at `cron`
+    saying it never fires (it used to be accepted and never run), quickly."""
     started = time.monotonic()
-    assert schedule.next_after(z("2026-01-01T00:00")) is None
-    assert parse_schedules([raw]).times(z("2026-01-01T00:00"), 3) == []
+    with pytest.raises(ValidationError) as caught:
+        parse_schedules([raw])
+    [error] = caught.value.errors
+    assert error.path == "schedules[0].cron"
+    assert "never fires" in error.reason
     # Generous bound: this is about not walking years of minutes, not about speed.
     assert time.monotonic() - started < 2.0
 
@@ -485,15 +496,41 @@ def test_set_next_after_is_min() -> None:
     assert parse_schedules(MIXED_SET).next_after(after) == expected
 
 
+def _never(day: int, month: int) -> CalendarSchedule:
+    """A schedule of a date that does not exist (day `day` of `month`, 00:00 UTC): refused
+    by validation now, but a task stored before may still hold one."""
+    return CalendarSchedule(
+        minutes=(0,),
+        hours=(0,),
+        days_of_month=(day,),
+        months=(month,),
+        weekdays=frozenset(range(7)),
+        day_or=False,
+        timezone=ZoneInfo("UTC"),
+        dst_gap=DstGap.SHIFT,
+        dst_fold=DstFold.FIRST,
+        source={},
+    )
+
+
+def test_impossible_stored_date_returns_none_fast() -> None:
+    """A schedule of a date that never exists (stored before validation refused it)
+    returns None, quickly."""
+    started = time.monotonic()
+    assert _never(30, 2).next_after(z("2026-01-01T00:00")) is None
+    assert time.monotonic() - started < 2.0
+
+
 def test_set_ignores_never_firing_schedule() -> None:
     """A never-firing schedule in a set does not hide the others."""
-    schedules = parse_schedules([{"cron": "0 0 30 2 *"}, {"interval_sec": 60}])
+    interval = parse_schedule({"interval_sec": 60})
+    schedules = ScheduleSet((_never(30, 2), interval))
     assert schedules.next_after(z("2026-01-01T00:00:30")) == z("2026-01-01T00:01")
 
 
 def test_set_of_never_firing_schedules() -> None:
     """A set whose schedules never fire returns None and an empty list of times."""
-    schedules = parse_schedules([{"cron": "0 0 30 2 *"}, {"cron": "0 0 31 4 *"}])
+    schedules = ScheduleSet((_never(30, 2), _never(31, 4)))
     assert schedules.next_after(z("2026-01-01T00:00")) is None
     assert schedules.times(z("2026-01-01T00:00"), 5) == []
 

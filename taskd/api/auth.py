@@ -115,6 +115,17 @@ class Authenticator:
         self._keys = tuple(keys)
         self._users = {user.name: user for user in users}
 
+    def take_credentials(self, other: Authenticator) -> None:
+        """Check requests against `other`'s keys and users from now on (a config reload).
+
+        The app holds this object (under its `AUTH` key, frozen once it serves), so a
+        reload changes what it checks against in place: a revoked key or user is refused
+        from the next request on. Anything remembered about the old credentials must be
+        forgotten here too.
+        """
+        self._keys = other._keys
+        self._users = other._users
+
     @property
     def has_credentials(self) -> bool:
         """Whether any key or user is configured (without one, TCP serves health only)."""

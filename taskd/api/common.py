@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -90,7 +91,20 @@ async def read_json(request: web.Request) -> Any:
     Refused: bytes that are not UTF-8, NaN and Infinity, numbers Python will not convert
     (more than 4300 digits), nesting deeper than `MAX_JSON_DEPTH`.
     """
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError:
+        # aiohttp undoes a Content-Encoding while reading; a body that is not what the
+        # header says (not gzip under `gzip`) fails there, and is the client's error.
+        encoding = request.headers.get("Content-Encoding", "")
+        raise ApiError(
+            400,
+            "malformed_body",
+            f"the body could not be read: it is not encoded as its Content-Encoding"
+            f" {encoding!r} says",
+            # The stream is out of step with the request: the connection cannot carry another.
+            headers={"Connection": "close"},
+        ) from None
     try:
         # JSON is UTF-8 (RFC 8259, 8.1); a charset parameter is not consulted.
         text = raw.decode("utf-8")
@@ -144,6 +158,9 @@ async def read_object(request: web.Request, *, required: bool = True) -> dict[st
     return body
 
 
+_QUERY_INT = re.compile(r"-?[0-9]{1,19}")
+
+
 def query_int(
     request: web.Request, name: str, default: int | None, *, low: int = 0, high: int = 10**9
 ) -> int | None:
@@ -151,10 +168,9 @@ def query_int(
     text = request.query.get(name)
     if text is None or text == "":
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
+    # int() also reads `1_0`, ` 10`, `+10` and digits of other scripts (Arabic-Indic): a query
+    # integer is ASCII digits with an optional minus, nothing else.
+    value = int(text) if _QUERY_INT.fullmatch(text) else None
     if value is None or not low <= value <= high:
         raise ApiError(
             400,
@@ -195,7 +211,15 @@ def query_time(value: str, name: str) -> datetime:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is in year 0 in UTC
+        raise ApiError(
+            400,
+            "invalid_query",
+            f"query parameter {name!r}: {value!r} is outside the years 1..9999 in UTC",
+            [FieldError(name, "must be a date-time within the years 1..9999 in UTC")],
+        ) from None
 
 
 async def task_from_path(request: web.Request, key: str = "task_id") -> Task:

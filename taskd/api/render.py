@@ -84,6 +84,9 @@ def _live_fields(task: Task) -> dict[str, Any]:
         "created_by": task.created_by,
         "updated_by": task.updated_by,
         "source": str(task.source),
+        # A config task that left the file: disabled, kept with its history (see README).
+        "retired": task.retired_at is not None,
+        "retired_at": _time(task.retired_at),
     }
 
 

@@ -43,8 +43,9 @@ async def list_tasks(request: web.Request) -> web.Response:
     """All tasks, wrapped."""
     limit = query_int(request, "limit", None, low=0, high=100_000)
     offset = query_int(request, "offset", 0) or 0
-    tasks, _ = await request.config_dict[CORE].query_tasks(limit=limit, offset=offset)
-    return web.json_response([task_v1(task) for task in tasks])
+    core = request.config_dict[CORE]
+    tasks, _ = await core.query_tasks(limit=limit, offset=offset)
+    return web.json_response([task_v1(core.shown(task)) for task in tasks])
 
 
 def _changes(item: Mapping[str, Any], *, new: bool) -> dict[str, Any]:
@@ -107,7 +108,7 @@ async def save_tasks(request: web.Request) -> web.Response:
     if any(edit.task for edit in edits) and not principal(request).allows("tasks/update"):
         raise ApiError(403, "forbidden", "updating tasks needs the scope tasks/update")
     saved = await core.save(edits, by=principal(request).name)
-    return web.json_response([task_v1(task) for task in saved])
+    return web.json_response([task_v1(core.shown(task)) for task in saved])
 
 
 @routes.get("/task/modules")
@@ -126,7 +127,7 @@ routes.get("/task/module")(list_modules)
 @scope("tasks/show")
 async def get_task(request: web.Request) -> web.Response:
     """One task, wrapped."""
-    return web.json_response(task_v1(await _task(request)))
+    return web.json_response(task_v1(request.config_dict[CORE].shown(await _task(request))))
 
 
 @routes.delete("/task/{task_id}")

@@ -71,15 +71,17 @@ async def _save(request: web.Request, body: Mapping[str, Any], task: Task | None
     core = request.config_dict[CORE]
     try:
         edit = core.edit(_changes(body), task)
+        # Merged again over the stored task when it is written (a concurrent partial
+        # update may have changed it), so saving can refuse the result too.
+        [saved] = await core.save([edit], by=principal(request).name)
     except ValidationError as error:
         raise _v2_paths(error) from None
-    [saved] = await core.save([edit], by=principal(request).name)
     return saved
 
 
 async def _rendered(core: Core, tasks: list[Task]) -> list[dict[str, Any]]:
     """Tasks with their last executions, in the v2 shape."""
-    return [task_v2(*pair) for pair in await core.with_last_executions(tasks)]
+    return [task_v2(core.shown(t), e) for t, e in await core.with_last_executions(tasks)]
 
 
 def _filters(request: web.Request) -> list[tuple[str, str, Any]]:
@@ -159,15 +161,16 @@ async def index_tasks(request: web.Request) -> web.Response:
 async def create_task(request: web.Request) -> web.Response:
     """Create a task from a v2 body."""
     task = await _save(request, await read_object(request), None)
-    return web.json_response(task_v2(task), status=201)
+    return web.json_response(task_v2(request.config_dict[CORE].shown(task)), status=201)
 
 
 @routes.get("/tasks/{task_id}")
 @scope("tasks/show")
 async def show_task(request: web.Request) -> web.Response:
     """One task with its last execution."""
-    found = await request.config_dict[CORE].find_with_last_execution(request.match_info["task_id"])
-    return web.json_response(task_v2(*found))
+    core = request.config_dict[CORE]
+    task, last = await core.find_with_last_execution(request.match_info["task_id"])
+    return web.json_response(task_v2(core.shown(task), last))
 
 
 @routes.put("/tasks/{task_id}")

@@ -78,9 +78,11 @@ def add_ctl(commands: SubCommands) -> None:
     )
     for name, (_, help_text) in _CTL_ACTIONS.items():
         add(name, help_text).add_argument("task", metavar="TASK", help=_TASK_HELP)
-    add("delete", "delete a task (its running execution is stopped)").add_argument(
-        "task", metavar="TASK", help=_TASK_HELP
-    )
+    add(
+        "delete",
+        "delete a task with its history (its running execution is stopped); a config task "
+        "only once it is retired (gone from the config file)",
+    ).add_argument("task", metavar="TASK", help=_TASK_HELP)
     log = add(
         "log",
         "print the log of the task's current execution (the running one, else the latest "

@@ -8,8 +8,11 @@ names, shapes and errors. Nothing above this layer touches the store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import dataclasses
+import functools
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,11 +42,12 @@ from taskd.model import (
     Trigger,
     TriggerKind,
 )
+from taskd.modules.params import keep_secrets, redact_params
 from taskd.modules.registry import ModuleRegistry
 from taskd.runner import Runner
 from taskd.schedule import format_utc
 from taskd.scheduler import Scheduler
-from taskd.store import NewExecution, Store
+from taskd.store import Definition, NewExecution, Store, TaskInsert, TaskUpdate
 from taskd.taskspec import validate_task_spec
 
 log = structlog.get_logger("taskd.core")
@@ -56,8 +60,8 @@ class ConfigChanges:
     """What reconciling the config file did, by task name."""
 
     added: tuple[str, ...] = ()
-    updated: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()  # retired ones the file names again included
+    retired: tuple[str, ...] = ()  # left the file: disabled, kept with their history
     refused: tuple[str, ...] = ()  # names taken by API-defined tasks
 
 
@@ -98,6 +102,10 @@ class Core:
         self.config_source = config_source
         scheduler.set_default_timezone(default_timezone)
         self._followers = LogFollowers()
+        # One lock per task with a manual run in progress (see `run`); an entry leaves the
+        # dict when its last holder or waiter is done, so the dict stays as small as the
+        # number of tasks being started right now.
+        self._run_locks: dict[int, tuple[asyncio.Lock, int]] = {}
 
     @property
     def default_timezone(self) -> str:
@@ -118,7 +126,10 @@ class Core:
         for task in await self.store.list_tasks():
             if not task.enabled or not _has_zoneless_schedule(task.spec):
                 continue
-            schedules = task.schedule_set(zone)
+            try:
+                schedules = task.schedule_set(zone)
+            except ValidationError:  # stored before a rule refused it (a never-firing cron)
+                continue
             one_shot = task.spec.get("next_run_at")
             candidates = [schedules.next_after(now)]
             if one_shot and task.next_run_at is not None and task.next_run_at > now:
@@ -142,6 +153,41 @@ class Core:
         )
         self.check_params(spec, path=path)
         return spec
+
+    def shown(self, task: Task) -> Task:
+        """`task` as the API shows it to every caller: its module's secret params (the
+        `secret` key of a param definition) masked. The engine uses the stored task."""
+        params = task.spec.get("task_params")
+        try:
+            defs = self.modules.get(task.module).params
+        except NotFoundError:
+            return task
+        if not isinstance(params, Mapping):
+            return task
+        masked = redact_params(defs, params)
+        if masked == params:
+            return task
+        return dataclasses.replace(task, spec={**task.spec, "task_params": masked})
+
+    def _merged(
+        self, changes: Mapping[str, Any], task: Task | None, path: str = ""
+    ) -> dict[str, Any]:
+        """`merge_definition`, with the masks of secret params a client sent back (it read
+        the task through the API) replaced by the stored values."""
+        raw = merge_definition(changes, task)
+        sent = changes.get("task_params")
+        if task is None or not isinstance(sent, Mapping) or raw.get("task_module") != task.module:
+            return raw
+        stored = task.spec.get("task_params")
+        try:
+            defs = self.modules.get(task.module).params
+        except NotFoundError:
+            return raw
+        if isinstance(stored, Mapping):
+            raw["task_params"] = keep_secrets(
+                defs, sent, stored, path=join_path(path, "task_params")
+            )
+        return raw
 
     def check_params(self, spec: TaskSpec, *, path: str = "") -> None:
         """Validate a spec's params against its module. Raises ValidationError."""
@@ -193,9 +239,9 @@ class Core:
         self._check_editable(task, as_config)
         check_version(task, None if expected_version is None else expected_version + 1)
         spec_json = spec.to_json()
-        if spec_json == task.spec and expected_version is None:
+        if spec_json == task.spec and expected_version is None and task.retired_at is None:
             return task  # nothing changes: no new version, no write
-        if _schedule_fields(spec_json) == _schedule_fields(task.spec):
+        if task.retired_at is None and _schedule_fields(spec_json) == _schedule_fields(task.spec):
             next_run_at = task.next_run_at
         else:
             next_run_at = self.next_run_at(spec, self.clock.now())
@@ -213,9 +259,14 @@ class Core:
         return updated
 
     async def delete_task(self, task_id: int, *, as_config: bool = False) -> None:
-        """Delete a task; its running executions are stopped first (forced)."""
+        """Delete a task with its history; its running executions are stopped first (forced).
+
+        ConflictError for a config-defined task (unless `as_config`) that is not retired: a
+        retired one is gone from the file, and a delete is how it is removed for good.
+        """
         task = await self.store.get_task(task_id)
-        self._check_editable(task, as_config)
+        if task.retired_at is None:
+            self._check_editable(task, as_config)
         self.scheduler.task_changed(task_id, None)  # runs not started yet are dropped
         for execution_id in self.runner.running_for_task(task_id):
             self.runner.force_stop(execution_id, "task deleted")
@@ -265,7 +316,8 @@ class Core:
         version = None
         if task is not None:
             version = named_version(changes, required=version_required, path=path)
-        return Edit(task, self.validate(merge_definition(changes, task), path=path), version)
+        spec = self.validate(self._merged(changes, task, path), path=path)
+        return Edit(task, spec, version, changes=dict(changes), path=path)
 
     async def check_edits(self, edits: Sequence[Edit]) -> None:
         """Raise ConflictError for the first edit the store would refuse: a config-defined
@@ -286,33 +338,92 @@ class Core:
             names[name] = index
             holder = await self.store.find_task(name)
             if holder is not None and (edit.task is None or holder.id != edit.task.id):
-                raise ConflictError(f"a task named {name!r} exists already")
+                retired = " (a retired config task: delete it first)" if holder.retired_at else ""
+                raise ConflictError(f"a task named {name!r} exists already{retired}")
 
     async def save(self, edits: Sequence[Edit], *, by: str | None = None) -> list[Task]:
-        """Write `edits` in order after `check_edits` passed for all of them; return the
-        tasks as stored. Raises what `check_edits` raises, before any write."""
+        """Write `edits` in order, all or nothing, and return the tasks as stored.
+
+        `check_edits` runs first (its messages name the item); then the store writes every
+        edit in one transaction that checks names and versions again and merges each
+        update's changes over the task as stored then, so concurrent writes neither leave a
+        refused batch half written nor lose a field another partial update changed. Raises
+        what `check_edits` raises, or the same refusals found at write time (ConflictError,
+        ValidationError for changes that no longer fit the stored task); nothing is
+        written then.
+        """
         await self.check_edits(edits)
-        saved = []
+        now = self.clock.now()
+        writes: list[TaskInsert | TaskUpdate] = []
         for edit in edits:
             if edit.task is None:
-                saved.append(await self.create_task(edit.spec, by=by))
+                definition = self._definition(edit.spec, None, now)
+                assert definition is not None
+                writes.append(TaskInsert(source=TaskSource.API, definition=definition))
             else:
-                expected = None if edit.version is None else edit.version - 1
-                saved.append(
-                    await self.update_task(
-                        edit.task.id, edit.spec, expected_version=expected, by=by
+                writes.append(
+                    TaskUpdate(
+                        task_id=edit.task.id, build=functools.partial(self._rebuild, edit, now)
                     )
                 )
+        saved = await self.store.write_tasks(writes, now=now, by=by)
+        for task in saved:
+            self.scheduler.task_changed(task.id, task)
         return saved
 
+    def _rebuild(self, edit: Edit, now: datetime, stored: Task) -> Definition | None:
+        """What `edit` makes of `stored` (the task inside the write's transaction): pure.
+
+        The same version means the same definition `edit` was checked against, so its spec
+        stands; otherwise its changes are merged over the stored definition and validated
+        again. None: nothing changes.
+        """
+        assert edit.task is not None
+        self._check_editable(stored, False)
+        check_version(stored, edit.version)
+        spec = edit.spec
+        if stored.version != edit.task.version:
+            spec = self.validate(self._merged(edit.changes, stored, edit.path), path=edit.path)
+        return self._definition(spec, stored, now, versioned=edit.version is not None)
+
+    def _definition(
+        self, spec: TaskSpec, stored: Task | None, now: datetime, *, versioned: bool = False
+    ) -> Definition | None:
+        """The row `spec` makes of `stored` (or of a new task); None if an unversioned write
+        changes nothing. The stored `next_run_at` stays while schedules, `next_run_at` and
+        `enabled` do, so an edit of params does not move (or lose) a due slot."""
+        spec_json = spec.to_json()
+        if stored is not None and spec_json == stored.spec and not versioned:
+            return None
+        if stored is not None and _schedule_fields(spec_json) == _schedule_fields(stored.spec):
+            next_run_at = stored.next_run_at
+        else:
+            next_run_at = self.next_run_at(spec, now)
+        return Definition(
+            name=spec.name, spec=spec_json, enabled=spec.enabled, next_run_at=next_run_at
+        )
+
     async def apply_config(self, specs: Sequence[TaskSpec]) -> ConfigChanges:
-        """Make the stored config-defined tasks match `specs`: add, update, remove."""
-        added, updated, removed, refused = [], [], [], []
+        """Make the stored config-defined tasks match `specs`: add, update, retire.
+
+        A config task the file no longer names is retired, never deleted (an empty or
+        truncated file must not take the history with it): disabled, its runs not started
+        yet skipped, a running one left to finish, kept with its id, executions and log,
+        until the file names it again (brought back, same id) or a delete removes it.
+        """
+        added, updated, retired, refused = [], [], [], []
         wanted = {spec.name: spec for spec in specs}
+        now = self.clock.now()
         for task in await self.store.list_tasks(source=TaskSource.CONFIG):
-            if task.name not in wanted:
-                await self.delete_task(task.id, as_config=True)
-                removed.append(task.name)
+            if task.name not in wanted and task.retired_at is None:
+                retiring = await self.store.retire_task(task.id, now=now, by="config")
+                self.scheduler.task_changed(task.id, retiring)
+                retired.append(task.name)
+                log.warning(
+                    "config task retired: it left the config file; its history is kept",
+                    task=task.name,
+                    task_id=task.id,
+                )
         for spec in specs:
             existing = await self.store.find_task(spec.name)
             if existing is None:
@@ -321,10 +432,10 @@ class Core:
             elif existing.source is not TaskSource.CONFIG:
                 log.error("config task name is taken by an API task; left alone", task=spec.name)
                 refused.append(spec.name)
-            elif existing.spec != spec.to_json():
+            elif existing.spec != spec.to_json() or existing.retired_at is not None:
                 await self.update_task(existing.id, spec, by="config", as_config=True)
                 updated.append(spec.name)
-        return ConfigChanges(tuple(added), tuple(updated), tuple(removed), tuple(refused))
+        return ConfigChanges(tuple(added), tuple(updated), tuple(retired), tuple(refused))
 
     # -- actions --------------------------------------------------------------------------
 
@@ -337,13 +448,42 @@ class Core:
     ) -> int:
         """Start a run of the task now; return its execution id.
 
-        ActionError if the task runs and its overlap policy is `skip`.
+        ActionError if the task is retired, or runs and its overlap policy is `skip`.
+        Concurrent runs of one task are serialised: the overlap check, the insert of the
+        execution row and the hand-over to the scheduler happen as one step, so of many
+        `run`s sent at once on a `skip` task exactly one starts.
         """
+        async with self._run_lock(task_id):
+            return await self._run_locked(task_id, metadata, kind)
+
+    @contextlib.asynccontextmanager
+    async def _run_lock(self, task_id: int) -> AsyncIterator[None]:
+        # A per-task asyncio lock rather than a conditional insert in the store: what
+        # "the task runs" means lives in this process (the runner's running and queued
+        # jobs, the scheduler's waiting ones, retries not due yet), not in rows alone.
+        lock, users = self._run_locks.get(task_id, (asyncio.Lock(), 0))
+        self._run_locks[task_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._run_locks[task_id]
+            if users == 1:
+                del self._run_locks[task_id]
+            else:
+                self._run_locks[task_id] = (lock, users - 1)
+
+    async def _run_locked(
+        self, task_id: int, metadata: Mapping[str, Any] | None, kind: TriggerKind
+    ) -> int:
         task = await self.store.get_task(task_id)
+        if task.retired_at is not None:
+            raise ActionError(
+                f"task {task.name!r} is retired: it left {self.config_source}; name it there"
+                " again to run it"
+            )
         if task.options.overlap is Overlap.SKIP and (
-            self.runner.running_for_task(task_id)
-            or self.runner.queued_for_task(task_id)
-            or self.scheduler.pending_for_task(task_id)
+            self.runner.busy_with_task(task_id) or self.scheduler.pending_for_task(task_id)
         ):
             raise ActionError(f"task {task.name!r} is running and its overlap policy is 'skip'")
         now = self.clock.now()

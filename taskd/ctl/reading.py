@@ -42,9 +42,12 @@ async def list_tasks(client: Client, out: Output) -> None:
         [
             task["name"],
             task["id"],
-            task.get("status", "-"),
+            # A retired config task left the file: what it did last matters less than that.
+            "retired" if task.get("retired") else task.get("status", "-"),
             task.get("task_module", "-"),
-            utc_time(task.get("next_run_at")) if task.get("enabled", True) else "disabled",
+            utc_time(task.get("next_run_at"))
+            if task.get("enabled", True) and not task.get("retired")
+            else "disabled",
             utc_time(task.get("run_started_at")),
         ]
         for task in tasks
@@ -64,6 +67,11 @@ async def show_task(client: Client, out: Output, name: str) -> None:
         ("name", task["name"]),
         ("id", task["id"]),
         ("source", task.get("source", "-")),
+        *(
+            [("retired", f"{utc_time(task.get('retired_at'))}: it left the config file")]
+            if task.get("retired")
+            else []
+        ),
         ("module", task.get("task_module", "-")),
         ("status", status_text(task)),
         ("description", task.get("comment") or "-"),

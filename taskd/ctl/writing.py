@@ -269,6 +269,8 @@ async def _apply_one(client: Client, out: Output, item: FileTask, source: str) -
         return Applied("unchanged", before)
     after = await client.call("PUT", task_path(before["id"]), body=body)
     changed = _changes(before, after)
+    if not changed and after.get("version") != before.get("version"):
+        changed = ("task_params",)  # a secret changed: the API shows it masked, before and after
     return Applied("updated" if changed else "unchanged", after, changed)
 
 

@@ -35,9 +35,10 @@ class HttpModule:
         "de-DE": "Sendet eine HTTP-Anfrage und prüft den Status der Antwort.",
     }
     params: list[dict[str, Any]] = [  # noqa: RUF012 (read-only by contract)
-        {"name": "url", "type": "text", "required": True},
+        {"name": "url", "type": "text", "required": True, "secret": "url_password"},
         {"name": "method", "type": "select", "options": list(METHODS), "default": "GET"},
-        {"name": "headers", "type": "json", "schema": "object", "default": {}},
+        # Header values carry tokens and cookies: every one of them is secret.
+        {"name": "headers", "type": "json", "schema": "object", "default": {}, "secret": True},
         {"name": "json", "type": "json"},
         {"name": "body", "type": "text"},
         # Accepted statuses; empty: any 2xx.

@@ -11,6 +11,14 @@ A module declares its parameters in the fylr `config_def` form, one dict per par
 - `required` (taskd's addition, default false): the task must give the parameter;
 - `options` (`select`), `choices` (`string-list`), `schema` (`json`), `minimum` and `maximum`
   (inclusive, `int` and `float`);
+- `secret` (taskd's addition): the value is secret, never shown by the API (it shows
+  `SECRET_MASK`, and a client that sends the mask back keeps the stored value): `true` for
+  the whole value (for an object or a list: each of its values, the keys stay visible;
+  type `secret` is secret without it), `"url_password"` for the password of a URL. A
+  secret value (for an object, each of its values) may be `{"file": "/absolute/path"}`:
+  the value is read from that file when the params are checked (at every write and before
+  every run), and the file must be private, like an API key file (owned by root or taskd's
+  user, mode 0600 or 0400);
 - presentation keys that fylr clients know (`description`, `group`, `position`, ...), kept
   as they are and not checked.
 
@@ -23,14 +31,29 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
+import stat
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from taskd.errors import FieldError, ValidationError, join_path
 from taskd.validate import boolean, describe, did_you_mean, fail, json_copy, string, suggest
 
-__all__ = ["PARAM_TYPES", "validate_param_defs", "validate_params"]
+__all__ = [
+    "PARAM_TYPES",
+    "SECRET_MASK",
+    "has_secret_files",
+    "keep_secrets",
+    "read_secret_files",
+    "redact_params",
+    "validate_param_defs",
+    "validate_params",
+]
+
+# What the API shows instead of a secret value; sent back, it means "keep the stored one".
+SECRET_MASK = "***"
 
 PARAM_TYPES = (
     "bool",
@@ -59,7 +82,18 @@ _TYPE_KEYS = {
 # clients may use and taskd passes through. Anything else is most likely a typo
 # (`requried`) that would silently change the meaning, so it is refused.
 _CHECKED_KEYS = frozenset(
-    {"name", "type", "default", "required", "options", "choices", "schema", "minimum", "maximum"}
+    {
+        "name",
+        "type",
+        "default",
+        "required",
+        "options",
+        "choices",
+        "schema",
+        "minimum",
+        "maximum",
+        "secret",
+    }
 )
 _PRESENTATION_KEYS = frozenset(
     {
@@ -184,6 +218,11 @@ def _def_errors(spec: Mapping[str, Any], path: str) -> list[FieldError]:
     for key in ("minimum", "maximum"):
         if key in spec and not _is_number(spec[key]):
             refuse(key, f"must be a number, got {describe(spec[key])}")
+    secret = spec.get("secret", False)
+    if not (isinstance(secret, bool) or secret == "url_password"):
+        refuse("secret", f"must be true, false or 'url_password', got {describe(secret)}")
+    elif secret == "url_password" and kind not in _STRING_TYPES:
+        refuse("secret", "only a text parameter holds a URL")
     required = spec.get("required", False)
     try:
         required = boolean(required, join_path(path, "required"))
@@ -305,3 +344,196 @@ def _is_distinct_strings(value: Any) -> bool:
         and all(isinstance(item, str) for item in value)
         and len(set(value)) == len(value)
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Secrets
+
+
+def _secret(spec: Mapping[str, Any]) -> bool | str:
+    """True (the value), "url_password" or False: what of a parameter is secret."""
+    secret: bool | str = spec.get("secret", spec["type"] == "secret")
+    return secret
+
+
+def _split_url_password(url: str) -> tuple[str, str, str] | None:
+    """(text before the password, the password, text after it), or None if `url` has none.
+
+    Textual, so the URL keeps its exact spelling (its percent-encoding included)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    authority_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority = rest[:authority_end]
+    userinfo, at, _ = authority.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not at or not colon:
+        return None
+    head = f"{scheme}://{user}:"
+    return head, password, url[len(head) + len(password) :]
+
+
+def _file_ref(value: Any) -> str | None:
+    """The path of a `{"file": path}` reference, or None if `value` is no reference."""
+    if isinstance(value, Mapping) and set(value) == {"file"} and isinstance(value["file"], str):
+        return value["file"]
+    return None
+
+
+def _read_secret_file(text: str, path: str) -> str:
+    """The secret in the file `text` names (one trailing newline dropped); ValidationError
+    at `path` for a relative path, an unreadable file or one others may read or change."""
+    file = Path(text)
+    if not file.is_absolute():
+        fail(path, f"must be an absolute path, got {text!r}")
+    try:
+        info = file.stat()
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (0, os.geteuid()) or mode & 0o077:
+            fail(
+                path,
+                f"{file} is mode {mode:04o} owned by uid {info.st_uid}: a secret file must"
+                f" belong to root or taskd's user and be readable by it alone"
+                f" (chmod 600 {file})",
+            )
+        content = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        fail(path, f"cannot read {file}: {getattr(error, 'strerror', None) or error}")
+    return content[:-1] if content.endswith("\n") else content
+
+
+def has_secret_files(defs: list[dict[str, Any]], raw: object) -> bool:
+    """Whether `raw` params name a file for any secret value (its content can change)."""
+    if not isinstance(raw, Mapping):
+        return False
+    for spec in defs:
+        value = raw.get(spec["name"])
+        if _secret(spec) is True and (
+            _file_ref(value) is not None
+            or (isinstance(value, Mapping) and any(_file_ref(v) for v in value.values()))
+        ):
+            return True
+    return False
+
+
+def read_secret_files(
+    defs: list[dict[str, Any]], raw: object, *, path: str = "task_params"
+) -> object:
+    """`raw` params with every `{"file": path}` of a secret value replaced by the file's
+    content (others are left for `validate_params` to judge). Raises ValidationError at
+    the reference's `file` for a file that cannot be used."""
+    if not isinstance(raw, Mapping) or not has_secret_files(defs, raw):
+        return raw
+    resolved = dict(raw)
+    errors: list[FieldError] = []
+    for spec in defs:
+        name = spec["name"]
+        value = raw.get(name)
+        if _secret(spec) is not True:
+            continue
+        try:
+            if (ref := _file_ref(value)) is not None:
+                resolved[name] = _read_secret_file(ref, join_path(join_path(path, name), "file"))
+            elif isinstance(value, Mapping):
+                resolved[name] = {
+                    key: _read_secret_file(ref, f"{join_path(path, name)}.{key}.file")
+                    if (ref := _file_ref(item)) is not None
+                    else item
+                    for key, item in value.items()
+                }
+        except ValidationError as error:
+            errors.extend(error.errors)
+    if errors:
+        raise ValidationError(errors)
+    return resolved
+
+
+def _masked(value: Any, secret: bool | str) -> Any:
+    if _file_ref(value) is not None:
+        return value  # where the secret lives is no secret
+    if secret == "url_password":
+        parts = _split_url_password(value) if isinstance(value, str) else None
+        return value if parts is None else parts[0] + SECRET_MASK + parts[2]
+    if isinstance(value, dict):
+        return {k: v if _file_ref(v) is not None else SECRET_MASK for k, v in value.items()}
+    if isinstance(value, list):
+        return [SECRET_MASK for _ in value]
+    return SECRET_MASK
+
+
+def redact_params(defs: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` with every secret value replaced by `SECRET_MASK` (see the `secret` key);
+    a value that is not given (None) stays None. Pure: `params` is not changed."""
+    shown = dict(params)
+    for spec in defs:
+        name, secret = spec["name"], _secret(spec)
+        if secret and shown.get(name) is not None:
+            shown[name] = _masked(shown[name], secret)
+    return shown
+
+
+def keep_secrets(
+    defs: list[dict[str, Any]],
+    sent: Mapping[str, Any],
+    stored: Mapping[str, Any],
+    *,
+    path: str = "task_params",
+) -> dict[str, Any]:
+    """`sent` params with each `SECRET_MASK` a client sent back (as a shown value, an
+    object's value, a URL's password) replaced by the `stored` value it stands for. A mask
+    with nothing stored behind it stays as sent. Pure.
+
+    A URL's password is kept only for the same URL (all but the password unchanged), and
+    no mask is kept once a URL changed: a secret must not follow its task to another
+    server unless the client knows it. Raises ValidationError at the mask's path then.
+    """
+    urls = [spec["name"] for spec in defs if _secret(spec) == "url_password"]
+    moved = [
+        name
+        for name in urls
+        if name in sent
+        and name in stored
+        and _masked(sent[name], "url_password") != _masked(stored[name], "url_password")
+    ]
+    merged = dict(sent)
+    kept: list[str] = []
+    for spec in defs:
+        name, secret = spec["name"], _secret(spec)
+        if not secret or name not in sent or name not in stored:
+            continue
+        value, old = sent[name], stored[name]
+        if secret == "url_password":
+            new_parts = _split_url_password(value) if isinstance(value, str) else None
+            old_parts = _split_url_password(old) if isinstance(old, str) else None
+            if new_parts and old_parts and new_parts[1] == SECRET_MASK:
+                merged[name] = new_parts[0] + old_parts[1] + new_parts[2]
+                kept.append(name)
+        elif value == SECRET_MASK:
+            merged[name] = old
+            kept.append(name)
+        elif isinstance(value, dict) and isinstance(old, dict):
+            merged[name] = {
+                key: old[key] if item == SECRET_MASK and key in old else item
+                for key, item in value.items()
+            }
+            kept += [
+                join_path(name, key)
+                for key, item in value.items()
+                if item == SECRET_MASK and key in old
+            ]
+        elif isinstance(value, list) and isinstance(old, list) and len(value) == len(old):
+            merged[name] = [o if v == SECRET_MASK else v for v, o in zip(value, old, strict=True)]
+            if SECRET_MASK in value:
+                kept.append(name)
+    if moved and kept:
+        raise ValidationError(
+            [
+                FieldError(
+                    join_path(path, name),
+                    f"{SECRET_MASK!r} keeps the stored secret only while"
+                    f" {', '.join(moved)} stays the same: send the value itself",
+                )
+                for name in kept
+            ]
+        )
+    return merged

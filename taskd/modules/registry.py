@@ -26,7 +26,7 @@ import structlog
 
 from taskd.errors import FieldError, NotFoundError, ValidationError, join_path
 from taskd.modules.base import Module
-from taskd.modules.params import validate_param_defs, validate_params
+from taskd.modules.params import read_secret_files, validate_param_defs, validate_params
 from taskd.validate import did_you_mean, unknown_name_reason
 
 __all__ = ["ENTRY_POINT_GROUP", "ModuleProblem", "ModuleRegistry", "ParamsChecker"]
@@ -174,6 +174,7 @@ class ModuleRegistry:
             raise ValidationError.single(
                 module_path, unknown_name_reason("module", module_name, self.names())
             )
+        raw_params = read_secret_files(module.params, raw_params, path=path)
         params = validate_params(module.params, raw_params, path=path)
         checker = self._checkers.get(module_name)
         if checker is not None:

@@ -70,7 +70,8 @@ class ShellModule:
         {"name": "argv", "type": "string-list"},
         {"name": "command", "type": "text"},
         {"name": "cwd", "type": "text"},
-        {"name": "env", "type": "json", "schema": "object", "default": {}},
+        # Environment values often carry tokens: the API never shows them.
+        {"name": "env", "type": "json", "schema": "object", "default": {}, "secret": True},
     ]
 
     def check_params(self, params: Mapping[str, Any]) -> list[FieldError]:

@@ -10,10 +10,28 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from taskd.store.base import ClaimResult, NewExecution, SlotClaim, Store
+from taskd.store.base import (
+    ClaimResult,
+    Definition,
+    NewExecution,
+    SlotClaim,
+    Store,
+    TaskInsert,
+    TaskUpdate,
+)
 from taskd.store.sqlite import DB_FILE, LOG_BACKLOG_ENTRIES, SqliteStore
 
-__all__ = ["DB_FILE", "ClaimResult", "NewExecution", "SlotClaim", "Store", "open_store"]
+__all__ = [
+    "DB_FILE",
+    "ClaimResult",
+    "Definition",
+    "NewExecution",
+    "SlotClaim",
+    "Store",
+    "TaskInsert",
+    "TaskUpdate",
+    "open_store",
+]
 
 
 @asynccontextmanager

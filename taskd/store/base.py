@@ -73,6 +73,38 @@ class SlotClaim:
     executions: tuple[NewExecution, ...]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Definition:
+    """A task's definition as a write stores it: name, spec (JSON), enabled, due time."""
+
+    name: str
+    spec: Mapping[str, Any]
+    enabled: bool
+    next_run_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskInsert:
+    """A new task for `Store.write_tasks`."""
+
+    source: TaskSource
+    definition: Definition
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskUpdate:
+    """A change of a stored task for `Store.write_tasks`.
+
+    `build` gets the task as stored inside the write's transaction and returns its new
+    definition, or None to leave it as it is (no write, no version bump). It must be pure
+    (no I/O, no awaiting: it runs inside the transaction) and may raise (ConflictError,
+    ValidationError, ...) to refuse the whole write.
+    """
+
+    task_id: int
+    build: Callable[[Task], Definition | None]
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
     """What a `SlotClaim` did: `applied` is False if the task changed (or is gone).
@@ -170,10 +202,35 @@ class Store(Protocol):
     ) -> Task:
         """Replace a task's definition (and its name, if given) and bump its version by one.
 
-        Creation data, status and run data stay. With `expected_version`, the write applies
+        Creation data, status and run data stay; a retired task is brought back
+        (`retired_at` None). With `expected_version`, the write applies
         only if the stored version equals it. Returns the task as committed. Raises
         NotFoundError for an unknown id, ConflictError for a version mismatch or a name
         taken by another task; either way nothing is written.
+        """
+        ...
+
+    async def write_tasks(
+        self, writes: Sequence[TaskInsert | TaskUpdate], *, now: datetime, by: str | None = None
+    ) -> list[Task]:
+        """Insert and update tasks in order, in one atomic write: all of them or none.
+
+        An insert is as `insert_task`; an update reads the task inside the transaction,
+        hands it to its `build` and stores what that returns as `update_task` would (the
+        version + 1), or leaves the task unchanged for None. The name rule is checked in the
+        transaction, against every write before in the same call too. Returns the tasks as
+        committed, in the order of `writes`. Raises NotFoundError for an unknown id,
+        ConflictError for a name taken, or whatever a `build` raised; nothing is written
+        then.
+        """
+        ...
+
+    async def retire_task(self, task_id: int, *, now: datetime, by: str | None = None) -> Task:
+        """Retire a task (a config task that left the file): disable it, clear its
+        `next_run_at`, set `retired_at` (kept if it is retired already) and bump its version;
+        its definition, executions and log stay. `update_task` and `write_tasks` bring it
+        back (`retired_at` None). Returns the task as committed. Raises NotFoundError for an
+        unknown id.
         """
         ...
 

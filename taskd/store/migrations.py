@@ -91,6 +91,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE executions ADD COLUMN process_group INTEGER;
     ALTER TABLE executions ADD COLUMN process_start TEXT;
     """,
+    # A config task that left the file is retired (disabled, history kept), not deleted.
+    "ALTER TABLE tasks ADD COLUMN retired_at INTEGER",
 )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import sqlite3
 from collections import deque
@@ -48,7 +49,14 @@ from taskd.model import (
     TaskStatus,
     TriggerKind,
 )
-from taskd.store.base import ClaimResult, NewExecution, SlotClaim
+from taskd.store.base import (
+    ClaimResult,
+    Definition,
+    NewExecution,
+    SlotClaim,
+    TaskInsert,
+    TaskUpdate,
+)
 from taskd.store.migrations import check_version, migrate
 
 T = TypeVar("T")
@@ -80,7 +88,7 @@ _UNAVAILABLE_CODES = (
 _TASK_COLUMNS = (
     "id, name, source, spec, enabled, next_run_at, status, status_msg, status_percent, "
     "run_started_at, run_finished_at, run_canceled_at, state, version, last_execution_id, "
-    "created_at, updated_at, created_by, updated_by"
+    "created_at, updated_at, created_by, updated_by, retired_at"
 )
 _EXECUTION_COLUMNS = (
     "id, task_id, trigger, trigger_metadata, slot_at, scheduled_for, queued_at, started_at, "
@@ -137,6 +145,7 @@ def _task_from_row(row: Sequence[Any]) -> Task:
         updated_at=from_micros(row[16]),
         created_by=row[17],
         updated_by=row[18],
+        retired_at=_instant(row[19]),
     )
 
 
@@ -509,29 +518,11 @@ class SqliteStore:
         by: str | None = None,
     ) -> Task:
         """Insert a new task (version 1). Raises ConflictError if the name is taken."""
+        definition = Definition(name=name, spec=spec, enabled=enabled, next_run_at=next_run_at)
         now_us = to_micros(now)
 
         def apply(cx: sqlite3.Connection) -> int:
-            try:
-                cursor = cx.execute(
-                    "INSERT INTO tasks (name, source, spec, enabled, next_run_at, created_at,"
-                    " updated_at, created_by, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        name,
-                        source,
-                        _json(spec),
-                        enabled,
-                        _micros(next_run_at),
-                        now_us,
-                        now_us,
-                        by,
-                        by,
-                    ),
-                )
-            except sqlite3.IntegrityError as error:
-                raise ConflictError(f"a task named {name!r} exists already") from error
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
+            return _insert_task(cx, source, definition, now_us, by)
 
         task_id = await self._submit(apply)
         return await self.get_task(task_id)
@@ -565,12 +556,59 @@ class SqliteStore:
             try:
                 cx.execute(
                     "UPDATE tasks SET spec = ?, enabled = ?, next_run_at = ?, updated_at = ?,"
-                    " updated_by = ?, name = coalesce(?, name), version = version + 1"
-                    " WHERE id = ?",
+                    " updated_by = ?, name = coalesce(?, name), version = version + 1,"
+                    " retired_at = NULL WHERE id = ?",
                     (_json(spec), enabled, _micros(next_run_at), to_micros(now), by, name, task_id),
                 )
             except sqlite3.IntegrityError as error:
                 raise ConflictError(f"a task named {name!r} exists already") from error
+
+        await self._submit(apply)
+        return await self.get_task(task_id)
+
+    async def write_tasks(
+        self, writes: Sequence[TaskInsert | TaskUpdate], *, now: datetime, by: str | None = None
+    ) -> list[Task]:
+        """Insert and update tasks in one write function: its savepoint makes them atomic,
+        and an update's `build` sees the row as it is inside the transaction."""
+        now_us = to_micros(now)
+
+        def apply(cx: sqlite3.Connection) -> list[Task]:
+            ids = []
+            for write in writes:
+                if isinstance(write, TaskInsert):
+                    ids.append(_insert_task(cx, write.source, write.definition, now_us, by))
+                    continue
+                row = cx.execute(
+                    f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (write.task_id,)
+                ).fetchone()
+                if row is None:
+                    raise NotFoundError(f"task {write.task_id} not found")
+                definition = write.build(_task_from_row(row))
+                if definition is not None:
+                    _update_task(cx, write.task_id, definition, now_us, by)
+                ids.append(write.task_id)
+            return [
+                _task_from_row(
+                    cx.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (i,)).fetchone()
+                )
+                for i in ids
+            ]
+
+        return await self._submit(apply)
+
+    async def retire_task(self, task_id: int, *, now: datetime, by: str | None = None) -> Task:
+        """Retire a task: disabled, no due time, `retired_at` set, version + 1."""
+        now_us = to_micros(now)
+
+        def apply(cx: sqlite3.Connection) -> None:
+            if not cx.execute(
+                "UPDATE tasks SET retired_at = coalesce(retired_at, ?), enabled = 0,"
+                " next_run_at = NULL, updated_at = ?, updated_by = ?, version = version + 1"
+                " WHERE id = ?",
+                (now_us, now_us, by, task_id),
+            ).rowcount:
+                raise NotFoundError(f"task {task_id} not found")
 
         await self._submit(apply)
         return await self.get_task(task_id)
@@ -1241,10 +1279,12 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     try:
         # Opened once in a plain thread first: aiosqlite leaves its thread behind when
         # its own connect fails, and that thread outlives the event loop.
+        _create_private(path)
         await asyncio.to_thread(_try_open, path)
         conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
-    except sqlite3.Error as error:
-        raise StoreUnavailableError(f"cannot open the database {path}: {error}") from error
+    except (sqlite3.Error, OSError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise StoreUnavailableError(f"cannot open the database {path}: {reason}") from error
     try:
         await check_version(conn)
         await conn.execute("PRAGMA journal_mode = WAL")
@@ -1258,6 +1298,70 @@ async def _connect(path: Path) -> aiosqlite.Connection:
             raise StoreUnavailableError(f"cannot use the database {path}: {error}") from error
         raise
     return conn
+
+
+def _insert_task(
+    cx: sqlite3.Connection,
+    source: TaskSource,
+    definition: Definition,
+    now_us: int,
+    by: str | None,
+) -> int:
+    try:
+        cursor = cx.execute(
+            "INSERT INTO tasks (name, source, spec, enabled, next_run_at, created_at,"
+            " updated_at, created_by, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                definition.name,
+                source,
+                _json(definition.spec),
+                definition.enabled,
+                _micros(definition.next_run_at),
+                now_us,
+                now_us,
+                by,
+                by,
+            ),
+        )
+    except sqlite3.IntegrityError as error:
+        raise ConflictError(f"a task named {definition.name!r} exists already") from error
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _update_task(
+    cx: sqlite3.Connection, task_id: int, definition: Definition, now_us: int, by: str | None
+) -> None:
+    try:
+        cx.execute(
+            "UPDATE tasks SET spec = ?, enabled = ?, next_run_at = ?, updated_at = ?,"
+            " updated_by = ?, name = ?, version = version + 1, retired_at = NULL WHERE id = ?",
+            (
+                _json(definition.spec),
+                definition.enabled,
+                _micros(definition.next_run_at),
+                now_us,
+                by,
+                definition.name,
+                task_id,
+            ),
+        )
+    except sqlite3.IntegrityError as error:
+        raise ConflictError(f"a task named {definition.name!r} exists already") from error
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (0600), whatever the umask.
+
+    It holds task params (secrets among them): outside systemd (whose unit sets
+    `UMask=0077`) the usual umask 022 would make it world-readable. SQLite gives its `-wal`
+    and `-shm` files the database file's mode. An existing file is left as it is.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def _mark_task_queued(cx: sqlite3.Connection, task_id: int) -> None:

@@ -31,8 +31,23 @@ from store_helpers import (
 
 from taskd.clock import to_micros
 from taskd.errors import ConflictError, DeferError, NotFoundError, StoreUnavailableError
-from taskd.model import TASK_QUERY_FIELDS, ExecutionStatus, TaskSource, TaskStatus, TriggerKind
-from taskd.store import ClaimResult, NewExecution, SlotClaim, Store
+from taskd.model import (
+    TASK_QUERY_FIELDS,
+    ExecutionStatus,
+    Task,
+    TaskSource,
+    TaskStatus,
+    TriggerKind,
+)
+from taskd.store import (
+    ClaimResult,
+    Definition,
+    NewExecution,
+    SlotClaim,
+    Store,
+    TaskInsert,
+    TaskUpdate,
+)
 from taskd.testing import wait_until
 
 # ---------------------------------------------------------------------------------------
@@ -202,6 +217,68 @@ async def test_update_to_a_taken_name_is_a_conflict_and_changes_nothing(store: S
         )
     assert await store.get_task(a.id) == a
     assert await store.get_task(b.id) == b
+
+
+def _definition(name: str, **spec: Any) -> Definition:
+    return Definition(name=name, spec={**SPEC, **spec}, enabled=True, next_run_at=None)
+
+
+async def test_write_tasks_inserts_and_updates_in_order(store: Store) -> None:
+    """write_tasks inserts and updates in one call and returns the tasks as committed, in
+    order; an update's `build` gets the stored task; None leaves a task as it is."""
+    a = await store.get_task(await add_task(store, "a"))
+    b = await store.get_task(await add_task(store, "b"))
+    seen: list[Task] = []
+
+    def rename(stored: Task) -> Definition:
+        seen.append(stored)
+        return _definition("a2", task_timeout_sec=5)
+
+    saved = await store.write_tasks(
+        [
+            TaskInsert(source=TaskSource.API, definition=_definition("c")),
+            TaskUpdate(task_id=a.id, build=rename),
+            TaskUpdate(task_id=b.id, build=lambda stored: None),
+        ],
+        now=at(1),
+        by="bob",
+    )
+    assert seen == [a]
+    assert [(t.name, t.version, t.updated_by) for t in saved] == [
+        ("c", 1, "bob"),
+        ("a2", 2, "bob"),
+        ("b", 1, None),
+    ]
+    assert saved[1].spec["task_timeout_sec"] == 5
+    assert saved == [await store.get_task(t.id) for t in saved]
+
+
+@pytest.mark.parametrize("failing", ["taken name", "name twice", "unknown id", "build raises"])
+async def test_write_tasks_is_all_or_nothing(store: Store, failing: str) -> None:
+    """One refused write in a write_tasks call (a taken name, a name given twice, an
+    unknown id, a `build` that raises) refuses the call: nothing of it is written."""
+    a = await store.get_task(await add_task(store, "a"))
+
+    def refuse(stored: Task) -> Definition:
+        raise ConflictError("no")
+
+    last: TaskInsert | TaskUpdate = {
+        "taken name": TaskInsert(source=TaskSource.API, definition=_definition("a")),
+        "name twice": TaskInsert(source=TaskSource.API, definition=_definition("new")),
+        "unknown id": TaskUpdate(task_id=404, build=lambda stored: _definition("x")),
+        "build raises": TaskUpdate(task_id=a.id, build=refuse),
+    }[failing]
+    with pytest.raises(NotFoundError if failing == "unknown id" else ConflictError):
+        await store.write_tasks(
+            [
+                TaskInsert(source=TaskSource.API, definition=_definition("new")),
+                TaskUpdate(task_id=a.id, build=lambda stored: _definition("a", x=1)),
+                last,
+            ],
+            now=at(1),
+        )
+    assert [t.name for t in await store.list_tasks()] == ["a"]
+    assert await store.get_task(a.id) == a
 
 
 async def test_unknown_task_id_is_not_found(store: Store) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import closing
@@ -119,14 +121,18 @@ async def test_an_older_file_is_migrated_and_keeps_its_data(db_path: Path) -> No
         cx.execute("DROP INDEX tasks_source")
         cx.execute("ALTER TABLE executions DROP COLUMN process_group")
         cx.execute("ALTER TABLE executions DROP COLUMN process_start")
+        cx.execute("ALTER TABLE tasks DROP COLUMN retired_at")
         cx.execute("PRAGMA user_version = 1")
     async with SqliteStore.open(db_path) as store:
-        assert (await store.get_task(task_id)).name == "old"
+        old = await store.get_task(task_id)
+        assert (old.name, old.retired_at) == ("old", None)
     assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
     indexes = query(db_path, "SELECT name FROM sqlite_master WHERE name = 'tasks_source'")
     assert indexes == [("tasks_source",)]
     columns = {row[1] for row in query(db_path, "PRAGMA table_info(executions)")}
     assert {"process_group", "process_start"} <= columns
+    columns = query(db_path, "SELECT name FROM pragma_table_info('tasks')")
+    assert ("retired_at",) in columns
 
 
 async def test_newer_schema_version_is_refused(db_path: Path) -> None:
@@ -497,3 +503,17 @@ async def test_held_writes_are_bounded_and_the_excess_is_counted(
     await store.flush()
     await store.flush()
     assert [entry.msg for entry in await store.read_log(task_id)] == ["line 0", "line 1", "line 2"]
+
+
+async def test_the_database_file_is_created_private_whatever_the_umask(db_path: Path) -> None:
+    """Under umask 022 the new database file and its -wal file are 0600: task params hold
+    secrets, and outside systemd nothing else narrows the mode."""
+    old = os.umask(0o022)
+    try:
+        async with SqliteStore.open(db_path) as store:
+            await add_task(store, "t")
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in db_path.parent.iterdir()}
+    finally:
+        os.umask(old)
+    assert modes[db_path.name] == 0o600
+    assert modes[db_path.name + "-wal"] == 0o600
