@@ -335,7 +335,10 @@ class Runner:
             status, message = ExecutionStatus.ERROR, str(error) or "module error"
         except Exception as error:
             status, message = ExecutionStatus.ERROR, f"{type(error).__name__}: {error}"
-            bound.exception("module raised")
+            # Rendering a traceback costs milliseconds on the loop per failing run: the error
+            # is logged at once, its traceback only when debug logging is on.
+            bound.error("module raised", error=message)
+            bound.debug("module raised: traceback", exc_info=True)
         finally:
             if ctx.stopping and status is ExecutionStatus.ERROR and running.stop_reason:
                 # Asked to stop, the module ended badly (a command trapping SIGTERM exits 3,

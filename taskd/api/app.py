@@ -20,7 +20,17 @@ from aiohttp.web_urldispatcher import AbstractRoute
 
 from taskd.api import v1, v2
 from taskd.api.auth import Authenticator
-from taskd.api.common import API_SETTINGS, AUTH, CORE, HEALTH, METRICS, scope
+from taskd.api.common import (
+    API_SETTINGS,
+    AUTH,
+    CORE,
+    HEALTH,
+    IN_FLIGHT,
+    LOGIN_LIMITER,
+    METRICS,
+    scope,
+)
+from taskd.api.limits import FailureLimiter, InFlight
 from taskd.api.middleware import V2, authenticate, errors
 from taskd.api.openapi import METRICS_PATH
 from taskd.core import Core
@@ -65,6 +75,8 @@ def build_app(
     app[AUTH] = auth
     app[API_SETTINGS] = api_settings
     app[HEALTH] = health
+    app[LOGIN_LIMITER] = FailureLimiter(api_settings.auth_failures_per_minute)
+    app[IN_FLIGHT] = InFlight(api_settings.max_in_flight)
     # Live log streams end before the server waits for its handlers to finish.
     app.on_shutdown.append(_stop_following)
     app.add_subapp(V2_PREFIX, v2.app())

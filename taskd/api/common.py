@@ -11,6 +11,7 @@ from aiohttp import web
 
 from taskd.api.auth import Authenticator, Principal
 from taskd.api.errors import ApiError
+from taskd.api.limits import FailureLimiter, InFlight
 from taskd.core import Core
 from taskd.definition import MAX_ID
 from taskd.errors import FieldError
@@ -24,6 +25,8 @@ API_SETTINGS = web.AppKey("api_settings", ApiSettings)
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 HEALTH: web.AppKey[HealthCheck] = web.AppKey("health")
 METRICS = web.AppKey("metrics", Metrics)
+LOGIN_LIMITER = web.AppKey("login_limiter", FailureLimiter)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 if TYPE_CHECKING or hasattr(web, "RequestKey"):
     # A typed key: aiohttp 3.14 warns about str keys, and a warning must not fail a request
     # where warnings are errors (the test suite).

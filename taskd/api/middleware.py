@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from taskd.api.auth import UNIX_SOCKET_PRINCIPAL
-from taskd.api.common import API_SETTINGS, AUTH, PRINCIPAL, PUBLIC, Handler
+from taskd.api.common import API_SETTINGS, AUTH, LOGIN_LIMITER, PRINCIPAL, PUBLIC, Handler
 from taskd.api.errors import ApiError, Renderer, v1_error, v2_error
 from taskd.errors import ActionError, ConflictError, DeferError, NotFoundError, ValidationError
 
@@ -114,8 +114,23 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         request[PRINCIPAL] = UNIX_SOCKET_PRINCIPAL
         return await handler(request)
     authorization = request.headers.get("Authorization")
-    principal = request.config_dict[AUTH].authenticate(authorization)
+    # Failed logins are limited per TCP client address; the Unix socket is not limited
+    # (its file mode guards it, and its peers have no address to tell them apart).
+    address = None if _is_unix(request) else (request.remote or "")
+    limiter = request.config_dict[LOGIN_LIMITER]
+    if address is not None:
+        wait = limiter.retry_after(address)
+        if wait:
+            raise ApiError(
+                429,
+                "too_many_requests",
+                f"too many failed logins from this address: retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+    principal = await request.config_dict[AUTH].authenticate(authorization)
     if principal is None:
+        if address is not None and authorization and authorization.strip():
+            limiter.failed(address)
         raise ApiError(
             401,
             "unauthorized",
