@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from api_fixtures import PASSWORD, USER, Api, basic, open_api, password_hash
 
+from taskd.api.common import IN_FLIGHT
 from taskd.api.limits import FailureLimiter
+from taskd.testing import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_blocking")
 
@@ -147,3 +149,142 @@ async def test_health_is_quick_beside_bad_logins(limited: Api) -> None:
     assert (await health.get("/api/v2/health")).status == 200
     assert time.monotonic() - started < 1.0
     await asyncio.gather(*bad)
+
+
+def _address(api: Api) -> tuple[str, int]:
+    host, _, port = api.tcp_base.removeprefix("http://").rpartition(":")
+    return host, int(port)
+
+
+async def _closed(reader: asyncio.StreamReader, within_sec: float = 5.0) -> bool:
+    """Whether the server closes the connection within `within_sec` (bounded wait)."""
+    try:
+        async with asyncio.timeout(within_sec):
+            while await reader.read(1024):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+async def test_idle_and_slow_connections_are_closed(tmp_path: Path, hashed: None) -> None:
+    """20 connections that never send a request, and 5 that send half a request head, are
+    all closed by the server after the timeouts (0.5 s here), counted out of the cap."""
+    options = {"keepalive_timeout_sec": 0.5, "request_timeout_sec": 0.5}
+    async with open_api(tmp_path, api_options=options) as api:
+        host, port = _address(api)
+        idle = [await asyncio.open_connection(host, port) for _ in range(20)]
+        slow = [await asyncio.open_connection(host, port) for _ in range(5)]
+        for _, writer in slow:
+            writer.write(b"GET /api/v2/health HTTP/1.1\r\nHost: x\r\n")  # never finished
+        started = time.monotonic()
+        closed = await asyncio.gather(*(_closed(reader) for reader, _ in idle + slow))
+        assert all(closed)
+        assert time.monotonic() - started < 5
+        for _, writer in idle + slow:
+            writer.close()
+        health = await api.tcp(None)
+        assert (await health.get("/api/v2/health")).status == 200
+
+
+async def test_the_unix_socket_answers_when_tcp_is_full(tmp_path: Path, hashed: None) -> None:
+    """With `max_connections` TCP connections open, one more is closed at once, while the
+    Unix socket still answers; when one closes, TCP serves again."""
+    async with open_api(tmp_path, api_options={"max_connections": 4}) as api:
+        host, port = _address(api)
+        held = [await asyncio.open_connection(host, port) for _ in range(4)]
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /api/v2/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await _closed(reader, within_sec=2)
+        writer.close()
+        assert (await api.unix.get("/api/v2/health")).status == 200
+        held_reader, held_writer = held.pop()
+        held_writer.close()
+        await _closed(held_reader)
+        health = await api.tcp(None)
+        assert (await health.get("/api/v2/health")).status == 200
+        for _, other in held:
+            other.close()
+
+
+async def test_requests_in_flight_are_capped(tmp_path: Path, hashed: None) -> None:
+    """With `max_in_flight` requests held (their bodies trickle), one more gets 503 with
+    Retry-After in its dialect's shape; health still answers; the held ones end with 408
+    when their body does not arrive within `request_timeout_sec`."""
+    options = {"max_in_flight": 2, "request_timeout_sec": 1.0}
+    async with open_api(tmp_path, api_options=options) as api:
+        host, port = _address(api)
+        key = api.keys["all"]
+        held = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(
+                b"POST /api/v2/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {key}\r\nContent-Length: 100\r\n\r\n{{".encode()
+            )
+            held.append((reader, writer))
+        client = await api.tcp("all")
+        in_flight = api.app[IN_FLIGHT]
+        await wait_until(lambda: in_flight.count == 2, timeout_sec=5)  # both are handled
+        reply = await client.get("/api/v2/tasks")
+        assert reply.status == 503, reply
+        assert reply.headers["Retry-After"] == "1"
+        assert reply.json["details"]["base"][0]["error"] == "busy"
+        v1 = await client.get("/api/v1/task")
+        assert v1.status == 503
+        assert v1.json["code"] == "error.api.busy"
+        assert (await client.get("/api/v2/health")).status == 200
+        for reader, writer in held:
+            async with asyncio.timeout(5):
+                head = await reader.readline()
+            assert b" 408 " in head, head
+            writer.close()
+        assert (await client.get("/api/v2/tasks")).status == 200
+
+
+async def test_out_of_descriptors_is_logged_once_per_interval() -> None:
+    """asyncio reports each failed accept (EMFILE) to the loop's exception handler, once a
+    second per listening socket: taskd's handler logs one line per interval with the count
+    left out, no traceback; other errors are one line each."""
+    import errno
+
+    from structlog.testing import capture_logs
+
+    from taskd.api.connections import exception_handler
+    from taskd.api.limits import LogThrottle
+
+    now = [0.0]
+    handle = exception_handler(LogThrottle(60, monotonic=lambda: now[0]))
+    loop = asyncio.get_running_loop()
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    with capture_logs() as logs:
+        for _ in range(100):
+            handle(loop, {"message": "socket.accept() out of system resource", "exception": emfile})
+        now[0] += 61
+        handle(loop, {"message": "socket.accept() out of system resource", "exception": emfile})
+    assert [event["event"] for event in logs] == [
+        "out of file descriptors: connections wait in the backlog"
+    ] * 2
+    assert logs[1]["left_out_since_last_line"] == 99
+    assert all("exc_info" not in event for event in logs)
+
+
+def test_pressure_settings_are_read_and_checked(tmp_path: Path) -> None:
+    """The `[api]` limits come from the file, and a bad value is refused at its path."""
+    from taskd.config import load_config
+    from taskd.errors import ValidationError
+
+    config = tmp_path / "taskd.toml"
+    config.write_text(
+        "[api]\nlisten = []\nmax_connections = 10\nmax_in_flight = 5\n"
+        "request_timeout_sec = 2.5\nkeepalive_timeout_sec = 7\nauth_failures_per_minute = 0\n"
+    )
+    api = load_config(config).api
+    assert (api.max_connections, api.max_in_flight) == (10, 5)
+    assert (api.request_timeout_sec, api.keepalive_timeout_sec) == (2.5, 7.0)
+    assert api.auth_failures_per_minute == 0
+    config.write_text("[api]\nmax_in_flight = 0\n")
+    with pytest.raises(ValidationError, match=r"api\.max_in_flight"):
+        load_config(config)

@@ -34,6 +34,13 @@ if TYPE_CHECKING or hasattr(web, "RequestKey"):
 else:  # older aiohttp has no RequestKey and no warning
     PRINCIPAL = "taskd_principal"
 
+if TYPE_CHECKING or hasattr(web, "RequestKey"):
+    IN_FLIGHT_RELEASE: web.RequestKey[Callable[[], None]] = web.RequestKey(
+        "taskd_in_flight_release"
+    )
+else:
+    IN_FLIGHT_RELEASE = "taskd_in_flight_release"
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
 
@@ -49,6 +56,14 @@ def scope(*names: str) -> Callable[[H], H]:
         return handler
 
     return mark
+
+
+def leave_in_flight(request: web.Request) -> None:
+    """Stop counting `request` among the requests in flight: for a live stream, which may
+    last hours and holds a connection (capped), not the loop."""
+    release = request.get(IN_FLIGHT_RELEASE)
+    if release is not None:
+        release()
 
 
 def principal(request: web.Request) -> Principal:

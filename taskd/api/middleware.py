@@ -9,6 +9,7 @@ request, so a 401 or 403 answers in that app's dialect and credentials are check
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import structlog
@@ -16,8 +17,19 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from taskd.api.auth import UNIX_SOCKET_PRINCIPAL
-from taskd.api.common import API_SETTINGS, AUTH, LOGIN_LIMITER, PRINCIPAL, PUBLIC, Handler
+from taskd.api.common import (
+    API_SETTINGS,
+    AUTH,
+    IN_FLIGHT,
+    IN_FLIGHT_RELEASE,
+    LOGIN_LIMITER,
+    PRINCIPAL,
+    PUBLIC,
+    Handler,
+)
+from taskd.api.connections import CountedProtocol
 from taskd.api.errors import ApiError, Renderer, v1_error, v2_error
+from taskd.api.limits import RETRY_AFTER_BUSY_SEC
 from taskd.errors import ActionError, ConflictError, DeferError, NotFoundError, ValidationError
 
 log = structlog.get_logger("taskd.api")
@@ -143,8 +155,73 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
+HEALTH_PATH = "/api/v2/health"
+
+
+def _style_of(path: str) -> ErrorStyle:
+    return V1 if path == "/api/v1" or path.startswith("/api/v1/") else V2
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The root app's outermost middleware: tell the connection its request's head arrived
+    (its deadline is met), and cap the requests in flight (health apart): one more is
+    answered 503 with Retry-After in its dialect's shape, at once, never queued.
+    """
+    transport = request.transport
+    protocol = transport.get_protocol() if transport is not None else None
+    counted = protocol if isinstance(protocol, CountedProtocol) else None
+    if counted is not None:
+        counted.request_started()
+    try:
+        if request.path == HEALTH_PATH:
+            return await handler(request)
+        in_flight = request.config_dict[IN_FLIGHT]
+        if not in_flight.enter():
+            return _style_of(request.path).render(
+                ApiError(
+                    503,
+                    "busy",
+                    f"taskd is handling {in_flight.limit} requests already: retry shortly",
+                    headers={"Retry-After": str(RETRY_AFTER_BUSY_SEC)},
+                )
+            )
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            if not left:
+                left = True
+                in_flight.leave()
+
+        request[IN_FLIGHT_RELEASE] = leave
+        try:
+            return await handler(request)
+        finally:
+            leave()
+    finally:
+        if counted is not None:
+            counted.request_ended()
+
+
+@web.middleware
+async def read_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read the body (bounded by `max_body_bytes`) within `request_timeout_sec`, after the
+    credentials were checked: a client trickling its body holds a slot only that long."""
+    if request.body_exists and request.match_info.apps[-1] is request.app:
+        timeout = request.config_dict[API_SETTINGS].request_timeout_sec
+        try:
+            async with asyncio.timeout(timeout):
+                await request.read()
+        except TimeoutError:
+            raise ApiError(
+                408, "request_timeout", f"the body did not arrive within {timeout:g} s"
+            ) from None
+    return await handler(request)
+
+
 def dialect_app(routes: web.RouteTableDef, style: ErrorStyle) -> web.Application:
     """A sub-app serving `routes`, answering failures in `style`, checking credentials."""
-    app = web.Application(middlewares=[errors(style), authenticate])
+    app = web.Application(middlewares=[errors(style), authenticate, read_body])
     app.router.add_routes(routes)
     return app

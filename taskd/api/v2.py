@@ -18,6 +18,7 @@ from taskd.api.common import (
     METRICS,
     PUBLIC,
     Handler,
+    leave_in_flight,
     parse_id,
     principal,
     query_bool,
@@ -347,6 +348,7 @@ async def task_log(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
+    leave_in_flight(request)
     events = core.follow_log(
         task.id,
         mode=follow,
