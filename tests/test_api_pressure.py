@@ -54,8 +54,12 @@ async def test_wrong_passwords_do_not_stall_the_loop(limited: Api) -> None:
     wrong = await api.tcp(None, authorization=basic(USER, "wrong"))
     bad = [asyncio.create_task(wrong.get("/api/v2/tasks")) for _ in range(16)]
     await asyncio.sleep(0.02)  # the requests are sent and their checks under way
+    started = time.monotonic()
     reply = await health.get("/api/v2/health")
     assert reply.status == 200, reply
+    # Bound: 1 s, loose for loaded test machines; on the loop, 16 checks took 16 x 50-100
+    # ms, and health waited behind them (1.6 s and more).
+    assert time.monotonic() - started < 1.0
     answered_while_busy = sum(not task.done() for task in bad)
     statuses = [reply.status for reply in await asyncio.gather(*bad)]
     assert statuses == [401] * 16
@@ -135,20 +139,6 @@ async def test_unknown_users_cost_no_loop_time(limited: Api) -> None:
     wrong = await limited.tcp(None, authorization=basic("nobody", "x"))
     replies = await asyncio.gather(*(wrong.get("/api/v2/tasks") for _ in range(4)))
     assert [reply.status for reply in replies] == [401] * 4
-
-
-async def test_health_is_quick_beside_bad_logins(limited: Api) -> None:
-    """Health's round trip stays far below one serialized scrypt batch while 16 bad logins
-    are checked: bound 1 s, where 16 checks on the loop took 1.6 s or more."""
-    api = limited
-    wrong = await api.tcp(None, authorization=basic(USER, "wrong"))
-    health = await api.tcp(None)
-    bad = [asyncio.create_task(wrong.get("/api/v1/task")) for _ in range(16)]
-    await asyncio.sleep(0.01)
-    started = time.monotonic()
-    assert (await health.get("/api/v2/health")).status == 200
-    assert time.monotonic() - started < 1.0
-    await asyncio.gather(*bad)
 
 
 def _address(api: Api) -> tuple[str, int]:

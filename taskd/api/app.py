@@ -24,6 +24,7 @@ from taskd.api.auth import Authenticator
 from taskd.api.common import (
     API_SETTINGS,
     AUTH,
+    CONNECTIONS,
     CORE,
     HEALTH,
     IN_FLIGHT,
@@ -31,7 +32,12 @@ from taskd.api.common import (
     METRICS,
     scope,
 )
-from taskd.api.connections import LOG_INTERVAL_SEC, CappedTCPSite, exception_handler
+from taskd.api.connections import (
+    LOG_INTERVAL_SEC,
+    CappedTCPSite,
+    engine_first,
+    exception_handler,
+)
 from taskd.api.limits import ConnectionCap, FailureLimiter, InFlight, LogThrottle
 from taskd.api.middleware import V2, authenticate, errors, guard
 from taskd.api.openapi import METRICS_PATH
@@ -80,6 +86,7 @@ def build_app(
     app[HEALTH] = health
     app[LOGIN_LIMITER] = FailureLimiter(api_settings.auth_failures_per_minute)
     app[IN_FLIGHT] = InFlight(api_settings.max_in_flight)
+    app[CONNECTIONS] = ConnectionCap(api_settings.max_connections)
     # Live log streams end before the server waits for its handlers to finish.
     app.on_shutdown.append(_stop_following)
     app.add_subapp(V2_PREFIX, v2.app())
@@ -117,7 +124,7 @@ async def serve_api(
     )
     await runner.setup()
     throttle = LogThrottle(LOG_INTERVAL_SEC)
-    cap = ConnectionCap(settings.max_connections)
+    cap = app.get(CONNECTIONS) or ConnectionCap(settings.max_connections)
     loop = asyncio.get_running_loop()
     previous_handler = loop.get_exception_handler()
     loop.set_exception_handler(exception_handler(throttle))
@@ -146,7 +153,20 @@ async def serve_api(
             created = socket_path
             os.chmod(socket_path, 0o660)
             log.info("listening", unix_socket=str(socket_path))
-        yield runner
+        core = app.get(CORE)
+        stepping_aside = (
+            None
+            if core is None
+            else asyncio.create_task(
+                engine_first(cap, core.scheduler, core.runner), name="taskd-engine-first"
+            )
+        )
+        try:
+            yield runner
+        finally:
+            if stepping_aside is not None:
+                stepping_aside.cancel()
+            cap.resume_all()
     finally:
         await runner.cleanup()
         loop.set_exception_handler(previous_handler)

@@ -26,6 +26,9 @@ import structlog
 from aiohttp import web
 
 from taskd.api.limits import ConnectionCap, LogThrottle
+from taskd.clock import to_micros
+from taskd.runner import Runner
+from taskd.scheduler import Scheduler
 
 log = structlog.get_logger("taskd.api")
 
@@ -72,6 +75,9 @@ class CountedProtocol(asyncio.Protocol):
         self._admitted = True
         self._transport = transport
         self._inner.connection_made(transport)
+        self._cap.connections.add(self)
+        if self._cap.paused:
+            transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._active == 0 and self._deadline is None and self._transport is not None:
@@ -87,6 +93,7 @@ class CountedProtocol(asyncio.Protocol):
             return
         self._admitted = False
         self._transport = None
+        self._cap.connections.discard(self)
         self._cap.release()
         self._inner.connection_lost(exc)
 
@@ -95,6 +102,16 @@ class CountedProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+    def pause(self) -> None:
+        """Read nothing more from the client until `resume` (the engine goes first)."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume(self) -> None:
+        """Read from the client again."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def request_started(self) -> None:
         """A request's head arrived: its deadline is met."""
@@ -157,6 +174,58 @@ class CappedTCPSite(web.TCPSite):
         )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
+# The engine-first window: from this long before the scheduler's next claim...
+ENGINE_FIRST_MARGIN_SEC = 0.05
+# ...until the due starts were handed over and begun, at most this long;
+ENGINE_FIRST_MAX_SEC = 0.5
+# then the API reads for at least this long before the next window.
+ENGINE_FIRST_MIN_OPEN_SEC = 0.1
+_CHECK_SEC = 0.005
+
+
+async def engine_first(cap: ConnectionCap, scheduler: Scheduler, runner: Runner) -> None:
+    """Keep the API's TCP connections from being read while the engine claims and starts
+    due runs (DESIGN.md, "The engine first"); runs until cancelled.
+
+    The window opens `lookahead_sec + ENGINE_FIRST_MARGIN_SEC` before the scheduler's next
+    due instant and closes once that instant has passed and its jobs left the runner's queue,
+    after at most `ENGINE_FIRST_MAX_SEC`; then the API has at least
+    `ENGINE_FIRST_MIN_OPEN_SEC`. Requests already being handled go on; new ones wait in the
+    kernel's buffers (nothing is refused). The Unix socket is never paused.
+    """
+    loop = asyncio.get_running_loop()
+    lead_sec = scheduler.settings.lookahead_sec + ENGINE_FIRST_MARGIN_SEC
+    while True:
+        due_us = scheduler.next_due_us()
+        if due_us is None:
+            await asyncio.sleep(1.0)
+            continue
+        until_window = (due_us - to_micros(scheduler.clock.now())) / 1e6 - lead_sec
+        if until_window > 0:
+            await asyncio.sleep(min(until_window, 1.0))  # edits may bring a due time closer
+            continue
+        cap.pause_all()
+        try:
+            deadline = loop.time() + ENGINE_FIRST_MAX_SEC
+            # Polled: the scheduler and the runner announce nothing the API could wait on.
+            for _ in range(int(ENGINE_FIRST_MAX_SEC / _CHECK_SEC)):
+                if loop.time() >= deadline or _fired(scheduler, runner, due_us):
+                    break
+                await asyncio.sleep(_CHECK_SEC)
+            await asyncio.sleep(0)  # the started runs take their first step first
+        finally:
+            cap.resume_all()
+        await asyncio.sleep(ENGINE_FIRST_MIN_OPEN_SEC)
+
+
+def _fired(scheduler: Scheduler, runner: Runner, due_us: int) -> bool:
+    """Whether the slot at `due_us` was claimed and its jobs handed to the runner."""
+    if to_micros(scheduler.clock.now()) < due_us:
+        return False
+    following = scheduler.next_due_us()
+    return (following is None or following > due_us) and runner.queued_count == 0
 
 
 def exception_handler(throttle: LogThrottle) -> Any:

@@ -18,11 +18,13 @@ Every structure here is bounded and says what it does when full:
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 MAX_ADDRESSES = 4096
 RETRY_AFTER_BUSY_SEC = 1
@@ -105,13 +107,49 @@ class InFlight:
         self.count -= 1
 
 
+class Pausable(Protocol):
+    """A connection whose reading can be paused (`CountedProtocol`)."""
+
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+
+
 class ConnectionCap:
-    """Open TCP connections, at most `limit`; `refused` counts those closed at once."""
+    """Open TCP connections, at most `limit`; `refused` counts those closed at once.
+
+    Also pauses and resumes reading on all of them at once (`pause_all`, `resume_all`): the
+    engine-first window, in which the API reads no new request (see `engine_first`).
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
         self.refused = 0
+        self.paused = False
+        self.connections: set[Pausable] = set()
+        self._open = asyncio.Event()
+        self._open.set()
+
+    async def wait_open(self) -> None:
+        """Return at once outside the engine-first window, else when it closes: handlers
+        wait here between their steps, so requests in flight step aside too."""
+        if not self.paused:
+            return
+        await self._open.wait()
+
+    def pause_all(self) -> None:
+        """Stop reading from every connection (new ones start paused) until `resume_all`."""
+        self.paused = True
+        self._open.clear()
+        for connection in self.connections:
+            connection.pause()
+
+    def resume_all(self) -> None:
+        """Read from every connection again."""
+        self.paused = False
+        self._open.set()
+        for connection in self.connections:
+            connection.resume()
 
     def admit(self) -> bool:
         """Count a new connection in; False (and counted as refused) when at the cap."""

@@ -20,6 +20,7 @@ from taskd.api.auth import UNIX_SOCKET_PRINCIPAL
 from taskd.api.common import (
     API_SETTINGS,
     AUTH,
+    CONNECTIONS,
     IN_FLIGHT,
     IN_FLIGHT_RELEASE,
     LOGIN_LIMITER,
@@ -31,6 +32,7 @@ from taskd.api.connections import CountedProtocol
 from taskd.api.errors import ApiError, Renderer, v1_error, v2_error
 from taskd.api.limits import RETRY_AFTER_BUSY_SEC
 from taskd.errors import ActionError, ConflictError, DeferError, NotFoundError, ValidationError
+from taskd.store.base import separate_reads
 
 log = structlog.get_logger("taskd.api")
 
@@ -196,7 +198,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
         request[IN_FLIGHT_RELEASE] = leave
         try:
-            return await handler(request)
+            await request.config_dict[CONNECTIONS].wait_open()  # the engine goes first
+            with separate_reads():  # the engine's reads never queue behind the API's
+                return await handler(request)
         finally:
             leave()
     finally:

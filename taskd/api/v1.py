@@ -13,7 +13,16 @@ from typing import Any
 
 from aiohttp import web
 
-from taskd.api.common import CORE, parse_id, principal, query_int, read_json, scope
+from taskd.api.common import (
+    CORE,
+    json_array,
+    json_text_response,
+    parse_id,
+    principal,
+    query_int,
+    read_json,
+    scope,
+)
 from taskd.api.errors import ApiError
 from taskd.api.middleware import V1, dialect_app
 from taskd.api.render import log_entry_json, task_v1
@@ -44,7 +53,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", None, low=0, high=100_000)
     offset = query_int(request, "offset", 0) or 0
     tasks, _ = await request.config_dict[CORE].query_tasks(limit=limit, offset=offset)
-    return web.json_response([task_v1(task) for task in tasks])
+    return json_text_response(await json_array(request, tasks, task_v1))
 
 
 def _changes(item: Mapping[str, Any], *, new: bool) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from taskd.api.common import (
     METRICS,
     PUBLIC,
     Handler,
+    json_array,
+    json_text_response,
     leave_in_flight,
     parse_id,
     principal,
@@ -152,7 +154,9 @@ async def index_tasks(request: web.Request) -> web.Response:
     tasks, count = await core.query_tasks(
         where=_filters(request), order=_order(request), limit=limit, offset=offset
     )
-    return web.json_response({"count": count, "tasks": await _rendered(core, tasks)})
+    pairs = await core.with_last_executions(tasks)
+    rendered = await json_array(request, pairs, lambda pair: task_v2(*pair))
+    return json_text_response(f'{{"count": {int(count)}, "tasks": {rendered}}}')
 
 
 @routes.post("/tasks")

@@ -37,7 +37,7 @@ from taskd.model import (
     TaskStatus,
     TriggerKind,
 )
-from taskd.store.base import ClaimResult, NewExecution, SlotClaim
+from taskd.store.base import ClaimResult, NewExecution, SlotClaim, reads_separately
 from taskd.store.migrations import check_version, migrate
 
 T = TypeVar("T")
@@ -209,11 +209,22 @@ class SqliteStore:
                 history_per_task=history_per_task,
                 log_entries_per_execution=log_entries_per_execution,
             )
-            store._writer = asyncio.create_task(store._write_loop(), name="taskd-store-writer")
+            # The API's reads (`separate_reads`) go through their own read-only connection,
+            # on its own thread: WAL lets it read while the writer commits, so they never
+            # wait for a batch, and the engine's reads never wait behind them.
+            reader = await aiosqlite.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
             try:
-                yield store
+                await reader.execute("PRAGMA busy_timeout = 5000")
+                store._reader = reader
+                store._writer = asyncio.create_task(store._write_loop(), name="taskd-store-writer")
+                try:
+                    yield store
+                finally:
+                    await store._close()
             finally:
-                await store._close()
+                await reader.close()
         finally:
             await conn.close()
 
@@ -287,8 +298,11 @@ class SqliteStore:
         if self._writer is not None:
             await self._writer
 
+    _reader: aiosqlite.Connection | None = None  # set by `open`
+
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        rows = await self._conn.execute_fetchall(sql, params)
+        reader = self._reader if reads_separately() and self._reader is not None else None
+        rows = await (reader or self._conn).execute_fetchall(sql, params)
         return rows if isinstance(rows, list) else list(rows)
 
     # -- tasks ---------------------------------------------------------------------------
