@@ -176,6 +176,8 @@ class Runner:
         """How many executions run now."""
         return len(self._running)
 
+    starting = 0  # jobs taken from the queue whose start is being recorded (one batch)
+
     @property
     def queued_count(self) -> int:
         """How many jobs wait for a free place."""
@@ -255,7 +257,11 @@ class Runner:
                 _discard(self._queued_by_task, job.task.id, job.execution_id)
                 batch.append(job)
             if batch:
-                await self._start(batch)
+                self.starting = len(batch)
+                try:
+                    await self._start(batch)
+                finally:
+                    self.starting = 0
             if not self._running and not self._queue:
                 self._idle.set()
 

@@ -116,7 +116,7 @@ class ApiSettings:
     # Open TCP connections at once (the Unix socket apart); beyond, new ones are closed.
     max_connections: int = 256
     # Requests being handled at once (health apart); beyond, 503 with Retry-After.
-    max_in_flight: int = 64
+    max_in_flight: int = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

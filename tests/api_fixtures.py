@@ -394,6 +394,9 @@ async def open_api(
         "trust_unix_socket": trust_unix_socket,
         "max_body_bytes": max_body_bytes,
         "unix_socket": str(tmp_path / "taskd.sock") if unix_socket else False,
+        # Tests send bursts of concurrent requests to check races; the cap (8 by default)
+        # is tested on its own (tests/test_api_pressure.py).
+        "max_in_flight": 256,
         **(api_options or {}),
     }
 

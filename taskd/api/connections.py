@@ -225,7 +225,8 @@ def _fired(scheduler: Scheduler, runner: Runner, due_us: int) -> bool:
     if to_micros(scheduler.clock.now()) < due_us:
         return False
     following = scheduler.next_due_us()
-    return (following is None or following > due_us) and runner.queued_count == 0
+    handed_over = runner.queued_count == 0 and runner.starting == 0
+    return (following is None or following > due_us) and handed_over
 
 
 def exception_handler(throttle: LogThrottle) -> Any:
