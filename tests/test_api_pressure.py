@@ -278,3 +278,54 @@ def test_pressure_settings_are_read_and_checked(tmp_path: Path) -> None:
     config.write_text("[api]\nmax_in_flight = 0\n")
     with pytest.raises(ValidationError, match=r"api\.max_in_flight"):
         load_config(config)
+
+
+async def test_the_api_steps_aside_while_the_engine_fires() -> None:
+    """`engine_first` pauses reading on every TCP connection from shortly before the
+    scheduler's next due instant until the runner has taken and recorded its starts, and
+    handlers waiting at the gate go on after; the window is bounded."""
+    from types import SimpleNamespace
+
+    from taskd.api.connections import engine_first
+    from taskd.api.limits import ConnectionCap
+    from taskd.clock import to_micros
+    from taskd.testing import FakeClock
+
+    events: list[str] = []
+
+    class Connection:
+        def pause(self) -> None:
+            events.append("pause")
+
+        def resume(self) -> None:
+            events.append("resume")
+
+    clock = FakeClock.running()
+    due_us = to_micros(clock.now()) + 300_000
+    heap = [due_us]
+    scheduler = SimpleNamespace(
+        settings=SimpleNamespace(lookahead_sec=0.1),
+        clock=clock,
+        next_due_us=lambda: heap[0] if heap else None,
+    )
+    runner = SimpleNamespace(queued_count=0, starting=0)
+    cap = ConnectionCap(4)
+    cap.connections.add(Connection())
+    window = asyncio.create_task(engine_first(cap, scheduler, runner))  # type: ignore[arg-type]
+    try:
+        await wait_until(lambda: cap.paused, timeout_sec=5)
+        assert events == ["pause"]
+        assert to_micros(clock.now()) < due_us  # before the instant
+        gate = asyncio.create_task(cap.wait_open())
+        runner.starting = 1000  # the instant passes while the runner records its starts
+        await wait_until(lambda: to_micros(clock.now()) >= due_us, timeout_sec=5)
+        heap.clear()
+        await asyncio.sleep(0.05)
+        assert cap.paused
+        assert not gate.done()
+        runner.starting = 0
+        await wait_until(lambda: not cap.paused, timeout_sec=5)
+        assert events == ["pause", "resume"]
+        await asyncio.wait_for(gate, timeout=5)
+    finally:
+        window.cancel()
