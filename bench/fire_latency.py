@@ -13,6 +13,14 @@ until every execution's end was committed, and the CPU time of the event loop th
 just before the claim to the last start (other load on the machine inflates wall-clock
 lateness; this much less). Target: p99 <= 5 ms at K = 1000.
 
+`--api-load N`: the tasks are also served by the real API (`build_app` + `serve_api` on
+127.0.0.1, with a key, in the benchmark's own event loop as in the daemon), and a second
+process (`bench/_api_load.py`) keeps N connections reading `/api/v2/tasks?limit=L`
+(`--api-limit`, 100) as fast as the answers come, from before the instant until every
+execution is committed (bounded: it stops by itself after `lead + timeout`). Printed per run
+besides: the load's requests, answers per status (503: over `max_in_flight`) and its
+latency p50 / p99; executions `skipped` are counted (target: none).
+
 Logging is configured as `taskd serve` does (JSON lines), written to a temporary file
 (`--log none` turns it off), since a real daemon pays for its per-execution log lines.
 """
@@ -21,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import math
 import sqlite3
 import statistics
+import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,13 +51,16 @@ from _common import (
     state_dir,
 )
 
+from taskd.api.app import build_app, serve_api
+from taskd.api.auth import Authenticator, new_key
 from taskd.clock import SystemClock, from_micros
-from taskd.engine import EngineSettings, build_engine
+from taskd.engine import Engine, EngineSettings, build_engine
 from taskd.model import TaskSource
 from taskd.modules.base import ModuleContext
 from taskd.modules.registry import ModuleRegistry
 from taskd.schedule import format_utc
 from taskd.scheduler import SchedulerSettings
+from taskd.settings import ApiKeyRef, ApiSettings, ListenAddress
 from taskd.store import DB_FILE, open_store
 from taskd.taskspec import validate_task_spec
 
@@ -103,6 +116,8 @@ class RunResult:
     done_rows: int
     loop_cpu_ms: float  # event loop CPU from just before the claim to the last start
     load: float  # 1-minute load average after the run
+    skipped: int = 0  # executions recorded as skipped
+    api: str = ""  # the API load's summary (JSON), with --api-load
 
 
 def task_spec(index: int, schedule: str, due: datetime) -> dict[str, Any]:
@@ -137,7 +152,7 @@ async def _measure(k: int, args: argparse.Namespace, directory: Path) -> RunResu
     noop = NoopModule(k, args.hold)
     modules = ModuleRegistry([noop])
     db_path = directory / DB_FILE
-    async with open_store(db_path.parent) as store:
+    async with open_store(db_path.parent) as store, contextlib.AsyncExitStack() as stack:
         placeholder = datetime(2030, 1, 1, tzinfo=UTC)
         now = clock.now()
         tasks = []
@@ -155,6 +170,17 @@ async def _measure(k: int, args: argparse.Namespace, directory: Path) -> RunResu
                     for i in range(start, min(k, start + 1000))
                 )
             )
+        engine = build_engine(
+            store=store,
+            modules=modules,
+            clock=clock,
+            settings=EngineSettings(
+                max_running=k,
+                stop_grace_sec=1.0,
+                scheduler=SchedulerSettings(lookahead_sec=args.lookahead),
+            ),
+        )
+        load = await stack.enter_async_context(api_load(engine, directory, args))
         # The instant is chosen once the tasks exist; if writing it into K tasks took so long
         # that less than half the lead is left, a later instant is written again.
         lead = args.lead
@@ -174,16 +200,6 @@ async def _measure(k: int, args: argparse.Namespace, directory: Path) -> RunResu
             if due_s - time.time() >= args.lead / 2:
                 break
             lead *= 2
-        engine = build_engine(
-            store=store,
-            modules=modules,
-            clock=clock,
-            settings=EngineSettings(
-                max_running=k,
-                stop_grace_sec=1.0,
-                scheduler=SchedulerSettings(lookahead_sec=args.lookahead),
-            ),
-        )
         runner, scheduler = engine.runner, engine.scheduler
         async with runner:
             profiler = cProfile.Profile() if args.profile else None
@@ -213,10 +229,12 @@ async def _measure(k: int, args: argparse.Namespace, directory: Path) -> RunResu
                     profiler.dump_stats(args.profile)
                     print(f"# cProfile of the firing window: {args.profile}")
                 await scheduler.stop()
+        await stack.aclose()  # the API load ends; its summary is in `load`
     with sqlite3.connect(db_path) as cx:
-        claimed, runner_started, done = cx.execute(
+        claimed, runner_started, done, skipped = cx.execute(
             "SELECT min(queued_at), max(started_at),"
-            " sum(status = 'done' AND started_at IS NOT NULL) FROM executions"
+            " sum(status = 'done' AND started_at IS NOT NULL), sum(status = 'skipped')"
+            " FROM executions"
         ).fetchone()
     cx.close()
     late = [(t - due_s) * 1000 for t in noop.entered]
@@ -233,7 +251,63 @@ async def _measure(k: int, args: argparse.Namespace, directory: Path) -> RunResu
         done_rows=int(done),
         loop_cpu_ms=(noop.last_cpu - cpu_mark[0]) * 1000 if cpu_mark else math.nan,
         load=load_average(),
+        skipped=int(skipped or 0),
+        api=load.get("summary", ""),
     )
+
+
+@contextlib.asynccontextmanager
+async def api_load(
+    engine: Engine, directory: Path, args: argparse.Namespace
+) -> AsyncIterator[dict[str, str]]:
+    """With `--api-load N`: serve the API over `engine` on 127.0.0.1 and run the load process
+    until the block ends; the dict gets its summary ("summary") then. Without: nothing."""
+    result: dict[str, str] = {}
+    if not args.api_load:
+        yield result
+        return
+    key_file = directory / "bench.key"
+    key_file.write_text(new_key() + "\n")
+    key_file.chmod(0o600)
+    settings = ApiSettings(
+        listen=(ListenAddress(host="127.0.0.1", port=0),),
+        unix_socket=None,
+        keys=(ApiKeyRef(name="bench", key_file=key_file, scopes=frozenset({"*"})),),
+        max_in_flight=args.api_in_flight or ApiSettings().max_in_flight,
+    )
+
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app = build_app(
+        core=engine.core,
+        auth=Authenticator.from_settings(settings),
+        api_settings=settings,
+        health=health,
+    )
+    async with serve_api(app, settings) as site_runner:
+        host, port = site_runner.addresses[0][:2]
+        url = f"http://{host}:{port}/api/v2/tasks?limit={args.api_limit}"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).with_name("_api_load.py")),
+            url,
+            str(key_file),
+            str(args.api_load),
+            str(args.lead * 4 + 5 + args.timeout),  # its own bound, whatever happens here
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        try:
+            ready = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+            if ready.strip() != b"ready":
+                raise RuntimeError(f"the load process said {ready!r}")
+            yield result
+        finally:
+            if process.returncode is None:
+                process.terminate()
+            out, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+            result["summary"] = out.decode().strip().splitlines()[-1] if out.strip() else ""
 
 
 HEADER = (
@@ -267,6 +341,7 @@ def median_result(results: Sequence[RunResult]) -> RunResult:
         done_rows=min(r.done_rows for r in results),
         loop_cpu_ms=statistics.median(r.loop_cpu_ms for r in results),
         load=statistics.median(r.load for r in results),
+        skipped=max(r.skipped for r in results),
     )
 
 
@@ -316,6 +391,19 @@ def main() -> None:
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="give up a run after this many seconds"
     )
+    parser.add_argument(
+        "--api-load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N connections from a second process read the API during the run (0: none)",
+    )
+    parser.add_argument(
+        "--api-limit", type=int, default=100, help="tasks per page the API load reads"
+    )
+    parser.add_argument(
+        "--api-in-flight", type=int, default=0, help="[api] max_in_flight (0: the default)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the state dirs")
     parser.add_argument(
         "--profile",
@@ -327,7 +415,8 @@ def main() -> None:
     print(
         f"# taskd fire latency: {python_and_cpus()}, schedule={args.schedule}, lead={args.lead}s,"
         f" lookahead={args.lookahead}s, log={args.log}, hold={args.hold}s, max_running=K,"
-        f" repeat={args.repeat}, calibration {calibration_ms():.0f} ms"
+        f" repeat={args.repeat}, api_load={args.api_load} (limit={args.api_limit}),"
+        f" calibration {calibration_ms():.0f} ms"
     )
     print("# lateness = time.time() on entering the no-op run() - due instant")
     print(HEADER)
@@ -356,6 +445,10 @@ def run_all(args: argparse.Namespace) -> list[RunResult]:
             result = asyncio.run(one_run(k, args))
             results.append(result)
             print(row(result), flush=True)
+            if result.skipped:
+                print(f"# warning: {result.skipped} executions were skipped")
+            if result.api:
+                print(f"#   api load: {result.api}", flush=True)
             if result.done_rows != k:
                 print(f"# warning: {result.done_rows} of {k} executions are done in the store")
             if result.lead_ms < args.lookahead * 1000:

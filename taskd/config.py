@@ -230,6 +230,18 @@ def _api_settings(
         fields.check("unix_socket", _socket_length, unix_socket, None)
     trust = fields.get("trust_unix_socket", boolean, True)
     max_body = fields.get("max_body_bytes", integer(minimum=1), 1_048_576)
+    defaults = ApiSettings()
+    auth_failures = fields.get(
+        "auth_failures_per_minute", integer(minimum=0), defaults.auth_failures_per_minute
+    )
+    request_timeout = fields.get(
+        "request_timeout_sec", number(minimum=0.1), defaults.request_timeout_sec
+    )
+    keepalive_timeout = fields.get(
+        "keepalive_timeout_sec", number(minimum=0.1), defaults.keepalive_timeout_sec
+    )
+    max_connections = fields.get("max_connections", integer(minimum=1), defaults.max_connections)
+    max_in_flight = fields.get("max_in_flight", integer(minimum=1), defaults.max_in_flight)
     keys: list[ApiKeyRef] = fields.get(
         "keys", array_of_tables("[[api.keys]]", _api_key(base_dir)), []
     )
@@ -243,6 +255,11 @@ def _api_settings(
         max_body_bytes=max_body,
         keys=tuple(keys),
         users=tuple(users),
+        auth_failures_per_minute=auth_failures,
+        request_timeout_sec=request_timeout,
+        keepalive_timeout_sec=keepalive_timeout,
+        max_connections=max_connections,
+        max_in_flight=max_in_flight,
     )
 
 

@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from taskd import __version__, systemd
 from taskd.api.app import build_app, serve_api
 from taskd.api.auth import Authenticator
+from taskd.api.limits import LogThrottle
 from taskd.clock import Clock, SystemClock
 from taskd.config import load_config
 from taskd.core import Core, config_errors_for
@@ -44,7 +46,13 @@ log = structlog.get_logger("taskd.daemon")
 
 
 def configure_logging(*, json_lines: bool | None = None, level: int = logging.INFO) -> None:
-    """structlog: JSON lines when stderr is not a terminal, readable lines when it is."""
+    """structlog: JSON lines when stderr is not a terminal, readable lines when it is.
+
+    What the libraries log through the standard `logging` module (aiohttp, asyncio) goes to
+    the same renderer through a root handler, so every line on stderr has one shape. A
+    malformed HTTP request (aiohttp logs each with its traceback) becomes at most one line
+    per `MALFORMED_LOG_INTERVAL_SEC`, without a traceback, counting what it left out.
+    """
     if json_lines is None:
         json_lines = not sys.stderr.isatty()
     renderer: structlog.types.Processor = (
@@ -52,18 +60,65 @@ def configure_logging(*, json_lines: bool | None = None, level: int = logging.IN
         if json_lines
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            *shared,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(allow=_LOG_EXTRAS),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handler.addFilter(MalformedRequests(LogThrottle(MALFORMED_LOG_INTERVAL_SEC)))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+MALFORMED_LOG_INTERVAL_SEC = 60.0
+_LOG_EXTRAS = ("problem", "left_out_since_last_line")
+
+
+class MalformedRequests(logging.Filter):
+    """Turns aiohttp's report of a request it could not parse (logged with a traceback, one
+    per request) into one line without a traceback per interval; passes everything else."""
+
+    def __init__(self, throttle: LogThrottle) -> None:
+        super().__init__()
+        self._throttle = throttle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a malformed request within the interval; True otherwise (rewritten)."""
+        error = record.exc_info[1] if record.exc_info else None
+        if not (record.name.startswith("aiohttp") and isinstance(error, HttpProcessingError)):
+            return True
+        allowed, left_out = self._throttle.allow("malformed request")
+        if not allowed:
+            return False
+        record.msg, record.args = "malformed HTTP request: answered 400", ()
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text = None, None
+        record.problem = " ".join(str(error.message).split())[:200]
+        record.left_out_since_last_line = left_out
+        return True
 
 
 def load_settings(path: Path, modules: ModuleRegistry) -> Settings:

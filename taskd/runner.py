@@ -206,6 +206,8 @@ class Runner:
         """How many executions run now."""
         return len(self._running)
 
+    starting = 0  # jobs taken from the queue whose start is being recorded (one batch)
+
     @property
     def queued_count(self) -> int:
         """How many jobs wait for a free place."""
@@ -300,9 +302,11 @@ class Runner:
                 self._starting_by_task[job.task.id] += 1
                 batch.append(job)
             if batch:
+                self.starting = len(batch)
                 try:
                     await self._start(batch)
                 finally:
+                    self.starting = 0
                     for job in batch:
                         self._starting_by_task[job.task.id] -= 1
                         if self._starting_by_task[job.task.id] <= 0:
@@ -401,7 +405,10 @@ class Runner:
             status, message = ExecutionStatus.ERROR, str(error) or "module error"
         except Exception as error:
             status, message = ExecutionStatus.ERROR, f"{type(error).__name__}: {error}"
-            bound.exception("module raised")
+            # Rendering a traceback costs milliseconds on the loop per failing run: the error
+            # is logged at once, its traceback only when debug logging is on.
+            bound.error("module raised", error=message)
+            bound.debug("module raised: traceback", exc_info=True)
         finally:
             if ctx.stopping and status is ExecutionStatus.ERROR and running.stop_reason:
                 # Asked to stop, the module ended badly (a command trapping SIGTERM exits 3,

@@ -230,6 +230,16 @@ class Scheduler:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
 
+    def next_due_us(self) -> int | None:
+        """The earliest instant (µs since the epoch) the scheduler will claim or start
+        something at, or None: for the API, which steps aside around it (engine first)."""
+        candidates = []
+        if self._heap:
+            candidates.append(self._heap[0][0])
+        if self._waiting:
+            candidates.append(self._waiting[0][0])
+        return min(candidates) if candidates else None
+
     def _seconds_to_next(self, now: datetime) -> float:
         now_us = to_micros(now)
         candidates = [MAX_WAKE_INTERVAL_SEC]

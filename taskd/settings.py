@@ -107,6 +107,16 @@ class ApiSettings:
     max_body_bytes: int = 1_048_576
     keys: tuple[ApiKeyRef, ...] = ()
     users: tuple[ApiUser, ...] = ()
+    # Pressure limits (see README, "Under pressure"). Failed logins per client address and
+    # minute over TCP (0: no limit); beyond them 429 with Retry-After.
+    auth_failures_per_minute: int = 30
+    # A request's header and body must arrive within this; idle keep-alive connections close.
+    request_timeout_sec: float = 10.0
+    keepalive_timeout_sec: float = 15.0
+    # Open TCP connections at once (the Unix socket apart); beyond, new ones are closed.
+    max_connections: int = 256
+    # Requests being handled at once (health apart); beyond, 503 with Retry-After.
+    max_in_flight: int = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,7 +47,7 @@ from taskd.engine import EngineSettings, build_engine
 from taskd.model import Task
 from taskd.runner import Runner
 from taskd.scheduler import Scheduler
-from taskd.settings import ApiSettings, ListenAddress
+from taskd.settings import ApiSettings, ListenAddress, Settings
 from taskd.store import DB_FILE, Store, open_store
 from taskd.testing import FakeClock
 
@@ -388,22 +388,34 @@ async def open_api(
     trust_unix_socket: bool = True,
     max_body_bytes: int = 65_536,
     unix_socket: bool = True,
+    api_options: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Api]:
-    """Serve a taskd API on real parts in `tmp_path`; see the module docstring."""
+    """Serve a taskd API on real parts in `tmp_path`; see the module docstring.
+    `api_options` adds keys to the config's `[api]` table (limits, timeouts)."""
     api_config: dict[str, Any] = {
         "trust_unix_socket": trust_unix_socket,
         "max_body_bytes": max_body_bytes,
         "unix_socket": str(tmp_path / "taskd.sock") if unix_socket else False,
+        # Tests send bursts of concurrent requests to check races; the cap (8 by default)
+        # is tested on its own (tests/test_api_pressure.py).
+        "max_in_flight": 256,
+        **(api_options or {}),
     }
-    config_path, secrets_by_name = write_config(
-        tmp_path,
-        keys=KEY_SCOPES if keys is None else keys,
-        users=users,
-        tasks=tasks,
-        api=api_config,
-    )
-    daemon = Daemon(config_path)  # for its module registry and its health report
-    settings = load_settings(config_path, daemon.modules)
+
+    def prepare() -> tuple[Path, dict[str, str], Daemon, Settings]:
+        # Files, hashing, entry points: blocking work, done in a thread so that tests
+        # using `no_blocking` measure taskd, not this setup.
+        config_path, secrets_by_name = write_config(
+            tmp_path,
+            keys=KEY_SCOPES if keys is None else keys,
+            users=users,
+            tasks=tasks,
+            api=api_config,
+        )
+        daemon = Daemon(config_path)  # for its module registry and its health report
+        return config_path, secrets_by_name, daemon, load_settings(config_path, daemon.modules)
+
+    config_path, secrets_by_name, daemon, settings = await asyncio.to_thread(prepare)
     # The config file cannot name port 0; the test asks the OS for a free port.
     api_settings = dataclasses.replace(
         settings.api, listen=(ListenAddress(host="127.0.0.1", port=0),)

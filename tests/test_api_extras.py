@@ -491,7 +491,11 @@ async def test_a_read_that_gets_no_answer_is_503_not_a_hang(
     """A read the database does not answer in time (a frozen file system) is 503 `store
     unavailable` in the dialect's shape, within the store's read timeout."""
     monkeypatch.setattr(api.store, "_read_timeout_sec", 0.05)
-    hang = asyncio.ensure_future(api.store._conn._execute(time.sleep, 0.5))  # type: ignore[attr-defined]
+    # A frozen file system holds both connections: the writer's and the API's reader.
+    hangs = [
+        asyncio.ensure_future(connection._execute(time.sleep, 0.5))
+        for connection in (api.store._conn, api.store._reader)  # type: ignore[attr-defined]
+    ]
     await asyncio.sleep(0)
     try:
         reply = await api.unix.get("/api/v2/tasks")
@@ -502,4 +506,4 @@ async def test_a_read_that_gets_no_answer_is_503_not_a_hang(
         v1_reply = await api.unix.get("/api/v1/task")
         assert (v1_reply.status, v1_reply.json["code"]) == (503, "error.api.store_unavailable")
     finally:
-        await hang
+        await asyncio.gather(*hangs)

@@ -4,6 +4,7 @@ the sites it listens on (TCP addresses and a Unix socket).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -20,8 +21,25 @@ from aiohttp.web_urldispatcher import AbstractRoute
 
 from taskd.api import v1, v2
 from taskd.api.auth import Authenticator
-from taskd.api.common import API_SETTINGS, AUTH, CORE, HEALTH, METRICS, scope
-from taskd.api.middleware import V2, authenticate, errors
+from taskd.api.common import (
+    API_SETTINGS,
+    AUTH,
+    CONNECTIONS,
+    CORE,
+    HEALTH,
+    IN_FLIGHT,
+    LOGIN_LIMITER,
+    METRICS,
+    scope,
+)
+from taskd.api.connections import (
+    LOG_INTERVAL_SEC,
+    CappedTCPSite,
+    engine_first,
+    exception_handler,
+)
+from taskd.api.limits import ConnectionCap, FailureLimiter, InFlight, LogThrottle
+from taskd.api.middleware import V2, authenticate, errors, guard
 from taskd.api.openapi import METRICS_PATH
 from taskd.core import Core
 from taskd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -59,12 +77,16 @@ def build_app(
     answers what no dialect serves (metrics, unknown paths) the Nodeum way.
     """
     app = web.Application(
-        client_max_size=api_settings.max_body_bytes, middlewares=[errors(V2), authenticate]
+        client_max_size=api_settings.max_body_bytes,
+        middlewares=[guard, errors(V2), authenticate],
     )
     app[CORE] = core
     app[AUTH] = auth
     app[API_SETTINGS] = api_settings
     app[HEALTH] = health
+    app[LOGIN_LIMITER] = FailureLimiter(api_settings.auth_failures_per_minute)
+    app[IN_FLIGHT] = InFlight(api_settings.max_in_flight)
+    app[CONNECTIONS] = ConnectionCap(api_settings.max_connections)
     # Live log streams end before the server waits for its handlers to finish.
     app.on_shutdown.append(_stop_following)
     app.add_subapp(V2_PREFIX, v2.app())
@@ -88,13 +110,35 @@ def registered_routes(app: web.Application) -> list[AbstractRoute]:
 async def serve_api(
     app: web.Application, settings: ApiSettings, *, unix_socket_fd: int | None = None
 ) -> AsyncIterator[web.AppRunner]:
-    """Listen on every configured TCP address and the Unix socket until the block ends."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    """Listen on every configured TCP address and the Unix socket until the block ends.
+
+    TCP connections are counted and capped (`max_connections`), idle ones closed after
+    `keepalive_timeout_sec`, slow request heads after `request_timeout_sec`; the loop's
+    exception handler logs accept failures once per interval (see `taskd.api.connections`).
+    """
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=settings.keepalive_timeout_sec,
+    )
     await runner.setup()
+    throttle = LogThrottle(LOG_INTERVAL_SEC)
+    cap = app.get(CONNECTIONS) or ConnectionCap(settings.max_connections)
+    loop = asyncio.get_running_loop()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(exception_handler(throttle))
     created: Path | None = None  # the socket file this call made, and so must remove
     try:
         for address in settings.listen:
-            site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+            site = CappedTCPSite(
+                runner,
+                address.host,
+                address.port,
+                cap=cap,
+                request_timeout_sec=settings.request_timeout_sec,
+                throttle=throttle,
+            )
             await site.start()
             log.info("listening", address=str(address))
         if unix_socket_fd is not None:
@@ -109,9 +153,23 @@ async def serve_api(
             created = socket_path
             os.chmod(socket_path, 0o660)
             log.info("listening", unix_socket=str(socket_path))
-        yield runner
+        core = app.get(CORE)
+        stepping_aside = (
+            None
+            if core is None
+            else asyncio.create_task(
+                engine_first(cap, core.scheduler, core.runner), name="taskd-engine-first"
+            )
+        )
+        try:
+            yield runner
+        finally:
+            if stepping_aside is not None:
+                stepping_aside.cancel()
+            cap.resume_all()
     finally:
         await runner.cleanup()
+        loop.set_exception_handler(previous_handler)
         # Only a file this call bound: when binding failed (a live daemon serves the path,
         # or a file that is no socket sits there), the file is someone else's.
         if created is not None:

@@ -11,10 +11,17 @@ Scopes follow the Nodeum API: `tasks/index`, `tasks/show`, `tasks/create`, `task
 and `metrics`, for a Prometheus scraper's key (`GET /metrics`; `tasks/index` reads it too).
 No credentials: 401. Credentials without the route's scope: 403. The Unix socket may be
 trusted (its file mode guards it): then it needs no credentials.
+
+A password check (scrypt, ~50-100 ms of CPU) never runs on the event loop: at most
+`PASSWORD_CHECKS` run at once, in threads; others wait their turn (their number is bounded
+by the API's in-flight cap and the per-address limit on failed logins). A successful Basic
+check is remembered for `CACHE_TTL_SEC` under the SHA-256 of the header (never the header
+itself), at most `CACHE_SIZE` entries (the oldest go first); failures are never cached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
@@ -22,7 +29,9 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Iterable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +41,12 @@ from taskd.settings import ApiSettings
 # scrypt parameters for new hashes: about 50 ms and 16 MiB on a server core.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _HASH_PREFIX = "scrypt"
+
+# scrypt runs at once, in threads (each takes 16 MiB): at most 2, and one core is always
+# left to the event loop (with two scrypt threads on two cores the loop waited 60 ms).
+PASSWORD_CHECKS = max(1, min(2, (os.cpu_count() or 1) - 1))
+CACHE_TTL_SEC = 60.0
+CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +126,20 @@ class _User:
 class Authenticator:
     """Checks the credentials of a request against the configured keys and users."""
 
-    def __init__(self, keys: Iterable[_Key], users: Iterable[_User]) -> None:
+    def __init__(
+        self,
+        keys: Iterable[_Key],
+        users: Iterable[_User],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._keys = tuple(keys)
         self._users = {user.name: user for user in users}
+        self._monotonic = monotonic
+        self._checks = asyncio.Semaphore(PASSWORD_CHECKS)
+        # sha256(header) -> (principal, expiry on the monotonic clock), oldest first.
+        self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
+        self.password_checks = 0  # how many scrypt checks ran (for tests and metrics)
 
     def take_credentials(self, other: Authenticator) -> None:
         """Check requests against `other`'s keys and users from now on (a config reload).
@@ -125,6 +151,7 @@ class Authenticator:
         """
         self._keys = other._keys
         self._users = other._users
+        self._cache.clear()  # a revoked user's cached check must not outlive the reload
 
     @property
     def has_credentials(self) -> bool:
@@ -153,13 +180,17 @@ class Authenticator:
             raise ValidationError(errors)
         return cls(keys, users)
 
-    def authenticate(self, authorization: str | None) -> Principal | None:
-        """Return the principal the `Authorization` header names, or None if it names none."""
+    async def authenticate(self, authorization: str | None) -> Principal | None:
+        """Return the principal the `Authorization` header names, or None if it names none.
+
+        Keys are compared on the loop (microseconds); Basic credentials in a thread, unless
+        the same header succeeded less than `CACHE_TTL_SEC` ago.
+        """
         if not authorization:
             return None
         scheme, _, rest = authorization.strip().partition(" ")
         if scheme.lower() == "basic" and rest:
-            return self._basic(rest.strip())
+            return await self._basic_cached(authorization, rest.strip())
         candidate = rest.strip() if scheme.lower() == "bearer" and rest else authorization.strip()
         # aiohttp decodes header bytes that are not UTF-8 with surrogateescape; this turns
         # them back into the bytes sent (a plain encode() would raise on them).
@@ -171,6 +202,23 @@ class Authenticator:
             if hmac.compare_digest(key.secret, candidate):
                 found = key
         return None if found is None else Principal(found.name, found.scopes)
+
+    async def _basic_cached(self, header: str, encoded: str) -> Principal | None:
+        digest = hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest()
+        now = self._monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None:
+            if cached[1] > now:
+                return cached[0]
+            del self._cache[digest]
+        async with self._checks:
+            self.password_checks += 1
+            found = await asyncio.to_thread(self._basic, encoded)
+        if found is not None:
+            self._cache[digest] = (found, self._monotonic() + CACHE_TTL_SEC)
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return found
 
     def _basic(self, encoded: str) -> Principal | None:
         try:

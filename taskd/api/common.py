@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from taskd.api.auth import Authenticator, Principal
 from taskd.api.errors import ApiError
+from taskd.api.limits import ConnectionCap, FailureLimiter, InFlight
 from taskd.core import Core
 from taskd.definition import MAX_ID
 from taskd.errors import FieldError
@@ -25,6 +27,9 @@ API_SETTINGS = web.AppKey("api_settings", ApiSettings)
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 HEALTH: web.AppKey[HealthCheck] = web.AppKey("health")
 METRICS = web.AppKey("metrics", Metrics)
+LOGIN_LIMITER = web.AppKey("login_limiter", FailureLimiter)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+CONNECTIONS = web.AppKey("connections", ConnectionCap)
 if TYPE_CHECKING or hasattr(web, "RequestKey"):
     # A typed key: aiohttp 3.14 warns about str keys, and a warning must not fail a request
     # where warnings are errors (the test suite).
@@ -32,8 +37,16 @@ if TYPE_CHECKING or hasattr(web, "RequestKey"):
 else:  # older aiohttp has no RequestKey and no warning
     PRINCIPAL = "taskd_principal"
 
+if TYPE_CHECKING or hasattr(web, "RequestKey"):
+    IN_FLIGHT_RELEASE: web.RequestKey[Callable[[], None]] = web.RequestKey(
+        "taskd_in_flight_release"
+    )
+else:
+    IN_FLIGHT_RELEASE = "taskd_in_flight_release"
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
+T = TypeVar("T")
 
 PUBLIC = "public"
 
@@ -47,6 +60,37 @@ def scope(*names: str) -> Callable[[H], H]:
         return handler
 
     return mark
+
+
+# Items rendered to JSON between two yields to the event loop: a page of 1,000 tasks (v1
+# lists up to 100,000) never holds the loop in one piece.
+RENDER_STEP = 100
+
+
+async def json_array(request: web.Request, items: Sequence[T], render: Callable[[T], Any]) -> str:
+    """`items` rendered and serialized as a JSON array, `RENDER_STEP` at a time, yielding to
+    the loop in between (and waiting while the engine goes first)."""
+    parts: list[str] = []
+    gate = request.config_dict[CONNECTIONS]
+    for start in range(0, len(items), RENDER_STEP):
+        if start:
+            await asyncio.sleep(0)
+        await gate.wait_open()
+        parts.extend(json.dumps(render(item)) for item in items[start : start + RENDER_STEP])
+    return "[" + ", ".join(parts) + "]"
+
+
+def json_text_response(text: str, status: int = 200) -> web.Response:
+    """A response whose body is `text`, already JSON."""
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+def leave_in_flight(request: web.Request) -> None:
+    """Stop counting `request` among the requests in flight: for a live stream, which may
+    last hours and holds a connection (capped), not the loop."""
+    release = request.get(IN_FLIGHT_RELEASE)
+    if release is not None:
+        release()
 
 
 def principal(request: web.Request) -> Principal:
@@ -85,14 +129,11 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-async def read_json(request: web.Request) -> Any:
-    """Parse the request body as JSON (UTF-8, RFC 8259); 400 saying why if it is not.
-
-    Refused: bytes that are not UTF-8, NaN and Infinity, numbers Python will not convert
-    (more than 4300 digits), nesting deeper than `MAX_JSON_DEPTH`.
-    """
+async def read_body(request: web.Request) -> bytes:
+    """The request body (aiohttp keeps it once read); 400 if it is not what its
+    `Content-Encoding` says."""
     try:
-        raw = await request.read()
+        return await request.read()
     except web.RequestPayloadError:
         # aiohttp undoes a Content-Encoding while reading; a body that is not what the
         # header says (not gzip under `gzip`) fails there, and is the client's error.
@@ -105,6 +146,15 @@ async def read_json(request: web.Request) -> Any:
             # The stream is out of step with the request: the connection cannot carry another.
             headers={"Connection": "close"},
         ) from None
+
+
+async def read_json(request: web.Request) -> Any:
+    """Parse the request body as JSON (UTF-8, RFC 8259); 400 saying why if it is not.
+
+    Refused: bytes that are not UTF-8, NaN and Infinity, numbers Python will not convert
+    (more than 4300 digits), nesting deeper than `MAX_JSON_DEPTH`.
+    """
+    raw = await read_body(request)
     try:
         # JSON is UTF-8 (RFC 8259, 8.1); a charset parameter is not consulted.
         text = raw.decode("utf-8")

@@ -9,6 +9,7 @@ request, so a 401 or 403 answers in that app's dialect and credentials are check
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import structlog
@@ -16,8 +17,21 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from taskd.api.auth import UNIX_SOCKET_PRINCIPAL
-from taskd.api.common import API_SETTINGS, AUTH, PRINCIPAL, PUBLIC, Handler
+from taskd.api.common import (
+    API_SETTINGS,
+    AUTH,
+    CONNECTIONS,
+    IN_FLIGHT,
+    IN_FLIGHT_RELEASE,
+    LOGIN_LIMITER,
+    PRINCIPAL,
+    PUBLIC,
+    Handler,
+    read_body,
+)
+from taskd.api.connections import CountedProtocol
 from taskd.api.errors import ApiError, Renderer, v1_error, v2_error
+from taskd.api.limits import RETRY_AFTER_BUSY_SEC
 from taskd.errors import (
     ActionError,
     ConflictError,
@@ -26,6 +40,7 @@ from taskd.errors import (
     StoreUnavailableError,
     ValidationError,
 )
+from taskd.store.base import separate_reads
 
 log = structlog.get_logger("taskd.api")
 
@@ -131,8 +146,23 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         request[PRINCIPAL] = UNIX_SOCKET_PRINCIPAL
         return await handler(request)
     authorization = request.headers.get("Authorization")
-    principal = request.config_dict[AUTH].authenticate(authorization)
+    # Failed logins are limited per TCP client address; the Unix socket is not limited
+    # (its file mode guards it, and its peers have no address to tell them apart).
+    address = None if _is_unix(request) else (request.remote or "")
+    limiter = request.config_dict[LOGIN_LIMITER]
+    if address is not None:
+        wait = limiter.retry_after(address)
+        if wait:
+            raise ApiError(
+                429,
+                "too_many_requests",
+                f"too many failed logins from this address: retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+    principal = await request.config_dict[AUTH].authenticate(authorization)
     if principal is None:
+        if address is not None and authorization and authorization.strip():
+            limiter.failed(address)
         raise ApiError(
             401,
             "unauthorized",
@@ -145,8 +175,75 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
+HEALTH_PATH = "/api/v2/health"
+
+
+def _style_of(path: str) -> ErrorStyle:
+    return V1 if path == "/api/v1" or path.startswith("/api/v1/") else V2
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The root app's outermost middleware: tell the connection its request's head arrived
+    (its deadline is met), and cap the requests in flight (health apart): one more is
+    answered 503 with Retry-After in its dialect's shape, at once, never queued.
+    """
+    transport = request.transport
+    protocol = transport.get_protocol() if transport is not None else None
+    counted = protocol if isinstance(protocol, CountedProtocol) else None
+    if counted is not None:
+        counted.request_started()
+    try:
+        if request.path == HEALTH_PATH:
+            return await handler(request)
+        in_flight = request.config_dict[IN_FLIGHT]
+        if not in_flight.enter():
+            return _style_of(request.path).render(
+                ApiError(
+                    503,
+                    "busy",
+                    f"taskd is handling {in_flight.limit} requests already: retry shortly",
+                    headers={"Retry-After": str(RETRY_AFTER_BUSY_SEC)},
+                )
+            )
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            if not left:
+                left = True
+                in_flight.leave()
+
+        request[IN_FLIGHT_RELEASE] = leave
+        try:
+            await request.config_dict[CONNECTIONS].wait_open()  # the engine goes first
+            with separate_reads():  # the engine's reads never queue behind the API's
+                return await handler(request)
+        finally:
+            leave()
+    finally:
+        if counted is not None:
+            counted.request_ended()
+
+
+@web.middleware
+async def read_body_first(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read the body (bounded by `max_body_bytes`) within `request_timeout_sec`, after the
+    credentials were checked: a client trickling its body holds a slot only that long."""
+    if request.body_exists and request.match_info.apps[-1] is request.app:
+        timeout = request.config_dict[API_SETTINGS].request_timeout_sec
+        try:
+            async with asyncio.timeout(timeout):
+                await read_body(request)
+        except TimeoutError:
+            raise ApiError(
+                408, "request_timeout", f"the body did not arrive within {timeout:g} s"
+            ) from None
+    return await handler(request)
+
+
 def dialect_app(routes: web.RouteTableDef, style: ErrorStyle) -> web.Application:
     """A sub-app serving `routes`, answering failures in `style`, checking credentials."""
-    app = web.Application(middlewares=[errors(style), authenticate])
+    app = web.Application(middlewares=[errors(style), authenticate, read_body_first])
     app.router.add_routes(routes)
     return app

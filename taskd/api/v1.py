@@ -13,7 +13,16 @@ from typing import Any
 
 from aiohttp import web
 
-from taskd.api.common import CORE, parse_id, principal, query_int, read_json, scope
+from taskd.api.common import (
+    CORE,
+    json_array,
+    json_text_response,
+    parse_id,
+    principal,
+    query_int,
+    read_json,
+    scope,
+)
 from taskd.api.errors import ApiError
 from taskd.api.middleware import V1, dialect_app
 from taskd.api.render import log_entry_json, task_v1
@@ -45,7 +54,9 @@ async def list_tasks(request: web.Request) -> web.Response:
     offset = query_int(request, "offset", 0) or 0
     core = request.config_dict[CORE]
     tasks, _ = await core.query_tasks(limit=limit, offset=offset)
-    return web.json_response([task_v1(core.shown(task)) for task in tasks])
+    return json_text_response(
+        await json_array(request, tasks, lambda task: task_v1(core.shown(task)))
+    )
 
 
 def _changes(item: Mapping[str, Any], *, new: bool) -> dict[str, Any]:

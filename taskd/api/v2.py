@@ -18,6 +18,9 @@ from taskd.api.common import (
     METRICS,
     PUBLIC,
     Handler,
+    json_array,
+    json_text_response,
+    leave_in_flight,
     parse_id,
     principal,
     query_bool,
@@ -153,7 +156,9 @@ async def index_tasks(request: web.Request) -> web.Response:
     tasks, count = await core.query_tasks(
         where=_filters(request), order=_order(request), limit=limit, offset=offset
     )
-    return web.json_response({"count": count, "tasks": await _rendered(core, tasks)})
+    pairs = await core.with_last_executions(tasks)
+    rendered = await json_array(request, pairs, lambda pair: task_v2(core.shown(pair[0]), pair[1]))
+    return json_text_response(f'{{"count": {int(count)}, "tasks": {rendered}}}')
 
 
 @routes.post("/tasks")
@@ -350,6 +355,7 @@ async def task_log(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
+    leave_in_flight(request)
     events = core.follow_log(
         task.id,
         mode=follow,

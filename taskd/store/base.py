@@ -16,6 +16,15 @@ Durability, for every implementation:
 - Writes are applied in the order they were submitted (awaited and `*_nowait` alike).
 - Each method's change is atomic: all of it is committed, or none of it.
 
+Reads, for every implementation:
+
+- A read sees every write whose awaitable has resolved (committed), never a partial one.
+- Inside `separate_reads()` (and in the tasks started inside it), reads may go through a
+  separate read-only connection: they then neither wait for the engine's write batches nor
+  delay the engine's own reads. The API wraps each request in it, so load on the API cannot
+  make a due start late. SQLite: a second, read-only connection on its own thread (WAL lets
+  it read while the writer commits). A backend without one ignores it.
+
 Errors: `NotFoundError` for an unknown task / execution id where the method says so,
 `ConflictError` for a write refused by a uniqueness or version rule, `DeferError` for an
 unusable defer id; `RuntimeError` for an awaited write after the store was closed (a
@@ -36,12 +45,32 @@ Failing writes, for every implementation:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from taskd.model import Execution, ExecutionStatus, LogEntry, Task, TaskSource, TriggerKind
+
+_SEPARATE_READS: ContextVar[bool] = ContextVar("taskd_store_separate_reads", default=False)
+
+
+@contextmanager
+def separate_reads() -> Iterator[None]:
+    """Let the reads made inside this block use the store's separate read connection (see
+    the module docstring): for the API's requests, never for the engine."""
+    token = _SEPARATE_READS.set(True)
+    try:
+        yield
+    finally:
+        _SEPARATE_READS.reset(token)
+
+
+def reads_separately() -> bool:
+    """Whether the caller is inside `separate_reads()` (for store implementations)."""
+    return _SEPARATE_READS.get()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

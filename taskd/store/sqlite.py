@@ -56,6 +56,7 @@ from taskd.store.base import (
     SlotClaim,
     TaskInsert,
     TaskUpdate,
+    reads_separately,
 )
 from taskd.store.migrations import check_version, migrate
 
@@ -306,11 +307,22 @@ class SqliteStore:
                 read_timeout_sec=read_timeout_sec,
                 log_backlog_entries=log_backlog_entries,
             )
-            store._writer = asyncio.create_task(store._write_loop(), name="taskd-store-writer")
+            # The API's reads (`separate_reads`) go through their own read-only connection,
+            # on its own thread: WAL lets it read while the writer commits, so they never
+            # wait for a batch, and the engine's reads never wait behind them.
+            reader = await aiosqlite.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
             try:
-                yield store
+                await reader.execute("PRAGMA busy_timeout = 5000")
+                store._reader = reader
+                store._writer = asyncio.create_task(store._write_loop(), name="taskd-store-writer")
+                try:
+                    yield store
+                finally:
+                    await store._close()
             finally:
-                await store._close()
+                await reader.close()
         finally:
             await conn.close()
 
@@ -489,10 +501,13 @@ class SqliteStore:
         if self._writer is not None:
             await self._writer
 
+    _reader: aiosqlite.Connection | None = None  # set by `open`
+
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        reader = self._reader if reads_separately() and self._reader is not None else None
         try:
             async with asyncio.timeout(self._read_timeout_sec):
-                rows = await self._conn.execute_fetchall(sql, params)
+                rows = await (reader or self._conn).execute_fetchall(sql, params)
         except TimeoutError:
             raise StoreUnavailableError(
                 f"no answer from the database within {self._read_timeout_sec:g} s"
