@@ -21,6 +21,7 @@ from taskd.api.common import (
     API_SETTINGS,
     AUTH,
     CONNECTIONS,
+    CORE,
     IN_FLIGHT,
     IN_FLIGHT_RELEASE,
     LOGIN_LIMITER,
@@ -40,7 +41,6 @@ from taskd.errors import (
     StoreUnavailableError,
     ValidationError,
 )
-from taskd.store.base import separate_reads
 
 log = structlog.get_logger("taskd.api")
 
@@ -217,7 +217,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         request[IN_FLIGHT_RELEASE] = leave
         try:
             await request.config_dict[CONNECTIONS].wait_open()  # the engine goes first
-            with separate_reads():  # the engine's reads never queue behind the API's
+            # The engine's reads never queue behind the API's.
+            with request.config_dict[CORE].front_end_reads():
                 return await handler(request)
         finally:
             leave()

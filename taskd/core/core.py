@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,6 +49,7 @@ from taskd.runner import Runner
 from taskd.schedule import format_utc
 from taskd.scheduler import Scheduler
 from taskd.store import Definition, NewExecution, Store, TaskInsert, TaskUpdate
+from taskd.store.base import separate_reads
 from taskd.taskspec import validate_task_spec
 
 log = structlog.get_logger("taskd.core")
@@ -106,6 +108,12 @@ class Core:
         # dict when its last holder or waiter is done, so the dict stays as small as the
         # number of tasks being started right now.
         self._run_locks: dict[int, tuple[asyncio.Lock, int]] = {}
+
+    @staticmethod
+    def front_end_reads() -> AbstractContextManager[None]:
+        """Mark the reads made inside the block as a front end's (the API's): the store
+        serves them apart from the engine's, so they never queue behind its writes."""
+        return separate_reads()
 
     @property
     def default_timezone(self) -> str:
