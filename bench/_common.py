@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -93,3 +94,33 @@ def configure_bench_logging(mode: str, log_file: TextIO) -> None:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=log_file))
     if mode == "none":
         structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to the file `path`, mode 0600 (taskd refuses readable key files)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+
+
+def daemon_toml(port: int, *, shutdown_grace_sec: float = 1) -> str:
+    """The `[daemon]` and `[api]` tables of a benchmark's daemon: its state in `state/` next
+    to the config, TCP on 127.0.0.1:`port` only (no Unix socket)."""
+    return f"""\
+[daemon]
+state_dir = "state"
+shutdown_grace_sec = {shutdown_grace_sec:g}
+stop_grace_sec = 1
+
+[api]
+listen = ["127.0.0.1:{port}"]
+unix_socket = false
+"""

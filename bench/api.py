@@ -60,7 +60,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -74,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _common import percentile, thread_cpu_seconds
+from _common import free_port, percentile, thread_cpu_seconds, write_private
 
 import taskd
 from taskd.clock import SystemClock
@@ -204,21 +203,6 @@ class CpuMeter:
 
 
 # -- setup ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to a new file of mode 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
 
 
 def write_config(directory: Path, port: int, key: str) -> Path:

@@ -33,8 +33,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import calibration_ms, load_average, percentile, python_and_cpus, state_dir
-from pressure import HealthPoller, free_port, wait_healthy, write_private
+from _common import (
+    calibration_ms,
+    daemon_toml,
+    free_port,
+    load_average,
+    percentile,
+    python_and_cpus,
+    state_dir,
+    write_private,
+)
+from pressure import HealthPoller, wait_healthy
 
 from taskd.api.auth import hash_password
 
@@ -46,15 +55,8 @@ def write_config(directory: Path, port: int, password: str) -> Path:
     config = directory / "taskd.toml"
     write_private(
         config,
-        f"""\
-[daemon]
-state_dir = "state"
-shutdown_grace_sec = 1
-
-[api]
-listen = ["127.0.0.1:{port}"]
-unix_socket = false
-
+        daemon_toml(port)
+        + f"""
 [[api.users]]
 name = "alice"
 password_hash = "{hash_password(password)}"

@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import secrets
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -40,7 +38,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import calibration_ms, load_average, percentile, python_and_cpus, state_dir
+from _common import (
+    calibration_ms,
+    daemon_toml,
+    free_port,
+    load_average,
+    percentile,
+    python_and_cpus,
+    state_dir,
+    write_private,
+)
 
 TASKD_ROOT = Path(__file__).resolve().parent.parent
 TASK = "flood"
@@ -64,21 +71,6 @@ class Result:
     health_count: int
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to a new file of mode 0600 (taskd refuses readable key files)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
-
-
 def command_of(scenario: str, args: argparse.Namespace) -> tuple[str, int, int]:
     """The shell command of a scenario, with the bytes and lines it prints."""
     if scenario == "flood":
@@ -94,16 +86,8 @@ def write_config(directory: Path, port: int, key: str, command: str) -> Path:
     params = json.dumps(command)  # a JSON string is a TOML basic string
     write_private(
         config,
-        f"""\
-[daemon]
-state_dir = "state"
-shutdown_grace_sec = 1
-stop_grace_sec = 1
-
-[api]
-listen = ["127.0.0.1:{port}"]
-unix_socket = false
-
+        daemon_toml(port)
+        + f"""
 [[api.keys]]
 name = "bench"
 key_file = "bench.key"

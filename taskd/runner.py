@@ -233,10 +233,6 @@ class Runner:
         for their ending to be recorded)."""
         return sorted(self._running_by_task.get(task_id, ()))
 
-    def queued_for_task(self, task_id: int) -> list[int]:
-        """Return the ids of the task's jobs waiting in the queue."""
-        return sorted(self._queued_by_task.get(task_id, ()))
-
     def remove_queued(self, task_id: int) -> list[Job]:
         """Take the task's jobs out of the queue (it was deleted or disabled); return them."""
         if not self._queued_by_task.pop(task_id, None):

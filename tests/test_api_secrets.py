@@ -12,6 +12,7 @@ from typing import Any
 from api_fixtures import Api
 
 MASK = "***"
+# Made-up credentials (example.org, nothing real): only their masking is tested.
 HTTP = {
     "task_module": "http",
     "task_params": {
