@@ -13,7 +13,9 @@ import asyncio
 import gc
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from api_fixtures import PASSWORD, USER, Api, basic, open_api, password_hash
@@ -308,7 +310,7 @@ async def test_the_api_steps_aside_while_the_engine_fires() -> None:
         clock=clock,
         next_due_us=lambda: heap[0] if heap else None,
     )
-    runner = SimpleNamespace(queued_count=0, starting=0)
+    runner = SimpleNamespace(queued_count=0, starting=0, running_count=0, max_running=4)
     cap = ConnectionCap(4)
     cap.connections.add(Connection())
     window = asyncio.create_task(engine_first(cap, scheduler, runner))  # type: ignore[arg-type]
@@ -329,3 +331,26 @@ async def test_the_api_steps_aside_while_the_engine_fires() -> None:
         await asyncio.wait_for(gate, timeout=5)
     finally:
         window.cancel()
+
+
+def test_jobs_queued_behind_a_full_runner_do_not_hold_the_window_open() -> None:
+    """The engine-first window closes once the instant's jobs were handed over: jobs that
+    wait for a free place in a full runner (they start when a run ends) do not keep it
+    closed; jobs the runner could start now do."""
+    from types import SimpleNamespace
+
+    from taskd.api.connections import _fired
+    from taskd.clock import to_micros
+
+    now = datetime(2026, 1, 5, 10, 0, 1, tzinfo=UTC)
+    due_us = to_micros(now) - 1
+    scheduler = SimpleNamespace(clock=SimpleNamespace(now=lambda: now), next_due_us=lambda: None)
+
+    def runner(running: int, queued: int) -> Any:
+        return SimpleNamespace(
+            running_count=running, max_running=4, queued_count=queued, starting=0
+        )
+
+    assert _fired(scheduler, runner(running=4, queued=10), due_us)  # type: ignore[arg-type]
+    assert not _fired(scheduler, runner(running=1, queued=10), due_us)  # type: ignore[arg-type]
+    assert _fired(scheduler, runner(running=1, queued=0), due_us)  # type: ignore[arg-type]
