@@ -55,6 +55,7 @@ from taskd.taskspec import validate_task_spec
 log = structlog.get_logger("taskd.core")
 
 DEFER_TTL = timedelta(days=7)
+_ZONE_PAGE = 1000  # tasks read at once when the default timezone changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,22 +132,30 @@ class Core:
         self.scheduler.set_default_timezone(zone)
         now = self.clock.now()
         moved = 0
-        for task in await self.store.list_tasks():
-            if not task.enabled or not _has_zoneless_schedule(task.spec):
-                continue
-            try:
-                schedules = task.schedule_set(zone)
-            except ValidationError:  # stored before a rule refused it (a never-firing cron)
-                continue
-            one_shot = task.spec.get("next_run_at")
-            candidates = [schedules.next_after(now)]
-            if one_shot and task.next_run_at is not None and task.next_run_at > now:
-                candidates.append(task.next_run_at)
-            next_run_at = min((t for t in candidates if t is not None), default=None)
-            if next_run_at != task.next_run_at:
-                await self.store.set_next_run_at(task.id, next_run_at)
-                self.scheduler.task_changed(task.id, await self.store.get_task(task.id))
-                moved += 1
+        # In pages, by id: a reload must not hold a million tasks (or the loop) at once.
+        last_id = 0
+        while page := (
+            await self.store.query_tasks(
+                where=[("id", ">", last_id)], limit=_ZONE_PAGE, with_total=False
+            )
+        )[0]:
+            last_id = page[-1].id
+            for task in page:
+                if not task.enabled or not _has_zoneless_schedule(task.spec):
+                    continue
+                try:
+                    schedules = task.schedule_set(zone)
+                except ValidationError:  # stored before a rule refused it (a never-firing cron)
+                    continue
+                one_shot = task.spec.get("next_run_at")
+                candidates = [schedules.next_after(now)]
+                if one_shot and task.next_run_at is not None and task.next_run_at > now:
+                    candidates.append(task.next_run_at)
+                next_run_at = min((t for t in candidates if t is not None), default=None)
+                if next_run_at != task.next_run_at:
+                    await self.store.set_next_run_at(task.id, next_run_at)
+                    self.scheduler.task_changed(task.id, await self.store.get_task(task.id))
+                    moved += 1
         return moved
 
     # -- definitions ----------------------------------------------------------------------
