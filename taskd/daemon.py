@@ -40,7 +40,7 @@ from taskd.modules.registry import ModuleRegistry
 from taskd.notify import Notifier
 from taskd.scheduler import Scheduler
 from taskd.settings import Settings
-from taskd.store import open_store
+from taskd.store import Store, open_store
 
 log = structlog.get_logger("taskd.daemon")
 
@@ -128,6 +128,23 @@ def load_settings(path: Path, modules: ModuleRegistry) -> Settings:
     if errors:
         raise ValidationError(errors)
     return settings
+
+
+# How often an idle daemon pings its store, so health flips to failing (or back) without
+# waiting for a request or a run to write something.
+STORE_PROBE_INTERVAL_SEC = 5.0
+
+
+async def probe_store(store: Store, interval_sec: float) -> None:
+    """Ping `store` every `interval_sec` seconds, forever: a ping that fails makes the store
+    remember the failure (health reports it), and one that commits while a failure is
+    remembered clears it (see `Store.ping`). The store logs both changes; this logs nothing.
+    """
+    while True:
+        await asyncio.sleep(interval_sec)
+        with contextlib.suppress(Exception):  # the failure is the store's to remember
+            async with asyncio.timeout(max(interval_sec, 1.0)):
+                await store.ping()
 
 
 _NO_CREDENTIALS = (
@@ -312,6 +329,8 @@ class Daemon:
             self._install_signals()
             status = asyncio.create_task(systemd.status_loop(self._status, on_error=_notify_failed))
             stack.callback(status.cancel)
+            probe = asyncio.create_task(probe_store(store, STORE_PROBE_INTERVAL_SEC))
+            stack.callback(probe.cancel)
             # Everything built so far lives as long as the daemon: keep the collector from
             # walking it again and again (full collections stalled requests for ~30 ms).
             gc.freeze()

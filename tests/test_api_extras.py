@@ -25,7 +25,9 @@ from taskd.api import v2
 from taskd.api.app import registered_routes
 from taskd.core import Follow, RunEnded, RunFollowed
 from taskd.core import follow as follow_module
+from taskd.daemon import probe_store
 from taskd.model import ExecutionStatus, LogEntry
+from taskd.testing import wait_until
 
 QUICK = {"task_module": "sleep", "task_params": {"seconds": 0}}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
@@ -483,6 +485,41 @@ async def test_health_reports_a_failing_store_with_its_reason_until_a_write_succ
     assert (await api.unix.post("/api/v2/tasks", {"name": "big", **big})).status == 201
     health = await anonymous.get("/api/v2/health")
     assert (health.status, health.json["store"]) == (200, "writable")
+
+
+async def test_a_write_that_gets_no_answer_is_503_not_a_hang(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a frozen file system a create is 503 `store unavailable` in each dialect's shape
+    within the store's write timeout; the write was withdrawn (nothing is created after
+    the thaw), and health, which said `failing` meanwhile, recovers on an idle daemon by
+    the periodic probe alone."""
+    monkeypatch.setattr(api.store, "_write_timeout_sec", 0.2)
+    quick = {"task_module": "sleep", "task_params": {"seconds": 0}}
+    anonymous = await api.tcp(None)
+    await DISK.freeze(api.store)
+    try:
+        reply = await api.unix.post("/api/v2/tasks", {"name": "frozen", **quick})
+        assert reply.status == 503, reply
+        assert reply.json["messages"] == [
+            "store unavailable: no answer from the database within 0.2 s; nothing was written"
+        ]
+        v1_reply = await api.unix.post("/api/v1/task", [{"task": {"name": "frozen1", **quick}}])
+        assert (v1_reply.status, v1_reply.json["code"]) == (503, "error.api.store_unavailable")
+        health = await anonymous.get("/api/v2/health")
+        assert health.status == 503
+        assert health.json["store"].startswith("failing: no answer from the database")
+    finally:
+        await DISK.thaw(api.store)
+    probe = asyncio.create_task(probe_store(api.store, 0.05))
+    try:
+        await wait_until(lambda: api.store.failure is None)
+    finally:
+        probe.cancel()
+    health = await anonymous.get("/api/v2/health")
+    assert (health.status, health.json["store"]) == (200, "writable")
+    assert await api.store.find_task("frozen") is None
+    assert await api.store.find_task("frozen1") is None
 
 
 async def test_a_read_that_gets_no_answer_is_503_not_a_hang(

@@ -19,7 +19,7 @@ from taskd.store.base import (
     TaskInsert,
     TaskUpdate,
 )
-from taskd.store.sqlite import DB_FILE, LOG_BACKLOG_ENTRIES, SqliteStore
+from taskd.store.sqlite import DB_FILE, LOG_BACKLOG_ENTRIES, WRITE_TIMEOUT_SEC, SqliteStore
 
 __all__ = [
     "DB_FILE",
@@ -41,6 +41,7 @@ async def open_store(
     history_per_task: int = 100,
     log_entries_per_execution: int = 1000,
     log_backlog_entries: int = LOG_BACKLOG_ENTRIES,
+    write_timeout_sec: float = WRITE_TIMEOUT_SEC,
 ) -> AsyncIterator[Store]:
     """Open the store of a state directory (`state_dir / DB_FILE`, created and migrated if
     needed) and close it on exit, committing pending `*_nowait` writes.
@@ -48,14 +49,17 @@ async def open_store(
     `history_per_task`: finished executions kept per task (within 10 %);
     `log_entries_per_execution`: log entries kept per execution (head, marker, tail);
     `log_backlog_entries`: log entries waiting to be written past which `log_full` holds
-    (see `Store.log_full`). Raises RuntimeError for a database of a newer schema version
-    than this taskd knows, StoreUnavailableError (naming the path and the reason) if the
-    directory cannot be created or the database cannot be opened or written.
+    (see `Store.log_full`); `write_timeout_sec`: how long an awaited write waits for its
+    commit (see "Errors" in `taskd.store.base`). Raises RuntimeError for a database of a
+    newer schema version than this taskd knows, StoreUnavailableError (naming the path and
+    the reason) if the directory cannot be created or the database cannot be opened or
+    written.
     """
     async with SqliteStore.open(
         state_dir / DB_FILE,
         history_per_task=history_per_task,
         log_entries_per_execution=log_entries_per_execution,
         log_backlog_entries=log_backlog_entries,
+        write_timeout_sec=write_timeout_sec,
     ) as store:
         yield store

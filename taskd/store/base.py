@@ -31,7 +31,13 @@ unusable defer id; `RuntimeError` for an awaited write after the store was close
 `*_nowait` one is dropped then). `StoreUnavailableError` (with the backend's reason) when the
 store cannot do the work now: the disk is full, the file system is read-only or frozen, the
 server is gone; a read that gets no answer within the store's read timeout raises it too.
-An awaited write that raised it changed nothing and may be tried again.
+An awaited write that raised it changed nothing and may be tried again, with one exception:
+an awaited write gets no answer within the store's write timeout (a frozen file system):
+it raises StoreUnavailableError then, whose reason ends in "nothing was written" if the
+store had not begun it (it is withdrawn and never runs), or in "may still be recorded" if
+it had (it stays in its transaction, which commits or rolls back when the storage answers;
+it was not acknowledged, so a client retrying it meets the usual rules: a name taken, a
+version moved on). Either way the timeout is remembered as the store's `failure`.
 
 Failing writes, for every implementation:
 
@@ -182,7 +188,13 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Commit an empty write: proves the store takes writes (health checks). Raises
         StoreUnavailableError while a write failure is remembered (see `failure`), or
-        whatever stops the store from writing."""
+        whatever stops the store from writing.
+
+        While a failure is remembered, `ping` first tries a small write that needs room
+        (it leaves no data behind); if that commits, the failure is forgotten and `ping`
+        returns. So a daemon that pings on an interval reports a store that took writes
+        again without waiting for a real write, and an idle one still finds out. Bounded
+        by the write timeout like every awaited write."""
         ...
 
     @property

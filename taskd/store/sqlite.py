@@ -16,7 +16,9 @@ write succeeds (`ping` reports it, so health does not trust an empty write, whic
 commit on a full disk). Failed `*_nowait` writes are held, at most `HELD_WRITES_MAX`, and
 retried ahead of the next batch, or alone with backoff when no other write comes; past the
 bound the newest are dropped and counted in `writes_dropped`. Reads time out after
-`read_timeout_sec`.
+`read_timeout_sec`; awaited writes after `write_timeout_sec` (a frozen file system): a write
+the database thread has not begun is withdrawn then (nothing written), one it has begun
+stays in its transaction, which commits or rolls back whenever the file system answers.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ import json
 import os
 import secrets
 import sqlite3
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import aiosqlite
 import structlog
@@ -71,6 +74,10 @@ HELD_WRITES_MAX = 10_000
 HELD_RETRY_FIRST_SEC = 0.1
 HELD_RETRY_MAX_SEC = 5.0
 READ_TIMEOUT_SEC = 10.0
+# How long an awaited write waits for its commit before it raises StoreUnavailableError.
+WRITE_TIMEOUT_SEC = 10.0
+# The result of a write withdrawn before the database thread began it (not run).
+_WITHDRAWN = object()
 # SQLite result codes (and their extended forms) that say the database cannot be used now:
 # not a bug of taskd, and the same call may succeed later.
 _UNAVAILABLE_CODES = (
@@ -192,6 +199,13 @@ class _Write:
     future: asyncio.Future[Any] | None
     probe: bool = False  # an empty write (flush, ping): proves nothing about free space
     log_bytes: int = -1  # a log entry's text size; -1: not a log entry
+    # Set under `_Write.gate` by the database thread as it begins the write (`begun`), or by
+    # the loop when the caller stopped waiting before that (`withdrawn`): never both.
+    begun: bool = False
+    withdrawn: bool = False
+
+    # One lock for every write's flags: held for a flag test and set, never across I/O.
+    gate: ClassVar[threading.Lock] = threading.Lock()
 
 
 # Log entries waiting to be committed: above either high-water mark `log_full` is True (the
@@ -231,11 +245,13 @@ class SqliteStore:
         read_timeout_sec: float = READ_TIMEOUT_SEC,
         log_backlog_entries: int = LOG_BACKLOG_ENTRIES,
         log_backlog_bytes: int = LOG_BACKLOG_BYTES,
+        write_timeout_sec: float = WRITE_TIMEOUT_SEC,
     ) -> None:
         self._conn = conn
         self._history = history_per_task
         self._log_cap = log_entries_per_execution
         self._read_timeout_sec = read_timeout_sec
+        self._write_timeout_sec = write_timeout_sec
         # An execution's log: `_log_head` first entries, a marker line, `_log_tail` last ones
         # (at most `_log_cap` in all); the ring holds one more, so that a log of exactly
         # `_log_cap` entries is kept whole, without a marker.
@@ -290,6 +306,7 @@ class SqliteStore:
         log_entries_per_execution: int = 1000,
         read_timeout_sec: float = READ_TIMEOUT_SEC,
         log_backlog_entries: int = LOG_BACKLOG_ENTRIES,
+        write_timeout_sec: float = WRITE_TIMEOUT_SEC,
     ) -> AsyncIterator[SqliteStore]:
         """Open (creating directories and file, migrating if needed) the database at `path`.
 
@@ -306,6 +323,7 @@ class SqliteStore:
                 log_entries_per_execution=log_entries_per_execution,
                 read_timeout_sec=read_timeout_sec,
                 log_backlog_entries=log_backlog_entries,
+                write_timeout_sec=write_timeout_sec,
             )
             # The API's reads (`separate_reads`) go through their own read-only connection,
             # on its own thread: WAL lets it read while the writer commits, so they never
@@ -332,9 +350,38 @@ class SqliteStore:
         if self._closing:
             raise RuntimeError("store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Write(apply, future, probe))
+        write = _Write(apply, future, probe)
+        self._pending.append(write)
         self._wake.set()
-        return await future
+        try:
+            async with asyncio.timeout(self._write_timeout_sec):
+                return await future
+        except TimeoutError:
+            raise self._overdue(write) from None
+
+    def _overdue(self, write: _Write) -> StoreUnavailableError:
+        """The error of an awaited write that got no answer in time (a frozen file system).
+
+        A write the database thread has not begun is withdrawn: it will not run, so it
+        changed nothing and may be tried again. One it has begun cannot be taken back: it
+        stays in its transaction, which commits or rolls back when the file system answers
+        (not acknowledged either way; the message says so). The failure is remembered, so
+        health reports it until a write succeeds.
+        """
+        with _Write.gate:
+            if not write.begun:
+                write.withdrawn = True
+        if write.withdrawn:
+            with contextlib.suppress(ValueError):
+                self._pending.remove(write)
+            outcome = "nothing was written"
+        else:
+            outcome = "the write was under way and may still be recorded"
+        reason = f"no answer from the database within {self._write_timeout_sec:g} s"
+        if self._failure is None:
+            log.warning("store writes fail", reason=reason)
+            self._failure = reason
+        return StoreUnavailableError(f"{reason}; {outcome}")
 
     def _submit_nowait(
         self, apply: Callable[[sqlite3.Connection], Any], log_bytes: int = -1
@@ -434,6 +481,8 @@ class SqliteStore:
         failure: StoreUnavailableError | None = None
         succeeded = False
         for write, result in zip(batch, results, strict=True):
+            if result is _WITHDRAWN:
+                continue
             if isinstance(result, BaseException):
                 unavailable = _unavailable(result)
                 if unavailable is not None:
@@ -487,9 +536,15 @@ class SqliteStore:
         """Commit an empty write: proves the database takes writes (for health checks).
 
         An empty write may commit on a full disk: while a failure is remembered (see
-        `failure`), that failure is raised as StoreUnavailableError.
+        `failure`), a probe that needs room is written instead (`_probe_room`); if it
+        commits the failure is forgotten, so health recovers on an idle daemon, else that
+        failure is raised as StoreUnavailableError.
         """
-        await self._submit(lambda cx: None, probe=True)
+        if self._failure is None:
+            await self._submit(lambda cx: None, probe=True)
+        else:
+            with contextlib.suppress(StoreUnavailableError):
+                await self._submit(_probe_room)
         if self._failure is not None:
             raise StoreUnavailableError(self._failure)
 
@@ -1414,6 +1469,11 @@ def _apply_batch(cx: sqlite3.Connection, batch: Iterable[_Write]) -> list[Any]:
     cx.execute("BEGIN IMMEDIATE")
     try:
         for write in batch:
+            with _Write.gate:
+                if write.withdrawn:  # its caller stopped waiting (see SqliteStore._overdue)
+                    results.append(_WITHDRAWN)
+                    continue
+                write.begun = True
             cx.execute("SAVEPOINT write")
             try:
                 results.append(write.apply(cx))
@@ -1429,3 +1489,20 @@ def _apply_batch(cx: sqlite3.Connection, batch: Iterable[_Write]) -> list[Any]:
             cx.execute("ROLLBACK")
         raise
     return results
+
+
+def _probe_room(cx: sqlite3.Connection) -> None:
+    """A write that needs room (db thread): a header write, which must reach the log file
+    (a read-only or frozen file system refuses or holds it), and a table of two pages
+    allocated and rolled back (refused when the database cannot grow)."""
+    cx.execute("SAVEPOINT probe")
+    try:
+        cx.execute("CREATE TABLE taskd_probe (pad BLOB)")
+        page_size = int(cx.execute("PRAGMA page_size").fetchone()[0])
+        cx.execute("INSERT INTO taskd_probe VALUES (zeroblob(?))", (2 * page_size,))
+    finally:
+        if cx.in_transaction:  # else SQLite rolled everything back itself (disk full)
+            cx.execute("ROLLBACK TO probe")
+            cx.execute("RELEASE probe")
+    (application_id,) = cx.execute("PRAGMA application_id").fetchone()
+    cx.execute(f"PRAGMA application_id = {int(application_id)}")

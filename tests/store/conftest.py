@@ -33,12 +33,14 @@ def sqlite_opener(tmp_path: Path) -> StoreOpener:
         history_per_task: int = 100,
         log_entries_per_execution: int = 1000,
         log_backlog_entries: int = 8192,
+        write_timeout_sec: float = 10.0,
     ) -> AbstractAsyncContextManager[Store]:
         return open_store(
             state_dir,
             history_per_task=history_per_task,
             log_entries_per_execution=log_entries_per_execution,
             log_backlog_entries=log_backlog_entries,
+            write_timeout_sec=write_timeout_sec,
         )
 
     return opener

@@ -591,11 +591,53 @@ async def test_a_write_on_a_full_disk_raises_store_unavailable_and_changes_nothi
     await store.flush()  # an empty write neither raises nor clears the failure
     assert store.failure is not None
     await disk.restore(store)
-    with pytest.raises(StoreUnavailableError):
-        await store.ping()  # still nothing but empty writes since the failure
     await insert(store, "big", spec={**SPEC, "description": BIG_TEXT})
     assert store.failure is None
     await store.ping()
+
+
+async def test_ping_clears_a_remembered_failure_once_writes_succeed_again(
+    store: Store, disk: DiskFaults
+) -> None:
+    """While the disk is full, ping keeps raising (its probe needs room); once space
+    returns, ping alone clears the failure: an idle daemon's health recovers."""
+    await add_task(store, "small")
+    await disk.fill(store)
+    with pytest.raises(StoreUnavailableError, match="full"):
+        await insert(store, "big", spec={**SPEC, "description": BIG_TEXT})
+    for _ in range(2):
+        with pytest.raises(StoreUnavailableError, match="full"):
+            await store.ping()
+    assert store.failure is not None
+    await disk.restore(store)
+    await store.ping()
+    assert store.failure is None
+    assert [task.name for task in await store.list_tasks()] == ["small"]  # left nothing
+
+
+async def test_an_awaited_write_on_a_frozen_store_times_out_and_is_withdrawn(
+    store_opener: StoreOpener, disk: DiskFaults
+) -> None:
+    """On a frozen file system an awaited write raises StoreUnavailableError after the
+    write timeout instead of hanging; one the store had not begun is withdrawn (never
+    written, even after the thaw); the failure is remembered until a ping commits."""
+    async with store_opener(write_timeout_sec=0.3) as store:
+        await add_task(store, "before")
+        await disk.freeze(store)
+        try:
+            with pytest.raises(StoreUnavailableError, match="nothing was written") as raised:
+                await insert(store, "frozen")
+            assert "within 0.3 s" in raised.value.reason
+            assert store.failure is not None
+            with pytest.raises(StoreUnavailableError):
+                await store.ping()
+        finally:
+            await disk.thaw(store)
+        await store.ping()
+        assert store.failure is None
+        await insert(store, "after")
+    async with store_opener() as reopened:
+        assert sorted(t.name for t in await reopened.list_tasks()) == ["after", "before"]
 
 
 async def test_every_kind_of_write_raises_store_unavailable_when_writes_are_refused(
