@@ -61,6 +61,7 @@ class _Running:
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # ended and recorded
     ended: ExecutionStatus | None = None  # how the module ended, once it has
     unrecorded: str | None = None  # why the store has not recorded the ending yet
+    recording: asyncio.Task[bool] | None = None  # records the ending (retrying), once ended
 
 
 class RunEvents:
@@ -184,7 +185,7 @@ class Runner:
                 [asyncio.ensure_future(r.finished.wait()) for r in self._running.values()],
                 timeout=self.stop_grace_sec + 5,
             )
-        for running in self._running.values():
+        for running in list(self._running.values()):
             if running.unrecorded is not None:
                 log.error(
                     "taskd stops with an ending the store did not record: the execution "
@@ -193,6 +194,9 @@ class Runner:
                     status=str(running.ended),
                     reason=running.unrecorded,
                 )
+                # Its retries end here, not against a closed store (a traceback per run).
+                if running.recording is not None:
+                    running.recording.cancel()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -429,7 +433,8 @@ class Runner:
                 if message:
                     level = LogLevel.INFO if status is ExecutionStatus.DONE else LogLevel.ERROR
                     ctx.log(level, _prefixed(str(status), message) or message)
-                recorded = await asyncio.shield(self._record_ending(running, message))
+                running.recording = asyncio.ensure_future(self._record_ending(running, message))
+                recorded = await asyncio.shield(running.recording)
             finally:
                 self._running.pop(job.execution_id, None)
                 _discard(self._running_by_task, job.task.id, job.execution_id)

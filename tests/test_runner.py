@@ -8,6 +8,7 @@ runner's own timeout, stop grace or shutdown grace is the subject, and then brie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from disk_faults import SqliteDiskFaults
 from engine_fixtures import T0, Engine, FakeClock, at, open_engine, settle, until
+from structlog.testing import capture_logs
 
 from taskd.errors import ActionError, StoreUnavailableError
 from taskd.model import Execution, ExecutionStatus, Job, Outcome, Task, TaskStatus, TriggerKind
@@ -507,6 +509,45 @@ async def test_an_ending_recorded_late_is_not_run_again_after_a_restart(tmp_path
         [execution] = await eng.executions(task.id)
         assert (execution.id, execution.status) == (execution_id, ExecutionStatus.DONE)
         assert eng.gate.calls == []
+
+
+@pytest.mark.slow  # the shutdown gives the ending 5 s more to be recorded
+async def test_an_ending_unrecorded_at_shutdown_is_recovered_by_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """An ending the store still refused when taskd stopped is not lost in a `running` row:
+    the next start marks the execution `error` "interrupted" (the crash-recovery rule of
+    the contract), the task no longer shows it running, and the retry policy applies (a
+    retry is queued for a task with retries)."""
+    db_path = tmp_path / "taskd.db"
+    with capture_logs() as logged, contextlib.suppress(StoreUnavailableError):
+        # The engine's teardown flushes its store, which still refuses writes: suppressed.
+        async with open_engine(db_path, clock=FakeClock(T0), stop_grace_sec=0.05) as eng:
+            task = await eng.create(options={"max_retries": 1, "retry_delay_sec": 1})
+            execution_id = await submit(eng, task)
+            [call] = await eng.gate.wait_calls(1)
+            await DISK.refuse_writes(eng.store)
+            call.release.set()
+            await until(lambda: eng.runner.unrecorded_count == 1)
+            await eng.runner.shutdown(0)  # the store still refuses: the ending is unrecorded
+            execution = await eng.store.get_execution(execution_id)
+            assert execution.status is ExecutionStatus.RUNNING
+    # Its retries stopped with the shutdown: no traceback when the store closed under them.
+    assert not [e for e in logged if e["event"] == "could not record the end of an execution"]
+    assert [e["execution_id"] for e in logged if e["event"].startswith("taskd stops with")] == [
+        execution_id
+    ]
+    async with open_engine(db_path, clock=FakeClock(at(60)), start=True) as eng:
+        await settle(eng.store)
+        ended = await eng.store.get_execution(execution_id)
+        assert ended.status is ExecutionStatus.ERROR
+        assert "interrupted" in (ended.status_msg or "")
+        assert (await eng.task(task.id)).status is not TaskStatus.RUNNING
+        await eng.tick(at(62))
+        await settle(eng.store)
+        first, retry = await eng.executions(task.id)  # the retry of the policy
+        assert (first.id, first.status) == (execution_id, ExecutionStatus.ERROR)
+        assert retry.trigger is TriggerKind.RETRY
 
 
 async def test_a_start_the_store_refused_waits_queued_and_starts_later(eng: Engine) -> None:
