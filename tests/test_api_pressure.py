@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from api_fixtures import PASSWORD, USER, Api, basic, open_api, password_hash
 
 from taskd.api.common import IN_FLIGHT
 from taskd.api.limits import FailureLimiter
+from taskd.model import TaskSource
+from taskd.store import Definition, TaskInsert
 from taskd.testing import wait_until
 
 pytestmark = pytest.mark.usefixtures("no_blocking")
@@ -354,3 +357,60 @@ def test_jobs_queued_behind_a_full_runner_do_not_hold_the_window_open() -> None:
     assert _fired(scheduler, runner(running=4, queued=10), due_us)  # type: ignore[arg-type]
     assert not _fired(scheduler, runner(running=1, queued=10), due_us)  # type: ignore[arg-type]
     assert _fired(scheduler, runner(running=1, queued=0), due_us)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# a large list
+
+
+@pytest.mark.slow  # 20,000 tasks written and listed
+async def test_a_v1_list_of_20000_tasks_is_made_in_steps(api: Api) -> None:
+    """GET /api/v1/task without `limit` over 20,000 tasks answers every task once, in id
+    order, without holding the loop 50 ms (`no_blocking`: the rows are read, converted and
+    rendered in pages); `limit` and `offset` still cut the same list."""
+    spec = api.core.validate(
+        {"name": "t", "task_module": "sleep", "task_params": {"seconds": 0}}
+    ).to_json()
+
+    def inserts() -> list[TaskInsert]:  # built off the loop: this test's own work
+        return [
+            TaskInsert(
+                source=TaskSource.API,
+                definition=Definition(
+                    name=f"t{i:05}",
+                    spec={**spec, "name": f"t{i:05}"},
+                    enabled=False,
+                    next_run_at=None,
+                ),
+            )
+            for i in range(20_000)
+        ]
+
+    await api.store.write_tasks(await asyncio.to_thread(inserts), now=datetime.now(UTC))
+    # What this test made lives on (as the daemon freezes its own after start): a full
+    # collection over the test process's heap is not taskd holding the loop (collected
+    # in a thread while the loop waits, for the same reason).
+    await asyncio.to_thread(gc.collect)
+    gc.freeze()
+    try:
+        await _list_all(api)
+    finally:
+        gc.unfreeze()
+
+
+async def _list_all(api: Api) -> None:
+    reply = await api.unix.get("/api/v1/task")
+    assert reply.status == 200
+    names, ids = await asyncio.to_thread(_names_and_ids, reply.body)
+    assert names == [f"t{i:05}" for i in range(20_000)]
+    assert ids == sorted(ids)
+    page = await api.unix.get("/api/v1/task", params={"limit": "1200", "offset": "499"})
+    assert (await asyncio.to_thread(_names_and_ids, page.body))[0] == names[499:1699]
+    del reply  # 12 MB of body, freed while the loop is idle
+
+
+def _names_and_ids(body: bytes) -> tuple[list[str], list[int]]:
+    """The names and ids of a v1 list (parsed, and its items freed, in a thread: the test's
+    own work, not taskd's, must not hold the loop)."""
+    listed = json.loads(body)
+    return [item["task"]["name"] for item in listed], [item["task"]["_id"] for item in listed]

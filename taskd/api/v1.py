@@ -32,6 +32,9 @@ from taskd.model import Task
 
 routes = web.RouteTableDef()
 
+# Tasks read from the store (and rendered) per step of a list.
+LIST_PAGE = 250
+
 # fylr's names for what is no part of a definition (`comment` is v2's `description`);
 # the core ignores the fields it keeps itself.
 _NOT_DEFINITION = frozenset({"_id", "comment"})
@@ -48,15 +51,45 @@ async def _task(request: web.Request) -> Task:
 
 @routes.get("/task")
 @scope("tasks/index")
-async def list_tasks(request: web.Request) -> web.Response:
-    """All tasks, wrapped."""
+async def list_tasks(request: web.Request) -> web.StreamResponse:
+    """All tasks (or `limit` of them from `offset`), wrapped, by id.
+
+    Read, rendered and sent `LIST_PAGE` tasks at a time, yielding to the loop in between:
+    fylr clients ask without `limit`, and converting tens of thousands of rows in one piece
+    would hold the loop (and so every due start) for hundreds of milliseconds. After the
+    first page the next one starts after the last id seen (not at an offset the store
+    would have to skip again), so a task created meanwhile is listed at most once. A list
+    of one page is one plain response; a longer one is sent in chunks as its pages come
+    (memory bounded by a page and the socket's buffer), so a failure after the first page
+    (the store stops answering) can only cut the connection, not answer an error.
+    """
     limit = query_int(request, "limit", None, low=0, high=100_000)
     offset = query_int(request, "offset", 0) or 0
     core = request.config_dict[CORE]
-    tasks, _ = await core.query_tasks(limit=limit, offset=offset)
-    return json_text_response(
-        await json_array(request, tasks, lambda task: task_v1(core.shown(task)))
-    )
+
+    def render(task: Task) -> Any:
+        return task_v1(core.shown(task))
+
+    size = LIST_PAGE if limit is None else min(LIST_PAGE, limit)
+    page, _ = await core.query_tasks(limit=size, offset=offset)
+    if len(page) < size or size == limit:
+        return json_text_response(await json_array(request, page, render))
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    left = None if limit is None else limit - len(page)
+    await response.write(b"[" + (await json_array(request, page, render))[1:-1].encode())
+    while left is None or left > 0:
+        size = LIST_PAGE if left is None else min(LIST_PAGE, left)
+        page, _ = await core.query_tasks(where=[("id", ">", page[-1].id)], limit=size)
+        if page:
+            items = (await json_array(request, page, render))[1:-1]
+            await response.write(b", " + items.encode())
+        if len(page) < size:
+            break
+        left = None if left is None else left - len(page)
+    await response.write(b"]")
+    await response.write_eof()
+    return response
 
 
 def _changes(item: Mapping[str, Any], *, new: bool) -> dict[str, Any]:
