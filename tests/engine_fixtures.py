@@ -12,7 +12,7 @@ Waits are bounded by `WAIT_SEC`, a hang detector rather than a timing assertion.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -236,15 +236,17 @@ async def open_engine(
     settings: SchedulerSettings | None = None,
     start: bool = False,
     store_options: Mapping[str, Any] | None = None,
+    extra_modules: Sequence[Module] = (),
 ) -> AsyncIterator[Engine]:
     """Open a store at `db_path` and build the engine on it; tear it all down after.
 
     With `start`, `Scheduler.start()` runs (crash recovery, due index, the loop).
-    `store_options` go to `SqliteStore.open` (its limits).
+    `store_options` go to `SqliteStore.open` (its limits); `extra_modules` join the
+    registry's gate, sleep and shell modules.
     """
     clock = clock if clock is not None else FakeClock()
     gate = GateModule()
-    modules = registry(gate)
+    modules = registry(gate, *extra_modules)
     async with SqliteStore.open(db_path, **(store_options or {})) as store:
         built = build_engine(
             store=store,

@@ -17,7 +17,7 @@ from taskd.errors import ValidationError
 from taskd.modules.base import ModuleError
 from taskd.modules.http import MAX_EXCERPT_BYTES, HttpModule
 from taskd.modules.registry import ModuleRegistry
-from taskd.testing import FakeContext
+from taskd.testing import FakeContext, wait_until
 
 # Nothing may block the loop; garbage is collected after each test, so an unclosed session
 # warns in its own test.
@@ -246,3 +246,22 @@ def test_defaults_are_filled_in() -> None:
         "expect_status": [],
         "timeout_sec": 30.0,
     }
+
+
+async def test_each_line_waits_for_room_in_a_full_log(server: Server) -> None:
+    """While the task log is full the module logs nothing and waits for room (as the shell
+    module does), then logs its lines in order once the log has drained."""
+    ctx = http_ctx(url=f"{server.url}/ok")
+    ctx.fill_log()
+    run = asyncio.create_task(HttpModule().run(ctx))
+    await wait_until(lambda: ctx.log_waits >= 1)
+    await asyncio.sleep(0.05)  # time enough for the request to go out, were it not held
+    assert ctx.messages() == []
+    assert server.requests == []
+    ctx.drain_log()
+    assert await run == "HTTP 200"
+    assert ctx.messages() == [
+        f"GET {server.url}/ok",
+        f"HTTP 200 from {server.url}/ok",
+        "response body: hello",
+    ]

@@ -18,7 +18,7 @@ from taskd.modules.base import LogLevel, ModuleError
 from taskd.modules.python import PythonModule
 from taskd.modules.registry import ModuleRegistry
 from taskd.modules.sleep import SleepModule
-from taskd.testing import FakeContext
+from taskd.testing import FakeContext, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_blocking")  # nothing may block the event loop
 
@@ -307,3 +307,52 @@ def test_python_target_format_is_checked_when_saved(target: str) -> None:
     assert [str(e) for e in info.value.errors] == [
         f"task_params.target: must be 'package.module:function', got {target!r}"
     ]
+
+
+CHATTY_TARGET = """
+    import asyncio
+
+    async def chatty(ctx, lines=3):
+        try:
+            for i in range(lines):
+                ctx.log("info", f"line {i}")
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            ctx.log("info", "cancelled")
+            raise
+        return "done"
+"""
+
+
+async def test_python_target_is_held_at_its_next_await_while_the_log_is_full(
+    write_module: Callable[[str], str],
+) -> None:
+    """`ctx.log` never blocks; while the log is full the target is held at its next await
+    until the log has drained, then goes on where it was."""
+    name = write_module(CHATTY_TARGET)
+    ctx = module_ctx("python", target=f"{name}:chatty")
+    ctx.fill_log()
+    run = asyncio.create_task(PythonModule().run(ctx))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert ctx.messages() == ["line 0"]
+    assert ctx.log_waits == 1
+    ctx.drain_log()
+    assert await run == "done"
+    assert ctx.messages() == ["line 0", "line 1", "line 2"]
+
+
+async def test_python_target_held_for_log_room_sees_its_cancellation(
+    write_module: Callable[[str], str],
+) -> None:
+    """A target held for log room is cancelled like any other (a forced stop, a timeout):
+    the CancelledError reaches the target's own code."""
+    name = write_module(CHATTY_TARGET)
+    ctx = module_ctx("python", target=f"{name}:chatty")
+    ctx.fill_log()
+    run = asyncio.create_task(PythonModule().run(ctx))
+    await wait_until(lambda: ctx.log_waits == 1)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert ctx.messages() == ["line 0", "cancelled"]

@@ -1,8 +1,10 @@
 """The `http` module: send one HTTP request and check the status of the answer.
 
-It logs the status and the first KiB of the response body. An unexpected status raises
-`ModuleError("HTTP 500 from <url>")`; a connection error or a timeout raises `ModuleError`
-with the reason. A stop request abandons a request still in flight.
+It logs the status and the first KiB of the response body, each line after waiting for
+room in the task log while it is full (`ctx.wait_log_room`), like every producer that can
+wait: many requests answering at once add at most a line each past the store's bound. An
+unexpected status raises `ModuleError("HTTP 500 from <url>")`; a connection error or a
+timeout raises `ModuleError` with the reason. A stop request abandons a request still in flight.
 
 Header values are never logged (they often hold tokens), and neither is a password in the
 URL.
@@ -103,7 +105,7 @@ async def _request(ctx: ModuleContext) -> str:
     timeout_sec: float = params["timeout_sec"]
     body: str | None = params["body"]
     expected: list[int] = params["expect_status"]
-    ctx.log(LogLevel.INFO, f"{method} {shown}")
+    await _log(ctx, f"{method} {shown}")
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_sec)) as session,
@@ -121,14 +123,21 @@ async def _request(ctx: ModuleContext) -> str:
         raise ModuleError(f"no response from {shown} within {timeout_sec:g} s") from None
     except aiohttp.ClientError as error:
         raise ModuleError(f"request to {shown} failed: {_reason(error)}") from None
-    ctx.log(LogLevel.INFO, f"HTTP {status} from {shown}")
+    await _log(ctx, f"HTTP {status} from {shown}")
     if excerpt:
         suffix = " [cut]" if more else ""
-        ctx.log(LogLevel.INFO, f"response body: {excerpt}{suffix}")
+        await _log(ctx, f"response body: {excerpt}{suffix}")
     ok = status in expected if expected else 200 <= status <= 299
     if not ok:
         raise ModuleError(f"HTTP {status} from {shown}")
     return f"HTTP {status}"
+
+
+async def _log(ctx: ModuleContext, msg: str) -> None:
+    """Log `msg` at info level once the task log has room."""
+    if ctx.log_full:
+        await ctx.wait_log_room()
+    ctx.log(LogLevel.INFO, msg)
 
 
 async def _read_excerpt(response: aiohttp.ClientResponse) -> tuple[str, bool]:

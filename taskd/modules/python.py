@@ -7,6 +7,12 @@ result, if any, becomes the status message. Resolving the target fails with a pr
 task is saved), the target module not found, an error raised while importing it (a missing
 dependency included, which is not the same as the module itself missing), a missing
 attribute, an attribute that is not a coroutine function, keyword arguments it does not take.
+
+The target's log is paced like a shell command's output: `ctx.log` never blocks, so while
+the store's log backlog is full (`ctx.log_full`) the target is held at its next `await`
+(after what it awaited has finished, before it goes on) until the backlog has drained
+(`ctx.wait_log_room`). What waits to be written stays within the store's bound plus what
+one target logs between two of its awaits, however long it goes on logging.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import importlib
 import inspect
 import re
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any
 
 from taskd.errors import FieldError
@@ -62,11 +68,48 @@ class PythonModule:
             raise ModuleError(f"{ctx.params['target']} cannot be called so: {error}") from None
         except ValueError:  # no signature to check (some builtins): let the call decide
             pass
-        result = await function(ctx, **kwargs)
+        result = await _Paced(function(ctx, **kwargs), ctx)
         if result is None:
             return None
         text = str(result)
         return text if len(text) <= _MAX_STATUS_CHARS else text[: _MAX_STATUS_CHARS - 1] + "…"
+
+
+class _Paced:
+    """Awaits `awaitable`; at each of its suspensions, waits for log room (see the module
+    docstring) before it resumes. Cancellation and errors reach the target as usual."""
+
+    def __init__(self, awaitable: Awaitable[Any], ctx: ModuleContext) -> None:
+        self._awaitable = awaitable
+        self._ctx = ctx
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return _paced(self._awaitable.__await__(), self._ctx)
+
+
+def _paced(steps: Generator[Any, Any, Any], ctx: ModuleContext) -> Generator[Any, Any, Any]:
+    """Drive the target's steps for the task awaiting it, holding it while the log is full."""
+    sent: Any = None
+    thrown: BaseException | None = None
+    try:
+        while True:
+            try:
+                waiting_for = steps.send(sent) if thrown is None else steps.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+            sent, thrown = None, None
+            try:
+                sent = yield waiting_for
+            except BaseException as error:  # a cancellation, say: the target's to handle
+                thrown = error
+                continue
+            if ctx.log_full:
+                try:
+                    yield from ctx.wait_log_room().__await__()
+                except BaseException as error:
+                    thrown = error
+    finally:
+        steps.close()
 
 
 def resolve_target(target: str, ctx: ModuleContext | None = None) -> Callable[..., Any]:
