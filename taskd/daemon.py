@@ -440,7 +440,8 @@ class Daemon:
     async def _reload(self) -> bool:
         assert self.core is not None
         try:
-            settings = load_settings(self.config_path, self.modules)
+            # In a thread: it reads the config file and the secret files tasks name.
+            settings = await asyncio.to_thread(load_settings, self.config_path, self.modules)
         except ValidationError as error:
             for problem in error.errors:
                 log.error("config reload refused", problem=str(problem))

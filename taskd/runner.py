@@ -38,7 +38,7 @@ from taskd.context import ExecutionContext
 from taskd.errors import ActionError, StoreUnavailableError
 from taskd.model import ExecutionStatus, Job, Outcome
 from taskd.modules.base import LogLevel, ModuleError
-from taskd.modules.params import has_secret_files
+from taskd.modules.params import SecretFiles
 from taskd.modules.registry import ModuleRegistry
 from taskd.store import Store
 
@@ -260,23 +260,35 @@ class Runner:
 
     # -- submitting and dispatching -------------------------------------------------------
 
-    def prepare(self, job: Job) -> Mapping[str, Any]:
+    def prepare(self, job: Job, files: SecretFiles | None = None) -> Mapping[str, Any] | None:
         """Validate the job's params against its module now (cached per task version).
 
         The scheduler calls it when it claims a slot ahead of time, so that at the due
-        instant nothing but the start itself is left. Raises ValidationError.
+        instant nothing but the start itself is left. Raises ValidationError. Params that
+        name secret files are checked only with `files` (their contents, read off the loop
+        by `prepare_async`), for each run (a file may have been rotated): None without.
         """
         key = (job.task.id, job.task.version)
         params = self._params.get(key)
         if params is None:
+            task = job.task
+            if files is None and self.modules.secret_files(task.module, task.task_params):
+                return None
             params = self.modules.validate(
-                job.task.module, job.task.task_params, path="task_params"
+                task.module, task.task_params, path="task_params", files=files
             )
-            if has_secret_files(self.modules.get(job.task.module).params, job.task.task_params):
-                return params  # read again for each run: the file may have been rotated
+            if files is not None:
+                return params
             if len(self._params) >= 10_000:
                 self._params.clear()
             self._params[key] = params
+        return params
+
+    async def prepare_async(self, job: Job) -> Mapping[str, Any]:
+        """`prepare`, with the secret files the params name read in a thread first."""
+        files = await self.modules.read_files(job.task.module, job.task.task_params)
+        params = self.prepare(job, files)
+        assert params is not None  # with the files at hand, or none named
         return params
 
     def submit(self, job: Job) -> None:
@@ -321,6 +333,8 @@ class Runner:
         for job in batch:
             try:
                 params = self.prepare(job)
+                if params is None:  # it names secret files: read now, in a thread
+                    params = await self.prepare_async(job)
             except Exception as error:  # the stored definition no longer fits the module
                 refused.append((job, str(error)))
                 continue

@@ -144,7 +144,7 @@ async def save_tasks(request: web.Request) -> web.Response:
             updated_ids.add(task_id)
         changes = _changes(inner, new=existing is None)
         try:
-            edits.append(core.edit(changes, existing, path=path, version_required=True))
+            edits.append(await core.edit(changes, existing, path=path, version_required=True))
         except ValidationError as error:
             errors.extend(error.errors)
     if errors:

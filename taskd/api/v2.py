@@ -73,7 +73,7 @@ async def _save(request: web.Request, body: Mapping[str, Any], task: Task | None
     """Check and write a v2 body: a new task, or changes to `task`."""
     core = request.config_dict[CORE]
     try:
-        edit = core.edit(_changes(body), task)
+        edit = await core.edit(_changes(body), task)
         # Merged again over the stored task when it is written (a concurrent partial
         # update may have changed it), so saving can refuse the result too.
         [saved] = await core.save([edit], by=principal(request).name)

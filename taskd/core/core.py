@@ -43,7 +43,7 @@ from taskd.model import (
     Trigger,
     TriggerKind,
 )
-from taskd.modules.params import keep_secrets, redact_params
+from taskd.modules.params import SecretFiles, keep_secrets, redact_params
 from taskd.modules.registry import ModuleRegistry
 from taskd.runner import Runner
 from taskd.schedule import format_utc
@@ -160,15 +160,20 @@ class Core:
 
     # -- definitions ----------------------------------------------------------------------
 
-    def validate(self, raw: Mapping[str, Any], *, path: str = "") -> TaskSpec:
-        """Validate a task definition, its module params included. Raises ValidationError."""
+    def validate(
+        self, raw: Mapping[str, Any], *, path: str = "", files: SecretFiles | None = None
+    ) -> TaskSpec:
+        """Validate a task definition, its module params included. Raises ValidationError.
+
+        Secret files the params name are taken from `files` (see `ModuleRegistry.validate`:
+        without them they are read here, blocking; `edit` reads them in a thread first)."""
         spec = validate_task_spec(
             raw,
             path=path,
             default_timezone=self.default_timezone,
             known_modules=self.modules.names(),
         )
-        self.check_params(spec, path=path)
+        self.check_params(spec, path=path, files=files)
         return spec
 
     def shown(self, task: Task) -> Task:
@@ -206,10 +211,12 @@ class Core:
             )
         return raw
 
-    def check_params(self, spec: TaskSpec, *, path: str = "") -> None:
+    def check_params(
+        self, spec: TaskSpec, *, path: str = "", files: SecretFiles | None = None
+    ) -> None:
         """Validate a spec's params against its module. Raises ValidationError."""
         self.modules.validate(
-            spec.task_module, spec.task_params, path=join_path(path, "task_params")
+            spec.task_module, spec.task_params, path=join_path(path, "task_params"), files=files
         )
 
     def next_run_at(self, spec: TaskSpec, now: datetime) -> datetime | None:
@@ -315,7 +322,7 @@ class Core:
 
     # -- writes the front ends ask for ----------------------------------------------------
 
-    def edit(
+    async def edit(
         self,
         changes: Mapping[str, Any],
         task: Task | None = None,
@@ -328,12 +335,14 @@ class Core:
         For an update, `changes` may name a `version` (current + 1; required if
         `version_required`). Raises ValidationError, paths under `path`, for a version that
         is no integer or an invalid definition. What the stored data may refuse is checked
-        by `check_edits`.
+        by `check_edits`. Secret files the params name are read in a thread, not on the loop.
         """
         version = None
         if task is not None:
             version = named_version(changes, required=version_required, path=path)
-        spec = self.validate(self._merged(changes, task, path), path=path)
+        merged = self._merged(changes, task, path)
+        files = await self.modules.read_files(merged.get("task_module"), merged.get("task_params"))
+        spec = self.validate(merged, path=path, files=files)
         return Edit(task, spec, version, changes=dict(changes), path=path)
 
     async def check_edits(self, edits: Sequence[Edit]) -> None:

@@ -18,7 +18,10 @@ A module declares its parameters in the fylr `config_def` form, one dict per par
   secret value (for an object, each of its values) may be `{"file": "/absolute/path"}`:
   the value is read from that file when the params are checked (at every write and before
   every run), and the file must be private, like an API key file (owned by root or taskd's
-  user, mode 0600 or 0400);
+  user, mode 0600 or 0400). Reading files is blocking I/O: callers on the event loop read
+  them first with `load_secret_files_async` (in a thread, a few at a time, with a deadline)
+  and hand the contents in (`files=`); `read_secret_files` reads them itself only when no
+  contents are given (the command line, a thread);
 - presentation keys that fylr clients know (`description`, `group`, `position`, ...), kept
   as they are and not checked.
 
@@ -29,12 +32,15 @@ counts as "not given".
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
 import os
 import re
 import stat
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +49,33 @@ from taskd.validate import boolean, describe, did_you_mean, fail, json_copy, str
 
 __all__ = [
     "PARAM_TYPES",
+    "SECRET_FILE_READ_SEC",
     "SECRET_MASK",
+    "SecretFiles",
     "has_secret_files",
     "keep_secrets",
+    "load_secret_files",
+    "load_secret_files_async",
     "read_secret_files",
     "redact_params",
+    "secret_file_paths",
     "validate_param_defs",
     "validate_params",
 ]
 
 # What the API shows instead of a secret value; sent back, it means "keep the stored one".
 SECRET_MASK = "***"
+
+# A secret file's content, or why it cannot be used, by the path its reference names.
+SecretFiles = Mapping[str, "str | _Unusable"]
+# How long reading the secret files of one validation may take (a hung network mount).
+SECRET_FILE_READ_SEC = 5.0
+# Secret files read at once, process-wide: each read takes a thread of the default pool.
+_SECRET_FILE_READERS = 4
+# One semaphore per event loop (a semaphore belongs to the loop it first waited in).
+_readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
 PARAM_TYPES = (
     "bool",
@@ -380,26 +402,88 @@ def _file_ref(value: Any) -> str | None:
     return None
 
 
-def _read_secret_file(text: str, path: str) -> str:
-    """The secret in the file `text` names (one trailing newline dropped); ValidationError
-    at `path` for a relative path, an unreadable file or one others may read or change."""
+@dataclass(frozen=True, slots=True)
+class _Unusable:
+    """Why a secret file cannot be used (said at the reference's path)."""
+
+    reason: str
+
+
+def _load_secret_file(text: str) -> str | _Unusable:
+    """The secret in the file `text` names (one trailing newline dropped), or why it cannot
+    be used: a relative path, an unreadable file, one others may read or change. Blocking."""
     file = Path(text)
     if not file.is_absolute():
-        fail(path, f"must be an absolute path, got {text!r}")
+        return _Unusable(f"must be an absolute path, got {text!r}")
     try:
         info = file.stat()
         mode = stat.S_IMODE(info.st_mode)
         if info.st_uid not in (0, os.geteuid()) or mode & 0o077:
-            fail(
-                path,
+            return _Unusable(
                 f"{file} is mode {mode:04o} owned by uid {info.st_uid}: a secret file must"
                 f" belong to root or taskd's user and be readable by it alone"
-                f" (chmod 600 {file})",
+                f" (chmod 600 {file})"
             )
         content = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        fail(path, f"cannot read {file}: {getattr(error, 'strerror', None) or error}")
+        return _Unusable(f"cannot read {file}: {getattr(error, 'strerror', None) or error}")
     return content[:-1] if content.endswith("\n") else content
+
+
+def load_secret_files(paths: Iterable[str]) -> dict[str, str | _Unusable]:
+    """Read the secret files `paths` name (blocking: not on the event loop)."""
+    return {text: _load_secret_file(text) for text in paths}
+
+
+async def load_secret_files_async(
+    paths: Iterable[str], *, timeout_sec: float | None = None
+) -> dict[str, str | _Unusable]:
+    """`load_secret_files` in a thread, at most `_SECRET_FILE_READERS` reads at once in the
+    process, within `timeout_sec` (default `SECRET_FILE_READ_SEC`): a file system that does
+    not answer makes each file unusable ("no answer ...") instead of holding the caller, or
+    the loop. The thread of a read that never returns stays blocked (Python cannot end
+    it); the semaphore is released, so at most the default pool's threads can be lost."""
+    if timeout_sec is None:
+        timeout_sec = SECRET_FILE_READ_SEC
+    wanted = list(dict.fromkeys(paths))
+    if not wanted:
+        return {}
+    readers = _readers.setdefault(
+        asyncio.get_running_loop(), asyncio.Semaphore(_SECRET_FILE_READERS)
+    )
+    try:
+        async with asyncio.timeout(timeout_sec), readers:
+            return await asyncio.to_thread(load_secret_files, wanted)
+    except TimeoutError:
+        late = _Unusable(f"no answer from the file system within {timeout_sec:g} s")
+        return dict.fromkeys(wanted, late)
+
+
+def secret_file_paths(defs: list[dict[str, Any]], raw: object) -> list[str]:
+    """The files `raw` params name for secret values (`{"file": path}`), in order."""
+    if not isinstance(raw, Mapping):
+        return []
+    paths: list[str] = []
+    for spec in defs:
+        if _secret(spec) is not True:
+            continue
+        value = raw.get(spec["name"])
+        if (ref := _file_ref(value)) is not None:
+            paths.append(ref)
+        elif isinstance(value, Mapping):
+            paths.extend(ref for item in value.values() if (ref := _file_ref(item)) is not None)
+    return paths
+
+
+def _read_secret_file(text: str, path: str, files: SecretFiles) -> str:
+    """The content of the secret file `text` names from `files`; ValidationError at `path`
+    if it cannot be used (or was not read)."""
+    content = files.get(text)
+    if content is None:
+        content = _Unusable(f"{text} was not read")
+    if isinstance(content, _Unusable):
+        fail(path, content.reason)
+    return content
 
 
 def has_secret_files(defs: list[dict[str, Any]], raw: object) -> bool:
@@ -417,13 +501,22 @@ def has_secret_files(defs: list[dict[str, Any]], raw: object) -> bool:
 
 
 def read_secret_files(
-    defs: list[dict[str, Any]], raw: object, *, path: str = "task_params"
+    defs: list[dict[str, Any]],
+    raw: object,
+    *,
+    path: str = "task_params",
+    files: SecretFiles | None = None,
 ) -> object:
     """`raw` params with every `{"file": path}` of a secret value replaced by the file's
     content (others are left for `validate_params` to judge). Raises ValidationError at
-    the reference's `file` for a file that cannot be used."""
+    the reference's `file` for a file that cannot be used.
+
+    `files`: the contents read before (`load_secret_files_async`, off the loop); without
+    them the files are read here, blocking (callers off the event loop only)."""
     if not isinstance(raw, Mapping) or not has_secret_files(defs, raw):
         return raw
+    if files is None:
+        files = load_secret_files(secret_file_paths(defs, raw))
     resolved = dict(raw)
     errors: list[FieldError] = []
     for spec in defs:
@@ -433,10 +526,12 @@ def read_secret_files(
             continue
         try:
             if (ref := _file_ref(value)) is not None:
-                resolved[name] = _read_secret_file(ref, join_path(join_path(path, name), "file"))
+                resolved[name] = _read_secret_file(
+                    ref, join_path(join_path(path, name), "file"), files
+                )
             elif isinstance(value, Mapping):
                 resolved[name] = {
-                    key: _read_secret_file(ref, f"{join_path(path, name)}.{key}.file")
+                    key: _read_secret_file(ref, f"{join_path(path, name)}.{key}.file", files)
                     if (ref := _file_ref(item)) is not None
                     else item
                     for key, item in value.items()

@@ -26,7 +26,14 @@ import structlog
 
 from taskd.errors import FieldError, NotFoundError, ValidationError, join_path
 from taskd.modules.base import Module
-from taskd.modules.params import read_secret_files, validate_param_defs, validate_params
+from taskd.modules.params import (
+    SecretFiles,
+    load_secret_files_async,
+    read_secret_files,
+    secret_file_paths,
+    validate_param_defs,
+    validate_params,
+)
 from taskd.validate import did_you_mean, unknown_name_reason
 
 __all__ = ["ENTRY_POINT_GROUP", "ModuleProblem", "ModuleRegistry", "ParamsChecker"]
@@ -161,11 +168,16 @@ class ModuleRegistry:
         *,
         path: str = "task_params",
         module_path: str = "task_module",
+        files: SecretFiles | None = None,
     ) -> dict[str, Any]:
         """Check `raw_params` for the module `module_name`; return them with defaults filled in.
 
         Raises `ValidationError`: at `module_path` for an unknown module; at or below `path`
         for params that the module's definitions or its `check_params` refuse.
+
+        Secret values named as files (`{"file": path}`) are taken from `files` (read before,
+        off the loop: `read_files`); without `files` they are read here, which blocks: on
+        the event loop, pass what `read_files` read.
         """
         if not isinstance(module_name, str):
             raise ValidationError.single(module_path, "must be the name of a module")
@@ -174,7 +186,7 @@ class ModuleRegistry:
             raise ValidationError.single(
                 module_path, unknown_name_reason("module", module_name, self.names())
             )
-        raw_params = read_secret_files(module.params, raw_params, path=path)
+        raw_params = read_secret_files(module.params, raw_params, path=path, files=files)
         params = validate_params(module.params, raw_params, path=path)
         checker = self._checkers.get(module_name)
         if checker is not None:
@@ -184,6 +196,18 @@ class ModuleRegistry:
                     [FieldError(join_path(path, error.path), error.reason) for error in errors]
                 )
         return params
+
+    def secret_files(self, module_name: object, raw_params: object) -> list[str]:
+        """The files `raw_params` name for the module's secret values (none for an unknown
+        module, which `validate` reports). Pure and cheap: nothing is read."""
+        module = self._modules.get(module_name) if isinstance(module_name, str) else None
+        return [] if module is None else secret_file_paths(module.params, raw_params)
+
+    async def read_files(self, module_name: object, raw_params: object) -> SecretFiles | None:
+        """The secret files `raw_params` name for the module, read in a thread (bounded:
+        see `load_secret_files_async`); None if they name none."""
+        paths = self.secret_files(module_name, raw_params)
+        return await load_secret_files_async(paths) if paths else None
 
     def _known(self) -> str:
         return ", ".join(self.names()) or "none"
