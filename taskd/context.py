@@ -14,6 +14,7 @@ from typing import Any
 from taskd.clock import Clock
 from taskd.model import Job
 from taskd.modules.base import LogLevel, ModuleContext
+from taskd.modules.params import scrub
 from taskd.processes import process_start
 from taskd.store import Store
 
@@ -29,6 +30,7 @@ class ExecutionContext(ModuleContext):
         job: Job,
         params: Mapping[str, Any],
         stop_grace_sec: float,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         self._store = store
         self._clock = clock
@@ -45,6 +47,8 @@ class ExecutionContext(ModuleContext):
         self._resumed.set()
         self._stopping = asyncio.Event()
         self._percent: float | None = None
+        # The params' secret strings (`params.secret_values`): masked in what is logged.
+        self._secrets = secrets
 
     @property
     def stopping(self) -> bool:
@@ -57,7 +61,9 @@ class ExecutionContext(ModuleContext):
         return self._paused.is_set()
 
     def log(self, level: LogLevel | str, msg: str) -> None:
-        """Append a task log entry (batched)."""
+        """Append a task log entry (batched), the params' secret values masked in it."""
+        if self._secrets:
+            msg = self.scrubbed(msg)
         self._store.log_nowait(
             self.task_id,
             self.execution_id,
@@ -66,6 +72,12 @@ class ExecutionContext(ModuleContext):
             self._clock.now(),
             self._percent,
         )
+
+    def scrubbed(self, text: str) -> str:
+        """`text` with every secret value of the params replaced by `SECRET_MASK` (a command
+        that prints its token, an error that quotes the URL it failed on)."""
+        result: str = scrub(text, self._secrets)
+        return result
 
     @property
     def log_full(self) -> bool:

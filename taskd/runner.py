@@ -369,6 +369,7 @@ class Runner:
                 job=job,
                 params=job_params,
                 stop_grace_sec=self.stop_grace_sec,
+                secrets=self.modules.secret_values(job.task.module, job_params),
             )
             running = _Running(job=job, context=context)
             self._running[job.execution_id] = running
@@ -418,7 +419,10 @@ class Runner:
         except ModuleError as error:
             status, message = ExecutionStatus.ERROR, str(error) or "module error"
         except Exception as error:
-            status, message = ExecutionStatus.ERROR, f"{type(error).__name__}: {error}"
+            status, message = (
+                ExecutionStatus.ERROR,
+                ctx.scrubbed(f"{type(error).__name__}: {error}"),
+            )
             # Rendering a traceback costs milliseconds on the loop per failing run: the error
             # is logged at once, its traceback only when debug logging is on.
             bound.error("module raised", error=message)
@@ -431,6 +435,8 @@ class Runner:
                 message = _prefixed(running.stop_reason, message)
             if running.grace_timer is not None:
                 running.grace_timer.cancel()
+            if message:  # it is logged, stored and shown: no secret of the params in it
+                message = ctx.scrubbed(message)
             elapsed = self.clock.monotonic() - started
             # The one event per execution at info level: what ran, why, and how it ended.
             bound.info(

@@ -98,17 +98,22 @@ async def test_masks_do_not_follow_a_changed_url(api: Api) -> None:
 
 async def test_a_secret_read_from_a_file_is_used_and_never_shown(api: Api) -> None:
     """A shell task whose env value names a private file: the API shows the reference,
-    the run sees the file's content; a file others may read is refused (422 at its path)."""
+    the run sees the file's content (masked in its log when printed); a file others may
+    read is refused (422 at its path)."""
     token = api.tmp_path / "token"
     token.write_text("from-file\n")
     token.chmod(0o600)
-    params = {"argv": ["sh", "-c", "echo got=$TOKEN"], "env": {"TOKEN": {"file": str(token)}}}
+    seen = api.tmp_path / "seen"
+    script = f'printf %s "$TOKEN" > {seen}; echo got=$TOKEN'
+    params = {"argv": ["sh", "-c", script], "env": {"TOKEN": {"file": str(token)}}}
     created = await api.create("filed", task_module="shell", task_params=params)
     assert created["task_params"]["env"] == {"TOKEN": {"file": str(token)}}
     run = await api.unix.put(f"/api/v2/tasks/{created['id']}/action/run")
     await api.wait_execution(run.json["execution_id"], "done")
+    assert seen.read_text() == "from-file"
     log = (await api.unix.get(f"/api/v2/tasks/{created['id']}/log")).json
-    assert "got=from-file" in json.dumps(log)
+    assert "got=***" in json.dumps(log)  # printed, the file's secret is masked too
+    assert "from-file" not in json.dumps(log)
 
     token.chmod(0o644)
     reply = await api.unix.post(

@@ -19,6 +19,8 @@ from taskd.modules.params import (
     keep_secrets,
     read_secret_files,
     redact_params,
+    scrub,
+    secret_values,
     validate_param_defs,
     validate_params,
 )
@@ -613,3 +615,27 @@ def test_unusable_secret_files_are_refused_at_the_reference(
     [error] = caught.value.errors
     assert error.path == "task_params.headers.A.file"
     assert reason in error.reason
+
+
+def test_secret_values_and_scrub_mask_every_secret_string() -> None:
+    """The secret strings of params (a value, an object's and a list's strings, a URL's
+    password as written and decoded; not a file reference, not a short value) are masked
+    wherever they occur in text, objects and lists; other text stays."""
+    defs = [
+        {"name": "url", "type": "text", "secret": "url_password"},
+        {"name": "headers", "type": "json", "secret": True},
+        {"name": "token", "type": "secret"},
+        {"name": "plain", "type": "text"},
+    ]
+    params = {
+        "url": "https://bot:p%40ssword1@example.org/",
+        "headers": {"A": "Bearer abcdef", "B": ["listed-1"], "C": {"file": "/etc/x"}},
+        "token": "on",
+        "plain": "visible-text",
+    }
+    secrets = secret_values(defs, params)
+    assert set(secrets) == {"p%40ssword1", "p@ssword1", "Bearer abcdef", "listed-1"}
+    text = "GET https://bot:p%40ssword1@example.org/ said p@ssword1, Bearer abcdef; on"
+    assert scrub(text, secrets) == "GET https://bot:***@example.org/ said ***, ***; on"
+    assert scrub({"k listed-1": ["x Bearer abcdef", 3]}, secrets) == {"k ***": ["x ***", 3]}
+    assert scrub("visible-text", secrets) == "visible-text"

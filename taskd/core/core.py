@@ -43,7 +43,7 @@ from taskd.model import (
     Trigger,
     TriggerKind,
 )
-from taskd.modules.params import SecretFiles, keep_secrets, redact_params
+from taskd.modules.params import SecretFiles, keep_secrets, redact_params, scrub
 from taskd.modules.registry import ModuleRegistry
 from taskd.runner import Runner
 from taskd.schedule import format_utc
@@ -513,7 +513,7 @@ class Core:
         ):
             raise ActionError(f"task {task.name!r} is running and its overlap policy is 'skip'")
         now = self.clock.now()
-        metadata = dict(metadata or {})
+        metadata = self._scrubbed(task, metadata)
         [execution_id] = await self.store.add_executions(
             [
                 NewExecution(
@@ -529,9 +529,20 @@ class Core:
 
     async def defer_run(self, task_id: int, metadata: Mapping[str, Any] | None = None) -> str:
         """Record a run to be started later with `run_defer`; return its defer id."""
-        await self.store.get_task(task_id)
+        task = await self.store.get_task(task_id)
         now = self.clock.now()
-        return await self.store.create_defer(task_id, metadata or {}, now, now + DEFER_TTL)
+        return await self.store.create_defer(
+            task_id, self._scrubbed(task, metadata), now, now + DEFER_TTL
+        )
+
+    def _scrubbed(self, task: Task, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+        """A run's metadata as stored and shown: a secret value of the task's params that a
+        client copied into it is masked (it would show in every execution listing)."""
+        params = task.spec.get("task_params")
+        if not metadata or not isinstance(params, Mapping):
+            return dict(metadata or {})
+        scrubbed: dict[str, Any] = scrub(metadata, self.modules.secret_values(task.module, params))
+        return scrubbed
 
     async def run_defer(self, defer_id: str) -> int:
         """Start a deferred run (once); return its execution id. DeferError if not usable."""

@@ -41,8 +41,9 @@ class HttpModule:
         {"name": "method", "type": "select", "options": list(METHODS), "default": "GET"},
         # Header values carry tokens and cookies: every one of them is secret.
         {"name": "headers", "type": "json", "schema": "object", "default": {}, "secret": True},
-        {"name": "json", "type": "json"},
-        {"name": "body", "type": "text"},
+        # Bodies carry tokens too (an OAuth client secret, a webhook's signing key).
+        {"name": "json", "type": "json", "secret": True},
+        {"name": "body", "type": "text", "secret": True},
         # Accepted statuses; empty: any 2xx.
         {"name": "expect_status", "type": "json", "schema": "array", "default": []},
         {"name": "timeout_sec", "type": "float", "default": 30.0},

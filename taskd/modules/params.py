@@ -38,6 +38,7 @@ import math
 import os
 import re
 import stat
+import urllib.parse
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -58,7 +59,9 @@ __all__ = [
     "load_secret_files_async",
     "read_secret_files",
     "redact_params",
+    "scrub",
     "secret_file_paths",
+    "secret_values",
     "validate_param_defs",
     "validate_params",
 ]
@@ -565,6 +568,54 @@ def redact_params(defs: list[dict[str, Any]], params: Mapping[str, Any]) -> dict
         if secret and shown.get(name) is not None:
             shown[name] = _masked(shown[name], secret)
     return shown
+
+
+# Secret values shorter than this are not scrubbed from text: masking "on" or "42" in every
+# line would garble logs and give the value away anyway.
+_MIN_SCRUBBED = 4
+
+
+def secret_values(defs: list[dict[str, Any]], params: Mapping[str, Any]) -> tuple[str, ...]:
+    """The secret strings in `params` (a secret value; each string of a secret object or
+    list; a URL's password, as written and percent-decoded), longest first, for `scrub`.
+    A file reference is not a secret; its content is, once `params` hold it."""
+    found: set[str] = set()
+    for spec in defs:
+        secret, value = _secret(spec), params.get(spec["name"])
+        if not secret or value is None or _file_ref(value) is not None:
+            continue
+        if secret == "url_password":
+            parts = _split_url_password(value) if isinstance(value, str) else None
+            if parts is not None:
+                found.update((parts[1], urllib.parse.unquote(parts[1])))
+            continue
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                found.add(item)
+            elif isinstance(item, Mapping):
+                stack.extend(v for v in item.values() if _file_ref(v) is None)
+            elif isinstance(item, list):
+                stack.extend(item)
+    return tuple(sorted((s for s in found if len(s) >= _MIN_SCRUBBED), key=len, reverse=True))
+
+
+def scrub(value: Any, secrets: tuple[str, ...]) -> Any:
+    """`value` with every occurrence of each of `secrets` in its strings (an object's keys
+    and values, a list's items, nested) replaced by `SECRET_MASK`. Pure."""
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, SECRET_MASK)
+        return value
+    if isinstance(value, Mapping):
+        return {scrub(k, secrets): scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(item, secrets) for item in value]
+    return value
 
 
 def keep_secrets(

@@ -31,6 +31,7 @@ from taskd.modules.params import (
     load_secret_files_async,
     read_secret_files,
     secret_file_paths,
+    secret_values,
     validate_param_defs,
     validate_params,
 )
@@ -196,6 +197,13 @@ class ModuleRegistry:
                     [FieldError(join_path(path, error.path), error.reason) for error in errors]
                 )
         return params
+
+    def secret_values(self, module_name: str, params: Mapping[str, Any]) -> tuple[str, ...]:
+        """The secret strings in a task's params (see `params.secret_values`): what must
+        not show in its log, its status message or a run's metadata. None for an unknown
+        module."""
+        module = self._modules.get(module_name)
+        return () if module is None else secret_values(module.params, params)
 
     def secret_files(self, module_name: object, raw_params: object) -> list[str]:
         """The files `raw_params` name for the module's secret values (none for an unknown
