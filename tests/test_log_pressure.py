@@ -173,6 +173,7 @@ async def _flood(engine: Engine, target: str, lines: int, every: int) -> tuple[i
     return execution_id, peaks
 
 
+@pytest.mark.slow  # 30,000 lines written to the store one by one
 async def test_a_python_target_flood_stays_within_the_log_backlog(
     tmp_path: Path, flood_target: str
 ) -> None:
