@@ -1,5 +1,5 @@
 // Building the page's elements. Every value from the API goes in as text (a Text node or
-// textContent), never as HTML: there is no innerHTML anywhere in the page.
+// textContent), never parsed as HTML: the page builds every element itself.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 

@@ -17,9 +17,12 @@ export function badge(status) {
   return h("span", { class: `badge st-${name}` }, status || "unknown");
 }
 
-/** A progress bar with its percent as text, or null without a percent. */
+/** A progress bar with its percent as text; without a percent, an indeterminate bar (the
+ * run goes on, it does not say how far it is). */
 export function progressBar(percent, label) {
-  if (percent === null || percent === undefined) return null;
+  if (percent === null || percent === undefined) {
+    return h("span", { class: "progress" }, h("progress", { max: "100", "aria-label": label }));
+  }
   const value = Math.max(0, Math.min(100, Number(percent)));
   return h(
     "span",
@@ -60,7 +63,7 @@ export function actionButtons(task, after) {
         const answer = await call(`/tasks/${encodeURIComponent(task.id)}/action/${action.verb}`, {
           method: "PUT",
         });
-        announce(`${action.label}: ${answer && answer.msg ? answer.msg : "done"}`);
+        announce(answer && answer.msg ? `${action.label}: ${answer.msg}` : `${action.label}: accepted`);
         after(action.verb, answer);
       } catch (error) {
         announce(`${action.label} refused: ${error.message}`, true);

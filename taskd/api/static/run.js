@@ -76,7 +76,7 @@ export function runView(main, executionId) {
       statusLine,
       badge(current.status),
       " ",
-      ACTIVE.has(current.status) ? progressBar(current.progress || 0, "Progress") : null,
+      ACTIVE.has(current.status) ? progressBar(current.progress, "Progress") : null,
     );
     statusLine.dataset.status = current.status;
     replace(details, counters(current));

@@ -43,7 +43,7 @@ function executionRow(execution) {
  * as ticks. Every bar has a <title> (a tooltip, and what a screen reader says). */
 export function timeline(executions, now = Date.now()) {
   const width = 1000;
-  const height = 64;
+  const height = 60;
   const start = now - DAY_MS;
   const x = (time) => ((time - start) / DAY_MS) * width;
   const recent = executions.filter((e) => {
@@ -51,6 +51,7 @@ export function timeline(executions, now = Date.now()) {
     const begin = Date.parse(e.started_at || e.slot_at || e.queued_at || "");
     return !Number.isNaN(begin) && end >= start;
   });
+  // Stretched to the page's width (bars and ticks only: text would stretch too).
   const svg = s("svg", {
     class: "timeline",
     viewBox: `0 0 ${width} ${height}`,
@@ -58,31 +59,29 @@ export function timeline(executions, now = Date.now()) {
     "aria-label": `Executions in the last 24 hours: ${recent.length}`,
     preserveAspectRatio: "none",
   });
-  svg.append(s("rect", { class: "track", x: 0, y: 8, width, height: 32 }));
+  svg.append(s("rect", { class: "track", x: 0, y: 4, width, height: 48 }));
+  const hours = h("ol", { class: "hours", "aria-hidden": "true" });
   for (let hour = 0; hour <= 24; hour += 3) {
     const time = start + hour * 3600 * 1000;
-    const at = x(time);
-    svg.append(s("line", { class: "tick", x1: at, x2: at, y1: 40, y2: 46 }));
+    const at = Math.min(width - 1, Math.max(1, x(time)));
+    svg.append(s("line", { class: "tick", x1: at, x2: at, y1: 52, y2: height }));
     const label = new Date(time);
-    const text = `${String(label.getHours()).padStart(2, "0")}:${String(label.getMinutes()).padStart(2, "0")}`;
-    const anchor = hour === 0 ? "start" : hour === 24 ? "end" : "middle";
-    svg.append(s("text", { x: at, y: 60, "text-anchor": anchor }, text));
+    hours.append(h("li", {}, `${String(label.getHours()).padStart(2, "0")}:${String(label.getMinutes()).padStart(2, "0")}`));
   }
   for (const e of recent) {
     const title = s("title", {}, `#${e.id} ${e.status}${e.status_msg ? `: ${e.status_msg}` : ""}`);
     if (e.status === "skipped") {
       const at = x(Date.parse(e.slot_at || e.queued_at));
-      svg.append(s("rect", { class: "bar st-skipped", x: at - 1, y: 4, width: 2, height: 40 }, title));
+      svg.append(s("rect", { class: "bar st-skipped", x: Math.min(width - 3, at - 1), y: 4, width: 3, height: 48 }, title));
       continue;
     }
     const begin = Math.max(start, Date.parse(e.started_at || e.queued_at || e.slot_at));
     const end = e.finished_at ? Date.parse(e.finished_at) : now;
-    const left = x(begin);
-    svg.append(
-      s("rect", { class: `bar st-${e.status}`, x: left, y: 12, width: Math.max(3, x(end) - left), height: 24 }, title),
-    );
+    const barWidth = Math.max(4, x(end) - x(begin));
+    const left = Math.min(width - barWidth, x(begin)); // a run that just ended stays in view
+    svg.append(s("rect", { class: `bar st-${e.status}`, x: left, y: 12, width: barWidth, height: 32 }, title));
   }
-  return svg;
+  return h("figure", { class: "timeline-figure" }, svg, hours);
 }
 
 export function nextRunsTable(runs) {
@@ -139,7 +138,7 @@ export function taskView(main, taskId) {
       h("h2", { id: "h-executions" }, "Executions"),
       h(
         "div",
-        { class: "wide" },
+        { class: "wide", tabindex: "0", role: "region", "aria-label": "Executions" },
         h(
           "table",
           { class: "executions" },
@@ -165,7 +164,7 @@ export function taskView(main, taskId) {
     replace(
       summary,
       facts([
-        ["Status", h("span", {}, badge(task.status), " ", running ? progressBar(task.status_percent || 0, "Progress") : null)],
+        ["Status", h("span", {}, badge(task.status), " ", running ? progressBar(task.status_percent, "Progress") : null)],
         ["Module", task.task_module],
         ["Schedule", taskScheduleWords(task)],
         ["Next run", task.next_run_at ? `${localTime(task.next_run_at)} (${relative(task.next_run_at)})` : task.enabled === false ? "disabled" : "none"],

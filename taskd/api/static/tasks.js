@@ -43,7 +43,7 @@ function nextRunCell(task) {
     "td",
     { class: "col-next", title: task.next_run_at },
     h("time", { datetime: task.next_run_at }, localTime(task.next_run_at)),
-    h("span", { class: "muted" }, ` ${relative(task.next_run_at)}`),
+    h("span", { class: "relative muted" }, ` ${relative(task.next_run_at)}`),
   );
 }
 
@@ -63,7 +63,7 @@ function taskRow(task, index) {
       "td",
       { class: "col-status" },
       badge(task.status),
-      running ? progressBar(task.status_percent || 0, `Progress of ${task.name}`) : null,
+      running ? progressBar(task.status_percent, `Progress of ${task.name}`) : null,
     ),
     lastRunCell(task.last_execution),
     nextRunCell(task),
@@ -78,11 +78,15 @@ function placeholderRow(index) {
   );
 }
 
-function spacer(rows) {
-  if (rows <= 0) return null;
+/** A spacer row standing for `rows` rows that are not rendered. */
+function spacer() {
   const cell = h("td", { colspan: COLUMNS.length });
-  cell.style.height = `${rows * ROW_PX}px`; // CSSOM: allowed by the strict CSP
   return h("tr", { class: "spacer", "aria-hidden": "true" }, cell);
+}
+
+function setRows(row, rows) {
+  row.hidden = rows <= 0;
+  row.firstChild.style.height = `${Math.max(0, rows) * ROW_PX}px`; // CSSOM: the CSP allows it
 }
 
 /** Show the task list in `main`; returns {destroy}. */
@@ -173,16 +177,36 @@ export function tasksView(main) {
     return promise;
   }
 
+  // Rendered rows by position and task, with what they showed: a row whose task did not
+  // change is kept as it is (a click or the keyboard focus on it is not lost).
+  let rendered = new Map();
+  const above = spacer();
+  const below = spacer();
+
+  function rowFor(task, index) {
+    const key = `${index}:${task.id}`;
+    // Relative times ("in 4 min") age: a row is redrawn at least every half minute.
+    const look = JSON.stringify(task) + Math.floor(Date.now() / 30000);
+    const known = rendered.get(key);
+    if (known && known.look === look) return [key, known];
+    return [key, { look, row: taskRow(task, index) }];
+  }
+
   function render() {
     frame = null;
     if (total === null) return;
     count.textContent = `${total} ${total === 1 ? "task" : "tasks"}`;
+    table.setAttribute("aria-rowcount", String(total + 1));
+    if (total === 0) {
+      rendered = new Map();
+      body.replaceChildren(
+        h("tr", {}, h("td", { colspan: COLUMNS.length, class: "muted" }, "No task matches.")),
+      );
+      return;
+    }
     const [first, last] = visibleRange();
-    // Keep the keyboard where it was: a focused link moves to the same task's new row.
-    const focused = body.contains(document.activeElement)
-      ? document.activeElement.closest("tr")?.dataset.taskId
-      : null;
-    const rows = [spacer(first)];
+    const next = new Map();
+    const rows = [above];
     for (let index = first; index <= last; index += 1) {
       const page = Math.floor(index / PAGE);
       const tasks = pages.get(page);
@@ -190,17 +214,25 @@ export function tasksView(main) {
         load(page).catch(() => {});
         rows.push(placeholderRow(index));
       } else if (tasks[index - page * PAGE]) {
-        rows.push(taskRow(tasks[index - page * PAGE], index));
+        const [key, entry] = rowFor(tasks[index - page * PAGE], index);
+        next.set(key, entry);
+        rows.push(entry.row);
       }
     }
-    rows.push(spacer(Math.max(0, total - last - 1)));
-    body.replaceChildren(...rows.filter(Boolean));
-    table.setAttribute("aria-rowcount", String(total + 1));
-    if (focused) body.querySelector(`tr[data-task-id="${CSS.escape(focused)}"] a`)?.focus();
-    if (total === 0) {
-      body.replaceChildren(
-        h("tr", {}, h("td", { colspan: COLUMNS.length, class: "muted" }, "No task matches.")),
-      );
+    rows.push(below);
+    setRows(above, first);
+    setRows(below, total - last - 1);
+    rendered = next;
+    const current = [...body.children];
+    if (current.length !== rows.length || current.some((row, i) => row !== rows[i])) {
+      // Keep the keyboard where it was: a focused link moves to the same task's new row.
+      const focused = body.contains(document.activeElement)
+        ? document.activeElement.closest("tr")?.dataset.taskId
+        : null;
+      body.replaceChildren(...rows);
+      if (focused && !body.contains(document.activeElement)) {
+        body.querySelector(`tr[data-task-id="${CSS.escape(focused)}"] a`)?.focus();
+      }
     }
   }
 
@@ -208,21 +240,29 @@ export function tasksView(main) {
     if (frame === null) frame = requestAnimationFrame(render);
   }
 
-  // Every few seconds: the pages in view are asked again, the others forgotten.
-  async function refresh() {
+  function pagesInView() {
     const [first, last] = visibleRange();
     const wanted = new Set();
     for (let page = Math.floor(first / PAGE); page <= Math.floor(Math.max(first, last) / PAGE); page += 1) {
       wanted.add(page);
     }
+    return wanted;
+  }
+
+  // Every few seconds: the pages in view are asked again, the others forgotten (a page
+  // scrolled to meanwhile is kept: it is fresh).
+  async function refresh() {
     const asked = generation;
-    const answers = await Promise.all([...wanted].map((page) => call(query(page)).then((a) => [page, a])));
+    const answers = await Promise.all(
+      [...pagesInView()].map((page) => call(query(page)).then((answer) => [page, answer])),
+    );
     if (asked !== generation) return;
-    pages = new Map();
     for (const [page, answer] of answers) {
       total = answer.count;
       pages.set(page, answer.tasks);
     }
+    const inView = pagesInView();
+    for (const page of [...pages.keys()]) if (!inView.has(page)) pages.delete(page);
     schedule();
   }
 
