@@ -121,6 +121,14 @@ task_module = "sleep"
 task_params = {{ seconds = 60, steps = 60 }}
 
 [[task]]
+name = "busy"
+description = "Runs for an hour, its slot every 2 s skipped meanwhile"
+task_module = "sleep"
+task_params = {{ seconds = 3600, steps = 3600 }}
+schedules = [{{ interval_sec = 2 }}]
+options = {{ overlap = "skip" }}
+
+[[task]]
 name = "xss"
 description = {json.dumps(XSS)}
 task_module = "shell"
@@ -383,6 +391,21 @@ def test_pause_and_resume_a_running_task(tab: Tab, served: Served) -> None:
     wait_for_badge(tab, ".run-status", "running")
     tab.page.get_by_role("button", name="Force stop").click()
     wait_for_badge(tab, ".run-status", "canceled")
+
+
+def test_skipped_slots_show_with_their_reason_and_on_the_timeline(tab: Tab, served: Served) -> None:
+    """A task still running when its next slot comes: the slot is listed as skipped, with
+    why, and marked on the timeline beside the running run's bar; the list shows progress."""
+    sign_in(tab, served)
+    task_row(tab, "busy").locator("progress").wait_for()
+    open_task(tab, "busy")
+    skipped = tab.page.locator("table.executions tbody tr.skipped").first
+    skipped.wait_for()
+    assert "the previous run is still running (overlap=skip)" in skipped.inner_text()
+    assert skipped.locator(".badge").inner_text() == "skipped"
+    tab.page.locator("svg.timeline rect.bar.st-skipped").first.wait_for()
+    tab.page.locator("svg.timeline rect.bar.st-running").first.wait_for()
+    tab.shot("task-skipped")
 
 
 def test_a_key_without_tasks_action_sees_no_buttons(tab: Tab, served: Served) -> None:
