@@ -324,6 +324,24 @@ def test_sign_in_with_a_key_shows_the_example_tasks_sorted_by_next_run(
     tab.page.get_by_text("No task matches.").wait_for()
 
 
+def test_the_list_refreshes_itself_without_a_reload(tab: Tab, served: Served) -> None:
+    """A run started elsewhere (the API) shows in the open list: no reload, no click."""
+    sign_in(tab, served)
+    row = task_row(tab, "xss")
+    row.locator(".col-last", has_text="never").wait_for()
+    tab.page.evaluate("window.__notReloaded = true")
+    api = served.url.removesuffix("/ui/") + "/api/v2"
+    request = urllib.request.Request(
+        f"{api}/tasks/xss/action/run",
+        method="PUT",
+        headers={"Authorization": f"Bearer {served.keys['admin']}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert reply.status == 200
+    row.locator(".col-last .badge", has_text="done").wait_for()
+    assert tab.page.evaluate("window.__notReloaded") is True
+
+
 def test_sign_in_with_a_user_and_password_and_out_again(tab: Tab, served: Served) -> None:
     """Basic credentials from the form are kept for the tab; signing out forgets them."""
     tab.page.goto(served.url)

@@ -29,7 +29,7 @@ function counters(execution) {
     ["Duration", took === null ? null : duration(took)],
     ["Size", pair(number(execution.size_done), number(execution.size_todo))],
     ["Items", pair(number(execution.nodes_done), number(execution.nodes_todo))],
-    ["Bandwidth", execution.bandwidth === undefined ? null : `${number(execution.bandwidth)} B/s`],
+    ["Bandwidth", number(execution.bandwidth)],
     ["Message", execution.status_msg],
   ]);
 }
