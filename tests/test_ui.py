@@ -94,7 +94,7 @@ def _extra_config(release_dir: Path, user_hash: str) -> str:
     """Keys, a user and tasks added to the example config for the tests."""
     waiting = (
         "echo '<b>line 1</b>'; echo line 2; "
-        f"for i in $(seq 300); do [ -e {release_dir}/go ] && break; sleep 0.1; done; "
+        f"for i in $(seq 600); do [ -e {release_dir}/go ] && break; sleep 0.1; done; "
         "echo line 3"
     )
     return f"""

@@ -288,7 +288,15 @@ export function tasksView(main) {
   scroller.addEventListener("scroll", schedule, { passive: true });
   window.addEventListener("resize", schedule);
 
-  const stop = every(REFRESH_MS, refresh);
+  const stop = every(REFRESH_MS, async () => {
+    try {
+      await refresh();
+    } catch (error) {
+      // Nothing shown yet: say why where the list would be (a key without tasks/index).
+      if (total === null) count.textContent = `Could not load the tasks: ${error.message}`;
+      throw error;
+    }
+  });
   return {
     destroy() {
       stop();
