@@ -8,7 +8,9 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test test-fast lint bench zipapp clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: run test test-fast lint bench zipapp clean browser
 
 $(BIN)/python:
 	@echo "taskd: creating the virtual environment $(VENV) with $(PYTHON)..."
@@ -33,7 +35,21 @@ run: $(RUNTIME_STAMP)
 	$(BIN)/taskd check-config etc/taskd.toml
 	$(BIN)/taskd serve --config etc/taskd.toml
 
-test: $(TEST_STAMP)
+# The web page's tests drive Debian's headless Chromium (Playwright's own browser builds are
+# never downloaded). Installed here when missing, as root (CI runs as root on a fresh
+# machine); otherwise this says what to install, and those tests are skipped.
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "taskd: installing Debian's chromium for the web page's tests..."; \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+		else \
+			echo "taskd: $(CHROMIUM) is missing; the web page's browser tests will be skipped."; \
+			echo "       Install it as root: apt-get update && apt-get install -y chromium"; \
+		fi; \
+	fi
+
+test: $(TEST_STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest

@@ -477,7 +477,8 @@ class Daemon:
 
 
 def _say_how_to_reach(addresses: list[Any], settings: Settings) -> None:
-    """Log where the API listens, which key file opens it and one curl line that works.
+    """Log where the API listens, which key file opens it, one curl line that works, and
+    the web page.
 
     The key itself is never logged: the curl line reads it from its file.
     """
@@ -494,6 +495,7 @@ def _say_how_to_reach(addresses: list[Any], settings: Settings) -> None:
         "api ready",
         url=url,
         key_file=str(key_file),
+        web_page=url.removesuffix("/api/v2") + "/ui/",  # sign in there with the key
         example=f'curl -s -H "Authorization: Bearer $(cat {key_file})" {url}/tasks',
     )
 

@@ -49,6 +49,7 @@ ROUTES: list[tuple[str, str, str | None, object]] = [
     ("GET", f"/api/v2/tasks/{UNKNOWN}/log", "tasks/show", None),
     ("GET", "/api/v2/modules", "tasks/index", None),
     ("GET", "/api/v2/openapi.json", None, None),
+    ("GET", "/api/v2/whoami", None, None),
     ("GET", "/api/v1/task", "tasks/index", None),
     ("POST", "/api/v1/task", "tasks/create", []),
     ("GET", f"/api/v1/task/{UNKNOWN}", "tasks/show", None),

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,11 @@ def test_zipapp_builds_and_runs_outside_the_venv(tmp_path: Path, example_checkou
         capture_output=True, text=True, timeout=220, check=False,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-2000:]
+    # The web page's files travel inside the archive (package data).
+    with zipfile.ZipFile(archive) as bundle:
+        names = bundle.namelist()
+    for page_file in ("index.html", "app.js", "style.css"):
+        assert any(name.endswith(f"taskd/api/static/{page_file}") for name in names), page_file
     # A clean environment: no venv on PATH, no PYTHONPATH, shiv's cache in tmp_path.
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SHIV_ROOT": str(tmp_path / "shiv")}
     python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable

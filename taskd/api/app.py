@@ -41,6 +41,7 @@ from taskd.api.connections import (
 from taskd.api.limits import ConnectionCap, FailureLimiter, InFlight, LogThrottle
 from taskd.api.middleware import V2, authenticate, errors, guard
 from taskd.api.openapi import METRICS_PATH
+from taskd.api.ui import add_ui, is_ui_route
 from taskd.core import Core
 from taskd.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from taskd.metrics import Metrics
@@ -94,6 +95,7 @@ def build_app(
     if metrics is not None:
         app[METRICS] = metrics
         app.router.add_get(METRICS_PATH, _metrics)
+    add_ui(app)  # the web page: public static files, no API route
     return app
 
 
@@ -102,8 +104,14 @@ async def _stop_following(app: web.Application) -> None:
 
 
 def registered_routes(app: web.Application) -> list[AbstractRoute]:
-    """Every route the app serves (for the OpenAPI coverage test)."""
-    return [route for route in app.router.routes() if route.method != "HEAD"]
+    """Every API route the app serves, the web page's files apart (for the OpenAPI coverage
+    test)."""
+    return [
+        route
+        for route in app.router.routes()
+        if route.method != "HEAD"
+        and not (route.resource is not None and is_ui_route(route.resource.canonical))
+    ]
 
 
 @asynccontextmanager

@@ -249,6 +249,21 @@ _EXTRA_PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/api/v2/whoami": {
+        "get": {
+            "summary": "Who the credentials name and what they may do.",
+            "operationId": "whoami",
+            "description": (
+                "Any valid credentials; no scope is needed. `allowed` spells out the "
+                "wildcards of `scopes` (`tasks/*`, `*`). Over a trusted Unix socket the name "
+                "is `unix-socket`, with every scope."
+            ),
+            "responses": {
+                "200": _json({"$ref": "#/components/schemas/taskd_whoami"}, "The caller."),
+                "401": _json(_ERROR, "No valid credentials."),
+            },
+        }
+    },
     "/api/v2/health": {
         "get": {
             "summary": "Liveness of the daemon. No credentials needed.",
@@ -306,6 +321,15 @@ _LOG_EVENT = {
     },
 }
 _EXTRA_SCHEMAS = {
+    "taskd_whoami": {
+        "type": "object",
+        "required": ["name", "scopes", "allowed"],
+        "properties": {
+            "name": {"type": "string"},
+            "scopes": {"type": "array", "items": {"type": "string"}},
+            "allowed": {"type": "array", "items": {"type": "string"}},
+        },
+    },
     "taskd_execution": _EXECUTION,
     "taskd_log_event": _LOG_EVENT,
     "taskd_log_entry": _LOG_ENTRY,

@@ -34,6 +34,7 @@ from taskd.api.errors import ApiError
 from taskd.api.middleware import V2, dialect_app
 from taskd.api.openapi import openapi_document
 from taskd.api.render import execution_json, log_entry_json, task_v2
+from taskd.config import SCOPES
 from taskd.core import Closing, Core, Follow, LogEvent, Quiet, RunEnded, RunFollowed
 from taskd.errors import FieldError, ValidationError
 from taskd.model import TASK_QUERY_FIELDS, LogEntry, Task
@@ -415,6 +416,25 @@ async def _stream_log(
 async def index_modules(request: web.Request) -> web.Response:
     """The modules tasks can use, with their params."""
     return web.json_response({"modules": request.config_dict[CORE].describe_modules()})
+
+
+# The scopes a principal may hold, wildcards spelled out.
+_PLAIN_SCOPES = sorted(name for name in SCOPES if not name.endswith("*"))
+
+
+@routes.get("/whoami")
+async def whoami(request: web.Request) -> web.Response:
+    """Who the credentials name, their scopes as configured, and every scope they allow
+    with wildcards spelled out (the web page offers only the actions allowed). Any valid
+    credentials may ask."""
+    who = principal(request)
+    return web.json_response(
+        {
+            "name": who.name,
+            "scopes": sorted(who.scopes),
+            "allowed": [name for name in _PLAIN_SCOPES if who.allows(name)],
+        }
+    )
 
 
 @routes.get("/health")
