@@ -337,7 +337,8 @@ class Store(Protocol):
         `where` holds (field, operator, value) with a field of `model.TASK_QUERY_FIELDS` and
         an operator of `=`, `!=`, `<`, `<=`, `>`, `>=`, `in` (value a list) or `like`
         (SQL-style `%` and `_`); `order` holds (field, descending), ties broken by id
-        ascending. Times are compared as datetimes; `priority` is 0 where unset. Raises
+        ascending; a field's empty values (no next run) sort after the others ascending,
+        before them descending. Times are compared as datetimes; `priority` is 0 where unset. Raises
         ValueError for an unknown field or operator (the API validates both before).
         """
         ...

@@ -796,7 +796,10 @@ class SqliteStore:
             clauses.append(f"{column} {operator.upper()} ?")
             params.append(to_micros(value) if isinstance(value, datetime) else value)
         where_sql = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        # Empty values sort after the others ascending, before them descending: the
+        # contract's rule (PostgreSQL's own), so a list by next run starts with what is due.
         order_sql = ", ".join(
+            f"{_TASK_QUERY_SQL[name]} IS NULL {'DESC' if descending else 'ASC'}, "
             f"{_TASK_QUERY_SQL[name]} {'DESC' if descending else 'ASC'}"
             for name, descending in order
         )

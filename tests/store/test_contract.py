@@ -455,6 +455,19 @@ async def test_query_tasks_filters_orders_pages_and_counts(store: Store) -> None
     assert ([t.name for t in tasks], total) == (["alpha"], -1)
 
 
+async def test_query_tasks_sorts_empty_values_after_the_others(store: Store) -> None:
+    """A task without a next run comes after those with one ascending, before them descending."""
+    await add_task(store, "manual", next_run_at=None)
+    await add_task(store, "late", next_run_at=at(20))
+    await add_task(store, "soon", next_run_at=at(10))
+    for descending, expected in (
+        (False, ["soon", "late", "manual"]),
+        (True, ["manual", "late", "soon"]),
+    ):
+        tasks, _ = await store.query_tasks(order=[("next_run_at", descending)])
+        assert [t.name for t in tasks] == expected
+
+
 async def test_query_tasks_accepts_every_query_field(store: Store) -> None:
     """Each of model.TASK_QUERY_FIELDS can be filtered and sorted on."""
     await add_task(store, "one", next_run_at=at(1))
