@@ -301,6 +301,14 @@ class CalendarSchedule:
                 return best
         return best
 
+    def has_slot_in(self, start: datetime, end: datetime) -> bool:
+        """Whether a matching wall-clock minute lies in [`start`, `end`) (naive wall times).
+
+        For telling a slot that daylight-saving time moved (a wall time in a skipped hour).
+        """
+        slot = self._slot_at_or_after(start)
+        return slot is not None and slot < end
+
     def _slot_at_or_after(self, wall: datetime) -> datetime | None:
         """Return the first matching wall-clock minute at or after `wall` (naive), or None."""
         minute = wall.minute + (1 if wall.second or wall.microsecond else 0)

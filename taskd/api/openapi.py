@@ -221,6 +221,54 @@ _EXTRA_PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/api/v2/tasks/{task_id}/next_runs": {
+        "get": {
+            "summary": "A task's next fire times, with the slots DST moved or doubled marked.",
+            "operationId": "task_next_runs",
+            "description": (
+                "**API Key Scope**: tasks / show\n\nFrom the task's schedules (its one-shot "
+                "`next_run_at` aside), strictly after `after` (default: now). Schedules "
+                "without a zone, and intervals' local times, are read in the daemon's "
+                "`timezone`."
+            ),
+            "parameters": [
+                _TASK_ID,
+                {
+                    "name": "count",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+                },
+                {"name": "after", "in": "query", "schema": _TIME},
+            ],
+            "responses": {
+                "200": _json({"$ref": "#/components/schemas/taskd_next_runs"}, "Fire times."),
+                "404": _not_found(),
+            },
+        }
+    },
+    "/api/v2/schedules/preview": {
+        "post": {
+            "summary": "The next fire times of schedules given in the body.",
+            "operationId": "preview_schedules",
+            "description": (
+                "**API Key Scope**: tasks / show\n\nThe schedules are checked by the tasks' "
+                "own validator: invalid ones are a 422 naming each field "
+                "(`schedules[0].hours[1]`)."
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/taskd_preview_request"}
+                    }
+                },
+            },
+            "responses": {
+                "200": _json({"$ref": "#/components/schemas/taskd_next_runs"}, "Fire times."),
+                "422": _json(_ERROR, "Invalid schedules, count, after or timezone."),
+            },
+        }
+    },
     "/api/v2/modules": {
         "get": {
             "summary": "Lists the task modules and their params.",
@@ -305,7 +353,64 @@ _LOG_EVENT = {
         "id": {"type": "string", "description": "The entry's idx (`log` events)."},
     },
 }
+_NEXT_RUNS = {
+    "type": "object",
+    "required": ["next_runs"],
+    "properties": {
+        "next_runs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["at", "local", "schedule", "dst"],
+                "properties": {
+                    "at": {**_TIME, "description": "The instant, UTC."},
+                    "local": {
+                        "type": "string",
+                        "description": "The local time with its offset, in the schedule's "
+                        "zone (an interval's: the preview's `timezone`).",
+                    },
+                    "schedule": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Index of the schedule that fires (the first, when "
+                        "several fire at the same instant).",
+                    },
+                    "dst": {
+                        "type": "string",
+                        "nullable": True,
+                        "enum": ["gap_shifted", "fold_first", "fold_second", None],
+                        "description": "`gap_shifted`: the slot's wall time was skipped "
+                        "(spring forward) and it fires at the end of the gap; `fold_first` / "
+                        "`fold_second`: its wall time occurs twice (fall back), this is the "
+                        "first / second occurrence; null: DST did not touch it.",
+                    },
+                },
+            },
+        }
+    },
+}
+_PREVIEW_REQUEST = {
+    "type": "object",
+    "required": ["schedules"],
+    "additionalProperties": False,
+    "properties": {
+        "schedules": {
+            "type": "array",
+            "maxItems": 100,
+            "items": {"type": "object"},
+            "description": "Schedules as a task's `schedules` (calendar, cron, interval).",
+        },
+        "count": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+        "after": {**_TIME, "description": "Default: now."},
+        "timezone": {
+            "type": "string",
+            "description": "Where schedules without a zone are read; default: the daemon's.",
+        },
+    },
+}
 _EXTRA_SCHEMAS = {
+    "taskd_next_runs": _NEXT_RUNS,
+    "taskd_preview_request": _PREVIEW_REQUEST,
     "taskd_execution": _EXECUTION,
     "taskd_log_event": _LOG_EVENT,
     "taskd_log_entry": _LOG_ENTRY,

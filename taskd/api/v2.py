@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -37,6 +38,14 @@ from taskd.api.render import execution_json, log_entry_json, task_v2
 from taskd.core import Closing, Core, Follow, LogEvent, Quiet, RunEnded, RunFollowed
 from taskd.errors import FieldError, ValidationError
 from taskd.model import TASK_QUERY_FIELDS, LogEntry, Task
+from taskd.preview import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    UpcomingRun,
+    next_runs,
+    parse_preview_request,
+)
+from taskd.schedule import ScheduleSet
 
 routes = web.RouteTableDef()
 
@@ -408,6 +417,44 @@ async def _stream_log(
                     continue
                 await response.write(b": keep-alive\n\n")
         wrote = loop.time()
+
+
+def _preview_answer(runs: list[UpcomingRun]) -> web.Response:
+    return web.json_response({"next_runs": [run.to_json() for run in runs]})
+
+
+@routes.get("/tasks/{task_id}/next_runs")
+@scope("tasks/show")
+async def task_next_runs(request: web.Request) -> web.Response:
+    """The task's next fire times from its schedules (`count`, default 10, up to 1000;
+    strictly after `after`, default now), each with its schedule's index, its local time
+    and its DST mark."""
+    task = await task_from_path(request)
+    core = request.config_dict[CORE]
+    count = query_int(request, "count", DEFAULT_COUNT, low=1, high=MAX_COUNT) or DEFAULT_COUNT
+    after_text = request.query.get("after", "")
+    after = query_time(after_text, "after") if after_text else core.clock.now()
+    zone = ZoneInfo(core.default_timezone)
+    try:
+        schedules = task.schedule_set(core.default_timezone)
+    except ValidationError:
+        # A stored schedule that no longer parses (its zone left the system's database):
+        # the scheduler does not fire it either.
+        schedules = ScheduleSet()
+    return _preview_answer(next_runs(schedules, after, count, timezone=zone))
+
+
+@routes.post("/schedules/preview")
+@scope("tasks/show")
+async def preview_schedules(request: web.Request) -> web.Response:
+    """The next fire times of schedules not stored anywhere (the body:
+    `{"schedules": [...], "count": N, "after": TIME, "timezone": TZ}`), checked by the
+    tasks' own validator."""
+    core = request.config_dict[CORE]
+    preview = parse_preview_request(
+        await read_object(request), default_timezone=core.default_timezone
+    )
+    return _preview_answer(preview.runs(core.clock.now()))
 
 
 @routes.get("/modules")

@@ -16,6 +16,7 @@ from taskd.cli.common import (
     refuse,
     say,
 )
+from taskd.preview import MAX_COUNT as MAX_PREVIEW
 
 if TYPE_CHECKING:
     from taskd import ctl
@@ -56,6 +57,19 @@ def add_ctl(commands: SubCommands) -> None:
 
     add("list", "list the tasks: name, id, status, module, next and last run")
     add("show", "show one task in full").add_argument("task", metavar="TASK", help=_TASK_HELP)
+    upcoming = add(
+        "next",
+        "show the task's next fire times (UTC and local), marking the slots daylight-saving "
+        "time moved or doubled",
+    )
+    upcoming.add_argument("task", metavar="TASK", help=_TASK_HELP)
+    upcoming.add_argument(
+        "--count",
+        type=_count_argument,
+        default=10,
+        metavar="N",
+        help=f"how many fire times, 1..{MAX_PREVIEW} (default: 10)",
+    )
     apply = add(
         "apply",
         "create or update the tasks of a file ([[task]] tables in TOML, or a JSON list of "
@@ -159,6 +173,12 @@ def _natural_argument(text: str) -> int:
     return int(text)
 
 
+def _count_argument(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PREVIEW:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..{MAX_PREVIEW}, got {text!r}")
+    return int(text)
+
+
 def _positive_argument(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
@@ -201,6 +221,8 @@ def _ctl_command(args: argparse.Namespace) -> ctl.Command:
             return ctl.list_tasks
         case "show":
             return lambda client, out: ctl.show_task(client, out, task)
+        case "next":
+            return lambda client, out: ctl.next_runs(client, out, task, args.count)
         case "apply":
             tasks = ctl.read_task_file(args.file)
             return lambda client, out: ctl.apply(client, out, tasks)

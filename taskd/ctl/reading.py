@@ -18,6 +18,7 @@ from taskd.ctl.output import (
     status_text,
     utc_time,
 )
+from taskd.preview import EXPLAIN_HEADERS, explain_rows
 
 # ---------------------------------------------------------------------------------------
 # Commands: reading
@@ -53,6 +54,20 @@ async def list_tasks(client: Client, out: Output) -> None:
         for task in tasks
     ]
     out.table(["NAME", "ID", "STATUS", "MODULE", "NEXT RUN", "LAST RUN"], rows)
+
+
+async def next_runs(client: Client, out: Output, name: str, count: int) -> None:
+    """`next`: the task's next fire times, with the slots daylight-saving time moved or
+    doubled marked."""
+    answer = await client.call("GET", task_path(name, "next_runs"), query={"count": count})
+    if out.json:
+        out.document(answer)
+        return
+    runs = answer["next_runs"]
+    if not runs:
+        out.note("the task has no schedule that fires again")
+        return
+    out.table(EXPLAIN_HEADERS, explain_rows(runs))
 
 
 async def show_task(client: Client, out: Output, name: str) -> None:
