@@ -416,11 +416,11 @@ def test_start_refuses_a_jwt_file_others_may_read_or_write(
     tokens), stops `taskd serve` before it starts, as an API key file would."""
     _, issuers = write_issuers(tmp_path)
     config = tmp_path / "taskd.toml"
-    config.write_text(
-        f'[daemon]\nstate_dir = "state"\n\n[api]\nlisten = []\njwt = {json.dumps(issuers)}\n'.replace(
-            '": ', '" = '
-        ).replace('{"', '{ "')
+    tables = "".join(
+        "\n[[api.jwt]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in issuer.items())
+        for issuer in issuers
     )
+    config.write_text(f'[daemon]\nstate_dir = "state"\n\n[api]\nlisten = []\n{tables}')
     config.chmod(0o600)
     preflight(config, ModuleRegistry.builtin())  # as written: accepted
     (tmp_path / "jwt" / name).chmod(mode)

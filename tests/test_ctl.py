@@ -881,6 +881,28 @@ def test_tcp_needs_the_key_file_and_never_prints_the_key(daemon: Daemon) -> None
         assert key not in result.stdout + result.stderr
 
 
+def test_list_shows_the_callers_tasks_and_all_every_owners(daemon: Daemon) -> None:
+    """A task created over TCP with the key `ops` belongs to it: `list` over the socket
+    leaves it out, `list --all` shows it with its owner, the key lists it as its own."""
+    path = daemon.work / "owned.toml"
+    path.write_text(
+        '[[task]]\nname = "owned-by-ops"\ntask_module = "sleep"\ntask_params = { seconds = 0 }\n'
+    )
+    tcp = ("ctl", "--url", daemon.url, "--key-file", daemon.key_file)
+    ok(taskd(*tcp, "apply", path))
+    mine, every, as_key = parallel(
+        lambda: ctl(daemon, "list"),
+        lambda: ctl(daemon, "list", "--all"),
+        lambda: taskd(*tcp, "list"),
+    )
+    assert "owned-by-ops" not in ok(mine)
+    header, *rows = table(ok(every))
+    assert header[-1] == "OWNER"
+    assert [r[-1] for r in rows if r[0] == "owned-by-ops"] == ["ops"]
+    assert [r[-1] for r in rows if r[0] == CONFIG_TASK] == ["config"]
+    assert "owned-by-ops" in ok(as_key)
+
+
 def test_usage_errors_exit_2(daemon: Daemon) -> None:
     """Bad local input is refused before anything is sent."""
     no_config = daemon.work / "no-such-config.toml"

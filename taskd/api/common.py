@@ -272,7 +272,30 @@ def query_time(value: str, name: str) -> datetime:
         ) from None
 
 
+def owner_scope(request: web.Request) -> str | None:
+    """Whose tasks the request may reach: the principal's own and the config tasks (its
+    name), or every task (None) for an admin (the scope `admin`, `*`, the trusted socket).
+    """
+    who = principal(request)
+    return None if who.is_admin else who.name
+
+
+def listing_owner(request: web.Request) -> str | None:
+    """Whose tasks a list shows: the principal's own and the config tasks by default, an
+    admin's included (Nodeum's rule); every owner's (None) with `all=true`, which only an
+    admin may ask for (403 otherwise)."""
+    who = principal(request)
+    if not query_bool(request, "all"):
+        return who.name
+    if not who.is_admin:
+        raise ApiError(
+            403, "forbidden", "all=true lists every owner's tasks: it needs the scope admin"
+        )
+    return None
+
+
 async def task_from_path(request: web.Request, key: str = "task_id") -> Task:
     """The task named by a path parameter: numeric id or name. NotFoundError (404) if there
-    is none."""
-    return await request.config_dict[CORE].find(request.match_info[key])
+    is none, or if it is another owner's and the principal is no admin (not 403: its
+    existence is not disclosed)."""
+    return await request.config_dict[CORE].find(request.match_info[key], owner=owner_scope(request))

@@ -17,6 +17,8 @@ from taskd.api.common import (
     CORE,
     json_array,
     json_text_response,
+    listing_owner,
+    owner_scope,
     parse_id,
     principal,
     query_int,
@@ -43,17 +45,18 @@ async def _task(request: web.Request) -> Task:
     task_id = parse_id(text)
     if task_id is None:
         raise NotFoundError(f"task {text!r} not found")
-    return await request.config_dict[CORE].get_task(task_id)
+    return await request.config_dict[CORE].get_task(task_id, owner=owner_scope(request))
 
 
 @routes.get("/task")
 @scope("tasks/index")
 async def list_tasks(request: web.Request) -> web.Response:
-    """All tasks, wrapped."""
+    """The principal's tasks and the config tasks, wrapped; every owner's with `all=true`
+    (admins only, as in v2)."""
     limit = query_int(request, "limit", None, low=0, high=100_000)
     offset = query_int(request, "offset", 0) or 0
     core = request.config_dict[CORE]
-    tasks, _ = await core.query_tasks(limit=limit, offset=offset)
+    tasks, _ = await core.query_tasks(limit=limit, offset=offset, owner=listing_owner(request))
     return json_text_response(
         await json_array(request, tasks, lambda task: task_v1(core.shown(task)))
     )
@@ -104,7 +107,7 @@ async def save_tasks(request: web.Request) -> web.Response:
                 errors.append(FieldError(f"{path}._id", f"task {task_id} is given twice"))
                 continue
             try:
-                existing = await core.get_task(task_id)
+                existing = await core.get_task(task_id, owner=owner_scope(request))
             except NotFoundError:
                 errors.append(FieldError(f"{path}._id", f"no task {task_id}"))
                 continue

@@ -22,9 +22,10 @@ from taskd.api.common import (
     json_array,
     json_text_response,
     leave_in_flight,
+    listing_owner,
+    owner_scope,
     parse_id,
     principal,
-    query_bool,
     query_int,
     query_time,
     read_object,
@@ -157,13 +158,17 @@ def _order(request: web.Request) -> list[tuple[str, bool]]:
 @routes.get("/tasks")
 @scope("tasks/index")
 async def index_tasks(request: web.Request) -> web.Response:
-    """List tasks: `count` is the total before paging."""
+    """List tasks: `count` is the total before paging. The principal's own tasks and the
+    config tasks; every owner's with `all=true` (admins only)."""
     core = request.config_dict[CORE]
     limit = query_int(request, "limit", 50, low=0, high=MAX_PAGE)
     offset = query_int(request, "offset", 0) or 0
-    query_bool(request, "all")  # validated; every API user sees every task
     tasks, count = await core.query_tasks(
-        where=_filters(request), order=_order(request), limit=limit, offset=offset
+        where=_filters(request),
+        order=_order(request),
+        limit=limit,
+        offset=offset,
+        owner=listing_owner(request),
     )
     pairs = await core.with_last_executions(tasks)
     rendered = await json_array(request, pairs, lambda pair: task_v2(core.shown(pair[0]), pair[1]))
@@ -183,7 +188,9 @@ async def create_task(request: web.Request) -> web.Response:
 async def show_task(request: web.Request) -> web.Response:
     """One task with its last execution."""
     core = request.config_dict[CORE]
-    task, last = await core.find_with_last_execution(request.match_info["task_id"])
+    task, last = await core.find_with_last_execution(
+        request.match_info["task_id"], owner=owner_scope(request)
+    )
     return web.json_response(task_v2(core.shown(task), last))
 
 
@@ -303,7 +310,9 @@ async def show_execution(request: web.Request) -> web.Response:
     execution_id = parse_id(text)
     if execution_id is None:
         raise ApiError(404, "not_found", f"execution {text!r} not found")
-    execution = await request.config_dict[CORE].get_execution(execution_id)
+    execution = await request.config_dict[CORE].get_execution(
+        execution_id, owner=owner_scope(request)
+    )
     return web.json_response(execution_json(execution))
 
 

@@ -55,7 +55,17 @@ def add_ctl(commands: SubCommands) -> None:
         description = help_text[0].upper() + help_text[1:] + "."
         return actions.add_parser(name, help=help_text, description=description, parents=[common])
 
-    add("list", "list the tasks: name, id, status, module, next and last run")
+    add(
+        "list",
+        "list the tasks: name, id, status, module, next and last run; yours (those created "
+        "through the same socket or key) and the config file's",
+    ).add_argument(
+        "--all",
+        action="store_true",
+        dest="every_task",
+        help="every owner's tasks, with an OWNER column (an admin's right: the trusted "
+        "socket, or a key with the scope admin)",
+    )
     add("show", "show one task in full").add_argument("task", metavar="TASK", help=_TASK_HELP)
     upcoming = add(
         "next",
@@ -218,7 +228,7 @@ def _ctl_command(args: argparse.Namespace) -> ctl.Command:
     task: str = getattr(args, "task", "")
     match args.ctl_command:
         case "list":
-            return ctl.list_tasks
+            return lambda client, out: ctl.list_tasks(client, out, args.every_task)
         case "show":
             return lambda client, out: ctl.show_task(client, out, task)
         case "next":
