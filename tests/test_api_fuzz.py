@@ -47,10 +47,7 @@ INEXACT: dict[str, str] = {
     "POST /api/v2/tasks": "a task body: module params, cron syntax, names (Nodeum's loose schema)",
     "PUT /api/v2/tasks/{task_id}": "a task body, as above",
     "POST /api/v1/task": "fylr's loose task schema, as above",
-    "PUT /api/v2/tasks/{task_id}/action/run": "trigger metadata: any JSON object",
-    "PUT /api/v2/tasks/{task_id}/action/defer_run": "trigger metadata: any JSON object",
     "POST /api/v2/schedules/preview": "schedule objects: cron syntax, zones, never-firing days",
-    "GET /api/v2/tasks/{task_id}/next_runs": "`after`: RFC 3339 within the years 1..9999 in UTC",
 }
 SEMANTIC_CHECKS = {"positive_data_acceptance", "negative_data_rejection"}
 # Where a valid request may be aimed at the seeded task (by id, and in v2 by name too).

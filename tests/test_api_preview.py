@@ -62,6 +62,18 @@ async def test_next_runs_refusals(api: Api) -> None:
     assert (await api.unix.get("/api/v2/tasks/nope/next_runs")).status == 404
 
 
+async def test_every_rfc3339_after_is_accepted_even_at_the_ends_of_time(api: Api) -> None:
+    """An `after` before year 1 in UTC means from the start, one past year 9999 after the
+    end (no runs): any RFC 3339 time is a valid `after`, as the document says."""
+    created = await api.create("hourly", schedules=[{"minutes": [0]}])
+    base = f"/api/v2/tasks/{created['id']}/next_runs"
+    early = await api.unix.get(base, params={"after": "0001-01-01T00:00:00+05:00", "count": "1"})
+    assert early.status == 200, early
+    assert early.json["next_runs"][0]["at"].startswith("0001-01-0")
+    late = await api.unix.get(base, params={"after": "9999-12-31T23:00:00-05:00"})
+    assert (late.status, late.json) == (200, {"next_runs": []})
+
+
 async def test_preview_of_schedules_in_a_body(api: Api) -> None:
     """Zone-less schedules are read in the body's timezone; runs name their schedule."""
     body: dict[str, Any] = {

@@ -156,3 +156,21 @@ def test_preview_request_refusals_name_the_field(body: Any, paths: list[str]) ->
     with pytest.raises(ValidationError) as caught:
         parse_preview_request(body, default_timezone="UTC")
     assert [e.path for e in caught.value.errors] == paths
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Pacific/Kiritimati", "Asia/Kathmandu"])
+def test_the_ends_of_the_years_never_raise(zone: str) -> None:
+    """At year 1 and year 9999, where a zone's wall clock leaves the years 1..9999, the next
+    fire time is found (from the second day on) or there is none; never an OverflowError."""
+    schedule = parse_schedule({"minutes": [0], "timezone": zone})
+    first = schedule.next_after(datetime(1, 1, 1, tzinfo=UTC))
+    assert first is not None
+    assert first <= datetime(1, 1, 2, 1, tzinfo=UTC)
+    assert schedule.next_after(datetime(9999, 12, 31, 23, 59, tzinfo=UTC)) is None
+    runs = next_runs(
+        parse_schedules([{"minutes": [0], "timezone": zone}, {"interval_sec": 60}]),
+        datetime(9999, 12, 31, 22, tzinfo=UTC),
+        1000,
+        timezone=ZoneInfo(zone),
+    )
+    assert all(r.at.year == 9999 for r in runs)

@@ -214,9 +214,10 @@ _QUERY_INT = re.compile(r"-?[0-9]{1,19}")
 def query_int(
     request: web.Request, name: str, default: int | None, *, low: int = 0, high: int = 10**9
 ) -> int | None:
-    """Read an integer query parameter in low..high; 400 naming it otherwise."""
+    """Read an integer query parameter in low..high; 400 naming it otherwise (an empty
+    value too: `?limit=` is no integer, as the OpenAPI document says)."""
     text = request.query.get(name)
-    if text is None or text == "":
+    if text is None:
         return default
     # int() also reads `1_0`, ` 10`, `+10` and digits of other scripts (Arabic-Indic): a query
     # integer is ASCII digits with an optional minus, nothing else.
@@ -232,9 +233,10 @@ def query_int(
 
 
 def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
-    """Read a boolean query parameter (`true`/`false`/`1`/`0`); 400 otherwise."""
+    """Read a boolean query parameter (`true`/`false`/`1`/`0`); 400 otherwise (an empty
+    value too)."""
     text = request.query.get(name)
-    if text is None or text == "":
+    if text is None:
         return default
     if text.lower() in {"true", "1", "yes"}:
         return True

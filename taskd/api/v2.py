@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -428,8 +429,29 @@ async def _stream_log(
         wrote = loop.time()
 
 
+_FIRST_INSTANT = datetime.min.replace(tzinfo=UTC)
+_LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
+
+
 def _preview_answer(runs: list[UpcomingRun]) -> web.Response:
     return web.json_response({"next_runs": [run.to_json() for run in runs]})
+
+
+def _after(text: str) -> datetime | None:
+    """`after` of a preview: an RFC 3339 time (400 otherwise), None if not given. Every
+    RFC 3339 time is accepted: one that is before year 1 in UTC (0001-01-01T00:00+05:00)
+    means from the very start, one past year 9999 (9999-12-31T23:00-05:00) after the end."""
+    if not text:
+        return None
+    try:
+        return query_time(text, "after")
+    except ApiError as refused:
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise refused from None
+        # It parses: query_time refused it for its range only.
+        return _FIRST_INSTANT if parsed.year == 1 else _LAST_INSTANT
 
 
 @routes.get("/tasks/{task_id}/next_runs")
@@ -441,8 +463,7 @@ async def task_next_runs(request: web.Request) -> web.Response:
     task = await task_from_path(request)
     core = request.config_dict[CORE]
     count = query_int(request, "count", DEFAULT_COUNT, low=1, high=MAX_COUNT) or DEFAULT_COUNT
-    after_text = request.query.get("after", "")
-    after = query_time(after_text, "after") if after_text else core.clock.now()
+    after = _after(request.query.get("after", "")) or core.clock.now()
     zone = ZoneInfo(core.default_timezone)
     try:
         schedules = task.schedule_set(core.default_timezone)
