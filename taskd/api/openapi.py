@@ -484,12 +484,16 @@ _ACTION_REFUSALS = {409: False}
 _RUN_DEFER_REFUSALS = {404: True, 409: True}
 
 
+# Routes any valid credentials may call (no scope, so never 403).
+_ANY_CREDENTIALS = frozenset({"/api/v2/openapi.json", "/api/v2/whoami"})
+
+
 def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
     """The error statuses `method path` can answer (500 aside: that is a bug)."""
     if operation.get("security") == []:  # health: no credentials, no in-flight cap
         return set()
     statuses = {401, 429, 503}
-    if path != "/api/v2/openapi.json":  # any valid credentials read the document
+    if path not in _ANY_CREDENTIALS:
         statuses.add(403)
     query = [p for p in operation.get("parameters", []) if _param_in(p) == "query"]
     body = "requestBody" in operation
