@@ -40,6 +40,7 @@ from taskd.settings import (
     ApiSettings,
     ApiUser,
     DaemonSettings,
+    JwtIssuer,
     ListenAddress,
     NotifySettings,
     Settings,
@@ -85,6 +86,7 @@ SCOPES = frozenset(
         "tasks/action",
         "tasks/run_defer",
         "metrics",
+        "admin",
         "tasks/*",
         "*",
     }
@@ -247,6 +249,15 @@ def _api_settings(
     )
     users: list[ApiUser] = fields.get("users", array_of_tables("[[api.users]]", _api_user), [])
     _check_unique_principals(keys, users, path, fields)
+    jwt: list[JwtIssuer] = fields.get("jwt", array_of_tables("[[api.jwt]]", _jwt(base_dir)), [])
+    seen_issuers: dict[str, int] = {}
+    for index, issuer in enumerate(jwt):
+        if issuer.issuer in seen_issuers:
+            fields.error(
+                f"jwt[{index}].issuer",
+                f"duplicate issuer {issuer.issuer!r}, also jwt[{seen_issuers[issuer.issuer]}]",
+            )
+        seen_issuers.setdefault(issuer.issuer, index)
     errors.extend(fields.unknown_keys())
     return ApiSettings(
         listen=listen,
@@ -255,6 +266,7 @@ def _api_settings(
         max_body_bytes=max_body,
         keys=tuple(keys),
         users=tuple(users),
+        jwt=tuple(jwt),
         auth_failures_per_minute=auth_failures,
         request_timeout_sec=request_timeout,
         keepalive_timeout_sec=keepalive_timeout,
@@ -286,6 +298,38 @@ def _api_key(base_dir: Path) -> Check[ApiKeyRef]:
         fields.close()
         return ApiKeyRef(
             name=cast(str, name), key_file=cast(Path, key_file), scopes=cast(frozenset[str], scopes)
+        )
+
+    return check
+
+
+# The most clock skew a JWT issuer may be granted: beyond it "expired" means little.
+MAX_JWT_LEEWAY_SEC = 3600
+
+
+def _jwt(base_dir: Path) -> Check[JwtIssuer]:
+    def check(value: Any, path: str) -> JwtIssuer:
+        fields = Fields.of(value, path)
+        issuer = fields.require("issuer", string())
+        audience = fields.require("audience", string())
+        secret_file = fields.get("secret_file", _path_in(base_dir), None)
+        public_key_file = fields.get("public_key_file", _path_in(base_dir), None)
+        leeway = fields.get("leeway_sec", number(minimum=0, maximum=MAX_JWT_LEEWAY_SEC), 0.0)
+        scopes = fields.require("scopes", _scopes)
+        _refuse_inline_secret(value, "secret", "secret_file", fields)
+        if ("secret_file" in value) == ("public_key_file" in value):
+            fields.error(
+                "secret_file",
+                "give exactly one of secret_file (HS256) and public_key_file (RS256, ES256)",
+            )
+        fields.close()
+        return JwtIssuer(
+            issuer=cast(str, issuer),
+            audience=cast(str, audience),
+            secret_file=secret_file,
+            public_key_file=public_key_file,
+            leeway_sec=float(leeway),
+            scopes=cast(frozenset[str], scopes),
         )
 
     return check

@@ -517,12 +517,16 @@ def _state_lock(state_dir: Path) -> Iterator[None]:
 
 
 def secret_files(settings: Settings) -> list[tuple[Path, bool]]:
-    """The files holding secrets the config names: API keys, SMTP password, webhook secrets."""
+    """The files holding secrets the config names (API keys, SMTP password, webhook and
+    JWT secrets), then those only taskd and root may write (JWT public keys)."""
     files = [key.key_file for key in settings.api.keys]
     if settings.smtp is not None and settings.smtp.password_file is not None:
         files.append(settings.smtp.password_file)
     files += [hook.secret_file for hook in settings.notify.webhooks if hook.secret_file]
-    return [(path, True) for path in files]
+    files += [issuer.secret_file for issuer in settings.api.jwt if issuer.secret_file]
+    # A JWT issuer's public key is no secret, but whoever may change it may forge tokens.
+    public = [issuer.public_key_file for issuer in settings.api.jwt if issuer.public_key_file]
+    return [(path, True) for path in files] + [(path, False) for path in public]
 
 
 def unsafe_files(files: list[tuple[Path, bool]]) -> list[str]:

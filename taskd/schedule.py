@@ -85,6 +85,7 @@ MAX_SCHEDULES = 100
 # The most days each month can have (February's 29th comes in leap years).
 _MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND_DAY = datetime(1, 1, 2, tzinfo=UTC)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _ALL_MINUTES = tuple(range(60))
@@ -206,6 +207,18 @@ class CalendarSchedule:
         _require_aware(after)
         if not self._can_fire:
             return None
+        try:
+            return self._next_after(after)
+        except OverflowError:
+            # Only within a day of the ends of the years 1..9999, where a wall time or an
+            # instant of the walk falls outside them: past the end nothing fires; at the
+            # start the walk begins on the second day (no zone's wall clock reaches back
+            # further than a day).
+            if after.astimezone(UTC).year > 1:
+                return None
+            return self._next_after(_SECOND_DAY)
+
+    def _next_after(self, after: datetime) -> datetime | None:
         after_utc = after.astimezone(UTC)
         seconds = (
             (after_utc.toordinal() - _EPOCH_ORDINAL) * 86400
@@ -300,6 +313,14 @@ class CalendarSchedule:
             except OverflowError:
                 return best
         return best
+
+    def has_slot_in(self, start: datetime, end: datetime) -> bool:
+        """Whether a matching wall-clock minute lies in [`start`, `end`) (naive wall times).
+
+        For telling a slot that daylight-saving time moved (a wall time in a skipped hour).
+        """
+        slot = self._slot_at_or_after(start)
+        return slot is not None and slot < end
 
     def _slot_at_or_after(self, wall: datetime) -> datetime | None:
         """Return the first matching wall-clock minute at or after `wall` (naive), or None."""

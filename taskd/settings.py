@@ -22,6 +22,7 @@ __all__ = [
     "ApiSettings",
     "ApiUser",
     "DaemonSettings",
+    "JwtIssuer",
     "ListenAddress",
     "NotifySettings",
     "Settings",
@@ -98,6 +99,23 @@ class ApiUser:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class JwtIssuer:
+    """One `[[api.jwt]]` entry: an issuer whose JSON Web Tokens the API accepts.
+
+    Exactly one of `secret_file` (HS256: a shared secret) and `public_key_file` (RS256 or
+    ES256, told by the key's type) is set; both absolute, read by the API. A token's scopes
+    are its `scope` claim intersected with `scopes`.
+    """
+
+    issuer: str
+    audience: str
+    secret_file: Path | None = None
+    public_key_file: Path | None = None
+    leeway_sec: float = 0.0
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ApiSettings:
     """The `[api]` section."""
 
@@ -107,6 +125,7 @@ class ApiSettings:
     max_body_bytes: int = 1_048_576
     keys: tuple[ApiKeyRef, ...] = ()
     users: tuple[ApiUser, ...] = ()
+    jwt: tuple[JwtIssuer, ...] = ()
     # Pressure limits (see README, "Under pressure"). Failed logins per client address and
     # minute over TCP (0: no limit); beyond them 429 with Retry-After.
     auth_failures_per_minute: int = 30

@@ -47,6 +47,8 @@ ROUTES: list[tuple[str, str, str | None, object]] = [
     ("GET", f"/api/v2/tasks/{UNKNOWN}/executions", "tasks/show", None),
     ("GET", f"/api/v2/executions/{UNKNOWN}", "tasks/show", None),
     ("GET", f"/api/v2/tasks/{UNKNOWN}/log", "tasks/show", None),
+    ("GET", f"/api/v2/tasks/{UNKNOWN}/next_runs", "tasks/show", None),
+    ("POST", "/api/v2/schedules/preview", "tasks/show", {}),
     ("GET", "/api/v2/modules", "tasks/index", None),
     ("GET", "/api/v2/openapi.json", None, None),
     ("GET", "/api/v2/whoami", None, None),

@@ -2,8 +2,11 @@
 
 A live app on real parts; schemathesis loads the document over HTTP and, for every
 operation, sends generated requests (valid ones, and invalid ones where the operation has
-something to break) with an all-scope key. Checks: no 5xx (`not_a_server_error`) and every
-answer matches the document (`response_schema_conformance`). Valid requests are sometimes
+something to break) with an all-scope key. Checks: every check schemathesis has, among them
+no 5xx, every status, content type, header and body as the document declares them, wrong
+credentials refused, methods not allowed answered 405 with Allow; and for the operations
+whose input the document describes exactly, schema-valid input accepted and schema-invalid
+input refused (`INEXACT` lists the others, and why). Valid requests are sometimes
 aimed at a task that exists, so updates and actions get past the 404. Bounded: about 20
 examples per operation and mode; the whole test takes well under a minute.
 
@@ -23,14 +26,30 @@ from api_fixtures import open_api
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.checks import CHECKS as REGISTERED_CHECKS
+from schemathesis.checks import load_all_checks
 
 # The schemathesis fuzz: generated requests against a live API.
 pytestmark = pytest.mark.slow
 
 EXAMPLES = 20
-CHECKS = [not_a_server_error, response_schema_conformance]
+# Every check schemathesis has (not only its defaults): status codes, content types, headers
+# and bodies conform to the document, invalid data is rejected and valid data accepted,
+# authentication is not ignored, methods not allowed are 405 with Allow, ...
+load_all_checks()
+CHECKS: list[Any] = list(REGISTERED_CHECKS.get_all())
+# Operations whose input taskd checks beyond what their JSON Schema can say, so that
+# `positive_data_acceptance` (schema-valid input must be accepted) and
+# `negative_data_rejection` (schema-invalid input must be refused) cannot hold for them yet:
+# operation -> why. Every other check runs on them too; both run on every other operation.
+INEXACT: dict[str, str] = {
+    "GET /api/v2/tasks": "filters: `id` lists, `sort_by` names, RFC 3339 times with operators",
+    "POST /api/v2/tasks": "a task body: module params, cron syntax, names (Nodeum's loose schema)",
+    "PUT /api/v2/tasks/{task_id}": "a task body, as above",
+    "POST /api/v1/task": "fylr's loose task schema, as above",
+    "POST /api/v2/schedules/preview": "schedule objects: cron syntax, zones, never-firing days",
+}
+SEMANTIC_CHECKS = {"positive_data_acceptance", "negative_data_rejection"}
 # Where a valid request may be aimed at the seeded task (by id, and in v2 by name too).
 # Deleting it is left out, so the rest of the run still finds it.
 PINS_V2 = [None, "1", "seed"]
@@ -63,6 +82,9 @@ def fuzz(base_url: str, authorization: str) -> tuple[list[str], int, int]:
     sent = found = 0
     for result in schema.get_all_operations():
         operation = result.ok()
+        checks = CHECKS
+        if operation.label in INEXACT:
+            checks = [c for c in CHECKS if getattr(c, "__name__", "") not in SEMANTIC_CHECKS]
         modes = [schemathesis.GenerationMode.POSITIVE]
         if _can_be_invalid(operation):
             modes.append(schemathesis.GenerationMode.NEGATIVE)
@@ -92,14 +114,19 @@ def fuzz(base_url: str, authorization: str) -> tuple[list[str], int, int]:
                     # an answer to its end (test_api_extras follows tasks).
                     case.query["follow"] = "execution"
                 sent += 1
-                response = case.call_and_validate(base_url=base_url, headers=headers, checks=CHECKS)
+                # `check` runs within this iteration: the loop variable is the right one.
+                response = case.call_and_validate(
+                    base_url=base_url,
+                    headers=headers,
+                    checks=checks,  # noqa: B023
+                )
                 found += pin is not None and response.status_code != 404
 
             try:
                 check()
             except Unsatisfiable:
                 continue  # nothing of this operation could be made invalid after all
-            except Exception as error:
+            except (Exception, BaseExceptionGroup) as error:  # schemathesis' FailureGroup
                 failures.append(f"{operation.label} ({mode.value}): {error}")
     return failures, sent, found
 
@@ -112,7 +139,10 @@ async def test_schemathesis_finds_no_server_error_and_no_nonconforming_answer(
 ) -> None:
     """Generated requests to every operation of openapi.json: no 5xx, every answer
     conforms to the document, and no request failed inside taskd."""
-    async with open_api(tmp_path) as api:
+    # schemathesis' ignored_auth check sends wrong credentials to every operation and wants
+    # 401: the limit of failed logins per address (its own tests: test_api_pressure.py)
+    # would answer 429 to the rest, so it is off here.
+    async with open_api(tmp_path, api_options={"auth_failures_per_minute": 0}) as api:
         seed = await api.create("seed", comment="fuzz target")
         assert seed["id"] == "1"
         run = await api.unix.put("/api/v2/tasks/1/action/run")

@@ -56,6 +56,34 @@ def test_schedule_next_prints_utc_rfc3339_across_the_dst_gap() -> None:
     assert result.stderr == ""
 
 
+def test_schedule_next_explain_marks_the_dst_moved_and_doubled_slots() -> None:
+    """--explain: a table with UTC, local time, schedule index and a DST note for the
+    shifted spring slot and both occurrences of a repeated autumn slot."""
+    moved = taskd(
+        "schedule", "next", "--schedule", BERLIN_0230, "--explain",
+        "--after", "2026-03-28T12:00:00Z", "--count", "2",
+    )  # fmt: skip
+    assert moved.returncode == 0, moved
+    header, first, second = moved.stdout.splitlines()
+    assert header.split() == ["UTC", "LOCAL", "SCHEDULE", "DST"]
+    assert first.split()[:3] == ["2026-03-29T01:00:00Z", "2026-03-29T03:00:00+02:00", "0"]
+    assert "moved" in first
+    assert "skipped" in first
+    assert second.split() == ["2026-03-30T00:30:00Z", "2026-03-30T02:30:00+02:00", "0"]
+    doubled = taskd(
+        "schedule", "next", "--schedule", '[{"hours": [5]}, {"minutes": [30]}]', "--explain",
+        "--timezone", "America/New_York", "--after", "2026-11-01T05:00:00Z", "--count", "2",
+    )  # fmt: skip
+    assert doubled.returncode == 0, doubled
+    _, first, second = doubled.stdout.splitlines()
+    assert first.split()[:3] == ["2026-11-01T05:30:00Z", "2026-11-01T01:30:00-04:00", "1"]
+    assert "1st occurrence" in first
+    assert second.split()[:3] == ["2026-11-01T06:30:00Z", "2026-11-01T01:30:00-05:00", "1"]
+    assert "2nd occurrence" in second
+    too_many = taskd("schedule", "next", "--schedule", BERLIN_0230, "--explain", "--count", "5000")
+    assert "--count" in assert_refused(too_many)[0]
+
+
 def test_schedule_next_prints_five_by_default() -> None:
     """Without --count, five times are printed."""
     result = taskd(

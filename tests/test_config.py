@@ -306,7 +306,7 @@ ERROR_CASES = [
     (
         '[[api.keys]]\nname = "ops"\nkey_file = "k"\nscopes = ["tasks/*", "tasks/delete"]\n',
         "api.keys[0].scopes[1]",
-        "must be one of '*', 'metrics', 'tasks/*', 'tasks/action', 'tasks/create', "
+        "must be one of '*', 'admin', 'metrics', 'tasks/*', 'tasks/action', 'tasks/create', "
         "'tasks/destroy', 'tasks/index', 'tasks/run_defer', 'tasks/show', 'tasks/update', "
         "got the string 'tasks/delete'",
     ),

@@ -357,6 +357,38 @@ def test_list_shows_tasks_in_an_aligned_table_with_utc_times(daemon: Daemon) -> 
         assert listed["count"] == len(listed["tasks"])
 
 
+def test_next_prints_the_next_fire_times_with_dst_notes(daemon: Daemon) -> None:
+    """`next TASK --count N`: UTC, local, schedule index, DST note; `--json` is the server's
+    answer; a bad count is a usage error (2); an unknown task is refused (1)."""
+    apply_toml(
+        daemon,
+        "next-berlin",
+        """
+        [[task]]
+        name = "next-berlin"
+        task_module = "sleep"
+        task_params = { seconds = 0 }
+        schedules = [{ hours = [2], minutes = [30], timezone = "Europe/Berlin" }]
+        """,
+    )
+    text, as_json, bad, unknown = ctl_all(
+        daemon,
+        ("next", "next-berlin", "--count", "3"),
+        ("--json", "next", "next-berlin"),
+        ("next", "next-berlin", "--count", "0"),
+        ("next", "no-such-task"),
+    )
+    header, *rows = table(ok(text))
+    assert header == ["UTC", "LOCAL", "SCHEDULE", "DST"]
+    assert len(rows) == 3
+    assert all(row[1].endswith(("+01:00", "+02:00")) and row[2] == "0" for row in rows)
+    runs = json.loads(ok(as_json))["next_runs"]
+    assert len(runs) == 10
+    assert [r["at"] for r in runs[:3]] == [row[0] for row in rows]
+    failed(bad, 2)
+    failed(unknown, 1)
+
+
 def test_show_finds_a_task_by_name_or_id(daemon: Daemon) -> None:
     """`show NAME` and `show ID` print the same task; `--json` prints the server's object."""
     task_id = daemon.task_id(CONFIG_TASK)
@@ -847,6 +879,28 @@ def test_tcp_needs_the_key_file_and_never_prints_the_key(daemon: Daemon) -> None
     ]
     for result in (with_key, without_key, wrong_key):
         assert key not in result.stdout + result.stderr
+
+
+def test_list_shows_the_callers_tasks_and_all_every_owners(daemon: Daemon) -> None:
+    """A task created over TCP with the key `ops` belongs to it: `list` over the socket
+    leaves it out, `list --all` shows it with its owner, the key lists it as its own."""
+    path = daemon.work / "owned.toml"
+    path.write_text(
+        '[[task]]\nname = "owned-by-ops"\ntask_module = "sleep"\ntask_params = { seconds = 0 }\n'
+    )
+    tcp = ("ctl", "--url", daemon.url, "--key-file", daemon.key_file)
+    ok(taskd(*tcp, "apply", path))
+    mine, every, as_key = parallel(
+        lambda: ctl(daemon, "list"),
+        lambda: ctl(daemon, "list", "--all"),
+        lambda: taskd(*tcp, "list"),
+    )
+    assert "owned-by-ops" not in ok(mine)
+    header, *rows = table(ok(every))
+    assert header[-1] == "OWNER"
+    assert [r[-1] for r in rows if r[0] == "owned-by-ops"] == ["ops"]
+    assert [r[-1] for r in rows if r[0] == CONFIG_TASK] == ["config"]
+    assert "owned-by-ops" in ok(as_key)
 
 
 def test_usage_errors_exit_2(daemon: Daemon) -> None:

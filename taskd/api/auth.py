@@ -1,14 +1,16 @@
 """Who may call the API, and what they may do.
 
 Credentials: API keys (`Authorization: <key>` or `Authorization: Bearer <key>`), read from
-the files the config names, never from the config itself; and Basic auth for configured
-users, whose passwords are stored as scrypt hashes (`taskd hash-password`). Keys and hashes
-are compared in constant time, and every key is compared, so the time taken does not tell
-which key nearly matched.
+the files the config names, never from the config itself; Basic auth for configured users,
+whose passwords are stored as scrypt hashes (`taskd hash-password`); and JSON Web Tokens
+(`Authorization: Bearer <JWT>`) of the issuers `[[api.jwt]]` names (see `tokens.py`). Keys
+and hashes are compared in constant time, and every key is compared, so the time taken does
+not tell which key nearly matched.
 
 Scopes follow the Nodeum API: `tasks/index`, `tasks/show`, `tasks/create`, `tasks/update`,
 `tasks/destroy`, `tasks/action`, `tasks/run_defer`, with `tasks/*` and `*` as wildcards;
-and `metrics`, for a Prometheus scraper's key (`GET /metrics`; `tasks/index` reads it too).
+`metrics`, for a Prometheus scraper's key (`GET /metrics`; `tasks/index` reads it too); and
+`admin` (also granted by `*`): may list every owner's tasks (`all=true`) and act on them.
 No credentials: 401. Credentials without the route's scope: 403. The Unix socket may be
 trusted (its file mode guards it): then it needs no credentials.
 
@@ -35,8 +37,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from taskd.api.tokens import TokenIssuer, TokenRefused, load_issuers, looks_like_jwt, verify
 from taskd.errors import FieldError, ValidationError
 from taskd.settings import ApiSettings
+
+__all__ = [
+    "ADMIN_SCOPE",
+    "UNIX_SOCKET_PRINCIPAL",
+    "Authenticator",
+    "Principal",
+    "TokenRefused",
+    "check_password_hash",
+    "hash_password",
+    "new_key",
+    "verify_password",
+]
 
 # scrypt parameters for new hashes: about 50 ms and 16 MiB on a server core.
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
@@ -47,6 +62,9 @@ _HASH_PREFIX = "scrypt"
 PASSWORD_CHECKS = max(1, min(2, (os.cpu_count() or 1) - 1))
 CACHE_TTL_SEC = 60.0
 CACHE_SIZE = 1024
+
+
+ADMIN_SCOPE = "admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +78,21 @@ class Principal:
         """Whether `scope` (`controller/action`) is granted, wildcards included."""
         controller = scope.split("/", 1)[0]
         return bool({"*", f"{controller}/*", scope} & self.scopes)
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether it may see and act on every owner's tasks (the scope `admin`, or `*`)."""
+        return self.allows(ADMIN_SCOPE)
+
+
+def intersect_scopes(granted: frozenset[str], asked: Iterable[str]) -> frozenset[str]:
+    """The scopes both `granted` and `asked` allow, wildcards understood on both sides:
+    `tasks/*` and `tasks/show` give `tasks/show`; `*` and `tasks/*` give `tasks/*`."""
+    asked_set = frozenset(asked)
+    grant, ask = Principal("", granted), Principal("", asked_set)
+    return frozenset(
+        {s for s in asked_set if grant.allows(s)} | {s for s in granted if ask.allows(s)}
+    )
 
 
 UNIX_SOCKET_PRINCIPAL = Principal("unix-socket", frozenset({"*"}))
@@ -130,11 +163,13 @@ class Authenticator:
         self,
         keys: Iterable[_Key],
         users: Iterable[_User],
+        issuers: Iterable[TokenIssuer] = (),
         *,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._keys = tuple(keys)
         self._users = {user.name: user for user in users}
+        self._issuers = {issuer.issuer: issuer for issuer in issuers}
         self._monotonic = monotonic
         self._checks = asyncio.Semaphore(PASSWORD_CHECKS)
         # sha256(header) -> (principal, expiry on the monotonic clock), oldest first.
@@ -151,12 +186,14 @@ class Authenticator:
         """
         self._keys = other._keys
         self._users = other._users
+        self._issuers = other._issuers
         self._cache.clear()  # a revoked user's cached check must not outlive the reload
 
     @property
     def has_credentials(self) -> bool:
-        """Whether any key or user is configured (without one, TCP serves health only)."""
-        return bool(self._keys or self._users)
+        """Whether any key, user or JWT issuer is configured (without one, TCP serves
+        health only)."""
+        return bool(self._keys or self._users or self._issuers)
 
     @classmethod
     def from_settings(cls, api: ApiSettings) -> Authenticator:
@@ -176,15 +213,22 @@ class Authenticator:
             if problem:
                 errors.append(FieldError(f"api.users[{index}].password_hash", problem))
             users.append(_User(user.name, user.password_hash, frozenset(user.scopes)))
+        issuers: list[TokenIssuer] = []
+        try:
+            issuers = load_issuers(api.jwt)
+        except ValidationError as error:
+            errors.extend(error.errors)
         if errors:
             raise ValidationError(errors)
-        return cls(keys, users)
+        return cls(keys, users, issuers)
 
     async def authenticate(self, authorization: str | None) -> Principal | None:
         """Return the principal the `Authorization` header names, or None if it names none.
 
         Keys are compared on the loop (microseconds); Basic credentials in a thread, unless
-        the same header succeeded less than `CACHE_TTL_SEC` ago.
+        the same header succeeded less than `CACHE_TTL_SEC` ago; a bearer value that is no
+        key but has a JWT's form is verified as a token, on the loop (tens of microseconds).
+        Raises TokenRefused, saying why, for a token that is not valid.
         """
         if not authorization:
             return None
@@ -194,7 +238,15 @@ class Authenticator:
         candidate = rest.strip() if scheme.lower() == "bearer" and rest else authorization.strip()
         # aiohttp decodes header bytes that are not UTF-8 with surrogateescape; this turns
         # them back into the bytes sent (a plain encode() would raise on them).
-        return self._key(candidate.encode("utf-8", "surrogateescape"))
+        found = self._key(candidate.encode("utf-8", "surrogateescape"))
+        bearer = scheme.lower() == "bearer" and bool(rest)
+        if found is None and self._issuers and bearer and looks_like_jwt(candidate):
+            return self._token(candidate)
+        return found
+
+    def _token(self, token: str) -> Principal:
+        subject, issuer, asked = verify(token, self._issuers)
+        return Principal(subject, intersect_scopes(issuer.scopes, asked))
 
     def _key(self, candidate: bytes) -> Principal | None:
         found: _Key | None = None

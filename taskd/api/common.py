@@ -214,9 +214,10 @@ _QUERY_INT = re.compile(r"-?[0-9]{1,19}")
 def query_int(
     request: web.Request, name: str, default: int | None, *, low: int = 0, high: int = 10**9
 ) -> int | None:
-    """Read an integer query parameter in low..high; 400 naming it otherwise."""
+    """Read an integer query parameter in low..high; 400 naming it otherwise (an empty
+    value too: `?limit=` is no integer, as the OpenAPI document says)."""
     text = request.query.get(name)
-    if text is None or text == "":
+    if text is None:
         return default
     # int() also reads `1_0`, ` 10`, `+10` and digits of other scripts (Arabic-Indic): a query
     # integer is ASCII digits with an optional minus, nothing else.
@@ -232,9 +233,10 @@ def query_int(
 
 
 def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
-    """Read a boolean query parameter (`true`/`false`/`1`/`0`); 400 otherwise."""
+    """Read a boolean query parameter (`true`/`false`/`1`/`0`); 400 otherwise (an empty
+    value too)."""
     text = request.query.get(name)
-    if text is None or text == "":
+    if text is None:
         return default
     if text.lower() in {"true", "1", "yes"}:
         return True
@@ -272,7 +274,30 @@ def query_time(value: str, name: str) -> datetime:
         ) from None
 
 
+def owner_scope(request: web.Request) -> str | None:
+    """Whose tasks the request may reach: the principal's own and the config tasks (its
+    name), or every task (None) for an admin (the scope `admin`, `*`, the trusted socket).
+    """
+    who = principal(request)
+    return None if who.is_admin else who.name
+
+
+def listing_owner(request: web.Request) -> str | None:
+    """Whose tasks a list shows: the principal's own and the config tasks by default, an
+    admin's included (Nodeum's rule); every owner's (None) with `all=true`, which only an
+    admin may ask for (403 otherwise)."""
+    who = principal(request)
+    if not query_bool(request, "all"):
+        return who.name
+    if not who.is_admin:
+        raise ApiError(
+            403, "forbidden", "all=true lists every owner's tasks: it needs the scope admin"
+        )
+    return None
+
+
 async def task_from_path(request: web.Request, key: str = "task_id") -> Task:
     """The task named by a path parameter: numeric id or name. NotFoundError (404) if there
-    is none."""
-    return await request.config_dict[CORE].find(request.match_info[key])
+    is none, or if it is another owner's and the principal is no admin (not 403: its
+    existence is not disclosed)."""
+    return await request.config_dict[CORE].find(request.match_info[key], owner=owner_scope(request))

@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from taskd.api.auth import UNIX_SOCKET_PRINCIPAL
+from taskd.api.auth import UNIX_SOCKET_PRINCIPAL, TokenRefused
 from taskd.api.common import (
     API_SETTINGS,
     AUTH,
@@ -159,14 +159,18 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
                 f"too many failed logins from this address: retry in {wait} s",
                 headers={"Retry-After": str(wait)},
             )
-    principal = await request.config_dict[AUTH].authenticate(authorization)
+    refusal: str | None = None
+    try:
+        principal = await request.config_dict[AUTH].authenticate(authorization)
+    except TokenRefused as refused:  # a JWT that is not valid: the reason is the answer
+        principal, refusal = None, str(refused)
     if principal is None:
         if address is not None and authorization and authorization.strip():
             limiter.failed(address)
         raise ApiError(
             401,
             "unauthorized",
-            _refusal(authorization),
+            refusal or _refusal(authorization),
             headers={"WWW-Authenticate": 'Basic realm="taskd", Bearer realm="taskd"'},
         )
     if needed and not any(principal.allows(name) for name in needed):

@@ -96,7 +96,11 @@ _LOG_ENTRY = {
 _ERROR = {"$ref": "#/components/schemas/nodeum_model_error"}
 _PAGING = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 1000}},
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {
+        "name": "offset",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0, "maximum": 10**9},
+    },
 ]
 _TASK_ID = {
     "name": "task_id",
@@ -179,7 +183,11 @@ _EXTRA_PATHS: dict[str, dict[str, Any]] = {
             ),
             "parameters": [
                 _TASK_ID,
-                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "offset",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 10**9},
+                },
                 {
                     "name": "limit",
                     "in": "query",
@@ -188,7 +196,7 @@ _EXTRA_PATHS: dict[str, dict[str, Any]] = {
                 {
                     "name": "execution_id",
                     "in": "query",
-                    "schema": {"type": "integer", "minimum": 1},
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10**9},
                 },
                 {
                     "name": "follow",
@@ -218,6 +226,54 @@ _EXTRA_PATHS: dict[str, dict[str, Any]] = {
                     },
                 },
                 "404": _not_found(),
+            },
+        }
+    },
+    "/api/v2/tasks/{task_id}/next_runs": {
+        "get": {
+            "summary": "A task's next fire times, with the slots DST moved or doubled marked.",
+            "operationId": "task_next_runs",
+            "description": (
+                "**API Key Scope**: tasks / show\n\nFrom the task's schedules (its one-shot "
+                "`next_run_at` aside), strictly after `after` (default: now). Schedules "
+                "without a zone, and intervals' local times, are read in the daemon's "
+                "`timezone`."
+            ),
+            "parameters": [
+                _TASK_ID,
+                {
+                    "name": "count",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+                },
+                {"name": "after", "in": "query", "schema": _TIME},
+            ],
+            "responses": {
+                "200": _json({"$ref": "#/components/schemas/taskd_next_runs"}, "Fire times."),
+                "404": _not_found(),
+            },
+        }
+    },
+    "/api/v2/schedules/preview": {
+        "post": {
+            "summary": "The next fire times of schedules given in the body.",
+            "operationId": "preview_schedules",
+            "description": (
+                "**API Key Scope**: tasks / show\n\nThe schedules are checked by the tasks' "
+                "own validator: invalid ones are a 422 naming each field "
+                "(`schedules[0].hours[1]`)."
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/taskd_preview_request"}
+                    }
+                },
+            },
+            "responses": {
+                "200": _json({"$ref": "#/components/schemas/taskd_next_runs"}, "Fire times."),
+                "422": _json(_ERROR, "Invalid schedules, count, after or timezone."),
             },
         }
     },
@@ -320,6 +376,79 @@ _LOG_EVENT = {
         "id": {"type": "string", "description": "The entry's idx (`log` events)."},
     },
 }
+_NEXT_RUNS = {
+    "type": "object",
+    "required": ["next_runs"],
+    "properties": {
+        "next_runs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["at", "local", "schedule", "dst"],
+                "properties": {
+                    "at": {**_TIME, "description": "The instant, UTC."},
+                    "local": {
+                        "type": "string",
+                        "description": "The local time with its offset, in the schedule's "
+                        "zone (an interval's: the preview's `timezone`).",
+                    },
+                    "schedule": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Index of the schedule that fires (the first, when "
+                        "several fire at the same instant).",
+                    },
+                    "dst": {
+                        "type": "string",
+                        "nullable": True,
+                        "enum": ["gap_shifted", "fold_first", "fold_second", None],
+                        "description": "`gap_shifted`: the slot's wall time was skipped "
+                        "(spring forward) and it fires at the end of the gap; `fold_first` / "
+                        "`fold_second`: its wall time occurs twice (fall back), this is the "
+                        "first / second occurrence; null: DST did not touch it.",
+                    },
+                },
+            },
+        }
+    },
+}
+_PREVIEW_REQUEST = {
+    "type": "object",
+    "required": ["schedules"],
+    "additionalProperties": False,
+    "properties": {
+        "schedules": {
+            "type": "array",
+            "maxItems": 100,
+            "items": {"type": "object"},
+            "description": "Schedules as a task's `schedules` (calendar, cron, interval).",
+        },
+        "count": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+        "after": {**_TIME, "description": "Default: now."},
+        "timezone": {
+            "type": "string",
+            "description": "Where schedules without a zone are read; default: the daemon's.",
+        },
+    },
+}
+# taskd's v1 error object (fylr's spec declares no error responses).
+_V1_ERROR = {
+    "type": "object",
+    "required": ["code", "statuscode", "description"],
+    "properties": {
+        "code": {"type": "string", "description": "`error.api.<code word>`"},
+        "statuscode": {"type": "integer"},
+        "description": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["path", "reason"],
+                "properties": {"path": {"type": "string"}, "reason": {"type": "string"}},
+            },
+        },
+    },
+}
 _EXTRA_SCHEMAS = {
     "taskd_whoami": {
         "type": "object",
@@ -330,6 +459,9 @@ _EXTRA_SCHEMAS = {
             "allowed": {"type": "array", "items": {"type": "string"}},
         },
     },
+    "taskd_v1_error": _V1_ERROR,
+    "taskd_next_runs": _NEXT_RUNS,
+    "taskd_preview_request": _PREVIEW_REQUEST,
     "taskd_execution": _EXECUTION,
     "taskd_log_event": _LOG_EVENT,
     "taskd_log_entry": _LOG_ENTRY,
@@ -347,6 +479,108 @@ _EXTRA_SCHEMAS = {
         },
     },
 }
+
+
+# -- every error status each route can answer --------------------------------------------
+
+_MODEL_ERROR_REF = "#/components/schemas/nodeum_model_error"
+_DATA_MANAGEMENT_REF = "#/components/schemas/nodeum_data_management_error"
+_V1_ERROR_REF = "#/components/schemas/taskd_v1_error"
+_ERROR_TEXT = {
+    400: "Malformed JSON or query values (the parameter is named).",
+    401: "No credentials, or credentials that are not valid (the body says which; a refused "
+    "JWT says why).",
+    403: "The credentials lack the route's scope (or `all=true` without `admin`).",
+    404: "No such task or execution, or another owner's (not disclosed to a non-admin).",
+    408: "The request body did not arrive within `request_timeout_sec`.",
+    409: "A conflict: a name taken, a version mismatch, a config task, an action that cannot "
+    "apply now.",
+    413: "The body is larger than `max_body_bytes`.",
+    422: "Invalid input; `details` names each field.",
+    429: "Too many failed logins from this address (Retry-After).",
+    503: "Busy (`max_in_flight` requests already) or the store is unavailable (Retry-After).",
+}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}}
+_AUTHENTICATE = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+# Routes answering `data_management_error` (Nodeum's shape of a refused action) as well as
+# `model_error`: status -> whether only data_management_error comes.
+_ACTION_REFUSALS = {409: False}
+_RUN_DEFER_REFUSALS = {404: True, 409: True}
+
+
+# Routes any valid credentials may call (no scope, so never 403).
+_ANY_CREDENTIALS = frozenset({"/api/v2/openapi.json", "/api/v2/whoami"})
+
+
+def _error_statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
+    """The error statuses `method path` can answer (500 aside: that is a bug)."""
+    if operation.get("security") == []:  # health: no credentials, no in-flight cap
+        return set()
+    statuses = {401, 429, 503}
+    if path not in _ANY_CREDENTIALS:
+        statuses.add(403)
+    query = [p for p in operation.get("parameters", []) if _param_in(p) == "query"]
+    body = "requestBody" in operation
+    if query or body:
+        statuses.add(400)
+    if "{" in path:
+        statuses.add(404)
+    if body:
+        statuses |= {408, 413}
+        if path.startswith("/api/v2/"):
+            statuses.add(422)
+    if method in {"post", "put", "delete"} and path != "/api/v2/schedules/preview":
+        statuses.add(409)
+    if path.endswith("/action/run_defer"):
+        statuses |= {400, 404, 409}
+    return statuses
+
+
+def _param_in(parameter: dict[str, Any]) -> str:
+    ref = parameter.get("$ref", "")
+    if ref.startswith("#/components/parameters/nodeum_"):
+        return "query"  # every shared Nodeum parameter is a query parameter
+    return str(parameter.get("in", ""))
+
+
+def _error_schema(path: str, status: int) -> dict[str, Any]:
+    if path.startswith("/api/v1/"):
+        return {"$ref": _V1_ERROR_REF}
+    refusals = (
+        _RUN_DEFER_REFUSALS
+        if path.endswith("/action/run_defer")
+        else _ACTION_REFUSALS
+        if "/action/" in path
+        else {}
+    )
+    if status not in refusals:
+        return {"$ref": _MODEL_ERROR_REF}
+    if refusals[status]:
+        return {"$ref": _DATA_MANAGEMENT_REF}
+    return {"anyOf": [{"$ref": _MODEL_ERROR_REF}, {"$ref": _DATA_MANAGEMENT_REF}]}
+
+
+def _declare_errors(document: dict[str, Any]) -> None:
+    """Declare, on every operation, each error status it can answer with its body's schema
+    (the dialect's error shape) and headers; a status a spec declares already keeps its
+    description, and gets the body it lacked."""
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            for status in sorted(_error_statuses(path, method, operation)):
+                declared = responses.get(str(status))
+                if declared is not None and ("$ref" in declared or "content" in declared):
+                    continue
+                response = _json(_error_schema(path, status), _ERROR_TEXT[status])
+                if declared is not None:
+                    response["description"] = declared.get("description", _ERROR_TEXT[status])
+                if status in {429, 503}:
+                    response["headers"] = copy.deepcopy(_RETRY_AFTER)
+                elif status == 401:
+                    response["headers"] = copy.deepcopy(_AUTHENTICATE)
+                responses[str(status)] = response
 
 
 @functools.cache
@@ -368,9 +602,20 @@ def _base_document() -> dict[str, Any]:
                 "ApiKey": {"type": "apiKey", "in": "header", "name": "Authorization"},
                 "BearerAuth": {"type": "http", "scheme": "bearer"},
                 "BasicAuth": {"type": "http", "scheme": "basic"},
+                "JWT": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": (
+                        "A JSON Web Token of an issuer named in [[api.jwt]]: HS256, RS256 or "
+                        "ES256 as the issuer's key says; `exp`, `iss`, `aud`, `sub` required; "
+                        "`sub` is the principal, the `scope` claim (space-separated) its "
+                        "scopes within the issuer's. A refused token is 401 saying why."
+                    ),
+                },
             },
         },
-        "security": [{"ApiKey": []}, {"BearerAuth": []}, {"BasicAuth": []}],
+        "security": [{"ApiKey": []}, {"BearerAuth": []}, {"BasicAuth": []}, {"JWT": []}],
     }
     for prefix_name, base_path, file_name in _SPECS:
         spec = _rewrite_refs(_load(file_name), prefix_name)
@@ -393,7 +638,51 @@ def _base_document() -> dict[str, Any]:
     document["paths"]["/api/v1/task/module"] = document["paths"]["/api/v1/task/modules"]
     document["paths"].update(copy.deepcopy(_EXTRA_PATHS))
     document["components"]["schemas"].update(copy.deepcopy(_EXTRA_SCHEMAS))
+    _describe_taskd_additions(document)
+    _declare_errors(document)
     return document
+
+
+def _describe_taskd_additions(document: dict[str, Any]) -> None:
+    """What taskd adds to the specs' own operations: v1's paging and `all`, the owner
+    rules of both lists, the JWT scheme."""
+    v1_list = document["paths"]["/api/v1/task"]["get"]
+    v1_list["parameters"] = [
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 0, "maximum": 100000},
+        },
+        {
+            "name": "offset",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 0, "maximum": 10**9},
+        },
+        {
+            "name": "all",
+            "in": "query",
+            "schema": {"type": "boolean"},
+            "description": "For admins only (scope admin): every owner's tasks.",
+        },
+    ]
+    # fylr types the log's offset and limit as numbers; taskd reads integers (and 400s
+    # anything else), within these bounds.
+    for parameter in document["paths"]["/api/v1/task/{task_id}/log"]["get"]["parameters"]:
+        if parameter["name"] == "offset":
+            parameter["schema"] = {"type": "integer", "minimum": 0, "maximum": 10**9}
+        elif parameter["name"] == "limit":
+            parameter["schema"] = {"type": "integer", "minimum": 1, "maximum": 10000}
+    # Nodeum leaves `defer_id` optional; without one there is nothing to start (400).
+    defer_id = document["components"]["parameters"]["nodeum_task_defer_id"]
+    defer_id["required"] = True
+    defer_id["schema"] = {**defer_id.get("schema", {"type": "string"}), "minLength": 1}
+    owners = (
+        "\n\nThe caller's own tasks and the config tasks; with `all=true` (scope `admin` only: "
+        "403 otherwise) every owner's."
+    )
+    for path in ("/api/v1/task", "/api/v2/tasks"):
+        operation = document["paths"][path]["get"]
+        operation["description"] = operation.get("description", "") + owners
 
 
 def openapi_document(*, metrics: bool = True) -> dict[str, Any]:

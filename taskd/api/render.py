@@ -118,7 +118,8 @@ def task_v1(task: Task) -> dict[str, Any]:
         **{name: spec.get(name) for name in SPEC_FIELDS},
         **_live_fields(task),
     }
-    user = task.updated_by or task.created_by or "taskd"
+    # The owner: the principal that created the task ("config" for a config task).
+    user = task.created_by or "taskd"
     return {
         "_user": {"_basetype": "user", "user": {"_generated_displayname": user}},
         "task": _without_none(inner),

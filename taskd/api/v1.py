@@ -17,6 +17,8 @@ from taskd.api.common import (
     CORE,
     json_array,
     json_text_response,
+    listing_owner,
+    owner_scope,
     parse_id,
     principal,
     query_int,
@@ -46,13 +48,14 @@ async def _task(request: web.Request) -> Task:
     task_id = parse_id(text)
     if task_id is None:
         raise NotFoundError(f"task {text!r} not found")
-    return await request.config_dict[CORE].get_task(task_id)
+    return await request.config_dict[CORE].get_task(task_id, owner=owner_scope(request))
 
 
 @routes.get("/task")
 @scope("tasks/index")
 async def list_tasks(request: web.Request) -> web.StreamResponse:
-    """All tasks (or `limit` of them from `offset`), wrapped, by id.
+    """The principal's tasks and the config tasks (every owner's with `all=true`, admins
+    only, as in v2), or `limit` of them from `offset`, wrapped, by id.
 
     Read, rendered and sent `LIST_PAGE` tasks at a time, yielding to the loop in between:
     fylr clients ask without `limit`, and converting tens of thousands of rows in one piece
@@ -66,12 +69,13 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
     limit = query_int(request, "limit", None, low=0, high=100_000)
     offset = query_int(request, "offset", 0) or 0
     core = request.config_dict[CORE]
+    owner = listing_owner(request)
 
     def render(task: Task) -> Any:
         return task_v1(core.shown(task))
 
     size = LIST_PAGE if limit is None else min(LIST_PAGE, limit)
-    page, _ = await core.query_tasks(limit=size, offset=offset)
+    page, _ = await core.query_tasks(limit=size, offset=offset, owner=owner)
     if len(page) < size or size == limit:
         return json_text_response(await json_array(request, page, render))
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -80,7 +84,7 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
     await response.write(b"[" + (await json_array(request, page, render))[1:-1].encode())
     while left is None or left > 0:
         size = LIST_PAGE if left is None else min(LIST_PAGE, left)
-        page, _ = await core.query_tasks(where=[("id", ">", page[-1].id)], limit=size)
+        page, _ = await core.query_tasks(where=[("id", ">", page[-1].id)], limit=size, owner=owner)
         if page:
             items = (await json_array(request, page, render))[1:-1]
             await response.write(b", " + items.encode())
@@ -137,7 +141,7 @@ async def save_tasks(request: web.Request) -> web.Response:
                 errors.append(FieldError(f"{path}._id", f"task {task_id} is given twice"))
                 continue
             try:
-                existing = await core.get_task(task_id)
+                existing = await core.get_task(task_id, owner=owner_scope(request))
             except NotFoundError:
                 errors.append(FieldError(f"{path}._id", f"no task {task_id}"))
                 continue

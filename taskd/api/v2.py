@@ -8,7 +8,9 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -21,9 +23,10 @@ from taskd.api.common import (
     json_array,
     json_text_response,
     leave_in_flight,
+    listing_owner,
+    owner_scope,
     parse_id,
     principal,
-    query_bool,
     query_int,
     query_time,
     read_object,
@@ -38,6 +41,14 @@ from taskd.config import SCOPES
 from taskd.core import Closing, Core, Follow, LogEvent, Quiet, RunEnded, RunFollowed
 from taskd.errors import FieldError, ValidationError
 from taskd.model import TASK_QUERY_FIELDS, LogEntry, Task
+from taskd.preview import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    UpcomingRun,
+    next_runs,
+    parse_preview_request,
+)
+from taskd.schedule import ScheduleSet
 
 routes = web.RouteTableDef()
 
@@ -149,13 +160,17 @@ def _order(request: web.Request) -> list[tuple[str, bool]]:
 @routes.get("/tasks")
 @scope("tasks/index")
 async def index_tasks(request: web.Request) -> web.Response:
-    """List tasks: `count` is the total before paging."""
+    """List tasks: `count` is the total before paging. The principal's own tasks and the
+    config tasks; every owner's with `all=true` (admins only)."""
     core = request.config_dict[CORE]
     limit = query_int(request, "limit", 50, low=0, high=MAX_PAGE)
     offset = query_int(request, "offset", 0) or 0
-    query_bool(request, "all")  # validated; every API user sees every task
     tasks, count = await core.query_tasks(
-        where=_filters(request), order=_order(request), limit=limit, offset=offset
+        where=_filters(request),
+        order=_order(request),
+        limit=limit,
+        offset=offset,
+        owner=listing_owner(request),
     )
     pairs = await core.with_last_executions(tasks)
     rendered = await json_array(request, pairs, lambda pair: task_v2(core.shown(pair[0]), pair[1]))
@@ -175,7 +190,9 @@ async def create_task(request: web.Request) -> web.Response:
 async def show_task(request: web.Request) -> web.Response:
     """One task with its last execution."""
     core = request.config_dict[CORE]
-    task, last = await core.find_with_last_execution(request.match_info["task_id"])
+    task, last = await core.find_with_last_execution(
+        request.match_info["task_id"], owner=owner_scope(request)
+    )
     return web.json_response(task_v2(core.shown(task), last))
 
 
@@ -295,7 +312,9 @@ async def show_execution(request: web.Request) -> web.Response:
     execution_id = parse_id(text)
     if execution_id is None:
         raise ApiError(404, "not_found", f"execution {text!r} not found")
-    execution = await request.config_dict[CORE].get_execution(execution_id)
+    execution = await request.config_dict[CORE].get_execution(
+        execution_id, owner=owner_scope(request)
+    )
     return web.json_response(execution_json(execution))
 
 
@@ -409,6 +428,64 @@ async def _stream_log(
                     continue
                 await response.write(b": keep-alive\n\n")
         wrote = loop.time()
+
+
+_FIRST_INSTANT = datetime.min.replace(tzinfo=UTC)
+_LAST_INSTANT = datetime.max.replace(tzinfo=UTC)
+
+
+def _preview_answer(runs: list[UpcomingRun]) -> web.Response:
+    return web.json_response({"next_runs": [run.to_json() for run in runs]})
+
+
+def _after(text: str) -> datetime | None:
+    """`after` of a preview: an RFC 3339 time (400 otherwise), None if not given. Every
+    RFC 3339 time is accepted: one that is before year 1 in UTC (0001-01-01T00:00+05:00)
+    means from the very start, one past year 9999 (9999-12-31T23:00-05:00) after the end."""
+    if not text:
+        return None
+    try:
+        return query_time(text, "after")
+    except ApiError as refused:
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise refused from None
+        # It parses: query_time refused it for its range only.
+        return _FIRST_INSTANT if parsed.year == 1 else _LAST_INSTANT
+
+
+@routes.get("/tasks/{task_id}/next_runs")
+@scope("tasks/show")
+async def task_next_runs(request: web.Request) -> web.Response:
+    """The task's next fire times from its schedules (`count`, default 10, up to 1000;
+    strictly after `after`, default now), each with its schedule's index, its local time
+    and its DST mark."""
+    task = await task_from_path(request)
+    core = request.config_dict[CORE]
+    count = query_int(request, "count", DEFAULT_COUNT, low=1, high=MAX_COUNT) or DEFAULT_COUNT
+    after = _after(request.query.get("after", "")) or core.clock.now()
+    zone = ZoneInfo(core.default_timezone)
+    try:
+        schedules = task.schedule_set(core.default_timezone)
+    except ValidationError:
+        # A stored schedule that no longer parses (its zone left the system's database):
+        # the scheduler does not fire it either.
+        schedules = ScheduleSet()
+    return _preview_answer(next_runs(schedules, after, count, timezone=zone))
+
+
+@routes.post("/schedules/preview")
+@scope("tasks/show")
+async def preview_schedules(request: web.Request) -> web.Response:
+    """The next fire times of schedules not stored anywhere (the body:
+    `{"schedules": [...], "count": N, "after": TIME, "timezone": TZ}`), checked by the
+    tasks' own validator."""
+    core = request.config_dict[CORE]
+    preview = parse_preview_request(
+        await read_object(request), default_timezone=core.default_timezone
+    )
+    return _preview_answer(preview.runs(core.clock.now()))
 
 
 @routes.get("/modules")

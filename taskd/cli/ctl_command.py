@@ -16,6 +16,7 @@ from taskd.cli.common import (
     refuse,
     say,
 )
+from taskd.preview import MAX_COUNT as MAX_PREVIEW
 
 if TYPE_CHECKING:
     from taskd import ctl
@@ -54,8 +55,31 @@ def add_ctl(commands: SubCommands) -> None:
         description = help_text[0].upper() + help_text[1:] + "."
         return actions.add_parser(name, help=help_text, description=description, parents=[common])
 
-    add("list", "list the tasks: name, id, status, module, next and last run")
+    add(
+        "list",
+        "list the tasks: name, id, status, module, next and last run; yours (those created "
+        "through the same socket or key) and the config file's",
+    ).add_argument(
+        "--all",
+        action="store_true",
+        dest="every_task",
+        help="every owner's tasks, with an OWNER column (an admin's right: the trusted "
+        "socket, or a key with the scope admin)",
+    )
     add("show", "show one task in full").add_argument("task", metavar="TASK", help=_TASK_HELP)
+    upcoming = add(
+        "next",
+        "show the task's next fire times (UTC and local), marking the slots daylight-saving "
+        "time moved or doubled",
+    )
+    upcoming.add_argument("task", metavar="TASK", help=_TASK_HELP)
+    upcoming.add_argument(
+        "--count",
+        type=_count_argument,
+        default=10,
+        metavar="N",
+        help=f"how many fire times, 1..{MAX_PREVIEW} (default: 10)",
+    )
     apply = add(
         "apply",
         "create or update the tasks of a file ([[task]] tables in TOML, or a JSON list of "
@@ -159,6 +183,12 @@ def _natural_argument(text: str) -> int:
     return int(text)
 
 
+def _count_argument(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PREVIEW:
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..{MAX_PREVIEW}, got {text!r}")
+    return int(text)
+
+
 def _positive_argument(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
@@ -198,9 +228,11 @@ def _ctl_command(args: argparse.Namespace) -> ctl.Command:
     task: str = getattr(args, "task", "")
     match args.ctl_command:
         case "list":
-            return ctl.list_tasks
+            return lambda client, out: ctl.list_tasks(client, out, args.every_task)
         case "show":
             return lambda client, out: ctl.show_task(client, out, task)
+        case "next":
+            return lambda client, out: ctl.next_runs(client, out, task, args.count)
         case "apply":
             tasks = ctl.read_task_file(args.file)
             return lambda client, out: ctl.apply(client, out, tasks)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from taskd.cli.common import (
     EXIT_INVALID,
@@ -18,6 +20,8 @@ from taskd.cli.common import (
 )
 from taskd.errors import FieldError, ValidationError
 from taskd.model import TaskSpec
+from taskd.preview import EXPLAIN_HEADERS, explain_rows, next_runs
+from taskd.preview import MAX_COUNT as PREVIEW_MAX
 from taskd.schedule import ScheduleSet, format_utc, load_timezone, parse_schedule, parse_schedules
 
 MAX_COUNT = 10_000
@@ -82,6 +86,13 @@ def add_schedule(commands: SubCommands) -> None:
         metavar="TZ",
         help="IANA zone for schedules that name none (default: UTC)",
     )
+    upcoming.add_argument(
+        "--explain",
+        action="store_true",
+        help="print a table instead: UTC and local time, the schedule's index, and which "
+        "slots daylight-saving time moved (skipped hour) or doubled (repeated hour); "
+        f"--count up to {PREVIEW_MAX}",
+    )
     upcoming.set_defaults(handler=_schedule_next)
 
 
@@ -109,9 +120,17 @@ def _schedule_next(args: argparse.Namespace) -> int:
     except ValidationError as error:
         return refuse(map(str, error.errors))
     after: datetime = args.after or datetime.now(UTC)
-    times = schedules.times(after, args.count)
-    for instant in times:
-        print(format_utc(instant))
+    if args.explain:
+        if args.count > PREVIEW_MAX:
+            return refuse([f"--count: with --explain at most {PREVIEW_MAX}, got {args.count}"])
+        zone = ZoneInfo(args.timezone)
+        runs = [run.to_json() for run in next_runs(schedules, after, args.count, timezone=zone)]
+        _print_table(EXPLAIN_HEADERS, explain_rows(runs))
+        times = [datetime.fromisoformat(str(run["at"])) for run in runs]
+    else:
+        times = schedules.times(after, args.count)
+        for instant in times:
+            print(format_utc(instant))
     if len(times) < args.count:
         found = len(times)
         how_often = (
@@ -119,6 +138,13 @@ def _schedule_next(args: argparse.Namespace) -> int:
         )
         say(f"note: the schedule {how_often} after {format_utc(after)}")
     return EXIT_OK
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        print("  ".join(cells).rstrip())
 
 
 def _parse_schedule_argument(raw: Any, default_timezone: str) -> ScheduleSet:

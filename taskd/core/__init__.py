@@ -1,6 +1,6 @@
 """The operations every front end shares (`Core`), and following a task's log."""
 
-from taskd.core.core import ConfigChanges, Core, config_errors_for
+from taskd.core.core import ConfigChanges, Core, config_errors_for, visible_to
 from taskd.core.follow import Closing, Follow, LogEvent, Quiet, RunEnded, RunFollowed
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "RunEnded",
     "RunFollowed",
     "config_errors_for",
+    "visible_to",
 ]

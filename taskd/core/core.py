@@ -303,8 +303,9 @@ class Core:
                 f"task {task.name!r} is defined in {self.config_source}: edit it there"
             )
 
-    async def find(self, name_or_id: str | int) -> Task:
-        """Return a task by id or name. NotFoundError if there is none.
+    async def find(self, name_or_id: str | int, *, owner: str | None = None) -> Task:
+        """Return a task by id or name. NotFoundError if there is none, or if `owner` is
+        given and may not see it (see `visible_to`: another owner's task is not disclosed).
 
         Digits that cannot be an id (0, past the store's integers, not ASCII) can still
         be a name.
@@ -312,13 +313,16 @@ class Core:
         task_id = as_id(name_or_id)
         if task_id is not None:
             try:
-                return await self.store.get_task(task_id)
+                task = await self.store.get_task(task_id)
             except NotFoundError:
                 pass
-        task = await self.store.find_task(str(name_or_id))
-        if task is None:
+            else:
+                if visible_to(task, owner):
+                    return task
+        found = await self.store.find_task(str(name_or_id))
+        if found is None or not visible_to(found, owner):
             raise NotFoundError(f"no task {name_or_id!r}")
-        return task
+        return found
 
     # -- writes the front ends ask for ----------------------------------------------------
 
@@ -609,9 +613,14 @@ class Core:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def get_task(self, task_id: int) -> Task:
-        """Return the task with id `task_id`. NotFoundError if there is none."""
-        return await self.store.get_task(task_id)
+    async def get_task(self, task_id: int, *, owner: str | None = None) -> Task:
+        """Return the task with id `task_id`. NotFoundError if there is none, or if `owner`
+        is given and may not see it."""
+        task = await self.store.get_task(task_id)
+        if not visible_to(task, owner):
+            # Word for word what an unknown id gets: the task's existence is not disclosed.
+            raise NotFoundError(f"task {task_id} not found")
+        return task
 
     async def query_tasks(
         self,
@@ -620,14 +629,18 @@ class Core:
         order: Sequence[tuple[str, bool]] = (),
         limit: int | None = None,
         offset: int = 0,
+        owner: str | None = None,
     ) -> tuple[list[Task], int]:
-        """Return one page of tasks and how many match in all.
+        """Return one page of tasks and how many match in all; with `owner`, only the
+        tasks it may see (its own API tasks and the config tasks).
 
         `where` holds (field, operator, value): a field of `TASK_QUERY_FIELDS`, an operator
         of `=`, `!=`, `<`, `<=`, `>`, `>=`, `in` (value a list) or `like`. `order` holds
         (field, descending); ties go by id. ValueError for an unknown field or operator.
         """
-        return await self.store.query_tasks(where=where, order=order, limit=limit, offset=offset)
+        return await self.store.query_tasks(
+            where=where, order=order, limit=limit, offset=offset, owner=owner
+        )
 
     async def with_last_executions(
         self, tasks: Sequence[Task]
@@ -641,15 +654,15 @@ class Core:
         ]
 
     async def find_with_last_execution(
-        self, name_or_id: str | int
+        self, name_or_id: str | int, *, owner: str | None = None
     ) -> tuple[Task, Execution | None]:
         """`find`, with the task's last execution (a task id reads both in one query)."""
         task_id = as_id(name_or_id)
         if task_id is not None:
             found = await self.store.get_task_with_last_execution(task_id)
-            if found is not None:
+            if found is not None and visible_to(found[0], owner):
                 return found
-        [pair] = await self.with_last_executions([await self.find(name_or_id)])
+        [pair] = await self.with_last_executions([await self.find(name_or_id, owner=owner)])
         return pair
 
     def describe_modules(self) -> list[dict[str, Any]]:
@@ -662,11 +675,19 @@ class Core:
         """Return a task's executions, newest first (queued ones included), paged."""
         return await self.store.list_executions(task_id, limit=limit, offset=offset)
 
-    async def get_execution(self, execution_id: int, *, of: Task | None = None) -> Execution:
-        """Return one execution. NotFoundError if there is none, or if it is not one of the
-        task `of` (when given)."""
+    async def get_execution(
+        self, execution_id: int, *, of: Task | None = None, owner: str | None = None
+    ) -> Execution:
+        """Return one execution. NotFoundError if there is none, if it is not one of the
+        task `of` (when given), or if its task is not visible to `owner` (when given)."""
         if of is None:
-            return await self.store.get_execution(execution_id)
+            execution = await self.store.get_execution(execution_id)
+            if owner is not None:
+                try:
+                    await self.get_task(execution.task_id, owner=owner)
+                except NotFoundError:
+                    raise NotFoundError(f"execution {execution_id} not found") from None
+            return execution
         with contextlib.suppress(NotFoundError):
             execution = await self.store.get_execution(execution_id)
             if execution.task_id == of.id:
@@ -751,6 +772,13 @@ class Core:
             return False, None
         await self.store.flush()
         return True, None if execution is None else execution.status
+
+
+def visible_to(task: Task, owner: str | None) -> bool:
+    """Whether the principal named `owner` may see and act on `task`: its own API tasks
+    (`created_by`, set when the task was created, is the owner) and every config task;
+    `owner` None (an admin, the trusted socket, the engine): every task."""
+    return owner is None or task.source is TaskSource.CONFIG or task.created_by == owner
 
 
 def config_errors_for(specs: Sequence[TaskSpec], modules: ModuleRegistry) -> list[FieldError]:

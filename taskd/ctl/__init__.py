@@ -39,6 +39,7 @@ from taskd.ctl.reading import (
     list_executions,
     list_modules,
     list_tasks,
+    next_runs,
     show_log,
     show_task,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "list_executions",
     "list_modules",
     "list_tasks",
+    "next_runs",
     "parse_metadata",
     "read_task_file",
     "run",

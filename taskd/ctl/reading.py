@@ -18,19 +18,23 @@ from taskd.ctl.output import (
     status_text,
     utc_time,
 )
+from taskd.preview import EXPLAIN_HEADERS, explain_rows
 
 # ---------------------------------------------------------------------------------------
 # Commands: reading
 
 
-async def list_tasks(client: Client, out: Output) -> None:
-    """`list`: every task, sorted by name."""
+async def list_tasks(client: Client, out: Output, every: bool = False) -> None:
+    """`list`: the tasks the caller owns and the config tasks, sorted by name; with
+    `every` (`--all`, for an admin: the trusted socket, or a key with the scope admin)
+    every owner's."""
     tasks: list[dict[str, Any]] = []
     count = 0
     while True:
-        page = await client.call(
-            "GET", "/tasks", query={"limit": PAGE, "offset": len(tasks), "sort_by": "name"}
-        )
+        query: dict[str, str | int] = {"limit": PAGE, "offset": len(tasks), "sort_by": "name"}
+        if every:
+            query["all"] = "true"
+        page = await client.call("GET", "/tasks", query=query)
         tasks += page["tasks"]
         count = page["count"]
         if not page["tasks"] or len(tasks) >= count:
@@ -52,7 +56,26 @@ async def list_tasks(client: Client, out: Output) -> None:
         ]
         for task in tasks
     ]
-    out.table(["NAME", "ID", "STATUS", "MODULE", "NEXT RUN", "LAST RUN"], rows)
+    headers = ["NAME", "ID", "STATUS", "MODULE", "NEXT RUN", "LAST RUN"]
+    if every:  # whose each task is matters once they are not all the caller's
+        headers.append("OWNER")
+        for row, task in zip(rows, tasks, strict=True):
+            row.append(str(task.get("user") or "-"))
+    out.table(headers, rows)
+
+
+async def next_runs(client: Client, out: Output, name: str, count: int) -> None:
+    """`next`: the task's next fire times, with the slots daylight-saving time moved or
+    doubled marked."""
+    answer = await client.call("GET", task_path(name, "next_runs"), query={"count": count})
+    if out.json:
+        out.document(answer)
+        return
+    runs = answer["next_runs"]
+    if not runs:
+        out.note("the task has no schedule that fires again")
+        return
+    out.table(EXPLAIN_HEADERS, explain_rows(runs))
 
 
 async def show_task(client: Client, out: Output, name: str) -> None:

@@ -330,9 +330,15 @@ class Store(Protocol):
         limit: int | None = None,
         offset: int = 0,
         with_total: bool = True,
+        owner: str | None = None,
     ) -> tuple[list[Task], int]:
         """Return one page of tasks and the total count matching all conditions (-1 without
         `with_total`, which saves the count).
+
+        With `owner` (a principal's name), only the tasks it may see: API tasks whose
+        `created_by` (the principal that created them: their owner, which never changes)
+        equals `owner`, and every config task (source `config`), ANDed with `where`; the
+        total counts only those. None: every task.
 
         `where` holds (field, operator, value) with a field of `model.TASK_QUERY_FIELDS` and
         an operator of `=`, `!=`, `<`, `<=`, `>`, `>=`, `in` (value a list) or `like`

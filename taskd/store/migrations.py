@@ -93,6 +93,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # A config task that left the file is retired (disabled, history kept), not deleted.
     "ALTER TABLE tasks ADD COLUMN retired_at INTEGER",
+    # A principal lists its own tasks (an API task's owner is its `created_by`) among many.
+    "CREATE INDEX tasks_owner ON tasks (created_by)",
 )
 
 

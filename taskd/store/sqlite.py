@@ -772,9 +772,11 @@ class SqliteStore:
         limit: int | None = None,
         offset: int = 0,
         with_total: bool = True,
+        owner: str | None = None,
     ) -> tuple[list[Task], int]:
         """Return one page of tasks and the total count matching all conditions
-        (-1 without `with_total`, which saves the count query).
+        (-1 without `with_total`, which saves the count query); with `owner`, only its own
+        API tasks (`created_by`) and the config tasks.
 
         `where` holds (field, operator, value) with a field of `TASK_QUERY_FIELDS` and an
         operator of `=`, `!=`, `<`, `<=`, `>`, `>=`, `in` (value a list) or `like`;
@@ -795,6 +797,10 @@ class SqliteStore:
                 raise ValueError(f"unknown operator {operator!r}")
             clauses.append(f"{column} {operator.upper()} ?")
             params.append(to_micros(value) if isinstance(value, datetime) else value)
+        if owner is not None:
+            # Both sides have an index (tasks_owner, tasks_source): SQLite unions them.
+            clauses.append("(created_by = ? AND source = 'api' OR source = 'config')")
+            params.append(owner)
         where_sql = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         # Empty values sort after the others ascending, before them descending: the
         # contract's rule (PostgreSQL's own), so a list by next run starts with what is due.

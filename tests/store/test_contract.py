@@ -468,6 +468,42 @@ async def test_query_tasks_sorts_empty_values_after_the_others(store: Store) -> 
         assert [t.name for t in tasks] == expected
 
 
+async def test_query_tasks_owner_keeps_its_own_api_tasks_and_the_config_tasks(
+    store: Store,
+) -> None:
+    """`owner`: the API tasks it created (an update by someone else does not change the
+    owner), every config task, ANDed with `where`, counted and paged; None: every task."""
+    ids = {
+        name: await add_task(store, name, by=by, source=source)
+        for name, by, source in [
+            ("a1", "alice", TaskSource.API),
+            ("b1", "bob", TaskSource.API),
+            ("a2", "alice", TaskSource.API),
+            ("c1", "config", TaskSource.CONFIG),
+            ("nobody", None, TaskSource.API),
+            # An API task created by a principal named "config" is that principal's only.
+            ("k1", "config", TaskSource.API),
+        ]
+    }
+    await store.update_task(
+        ids["a2"], spec=SPEC, enabled=True, next_run_at=None, now=at(1), by="bob"
+    )
+
+    async def names(**kwargs: Any) -> tuple[list[str], int]:
+        tasks, total = await store.query_tasks(**kwargs)
+        return [t.name for t in tasks], total
+
+    assert await names(owner="alice") == (["a1", "a2", "c1"], 3)
+    assert await names(owner="bob") == (["b1", "c1"], 2)
+    assert await names(owner="carol") == (["c1"], 1)
+    assert await names(owner="config") == (["c1", "k1"], 2)
+    assert await names(owner="alice", where=[("name", "like", "a%")]) == (["a1", "a2"], 2)
+    assert await names(owner="alice", limit=1, offset=1, order=[("name", True)]) == (["a2"], 3)
+    assert (await names())[1] == 6
+    tasks, total = await store.query_tasks(owner="alice", with_total=False)
+    assert (len(tasks), total) == (3, -1)
+
+
 async def test_query_tasks_accepts_every_query_field(store: Store) -> None:
     """Each of model.TASK_QUERY_FIELDS can be filtered and sorted on."""
     await add_task(store, "one", next_run_at=at(1))

@@ -119,6 +119,7 @@ async def test_an_older_file_is_migrated_and_keeps_its_data(db_path: Path) -> No
         task_id = await add_task(store, "old")
     with closing(sqlite3.connect(db_path)) as cx:
         cx.execute("DROP INDEX tasks_source")
+        cx.execute("DROP INDEX tasks_owner")
         cx.execute("ALTER TABLE executions DROP COLUMN process_group")
         cx.execute("ALTER TABLE executions DROP COLUMN process_start")
         cx.execute("ALTER TABLE tasks DROP COLUMN retired_at")
@@ -127,8 +128,12 @@ async def test_an_older_file_is_migrated_and_keeps_its_data(db_path: Path) -> No
         old = await store.get_task(task_id)
         assert (old.name, old.retired_at) == ("old", None)
     assert query(db_path, "PRAGMA user_version") == [(len(MIGRATIONS),)]
-    indexes = query(db_path, "SELECT name FROM sqlite_master WHERE name = 'tasks_source'")
-    assert indexes == [("tasks_source",)]
+    indexes = query(
+        db_path,
+        "SELECT name FROM sqlite_master WHERE name IN ('tasks_source', 'tasks_owner')"
+        " ORDER BY name",
+    )
+    assert indexes == [("tasks_owner",), ("tasks_source",)]
     columns = {row[1] for row in query(db_path, "PRAGMA table_info(executions)")}
     assert {"process_group", "process_start"} <= columns
     columns = query(db_path, "SELECT name FROM pragma_table_info('tasks')")
@@ -517,3 +522,17 @@ async def test_the_database_file_is_created_private_whatever_the_umask(db_path: 
         os.umask(old)
     assert modes[db_path.name] == 0o600
     assert modes[db_path.name + "-wal"] == 0o600
+
+
+async def test_an_owners_list_uses_the_indexes(store: Store, db_path: Path) -> None:
+    """The owner filter is answered through the owner and source indexes, not a scan of
+    every task (the query plan of the count)."""
+    await add_task(store, "mine", by="alice")
+    plan = query(
+        db_path,
+        "EXPLAIN QUERY PLAN SELECT count(*) FROM tasks"
+        " WHERE (created_by = 'alice' AND source = 'api' OR source = 'config')",
+    )
+    details = " ".join(str(row[-1]) for row in plan)
+    assert "tasks_owner" in details, details
+    assert "tasks_source" in details, details
