@@ -95,14 +95,22 @@ async def test_the_page_asks_for_a_sign_in_except_over_a_trusted_socket(
 async def test_whoami_names_the_caller_and_spells_out_its_scopes(api: Api) -> None:
     """Keys, a wildcard, a user and the trusted socket; no credentials: 401."""
     action = (await (await api.tcp("action")).get("/api/v2/whoami")).json
-    assert action == {"name": "key-action", "scopes": ["tasks/action"], "allowed": ["tasks/action"]}
+    # The test keys are admins too (api_fixtures: they reach tasks made over the socket).
+    assert action == {
+        "name": "key-action",
+        "scopes": ["admin", "tasks/action"],
+        "allowed": ["admin", "tasks/action"],
+    }
     tasks = (await (await api.tcp("tasks")).get("/api/v2/whoami")).json
-    assert tasks["scopes"] == ["tasks/*"]
+    assert tasks["scopes"] == ["admin", "tasks/*"]
     assert tasks["allowed"] == sorted(
-        scope
-        for scopes in KEY_SCOPES.values()
-        for scope in scopes
-        if scope.startswith("tasks/") and "*" not in scope
+        {"admin"}
+        | {
+            scope
+            for scopes in KEY_SCOPES.values()
+            for scope in scopes
+            if scope.startswith("tasks/") and "*" not in scope
+        }
     )
     everything = (await (await api.tcp("all")).get("/api/v2/whoami")).json
     assert "metrics" in everything["allowed"]

@@ -210,7 +210,12 @@ export function taskView(main, taskId) {
     try {
       const answer = await call(`${path}/next_runs?count=10`, { signal: controller.signal });
       const runs = answer.next_runs || [];
-      replace(nextRuns, runs.length ? nextRunsTable(runs) : h("p", { class: "muted" }, "No run is planned."));
+      replace(
+        nextRuns,
+        runs.length
+          ? h("div", { class: "wide", tabindex: "0", role: "region", "aria-label": "Next runs" }, nextRunsTable(runs))
+          : h("p", { class: "muted" }, "No run is planned."),
+      );
     } catch (error) {
       if (controller.signal.aborted) return;
       const why = error instanceof ApiError && error.status === 404 ? "" : ` (${error.message})`;
