@@ -882,6 +882,16 @@ class SqliteStore:
 
         await self._submit(apply)
 
+    async def unstart_many(self, started: Sequence[tuple[int, int]]) -> None:
+        """Return starts committed ahead that did not happen to `queued`, in one write."""
+        if not started:
+            return
+
+        def apply(cx: sqlite3.Connection) -> None:
+            _unstart(cx, started)
+
+        await self._submit(apply)
+
     def set_running_status_nowait(
         self, execution_id: int, task_id: int, status: ExecutionStatus
     ) -> None:
@@ -1139,6 +1149,12 @@ class SqliteStore:
         at = to_micros(now)
 
         def apply(cx: sqlite3.Connection) -> list[Execution]:
+            # Committed ahead, never started: claimed again at its time.
+            ahead = cx.execute(
+                "SELECT id, task_id FROM executions WHERE status = 'running' AND started_at > ?",
+                (at,),
+            ).fetchall()
+            _unstart(cx, ahead)
             rows = cx.execute(
                 f"SELECT {_EXECUTION_COLUMNS} FROM executions"
                 " WHERE status IN ('running', 'paused') ORDER BY id"
@@ -1429,3 +1445,19 @@ def _apply_batch(cx: sqlite3.Connection, batch: Iterable[_Write]) -> list[Any]:
             cx.execute("ROLLBACK")
         raise
     return results
+
+
+def _unstart(cx: sqlite3.Connection, started: Sequence[tuple[int, int]]) -> None:
+    """Return `running` executions (id, task id) that never started to `queued`, their
+    tasks too where they show them (see `Store.unstart_many`)."""
+    cx.executemany(
+        "UPDATE tasks SET status = 'queued', run_started_at = NULL WHERE id = ?"
+        " AND last_execution_id = ? AND status = 'running' AND EXISTS"
+        " (SELECT 1 FROM executions WHERE id = ? AND status = 'running')",
+        [(task_id, execution_id, execution_id) for execution_id, task_id in started],
+    )
+    cx.executemany(
+        "UPDATE executions SET status = 'queued', started_at = NULL, dispatcher = NULL"
+        " WHERE id = ? AND status = 'running'",
+        [(execution_id,) for execution_id, _ in started],
+    )
