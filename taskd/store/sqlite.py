@@ -1450,11 +1450,21 @@ def _apply_batch(cx: sqlite3.Connection, batch: Iterable[_Write]) -> list[Any]:
 def _unstart(cx: sqlite3.Connection, started: Sequence[tuple[int, int]]) -> None:
     """Return `running` executions (id, task id) that never started to `queued`, their
     tasks too where they show them (see `Store.unstart_many`)."""
+    # The task shows its run before this one again (as the claim left it), but `queued`.
     cx.executemany(
-        "UPDATE tasks SET status = 'queued', run_started_at = NULL WHERE id = ?"
-        " AND last_execution_id = ? AND status = 'running' AND EXISTS"
-        " (SELECT 1 FROM executions WHERE id = ? AND status = 'running')",
-        [(task_id, execution_id, execution_id) for execution_id, task_id in started],
+        "UPDATE tasks SET status = 'queued', last_execution_id = previous.id,"
+        " status_msg = previous.status_msg, run_started_at = previous.started_at,"
+        " run_finished_at = previous.finished_at, run_canceled_at = CASE WHEN"
+        " previous.status = 'canceled' THEN previous.finished_at END"
+        " FROM (SELECT max(id) AS last FROM executions WHERE task_id = ? AND id < ?"
+        "  AND status NOT IN ('queued', 'skipped')) AS prior"
+        " LEFT JOIN executions AS previous ON previous.id = prior.last"
+        " WHERE tasks.id = ? AND tasks.last_execution_id = ? AND tasks.status = 'running'"
+        " AND EXISTS (SELECT 1 FROM executions WHERE id = ? AND status = 'running')",
+        [
+            (task_id, execution_id, task_id, execution_id, execution_id)
+            for execution_id, task_id in started
+        ],
     )
     cx.executemany(
         "UPDATE executions SET status = 'queued', started_at = NULL, dispatcher = NULL"

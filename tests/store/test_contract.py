@@ -1518,10 +1518,18 @@ async def test_unstart_many_returns_starts_committed_ahead_to_queued(store: Stor
     assert (back.status, back.started_at, back.dispatcher) == (ExecutionStatus.QUEUED, None, None)
     task = await store.get_task(a)
     assert (task.status, task.run_started_at) == (TaskStatus.QUEUED, None)
+    assert task.last_execution_id is None  # as before the start: it had no run
+    # A task with an earlier run shows that run again (and its ending), but `queued`.
+    again = await queue(store, c, at(4))
+    await store.mark_started_many([(again, c)], at(20), "host-a")
+    await store.unstart_many([(again, c)])
+    shown = await store.get_task(c)
+    assert (shown.status, shown.last_execution_id) == (TaskStatus.QUEUED, ended)
+    assert (shown.run_started_at, shown.run_finished_at) == (at(2), at(3))
     assert (await store.get_execution(other)).status is ExecutionStatus.RUNNING
     assert (await store.get_task(b)).status is TaskStatus.RUNNING
     assert await store.get_execution(ended) == ended_before
-    assert [e.id for e in await store.queued_executions()] == [ahead]
+    assert [e.id for e in await store.queued_executions()] == [ahead, again]
 
 
 async def test_process_groups_of_running_executions_are_recorded_for_recovery(
