@@ -6,8 +6,10 @@ started without the store knowing, so a crash can only leave it `running` (and r
 it interrupted), never silently `queued` for a second start.
 
 Every ending is recorded, not raised: a module's exception, a timeout, a stop or a forced stop
-each become the execution's final status, written under `asyncio.shield` so that even a
-cancelled execution records how it ended.
+each become the execution's final status, recorded by the execution's own task: once its
+module has ended (`ended` set) nothing cancels that task any more (a force stop and a stop's
+grace timer leave an ended execution alone), so even a cancelled execution records how it
+ended, without a second task per execution.
 
 An ending the store cannot record now (`StoreUnavailableError`: the disk is full, say) is
 retried with backoff (`ENDING_RETRY_FIRST_SEC`, doubling up to `ENDING_RETRY_MAX_SEC`)
@@ -599,6 +601,7 @@ class Runner:
     async def _execute(self, running: _Running) -> None:
         job, ctx = running.job, running.context
         forced_at_gate = False
+        gated = running.gate is not None
         if running.gate is not None:
             try:
                 await running.gate.event.wait()  # reserved: the instant opens the gate
@@ -617,6 +620,10 @@ class Runner:
             module = self.modules.get(job.task.module)
             async with timeout:
                 result = await module.run(ctx)
+            if gated:
+                # Released with its instant's other runs: let their first steps come before
+                # this one's ending (a quick module would otherwise end in its first step).
+                await asyncio.sleep(0)
             message = result if isinstance(result, str) else None
             if ctx.stopping:
                 status, stopped_by_user = ExecutionStatus.CANCELED, True
@@ -668,7 +675,7 @@ class Runner:
                 if message:
                     level = LogLevel.INFO if status is ExecutionStatus.DONE else LogLevel.ERROR
                     ctx.log(level, _prefixed(str(status), message) or message)
-                recorded = await asyncio.shield(self._record_ending(running, message))
+                recorded = await self._record_ending(running, message)
             finally:
                 self._running.pop(job.execution_id, None)
                 _discard(self._running_by_task, job.task.id, job.execution_id)
@@ -789,6 +796,8 @@ class Runner:
 
         async def force_after_grace() -> None:
             await self.clock.sleep(self.stop_grace_sec)  # the injected clock: tests control it
+            if running.ended is not None:
+                return  # its ending is being recorded: nothing to force (see the docstring)
             running.forced_reason = f"{reason} (forced after {self.stop_grace_sec} s)"
             if running.task is not None:
                 running.task.cancel()
