@@ -183,7 +183,9 @@ class Runner:
         self._gates: dict[int, _Gate] = {}
         self._gate_times: list[int] = []
         self._gates_changed = asyncio.Event()
-        self._released: list[Callable[[], None]] = []  # who hears that an instant's runs began
+        # Set at each hand-over (a batch of starts begun, an instant released, a claim
+        # reserved or a due time changed): the API's engine-first window waits on it.
+        self.handover = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -416,6 +418,7 @@ class Runner:
             )
         if gate.event.is_set():  # the instant passed during the commit
             self._notify_started([r.job for r in members])
+        self.handover.set()
         for job, reason in refused:
             if await self._record(job, ExecutionStatus.ERROR, reason):
                 await self._tell(
@@ -439,11 +442,6 @@ class Runner:
             heapq.heappop(self._gate_times)
         return self._gate_times[0] if self._gate_times else None
 
-    def on_released(self, listener: Callable[[], None]) -> None:
-        """Call `listener()` each time an instant's reserved runs were released and have
-        taken their first step (the API's engine-first window waits on it)."""
-        self._released.append(listener)
-
     def release_due(self, now_us: int) -> int:
         """Open the gates of every instant up to `now_us`; return how many runs began."""
         count = 0
@@ -463,11 +461,7 @@ class Runner:
         now = self.clock.now()
         for job in jobs:
             self.events.started(job, (now - job.due).total_seconds())
-        for listener in self._released:
-            try:
-                listener()
-            except Exception:
-                log.exception("release listener failed")
+        self.handover.set()
 
     def take_back(self, task_id: int) -> list[Job]:
         """Take the task's reserved runs whose instant has not come back (its definition
@@ -532,6 +526,7 @@ class Runner:
                     await self._start(batch)
                 finally:
                     self.starting = 0
+                    self.handover.set()
                     for job in batch:
                         self._starting_by_task[job.task.id] -= 1
                         if self._starting_by_task[job.task.id] <= 0:

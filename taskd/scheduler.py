@@ -105,6 +105,7 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         # Wall seconds a claim took per job (moving average): sizes the look-ahead.
         self._cost_per_job_sec = FIRST_COST_PER_JOB_SEC
+        self._claiming_us: int | None = None  # the earliest due time of the claim under way
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -217,6 +218,7 @@ class Scheduler:
             for job in (*parked, *queued):
                 self._skip(job, "task disabled")
         self._wake.set()
+        self.runner.handover.set()  # a due time may have come closer
 
     @staticmethod
     def _overlap_of(job: Job) -> Overlap:
@@ -275,6 +277,13 @@ class Scheduler:
             candidates.append(gate)
         return min(candidates) if candidates else None
 
+    def claim_pending(self, due_us: int) -> bool:
+        """Whether slots due at `due_us` or before are still to be claimed (or being
+        claimed now): for the API's engine-first window."""
+        if self._claiming_us is not None and self._claiming_us <= due_us:
+            return True
+        return bool(self._heap) and self._heap[0][0] <= due_us
+
     def lookahead_sec(self) -> float:
         """How long before the next due instant its slots are claimed (see the module
         docstring); for the API's engine-first window too."""
@@ -309,6 +318,7 @@ class Scheduler:
                 due_us, task_id = heapq.heappop(self._heap)
                 due.setdefault(task_id, set()).add(due_us)
             began = time.perf_counter()
+            self._claiming_us = min(min(times) for times in due.values())
             try:
                 jobs = await self._claim(due, now)
             except BaseException:
@@ -317,6 +327,9 @@ class Scheduler:
                     for due_us in times:
                         heapq.heappush(self._heap, (due_us, task_id))
                 raise
+            finally:
+                self._claiming_us = None
+                self.runner.handover.set()
             if jobs:
                 cost = (time.perf_counter() - began) / jobs
                 self._cost_per_job_sec = 0.5 * self._cost_per_job_sec + 0.5 * cost
