@@ -348,7 +348,9 @@ def main() -> None:
     print(f"# target >= {TARGET_PER_SEC:.0f}/s: {median:.0f}/s -> {verdict}")
     loop_us = statistics.median(r.main_cpu_sec * 1e6 / r.executions for r in results)
     verdict = "PASS" if loop_us <= TARGET_LOOP_US else "FAIL"
-    print(f"# event-loop CPU per execution <= {TARGET_LOOP_US:.0f} us: {loop_us:.1f} us -> {verdict}")
+    print(
+        f"# event-loop CPU per execution <= {TARGET_LOOP_US:.0f} us: {loop_us:.1f} us -> {verdict}"
+    )
 
 
 if __name__ == "__main__":

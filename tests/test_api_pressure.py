@@ -327,7 +327,8 @@ async def test_the_api_steps_aside_while_the_engine_claims_and_while_it_fires() 
         assert due_us - to_micros(clock.now()) > 100_000
         gate = asyncio.create_task(cap.wait_open())
         await asyncio.sleep(0.02)
-        assert cap.paused and not gate.done()
+        assert cap.paused
+        assert not gate.done()
         heap.clear()
         runner.handover.set()  # claimed and reserved
         await wait_until(lambda: not cap.paused, timeout_sec=5)
