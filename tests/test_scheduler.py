@@ -803,3 +803,60 @@ async def test_queued_rows_of_missed_slots_go_through_catch_up_once(tmp_path: Pa
         assert [row.slot_at for row in rows] == MISSED
         assert sorted(statuses(rows)) == ["done"] + ["skipped"] * 12  # none left queued
         assert len(eng.gate.calls) == 1
+
+
+# -- commit ahead: what a crash leaves (Store contract, "Starts committed ahead") -----------
+
+
+def _crash_image(db: Path, image: Path) -> None:
+    """Copy what is committed in `db` now: the state a kill -9 at this moment leaves."""
+    with sqlite3.connect(db) as source, sqlite3.connect(image) as target:
+        source.backup(target)
+    source.close()
+    target.close()
+
+
+async def _crash_with_a_start_committed_ahead(tmp_path: Path) -> tuple[Path, int]:
+    db, image = tmp_path / "taskd.db", tmp_path / "crashed.db"
+    async with open_engine(db, clock=FakeClock(at(-1))) as dead:
+        task = await dead.create(schedules=EVERY_15_MIN, params={"auto": True})
+        await dead.tick(at(-0.05))
+        [row] = await dead.executions(task.id)
+        assert (row.status, row.started_at) == (ExecutionStatus.RUNNING, T0)
+        assert dead.gate.calls == []
+        _crash_image(db, image)
+    return image, task.id
+
+
+async def test_a_crash_before_the_instant_leaves_a_start_that_is_claimed_again(
+    tmp_path: Path,
+) -> None:
+    """Killed after its start was committed ahead but before the instant, restarted before
+    the instant: the row was never started, so it is `queued` again (not interrupted) and
+    starts once, at its instant."""
+    image, task_id = await _crash_with_a_start_committed_ahead(tmp_path)
+    async with open_engine(image, clock=FakeClock(at(-0.02)), start=True) as eng:
+        [row] = await eng.executions(task_id)
+        assert (row.status, row.started_at) == (ExecutionStatus.QUEUED, None)
+        await eng.tick(at(-0.01))
+        assert eng.gate.calls == []
+        await eng.tick(at(0))
+        [call] = await eng.gate.wait_calls(1)
+        assert call.ctx.execution_id == row.id
+        await eng.drain()
+        [row] = await eng.executions(task_id)
+        assert (row.status, row.started_at) == (ExecutionStatus.DONE, T0)
+        assert len(eng.gate.calls) == 1
+
+
+async def test_a_crash_before_the_instant_restarted_after_it_counts_as_interrupted(
+    tmp_path: Path,
+) -> None:
+    """The same crash, restarted after the instant: the start may have happened (the rule
+    cannot tell), so the run is interrupted and the retry policy decides; never run twice."""
+    image, task_id = await _crash_with_a_start_committed_ahead(tmp_path)
+    async with open_engine(image, clock=FakeClock(at(60)), start=True) as eng:
+        await eng.drain()
+        [row] = await eng.executions(task_id)
+        assert (row.status, row.status_msg) == (ExecutionStatus.ERROR, "interrupted")
+        assert eng.gate.calls == []
