@@ -1468,6 +1468,21 @@ async def test_recover_interrupted_marks_running_and_paused_as_error(store: Stor
     assert await store.recover_interrupted(at(200)) == []
 
 
+async def test_json_values_read_back_exactly_whatever_their_numbers(store: Store) -> None:
+    """Specs, state and trigger metadata read back as written: integers beyond 64 bits stay
+    integers, floats and unicode stay as they were."""
+    value = {"big": 2**70, "negative": -(2**63), "float": 0.1, "text": "é\u2028", "list": [1, 2.5]}
+    spec = {**SPEC, "task_params": value}
+    task = await insert(store, "numbers", spec=spec)
+    assert (await store.get_task(task.id)).spec == spec
+    assert (await store.get_tasks([task.id]))[task.id].spec == spec
+    await store.save_state(task.id, value)
+    assert (await store.get_task(task.id)).state == value
+    execution_id = await queue(store, task.id, at(1), trigger_metadata=value)
+    assert (await store.get_execution(execution_id)).trigger_metadata == value
+    assert type((await store.get_task(task.id)).spec["task_params"]["big"]) is int
+
+
 async def test_recovery_takes_back_starts_committed_ahead_of_an_instant_not_reached(
     store: Store,
 ) -> None:
