@@ -48,7 +48,7 @@ from taskd.clock import Clock, from_micros, to_micros
 from taskd.context import ExecutionContext
 from taskd.errors import ActionError, StoreUnavailableError
 from taskd.model import ExecutionStatus, Job, Outcome
-from taskd.modules.base import LogLevel, ModuleError
+from taskd.modules.base import LogLevel, Module, ModuleError
 from taskd.modules.params import has_secret_files
 from taskd.modules.registry import ModuleRegistry
 from taskd.store import Store
@@ -597,6 +597,14 @@ class Runner:
         job, ctx = running.job, running.context
         forced_at_gate = False
         gated = running.gate is not None
+        # Looked up before the gate: after it, each step delays the instant's next start.
+        timeout_sec = job.task.timeout_sec
+        module: Module | None = None
+        unknown: Exception | None = None
+        try:
+            module = self.modules.get(job.task.module)
+        except Exception as error:  # recorded as the run's error below, as before
+            unknown = error
         if running.gate is not None:
             try:
                 await running.gate.event.wait()  # reserved: the instant opens the gate
@@ -604,7 +612,6 @@ class Runner:
                 if running.taken_back or running.forced_reason is None:
                     raise  # never started: nothing to record (taken back, or torn down)
                 forced_at_gate = True  # force-stopped before its instant: record that
-        timeout_sec = job.task.timeout_sec
         started = self.clock.monotonic()
         status, message = ExecutionStatus.DONE, None
         stopped_by_user = False
@@ -612,9 +619,14 @@ class Runner:
         try:
             if forced_at_gate:
                 raise asyncio.CancelledError
-            module = self.modules.get(job.task.module)
-            async with timeout:
+            if module is None:
+                assert unknown is not None
+                raise unknown
+            if timeout_sec is None:  # no timer to arm: one step less per start
                 result = await module.run(ctx)
+            else:
+                async with timeout:
+                    result = await module.run(ctx)
             if gated:
                 # Released with its instant's other runs: let their first steps come before
                 # this one's ending (a quick module would otherwise end in its first step).
