@@ -263,8 +263,14 @@ class Runner:
 
     @property
     def running_count(self) -> int:
-        """How many executions run now."""
-        return len(self._running)
+        """How many executions run now (not those reserved for an instant to come)."""
+        return len(self._running) - self.reserved_count
+
+    @property
+    def reserved_count(self) -> int:
+        """How many runs are reserved for an instant to come: their starts are committed,
+        their places taken, their modules not started yet (see `reserve`)."""
+        return sum(len(gate.members) for gate in self._gates.values())
 
     starting = 0  # jobs taken from the queue whose start is being recorded (one batch)
 

@@ -315,7 +315,12 @@ async def test_the_api_steps_aside_while_the_engine_claims_and_while_it_fires() 
         claim_pending=lambda due: bool(heap) and heap[0] <= due,
     )
     runner = SimpleNamespace(
-        queued_count=0, starting=0, running_count=0, max_running=4, handover=asyncio.Event()
+        queued_count=0,
+        starting=0,
+        running_count=0,
+        reserved_count=0,
+        max_running=4,
+        handover=asyncio.Event(),
     )
     cap = ConnectionCap(4)
     cap.connections.add(Connection())
@@ -368,7 +373,7 @@ def test_jobs_queued_behind_a_full_runner_do_not_hold_the_window_open() -> None:
 
     def runner(running: int, queued: int) -> Any:
         return SimpleNamespace(
-            running_count=running, max_running=4, queued_count=queued, starting=0
+            running_count=running, reserved_count=0, max_running=4, queued_count=queued, starting=0
         )
 
     assert _fired(scheduler, runner(running=4, queued=10), due_us)  # type: ignore[arg-type]

@@ -259,7 +259,7 @@ def _fired(scheduler: Scheduler, runner: Runner, due_us: int) -> bool:
     following = scheduler.next_due_us()
     # Jobs queued behind a full runner start when a run ends, not at this instant: they
     # must not keep the API closed for the whole window.
-    runner_full = runner.running_count >= runner.max_running
+    runner_full = runner.running_count + runner.reserved_count >= runner.max_running
     handed_over = runner.starting == 0 and (runner.queued_count == 0 or runner_full)
     return (following is None or following > due_us) and handed_over
 
