@@ -70,6 +70,7 @@ TARGET_K = 1000
 INTERVAL_SEC = 3600
 SETUP_ATTEMPTS = 4
 CPU_MARK_BEFORE_SEC = 0.25  # the loop's CPU is read this long before the instant
+INSTANT_MARK_BEFORE_SEC = 0.002  # "us/start": loop CPU from here to the last start, per start
 
 
 class NoopModule:
@@ -115,6 +116,7 @@ class RunResult:
     lead_ms: float  # how far ahead of the instant the scheduler was started
     done_rows: int
     loop_cpu_ms: float  # event loop CPU from just before the claim to the last start
+    start_cpu_us: float  # event loop CPU from just before the instant to the last start, / K
     load: float  # 1-minute load average after the run
     skipped: int = 0  # executions recorded as skipped
     api: str = ""  # the API load's summary (JSON), with --api-load
@@ -211,10 +213,16 @@ async def _measure(k: int, args: argparse.Namespace, directory: Path) -> RunResu
             # claiming and starting the K executions, which other load on the machine does
             # not inflate the way it inflates wall-clock lateness.
             cpu_mark: list[float] = []
+            instant_mark: list[float] = []
             loop = asyncio.get_running_loop()
             loop.call_at(
                 loop.time() + lead_ms / 1000 - CPU_MARK_BEFORE_SEC,
                 lambda: cpu_mark.append(time.thread_time()),
+            )
+            # And just before the instant: the CPU of the release itself, per start.
+            loop.call_at(
+                loop.time() + lead_ms / 1000 - INSTANT_MARK_BEFORE_SEC,
+                lambda: instant_mark.append(time.thread_time()),
             )
             try:
                 await asyncio.wait_for(
@@ -250,6 +258,7 @@ async def _measure(k: int, args: argparse.Namespace, directory: Path) -> RunResu
         lead_ms=lead_ms,
         done_rows=int(done),
         loop_cpu_ms=(noop.last_cpu - cpu_mark[0]) * 1000 if cpu_mark else math.nan,
+        start_cpu_us=(noop.last_cpu - instant_mark[0]) * 1e6 / k if instant_mark else math.nan,
         load=load_average(),
         skipped=int(skipped or 0),
         api=load.get("summary", ""),
@@ -312,7 +321,8 @@ async def api_load(
 
 HEADER = (
     f"{'K':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'min ms':>8} {'claim ms':>9}"
-    f" {'run-start ms':>12} {'committed ms':>12} {'loop cpu ms':>11} {'done':>6} {'load':>5}"
+    f" {'run-start ms':>12} {'committed ms':>12} {'loop cpu ms':>11} {'us/start':>8}"
+    f" {'done':>6} {'load':>5}"
 )
 
 
@@ -321,7 +331,8 @@ def row(result: RunResult, label: str = "") -> str:
     return (
         f"{result.k:>6} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f} {result.max_ms:>8.2f}"
         f" {result.min_ms:>8.2f} {result.claim_ms:>9.1f} {result.runner_start_ms:>12.2f}"
-        f" {result.all_committed_ms:>12.1f} {result.loop_cpu_ms:>11.1f} {result.done_rows:>6}"
+        f" {result.all_committed_ms:>12.1f} {result.loop_cpu_ms:>11.1f} {result.start_cpu_us:>8.1f}"
+        f" {result.done_rows:>6}"
         f" {result.load:>5.2f}{label}"
     )
 
@@ -340,6 +351,7 @@ def median_result(results: Sequence[RunResult]) -> RunResult:
         lead_ms=statistics.median(r.lead_ms for r in results),
         done_rows=min(r.done_rows for r in results),
         loop_cpu_ms=statistics.median(r.loop_cpu_ms for r in results),
+        start_cpu_us=statistics.median(r.start_cpu_us for r in results),
         load=statistics.median(r.load for r in results),
         skipped=max(r.skipped for r in results),
     )

@@ -55,6 +55,7 @@ from taskd.schedule import format_utc
 from taskd.store import DB_FILE, NewExecution, Store, open_store
 from taskd.taskspec import validate_task_spec
 
+TARGET_LOOP_US = 100.0  # event-loop CPU per no-op execution (issue 11)
 TARGET_PER_SEC = 5000.0
 HISTORY_PER_TASK = 100  # taskd's default (`daemon.history_per_task`)
 
@@ -288,7 +289,7 @@ def _verify(db_path: Path, args: argparse.Namespace, result: RunResult) -> RunRe
 
 HEADER = (
     f"{'execs':>7} {'seconds':>8} {'execs/s':>8} {'loop cpu s':>10} {'db cpu s':>9}"
-    f" {'txns':>6} {'kept rows':>9} {'verified':>8} {'load':>5}"
+    f" {'loop us/exec':>12} {'txns':>6} {'kept rows':>9} {'verified':>8} {'load':>5}"
 )
 
 
@@ -296,7 +297,8 @@ def row(result: RunResult, label: str = "") -> str:
     """One table line."""
     return (
         f"{result.executions:>7} {result.seconds:>8.2f} {result.per_sec:>8.0f}"
-        f" {result.main_cpu_sec:>10.2f} {result.other_cpu_sec:>9.2f} {result.batches:>6}"
+        f" {result.main_cpu_sec:>10.2f} {result.other_cpu_sec:>9.2f}"
+        f" {result.main_cpu_sec * 1e6 / result.executions:>12.1f} {result.batches:>6}"
         f" {result.remaining_rows:>9} {'yes' if result.verified else 'NO':>8}"
         f" {result.load:>5.2f}{label}"
     )
@@ -344,6 +346,11 @@ def main() -> None:
         print(f"# median {median:.0f} executions/s over {args.repeat} runs")
     verdict = "PASS" if median >= TARGET_PER_SEC and all(r.verified for r in results) else "FAIL"
     print(f"# target >= {TARGET_PER_SEC:.0f}/s: {median:.0f}/s -> {verdict}")
+    loop_us = statistics.median(r.main_cpu_sec * 1e6 / r.executions for r in results)
+    verdict = "PASS" if loop_us <= TARGET_LOOP_US else "FAIL"
+    print(
+        f"# event-loop CPU per execution <= {TARGET_LOOP_US:.0f} us: {loop_us:.1f} us -> {verdict}"
+    )
 
 
 if __name__ == "__main__":

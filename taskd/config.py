@@ -33,7 +33,9 @@ from taskd.errors import FieldError, ValidationError, join_path
 from taskd.model import TaskSpec
 from taskd.schedule import load_timezone
 from taskd.settings import (
+    DEFAULT_EVENT_LOOP,
     DEFAULT_STATE_DIR,
+    EVENT_LOOPS,
     NOTIFY_EVENTS,
     SOCKET_NAME,
     ApiKeyRef,
@@ -215,6 +217,7 @@ def _daemon_settings(
         stop_grace_sec=fields.get("stop_grace_sec", number(minimum=0), 10.0),
         history_per_task=fields.get("history_per_task", integer(minimum=1), 100),
         log_entries_per_execution=fields.get("log_entries_per_execution", integer(minimum=1), 1000),
+        event_loop=fields.get("event_loop", choice(EVENT_LOOPS), DEFAULT_EVENT_LOOP),
     )
     errors.extend(fields.unknown_keys())
     return settings

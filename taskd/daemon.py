@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,7 @@ from taskd.metrics import Metrics
 from taskd.modules.registry import ModuleRegistry
 from taskd.notify import Notifier
 from taskd.scheduler import Scheduler
-from taskd.settings import Settings
+from taskd.settings import DEFAULT_EVENT_LOOP, Settings
 from taskd.store import Store, open_store
 
 log = structlog.get_logger("taskd.daemon")
@@ -566,4 +566,27 @@ def _notify_failed(error: OSError) -> None:
 def serve(config_path: Path) -> int:
     """Run the daemon on `config_path` until stopped; return the exit code."""
     configure_logging()
-    return asyncio.run(Daemon(config_path).run())
+    return run_on_loop(Daemon(config_path).run(), event_loop_of(config_path))
+
+
+def event_loop_of(config_path: Path) -> str:
+    """The `[daemon] event_loop` the file asks for (the default if it cannot be read: the
+    daemon then reports the file's problem itself)."""
+    try:
+        return load_config(config_path).daemon.event_loop
+    except Exception:
+        return DEFAULT_EVENT_LOOP
+
+
+def run_on_loop(main: Coroutine[Any, Any, int], event_loop: str) -> int:
+    """Run `main` on the event loop named (see `DaemonSettings.event_loop`); uvloop falls
+    back to asyncio's own loop, with a warning, where it is not installed."""
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop is not installed: asyncio's own event loop runs taskd")
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main)
+    return asyncio.run(main)

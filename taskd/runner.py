@@ -6,8 +6,10 @@ started without the store knowing, so a crash can only leave it `running` (and r
 it interrupted), never silently `queued` for a second start.
 
 Every ending is recorded, not raised: a module's exception, a timeout, a stop or a forced stop
-each become the execution's final status, written under `asyncio.shield` so that even a
-cancelled execution records how it ended.
+each become the execution's final status, recorded by the execution's own task: once its
+module has ended (`ended` set) nothing cancels that task any more (a force stop and a stop's
+grace timer leave an ended execution alone), so even a cancelled execution records how it
+ended, without a second task per execution.
 
 An ending the store cannot record now (`StoreUnavailableError`: the disk is full, say) is
 retried with backoff (`ENDING_RETRY_FIRST_SEC`, doubling up to `ENDING_RETRY_MAX_SEC`)
@@ -16,6 +18,15 @@ at most `max_running` endings wait, and no more start while they do), its task c
 busy (overlap `skip` skips, `stop` answers that it ended and waits to be recorded), and
 its outcome (retries, notifications) is told only once the ending is recorded, with the
 time it ended. Starts the store cannot record are retried the same way, jobs kept queued.
+
+Commit ahead, release at the instant: the scheduler hands the runner an instant's jobs
+during its look-ahead (`reserve`). Their starts are committed then, with `started_at` = the
+instant (see "Starts committed ahead" in `taskd.store.base`), their coroutines created and
+left waiting on one gate per instant, which opens at the instant (`_gate_loop`, or the
+scheduler's tick with the engine's clock): at the instant nothing is left but the wake-ups.
+A reserved run counts as running (its place, its task busy). One taken back before its
+instant (`take_back`: its task changed; shutdown) never started; shutdown returns it to
+`queued` in the store (`Store.unstart_many`).
 """
 
 from __future__ import annotations
@@ -33,11 +44,11 @@ from typing import Any
 
 import structlog
 
-from taskd.clock import Clock, to_micros
+from taskd.clock import Clock, from_micros, to_micros
 from taskd.context import ExecutionContext
 from taskd.errors import ActionError, StoreUnavailableError
 from taskd.model import ExecutionStatus, Job, Outcome
-from taskd.modules.base import LogLevel, ModuleError
+from taskd.modules.base import LogLevel, Module, ModuleError
 from taskd.modules.params import SecretFiles
 from taskd.modules.registry import ModuleRegistry
 from taskd.store import Store
@@ -58,10 +69,30 @@ class _Running:
     forced_reason: str | None = None  # why the runner cancelled it, if it did
     stop_reason: str | None = None
     grace_timer: asyncio.Task[None] | None = None  # forces the stop after the grace
-    finished: asyncio.Event = field(default_factory=asyncio.Event)  # ended and recorded
+    # Set once ended and recorded; made only when someone waits for it (most never do).
+    finished: asyncio.Event | None = None
+    done: bool = False  # ended and recorded (or given up)
     ended: ExecutionStatus | None = None  # how the module ended, once it has
     unrecorded: str | None = None  # why the store has not recorded the ending yet
-    recording: asyncio.Task[bool] | None = None  # records the ending (retrying), once ended
+    gate: _Gate | None = None  # reserved: waits for its instant (None once released)
+    taken_back: bool = False  # reserved, then taken back before its instant: never started
+
+    def finished_event(self) -> asyncio.Event:
+        """The event set once the execution ended and its ending was recorded."""
+        if self.finished is None:
+            self.finished = asyncio.Event()
+            if self.done:
+                self.finished.set()
+        return self.finished
+
+
+@dataclass(slots=True, eq=False)
+class _Gate:
+    """The reserved runs of one instant, waiting together; opened at the instant."""
+
+    at_us: int
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    members: dict[int, _Running] = field(default_factory=dict)
 
 
 class RunEvents:
@@ -146,12 +177,21 @@ class Runner:
         self._accepting = True
         self._hurry = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._gate_task: asyncio.Task[None] | None = None
         self._start_retry_sec = ENDING_RETRY_FIRST_SEC
+        # Reserved runs by instant (µs), and the instants in a heap: see `reserve`.
+        self._gates: dict[int, _Gate] = {}
+        self._gate_times: list[int] = []
+        self._gates_changed = asyncio.Event()
+        # Set at each hand-over (a batch of starts begun, an instant released, a claim
+        # reserved or a due time changed): the API's engine-first window waits on it.
+        self.handover = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> Runner:
         self._loop_task = asyncio.create_task(self._dispatch_loop(), name="taskd-runner")
+        self._gate_task = asyncio.create_task(self._gate_loop(), name="taskd-runner-gates")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -171,8 +211,27 @@ class Runner:
         self._accepting = False
         self._queue.clear()
         self._queued_ids.clear()
+        # Reserved runs whose instant has not come never started: back to `queued` for the
+        # next start (if this write fails, recovery applies the same rule).
+        unstarted = [job for gate in list(self._gates.values()) for job in self._take_gate(gate)]
+        if unstarted:
+            try:
+                await self.store.unstart_many([(j.execution_id, j.task.id) for j in unstarted])
+            except Exception as error:
+                log.warning(
+                    "could not take back starts committed ahead; the next start does",
+                    jobs=len(unstarted),
+                    error=str(error),
+                )
+        if self._gate_task is not None:
+            self._gate_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gate_task
+            self._gate_task = None
         if self._running and grace_sec > 0 and not self._hurry.is_set():
-            waiters = [asyncio.ensure_future(r.finished.wait()) for r in self._running.values()]
+            waiters = [
+                asyncio.ensure_future(r.finished_event().wait()) for r in self._running.values()
+            ]
             all_done = asyncio.ensure_future(asyncio.wait(waiters))
             hurry = asyncio.ensure_future(self._hurry.wait())
             await asyncio.wait([all_done, hurry], timeout=grace_sec, return_when="FIRST_COMPLETED")
@@ -182,7 +241,7 @@ class Runner:
             self._request_stop(running, "daemon shutting down")
         if self._running:
             await asyncio.wait(
-                [asyncio.ensure_future(r.finished.wait()) for r in self._running.values()],
+                [asyncio.ensure_future(r.finished_event().wait()) for r in self._running.values()],
                 timeout=self.stop_grace_sec + 5,
             )
         for running in list(self._running.values()):
@@ -195,8 +254,10 @@ class Runner:
                     reason=running.unrecorded,
                 )
                 # Its retries end here, not against a closed store (a traceback per run).
-                if running.recording is not None:
-                    running.recording.cancel()
+                # Its own task retries the ending: cancelled here, the only thing that
+                # cancels an execution whose module has ended (see the module docstring).
+                if running.task is not None:
+                    running.task.cancel()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -207,8 +268,14 @@ class Runner:
 
     @property
     def running_count(self) -> int:
-        """How many executions run now."""
-        return len(self._running)
+        """How many executions run now (not those reserved for an instant to come)."""
+        return len(self._running) - self.reserved_count
+
+    @property
+    def reserved_count(self) -> int:
+        """How many runs are reserved for an instant to come: their starts are committed,
+        their places taken, their modules not started yet (see `reserve`)."""
+        return sum(len(gate.members) for gate in self._gates.values())
 
     starting = 0  # jobs taken from the queue whose start is being recorded (one batch)
 
@@ -301,6 +368,177 @@ class Runner:
         self._queued_by_task.setdefault(job.task.id, set()).add(job.execution_id)
         self._wake.set()
 
+    # -- commit ahead, release at the instant ----------------------------------------------
+
+    def free_places(self) -> int:
+        """Places free for a reservation now: none while jobs wait in the queue."""
+        if self._queue or not self._accepting:
+            return 0
+        return max(0, self.max_running - len(self._running) - self.starting)
+
+    async def reserve(self, jobs: list[Job], at_us: int) -> list[Job]:
+        """Commit the starts of `jobs`, all due at `at_us`, now; start them at `at_us`.
+
+        The caller (the scheduler, during its look-ahead) has applied the overlap policy:
+        each job would be handed to `submit` at its instant. Takes as many as there are
+        free places, by priority; returns the others, for the caller to hand over at the
+        instant as before. A job whose params no longer fit its module is recorded as an
+        error. If the store cannot record the starts, every job is returned.
+        """
+        free = self.free_places()
+        if free <= 0 or not jobs:
+            return jobs
+        if len(jobs) > free:
+            jobs = sorted(jobs, key=lambda job: -job.task.options.priority)
+        taken, rest = jobs[:free], jobs[free:]
+        startable: list[tuple[Job, Mapping[str, Any]]] = []
+        refused: list[tuple[Job, str]] = []
+        for job in taken:
+            try:
+                params = self.prepare(job)
+                if params is None:  # it names secret files: read now, in a thread
+                    params = await self.prepare_async(job)
+                startable.append((job, params))
+            except Exception as error:  # the stored definition no longer fits the module
+                refused.append((job, str(error)))
+        free = self.free_places()  # reading secret files awaited: places may have gone
+        if len(startable) > free:
+            rest = [job for job, _ in startable[free:]] + rest
+            startable = startable[:free]
+        gate = self._gates.get(at_us)
+        if gate is None:
+            gate = self._gates[at_us] = _Gate(at_us)
+            heapq.heappush(self._gate_times, at_us)
+            self._gates_changed.set()
+        # Registered before the commit is awaited: the places and the tasks are taken.
+        members: list[_Running] = []
+        for job, job_params in startable:
+            context = ExecutionContext(
+                store=self.store,
+                clock=self.clock,
+                job=job,
+                params=job_params,
+                stop_grace_sec=self.stop_grace_sec,
+                secrets=self.modules.secret_values(job.task.module, job_params),
+            )
+            running = _Running(job=job, context=context, gate=gate)
+            self._running[job.execution_id] = running
+            self._running_by_task.setdefault(job.task.id, set()).add(job.execution_id)
+            gate.members[job.execution_id] = running
+            members.append(running)
+        try:
+            await self.store.mark_started_many(
+                [(job.execution_id, job.task.id) for job, _ in startable],
+                from_micros(at_us),
+                self.dispatcher,
+            )
+        except Exception as error:
+            for running in members:
+                self._unregister(running)
+                gate.members.pop(running.job.execution_id, None)
+            if not gate.members and not gate.event.is_set():
+                self._gates.pop(at_us, None)
+            if not isinstance(error, StoreUnavailableError):
+                log.exception("could not record starts ahead; they start at their instant")
+            return jobs
+        for running in members:
+            if running.taken_back:
+                continue  # its task changed while the starts were being committed
+            running.task = asyncio.create_task(
+                self._execute(running), name=f"taskd-execution-{running.job.execution_id}"
+            )
+        if gate.event.is_set():  # the instant passed during the commit
+            self._notify_started([r.job for r in members])
+        self.handover.set()
+        for job, reason in refused:
+            if await self._record(job, ExecutionStatus.ERROR, reason):
+                await self._tell(
+                    Outcome(
+                        job=job,
+                        status=ExecutionStatus.ERROR,
+                        status_msg=reason,
+                        stopped_by_user=False,
+                    )
+                )
+        return rest
+
+    def _unregister(self, running: _Running) -> None:
+        self._running.pop(running.job.execution_id, None)
+        _discard(self._running_by_task, running.job.task.id, running.job.execution_id)
+        self._wake.set()
+
+    def next_gate_us(self) -> int | None:
+        """The earliest instant reserved runs wait for, or None."""
+        while self._gate_times and self._gate_times[0] not in self._gates:
+            heapq.heappop(self._gate_times)
+        return self._gate_times[0] if self._gate_times else None
+
+    def release_due(self, now_us: int) -> int:
+        """Open the gates of every instant up to `now_us`; return how many runs began."""
+        count = 0
+        while (at_us := self.next_gate_us()) is not None and at_us <= now_us:
+            heapq.heappop(self._gate_times)
+            gate = self._gates.pop(at_us)
+            gate.event.set()  # every member's first step runs next, in one turn of the loop
+            jobs = [running.job for running in gate.members.values() if running.task]
+            for running in gate.members.values():
+                running.gate = None
+            count += len(jobs)
+            # After the members' first steps: the listeners must not delay a start.
+            asyncio.get_running_loop().call_soon(self._notify_started, jobs)
+        return count
+
+    def _notify_started(self, jobs: list[Job]) -> None:
+        now = self.clock.now()
+        for job in jobs:
+            self.events.started(job, (now - job.due).total_seconds())
+        self.handover.set()
+
+    def take_back(self, task_id: int) -> list[Job]:
+        """Take the task's reserved runs whose instant has not come back (its definition
+        changed): they never started, their rows stay `running` with a future start until
+        the caller hands them over again or ends them. Returns their jobs."""
+        taken: list[Job] = []
+        for execution_id in list(self._running_by_task.get(task_id, ())):
+            running = self._running[execution_id]
+            if running.gate is not None and not running.gate.event.is_set():
+                taken.append(self._take(running))
+        return taken
+
+    def _take_gate(self, gate: _Gate) -> list[Job]:
+        return [self._take(r) for r in list(gate.members.values()) if not gate.event.is_set()]
+
+    def _take(self, running: _Running) -> Job:
+        gate = running.gate
+        assert gate is not None
+        running.taken_back = True
+        gate.members.pop(running.job.execution_id, None)
+        if not gate.members:
+            self._gates.pop(gate.at_us, None)
+        running.gate = None
+        self._unregister(running)
+        if running.task is not None:
+            running.task.cancel()
+        return running.job
+
+    async def _gate_loop(self) -> None:
+        """Open each instant's gate when the engine's clock reaches it."""
+        while True:
+            at_us = self.next_gate_us()
+            if at_us is None:
+                self._gates_changed.clear()
+                await self._gates_changed.wait()
+                continue
+            delay = (at_us - to_micros(self.clock.now())) / 1e6
+            if delay > 0:
+                self._gates_changed.clear()
+                # An earlier instant may be reserved meanwhile: wake up for it too.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(delay, 1.0)):
+                        await self._gates_changed.wait()
+                continue
+            self.release_due(to_micros(self.clock.now()))
+
     async def _dispatch_loop(self) -> None:
         while True:
             await self._wake.wait()
@@ -319,6 +557,7 @@ class Runner:
                     await self._start(batch)
                 finally:
                     self.starting = 0
+                    self.handover.set()
                     for job in batch:
                         self._starting_by_task[job.task.id] -= 1
                         if self._starting_by_task[job.task.id] <= 0:
@@ -390,17 +629,42 @@ class Runner:
 
     async def _execute(self, running: _Running) -> None:
         job, ctx = running.job, running.context
-        bound = log.bind(task_id=job.task.id, task=job.task.name, execution_id=job.execution_id)
+        forced_at_gate = False
+        gated = running.gate is not None
+        # Looked up before the gate: after it, each step delays the instant's next start.
         timeout_sec = job.task.timeout_sec
+        module: Module | None = None
+        unknown: Exception | None = None
+        try:
+            module = self.modules.get(job.task.module)
+        except Exception as error:  # recorded as the run's error below, as before
+            unknown = error
+        if running.gate is not None:
+            try:
+                await running.gate.event.wait()  # reserved: the instant opens the gate
+            except asyncio.CancelledError:
+                if running.taken_back or running.forced_reason is None:
+                    raise  # never started: nothing to record (taken back, or torn down)
+                forced_at_gate = True  # force-stopped before its instant: record that
         started = self.clock.monotonic()
         status, message = ExecutionStatus.DONE, None
         stopped_by_user = False
-        bound.debug("execution started", module=job.task.module, trigger=job.trigger.kind)
         timeout = asyncio.timeout(timeout_sec)
         try:
-            module = self.modules.get(job.task.module)
-            async with timeout:
+            if forced_at_gate:
+                raise asyncio.CancelledError
+            if module is None:
+                assert unknown is not None
+                raise unknown
+            if timeout_sec is None:  # no timer to arm: one step less per start
                 result = await module.run(ctx)
+            else:
+                async with timeout:
+                    result = await module.run(ctx)
+            if gated:
+                # Released with its instant's other runs: let their first steps come before
+                # this one's ending (a quick module would otherwise end in its first step).
+                await asyncio.sleep(0)
             message = result if isinstance(result, str) else None
             if ctx.stopping:
                 status, stopped_by_user = ExecutionStatus.CANCELED, True
@@ -425,6 +689,7 @@ class Runner:
             )
             # Rendering a traceback costs milliseconds on the loop per failing run: the error
             # is logged at once, its traceback only when debug logging is on.
+            bound = log.bind(task_id=job.task.id, execution_id=job.execution_id)
             bound.error("module raised", error=message)
             bound.debug("module raised: traceback", exc_info=True)
         finally:
@@ -439,8 +704,11 @@ class Runner:
                 message = ctx.scrubbed(message)
             elapsed = self.clock.monotonic() - started
             # The one event per execution at info level: what ran, why, and how it ended.
-            bound.info(
+            log.info(
                 "execution ended",
+                task_id=job.task.id,
+                task=job.task.name,
+                execution_id=job.execution_id,
                 module=job.task.module,
                 trigger=str(job.trigger.kind),
                 status=str(status),
@@ -453,12 +721,13 @@ class Runner:
                 if message:
                     level = LogLevel.INFO if status is ExecutionStatus.DONE else LogLevel.ERROR
                     ctx.log(level, _prefixed(str(status), message) or message)
-                running.recording = asyncio.ensure_future(self._record_ending(running, message))
-                recorded = await asyncio.shield(running.recording)
+                recorded = await self._record_ending(running, message)
             finally:
                 self._running.pop(job.execution_id, None)
                 _discard(self._running_by_task, job.task.id, job.execution_id)
-                running.finished.set()
+                running.done = True
+                if running.finished is not None:
+                    running.finished.set()
                 self._wake.set()
             if recorded:
                 # Told only now that it no longer counts as running, so the handler may
@@ -573,6 +842,8 @@ class Runner:
 
         async def force_after_grace() -> None:
             await self.clock.sleep(self.stop_grace_sec)  # the injected clock: tests control it
+            if running.ended is not None:
+                return  # its ending is being recorded: nothing to force (see the docstring)
             running.forced_reason = f"{reason} (forced after {self.stop_grace_sec} s)"
             if running.task is not None:
                 running.task.cancel()
@@ -586,7 +857,7 @@ class Runner:
         running = self._running.get(execution_id)
         if running is None:
             return asyncio.sleep(0)
-        return running.finished.wait()
+        return running.finished_event().wait()
 
 
 def _prefixed(prefix: str | None, message: str | None) -> str | None:

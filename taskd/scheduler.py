@@ -6,9 +6,17 @@ earliest entry minus a short look-ahead, a wake-up (a task changed), or one seco
 
 A slot fires at most once: its execution row and the task's next `next_run_at` are
 committed together (`Store.claim`) before anything starts, and rows are unique per
-(task, slot). Slots are claimed `lookahead_sec` early, so at the due instant only the
-coroutines start. Entries in the heap may be stale (the task was edited since): a claim
-names the `next_run_at` it expects and is void if the task moved on.
+(task, slot). Entries in the heap may be stale (the task was edited since): a claim names
+the `next_run_at` it expects and is void if the task moved on.
+
+Commit ahead, release at the instant: slots are claimed ahead of their instant, by a
+look-ahead that grows with the number of tasks due together (`_lookahead_us`: the base
+`lookahead_sec` plus the measured claim cost per job times the count, at most
+`MAX_LOOKAHEAD_SEC`), in chunks of `CLAIM_CHUNK` tasks so the first ones are ready early.
+The claimed jobs the runner will certainly start at their instant (overlap allows it, a
+place is free) are reserved there at once (`Runner.reserve`: the start committed with the
+instant as `started_at`, the coroutine created and waiting); the others wait here and are
+handed over at their instant, as before.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import replace
@@ -54,6 +63,15 @@ MAX_WAKE_INTERVAL_SEC = 1.0
 STORE_RETRY_FIRST_SEC = 0.1
 STORE_RETRY_MAX_SEC = 2.0
 MAX_RETRY_WAIT_SEC = 7 * 86_400.0
+# Look-ahead: never more than this, whatever is due; tasks claimed per store round trip;
+# tasks due within this window of the earliest one count as "due together"; the claim cost
+# per job assumed before one was measured, and the margin on the measured one.
+MAX_LOOKAHEAD_SEC = 5.0
+CLAIM_CHUNK = 1000
+TOGETHER_WINDOW_US = 1_000_000
+FIRST_COST_PER_JOB_SEC = 200e-6
+COST_MARGIN = 2.0
+_COUNT_LIMIT = 100_000
 
 
 class Scheduler:
@@ -85,6 +103,9 @@ class Scheduler:
         self.default_timezone = default_timezone
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        # Wall seconds a claim took per job (moving average): sizes the look-ahead.
+        self._cost_per_job_sec = FIRST_COST_PER_JOB_SEC
+        self._claiming_us: int | None = None  # the earliest due time of the claim under way
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -171,9 +192,14 @@ class Scheduler:
             if self._waiting_by_task[task_id]
             else []
         )
+        # Reserved in the runner, their instant not reached: they wait here again.
+        pending = [
+            (to_micros(job.due), next(self._sequence), job, self._overlap_of(job))
+            for job in self.runner.take_back(task_id)
+        ] + pending
         parked = list(self._parked.pop(task_id, ()))
         queued = self.runner.remove_queued(task_id)
-        if pending:
+        if self._waiting_by_task[task_id]:
             self._waiting = [entry for entry in self._waiting if entry[2].task.id != task_id]
             heapq.heapify(self._waiting)
             del self._waiting_by_task[task_id]
@@ -192,6 +218,14 @@ class Scheduler:
             for job in (*parked, *queued):
                 self._skip(job, "task disabled")
         self._wake.set()
+        self.runner.handover.set()  # a due time may have come closer
+
+    @staticmethod
+    def _overlap_of(job: Job) -> Overlap:
+        """The overlap policy a job's start follows: its task's for slots, else parallel."""
+        if job.trigger.kind in _SLOT_TRIGGERS:
+            return job.task.options.overlap
+        return Overlap.PARALLEL
 
     def set_default_timezone(self, zone: str) -> None:
         """Read schedules without their own zone in `zone` from now on.
@@ -238,35 +272,68 @@ class Scheduler:
             candidates.append(self._heap[0][0])
         if self._waiting:
             candidates.append(self._waiting[0][0])
+        gate = self.runner.next_gate_us()
+        if gate is not None:
+            candidates.append(gate)
         return min(candidates) if candidates else None
+
+    def claim_pending(self, due_us: int) -> bool:
+        """Whether slots due at `due_us` or before are still to be claimed (or being
+        claimed now): for the API's engine-first window."""
+        if self._claiming_us is not None and self._claiming_us <= due_us:
+            return True
+        return bool(self._heap) and self._heap[0][0] <= due_us
+
+    def lookahead_sec(self) -> float:
+        """How long before the next due instant its slots are claimed (see the module
+        docstring); for the API's engine-first window too."""
+        return self._lookahead_us() / 1e6
+
+    def _lookahead_us(self) -> int:
+        base = int(self.settings.lookahead_sec * 1e6)
+        if not self._heap:
+            return base
+        together = _count_up_to(self._heap, self._heap[0][0] + TOGETHER_WINDOW_US)
+        extra = together * self._cost_per_job_sec * COST_MARGIN
+        return base + int(min(extra, MAX_LOOKAHEAD_SEC) * 1e6)
 
     def _seconds_to_next(self, now: datetime) -> float:
         now_us = to_micros(now)
         candidates = [MAX_WAKE_INTERVAL_SEC]
         if self._heap:
-            lead = self._heap[0][0] - now_us - int(self.settings.lookahead_sec * 1e6)
+            lead = self._heap[0][0] - now_us - self._lookahead_us()
             candidates.append(lead / 1e6)
         if self._waiting:
             candidates.append((self._waiting[0][0] - now_us) / 1e6)
         return max(0.0, min(candidates))
 
     async def tick(self, now: datetime) -> None:
-        """Claim every slot due up to `now` + look-ahead; start every job due by `now`."""
+        """Claim every slot due up to `now` + look-ahead, in chunks (reserving in the
+        runner what will certainly start); start every job due by `now`."""
         now_us = to_micros(now)
-        horizon = now_us + int(self.settings.lookahead_sec * 1e6)
-        due: dict[int, set[int]] = {}
+        horizon = now_us + self._lookahead_us()
         while self._heap and self._heap[0][0] <= horizon:
-            due_us, task_id = heapq.heappop(self._heap)
-            due.setdefault(task_id, set()).add(due_us)
-        if due:
+            due: dict[int, set[int]] = {}
+            while self._heap and self._heap[0][0] <= horizon and len(due) < CLAIM_CHUNK:
+                due_us, task_id = heapq.heappop(self._heap)
+                due.setdefault(task_id, set()).add(due_us)
+            began = time.perf_counter()
+            self._claiming_us = min(min(times) for times in due.values())
             try:
-                await self._claim(due, now)
+                jobs = await self._claim(due, now)
             except BaseException:
                 # Nothing was claimed: put the due times back for the next tick.
                 for task_id, times in due.items():
                     for due_us in times:
                         heapq.heappush(self._heap, (due_us, task_id))
                 raise
+            finally:
+                self._claiming_us = None
+                self.runner.handover.set()
+            if jobs:
+                cost = (time.perf_counter() - began) / jobs
+                self._cost_per_job_sec = 0.5 * self._cost_per_job_sec + 0.5 * cost
+        self.runner.release_due(now_us)
         while self._waiting and self._waiting[0][0] <= now_us:
             _, _, job, overlap = heapq.heappop(self._waiting)
             self._waiting_by_task[job.task.id] -= 1
@@ -276,7 +343,8 @@ class Scheduler:
 
     # -- claiming slots -------------------------------------------------------------------
 
-    async def _claim(self, due: dict[int, set[int]], now: datetime) -> None:
+    async def _claim(self, due: dict[int, set[int]], now: datetime) -> int:
+        """Claim the due slots of these tasks; return how many jobs came of it."""
         tasks = await self.store.get_tasks(list(due))
         plans: list[Plan] = []
         for task_id, due_times in due.items():
@@ -297,8 +365,11 @@ class Scheduler:
                 )
                 await self.store.set_next_run_at(task.id, None)
         if not plans:
-            return
+            return 0
         results = await self.store.claim([p.claim for p in plans], now)
+        ahead: dict[int, list[Job]] = {}  # jobs to reserve in the runner, by instant
+        busy: set[int] = set()  # tasks with a job reserved in this claim
+        count = 0
         for plan, result in zip(plans, results, strict=True):
             if not result.applied:
                 # Edited meanwhile: look the task up again and queue its current due time.
@@ -313,10 +384,37 @@ class Scheduler:
                 if execution_id is None:
                     continue  # this slot was accounted for before (a restart, say)
                 job = Job(execution_id=execution_id, task=plan.task, trigger=trigger, due=at)
+                count += 1
+                if self._starts_for_sure(job, overlap, busy):
+                    ahead.setdefault(to_micros(at), []).append(job)
+                    busy.add(job.task.id)
+                    continue
                 with contextlib.suppress(Exception):  # a refusal is recorded when it starts
                     self.runner.prepare(job)
                 self._wait((to_micros(at), next(self._sequence), job, overlap))
+        for at_us in sorted(ahead):
+            jobs = ahead[at_us]
+            if len(jobs) <= self.runner.free_places():
+                jobs = await self.runner.reserve(jobs, at_us)
+            for job in jobs:  # no place for all of them now: handed over at the instant
+                with contextlib.suppress(Exception):
+                    self.runner.prepare(job)
+                self._wait((at_us, next(self._sequence), job, self._overlap_of(job)))
         self._wake.set()
+        return count
+
+    def _starts_for_sure(self, job: Job, overlap: Overlap, busy: set[int]) -> bool:
+        """Whether `_start` would hand this job to the runner at its instant whatever
+        happens meanwhile: nothing of its task waits here before it, and its overlap
+        policy lets it start beside what may run then (parallel), or nothing of its task
+        runs, is queued or reserved now (then nothing else starts it before the instant:
+        other runs of the task would wait behind this one)."""
+        task_id = job.task.id
+        if task_id in self._waiting_by_task or task_id in self._parked:
+            return False
+        if overlap is Overlap.PARALLEL or job.trigger.kind not in _SLOT_TRIGGERS:
+            return True
+        return task_id not in busy and not self.runner.busy_with_task(task_id)
 
     def _schedules_of(self, task: Task) -> ScheduleSet:
         key = (task.id, task.version)
@@ -428,7 +526,17 @@ class Scheduler:
 
     def enqueue(self, job: Job, overlap: Overlap = Overlap.PARALLEL) -> None:
         """Start `job` (already committed as `queued`) at its due time."""
-        self._wait((to_micros(job.due), next(self._sequence), job, overlap))
+        due_us = to_micros(job.due)
+        if (
+            self.alive
+            and due_us <= to_micros(self.clock.now())
+            and job.task.id not in self._waiting_by_task
+        ):
+            # Due now and nothing of its task waits before it: what the loop's next turn
+            # would do, without that turn (a tick driven by hand keeps the old order).
+            self._start(job, overlap)
+            return
+        self._wait((due_us, next(self._sequence), job, overlap))
         self._wake.set()
 
     async def _requeue(self, queued: Sequence[Execution], now: datetime) -> None:
@@ -479,6 +587,20 @@ class Scheduler:
 
 
 _SLOT_TRIGGERS = frozenset({TriggerKind.SCHEDULE, TriggerKind.CATCH_UP})
+
+
+def _count_up_to(heap: list[tuple[int, int]], limit_us: int) -> int:
+    """How many heap entries are due at `limit_us` or before (they form a subtree at the
+    root: O(that count), bounded by `_COUNT_LIMIT`)."""
+    count, stack, size = 0, [0], len(heap)
+    while stack and count < _COUNT_LIMIT:
+        index = stack.pop()
+        if index < size and heap[index][0] <= limit_us:
+            count += 1
+            stack.append(2 * index + 1)
+            stack.append(2 * index + 2)
+    return count
+
 
 _background: set[asyncio.Task[Any]] = set()
 

@@ -285,13 +285,15 @@ def test_pressure_settings_are_read_and_checked(tmp_path: Path) -> None:
         load_config(config)
 
 
-async def test_the_api_steps_aside_while_the_engine_fires() -> None:
-    """`engine_first` pauses reading on every TCP connection from shortly before the
-    scheduler's next due instant until the runner has taken and recorded its starts, and
-    handlers waiting at the gate go on after; the window is bounded."""
+async def test_the_api_steps_aside_while_the_engine_claims_and_while_it_fires() -> None:
+    """`engine_first` pauses reading on every TCP connection in two windows per due
+    instant: from shortly before the claim until the slots are claimed, and from just
+    before the instant until the runner announces that it handed the starts over (an
+    event, no polling); the API reads in between, and handlers waiting at the gate go on
+    after each window."""
     from types import SimpleNamespace
 
-    from taskd.api.connections import engine_first
+    from taskd.api.connections import ENGINE_FIRST_RELEASE_SEC, engine_first
     from taskd.api.limits import ConnectionCap
     from taskd.clock import to_micros
     from taskd.testing import FakeClock
@@ -306,32 +308,55 @@ async def test_the_api_steps_aside_while_the_engine_fires() -> None:
             events.append("resume")
 
     clock = FakeClock.running()
-    due_us = to_micros(clock.now()) + 300_000
-    heap = [due_us]
+    due_us = to_micros(clock.now()) + 400_000
+    heap = [due_us]  # the instant's slots, until claimed
+    gates = [due_us]  # reserved in the runner, until released
     scheduler = SimpleNamespace(
-        settings=SimpleNamespace(lookahead_sec=0.1),
+        lookahead_sec=lambda: 0.1,
         clock=clock,
-        next_due_us=lambda: heap[0] if heap else None,
+        next_due_us=lambda: min([*heap, *gates], default=None),
+        claim_pending=lambda due: bool(heap) and heap[0] <= due,
     )
-    runner = SimpleNamespace(queued_count=0, starting=0, running_count=0, max_running=4)
+    runner = SimpleNamespace(
+        queued_count=0,
+        starting=0,
+        running_count=0,
+        reserved_count=0,
+        max_running=4,
+        handover=asyncio.Event(),
+    )
     cap = ConnectionCap(4)
     cap.connections.add(Connection())
     window = asyncio.create_task(engine_first(cap, scheduler, runner))  # type: ignore[arg-type]
     try:
+        # The claim window: before the look-ahead begins, until the claim is announced.
         await wait_until(lambda: cap.paused, timeout_sec=5)
         assert events == ["pause"]
-        assert to_micros(clock.now()) < due_us  # before the instant
+        assert due_us - to_micros(clock.now()) > 100_000
         gate = asyncio.create_task(cap.wait_open())
-        runner.starting = 1000  # the instant passes while the runner records its starts
-        await wait_until(lambda: to_micros(clock.now()) >= due_us, timeout_sec=5)
-        heap.clear()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
         assert cap.paused
         assert not gate.done()
-        runner.starting = 0
+        heap.clear()
+        runner.handover.set()  # claimed and reserved
         await wait_until(lambda: not cap.paused, timeout_sec=5)
         assert events == ["pause", "resume"]
         await asyncio.wait_for(gate, timeout=5)
+        assert due_us - to_micros(clock.now()) > ENGINE_FIRST_RELEASE_SEC * 1e6
+
+        # The release window: just before the instant, until the hand-over is announced.
+        await wait_until(lambda: cap.paused, timeout_sec=5)
+        assert due_us - to_micros(clock.now()) <= ENGINE_FIRST_RELEASE_SEC * 1e6 + 20_000
+        runner.starting = 1000  # the instant passes while the runner records its starts
+        await wait_until(lambda: to_micros(clock.now()) >= due_us, timeout_sec=5)
+        gates.clear()
+        runner.handover.set()
+        await asyncio.sleep(0.05)
+        assert cap.paused  # not handed over yet
+        runner.starting = 0
+        runner.handover.set()
+        await wait_until(lambda: not cap.paused, timeout_sec=5)
+        assert events == ["pause", "resume", "pause", "resume"]
     finally:
         window.cancel()
 
@@ -351,7 +376,7 @@ def test_jobs_queued_behind_a_full_runner_do_not_hold_the_window_open() -> None:
 
     def runner(running: int, queued: int) -> Any:
         return SimpleNamespace(
-            running_count=running, max_running=4, queued_count=queued, starting=0
+            running_count=running, reserved_count=0, max_running=4, queued_count=queued, starting=0
         )
 
     assert _fired(scheduler, runner(running=4, queued=10), due_us)  # type: ignore[arg-type]

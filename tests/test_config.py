@@ -108,6 +108,8 @@ def test_empty_file_gives_the_defaults() -> None:
     assert (daemon.timezone, daemon.max_running) == ("UTC", 16)
     assert (daemon.shutdown_grace_sec, daemon.stop_grace_sec) == (30.0, 10.0)
     assert (daemon.history_per_task, daemon.log_entries_per_execution) == (100, 1000)
+    assert daemon.event_loop == "asyncio"
+    assert parse('[daemon]\nevent_loop = "uvloop"\n').daemon.event_loop == "uvloop"
     api = settings.api
     assert [str(address) for address in api.listen] == ["127.0.0.1:8470"]
     assert api.unix_socket == Path("/srv/taskd/etc/var/taskd.sock")
@@ -233,6 +235,11 @@ ERROR_CASES = [
         "unknown time zone 'Mars/Olympus'",
     ),
     ("[daemon]\nmax_running = 0\n", "daemon.max_running", "must be an integer >= 1, got 0"),
+    (
+        '[daemon]\nevent_loop = "trio"\n',
+        "daemon.event_loop",
+        "must be one of 'uvloop', 'asyncio', got the string 'trio'",
+    ),
     (
         '[daemon]\nmax_running = "16"\n',
         "daemon.max_running",

@@ -140,3 +140,18 @@ def test_running_out_of_descriptors_is_one_json_line(tmp_path: Path) -> None:
     events = [json.loads(line) for line in text.splitlines() if line.strip()]
     out_of = [event for event in events if "out of file descriptors" in event["event"]]
     assert len(out_of) == 1, out_of
+
+
+def test_the_event_loop_switch_runs_the_loop_named() -> None:
+    """`[daemon] event_loop`: "uvloop" runs on uvloop (installed here), "asyncio" on
+    asyncio's own loop; a file that cannot be read asks for the default (asyncio)."""
+    import asyncio
+
+    from taskd.daemon import event_loop_of, run_on_loop
+
+    async def loop_module() -> int:
+        return 1 if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else 0
+
+    assert run_on_loop(loop_module(), "uvloop") == 1
+    assert run_on_loop(loop_module(), "asyncio") == 0
+    assert event_loop_of(Path("/nonexistent/taskd.toml")) == "asyncio"

@@ -83,8 +83,9 @@ async def test_due_slot_fires_once_at_its_instant(eng: Engine) -> None:
 async def test_lookahead_claims_the_slot_early_and_starts_it_at_the_instant(
     eng: Engine,
 ) -> None:
-    """Within the look-ahead the row is committed `queued` with the next due time; the
-    module starts only at the instant."""
+    """Within the look-ahead the row is claimed with the next due time and its start
+    committed ahead (`running`, `started_at` = the instant); the module starts only at the
+    instant."""
     task = await eng.create(schedules=EVERY_15_MIN)
 
     await eng.tick(at(-0.2))  # outside the 0.1 s look-ahead: nothing happens
@@ -93,15 +94,16 @@ async def test_lookahead_claims_the_slot_early_and_starts_it_at_the_instant(
 
     await eng.tick(at(-0.05))
     [row] = await eng.executions(task.id)
-    assert (row.status, row.trigger, row.slot_at) == (ExecutionStatus.QUEUED, "schedule", T0)
+    assert (row.status, row.trigger, row.slot_at) == (ExecutionStatus.RUNNING, "schedule", T0)
     assert row.queued_at == at(-0.05)
+    assert row.started_at == T0  # committed ahead, for the instant
     stored = await eng.task(task.id)
     assert stored.next_run_at == T0 + QUARTER  # committed together with the row
-    assert stored.status is TaskStatus.QUEUED
+    assert stored.status is TaskStatus.RUNNING
 
     await eng.tick(at(-0.01))
     assert eng.gate.calls == []
-    assert eng.runner.running_count == 0
+    assert (eng.runner.running_count, eng.runner.reserved_count) == (0, 1)  # place taken
 
     await eng.tick(at(0))
     [call] = await eng.gate.wait_calls(1)
@@ -505,7 +507,9 @@ async def test_a_claimed_slot_of_a_task_disabled_before_its_instant_is_skipped(
 ) -> None:
     """A slot claimed ahead is skipped, not run, if the task is disabled before the instant."""
     task = await eng.create(schedules=EVERY_15_MIN, params={"auto": True})
-    await eng.tick(at(-0.05))  # claimed: a queued row
+    await eng.tick(at(-0.05))  # claimed, its start committed ahead (reserved)
+    [row] = await eng.executions(task.id)
+    assert row.status is ExecutionStatus.RUNNING
     disabled = eng.core.validate(
         {
             "name": "job",
@@ -741,15 +745,19 @@ async def test_crash_leaves_no_execution_running_and_retries_it(tmp_path: Path) 
 
 
 async def _die_with_a_claimed_slot(db: Path, catch_up: str) -> int:
-    """Claim the 10:00 slot (look-ahead) and stop, leaving its row `queued`."""
+    """Claim the 10:00 slot (look-ahead: its start committed ahead) and stop before the
+    instant: the stop takes the start back, leaving the row `queued`."""
     async with open_engine(db, clock=FakeClock(at(-1))) as dead:
         task = await dead.create(
             schedules=EVERY_15_MIN, params={"auto": True}, options={"catch_up": catch_up}
         )
         await dead.tick(at(-0.05))
         [row] = await dead.executions(task.id)
-        assert row.status is ExecutionStatus.QUEUED
-        return task.id
+        assert (row.status, row.started_at) == (ExecutionStatus.RUNNING, T0)
+    async with open_engine(db, clock=FakeClock(at(-1))) as check:
+        [row] = await check.executions(task.id)
+        assert (row.status, row.started_at) == (ExecutionStatus.QUEUED, None)
+    return task.id
 
 
 async def test_queued_rows_of_missed_slots_go_through_catch_up_skip(tmp_path: Path) -> None:
@@ -795,3 +803,60 @@ async def test_queued_rows_of_missed_slots_go_through_catch_up_once(tmp_path: Pa
         assert [row.slot_at for row in rows] == MISSED
         assert sorted(statuses(rows)) == ["done"] + ["skipped"] * 12  # none left queued
         assert len(eng.gate.calls) == 1
+
+
+# -- commit ahead: what a crash leaves (Store contract, "Starts committed ahead") -----------
+
+
+def _crash_image(db: Path, image: Path) -> None:
+    """Copy what is committed in `db` now: the state a kill -9 at this moment leaves."""
+    with sqlite3.connect(db) as source, sqlite3.connect(image) as target:
+        source.backup(target)
+    source.close()
+    target.close()
+
+
+async def _crash_with_a_start_committed_ahead(tmp_path: Path) -> tuple[Path, int]:
+    db, image = tmp_path / "taskd.db", tmp_path / "crashed.db"
+    async with open_engine(db, clock=FakeClock(at(-1))) as dead:
+        task = await dead.create(schedules=EVERY_15_MIN, params={"auto": True})
+        await dead.tick(at(-0.05))
+        [row] = await dead.executions(task.id)
+        assert (row.status, row.started_at) == (ExecutionStatus.RUNNING, T0)
+        assert dead.gate.calls == []
+        _crash_image(db, image)
+    return image, task.id
+
+
+async def test_a_crash_before_the_instant_leaves_a_start_that_is_claimed_again(
+    tmp_path: Path,
+) -> None:
+    """Killed after its start was committed ahead but before the instant, restarted before
+    the instant: the row was never started, so it is `queued` again (not interrupted) and
+    starts once, at its instant."""
+    image, task_id = await _crash_with_a_start_committed_ahead(tmp_path)
+    async with open_engine(image, clock=FakeClock(at(-0.02)), start=True) as eng:
+        [row] = await eng.executions(task_id)
+        assert (row.status, row.started_at) == (ExecutionStatus.QUEUED, None)
+        await eng.tick(at(-0.01))
+        assert eng.gate.calls == []
+        await eng.tick(at(0))
+        [call] = await eng.gate.wait_calls(1)
+        assert call.ctx.execution_id == row.id
+        await eng.drain()
+        [row] = await eng.executions(task_id)
+        assert (row.status, row.started_at) == (ExecutionStatus.DONE, T0)
+        assert len(eng.gate.calls) == 1
+
+
+async def test_a_crash_before_the_instant_restarted_after_it_counts_as_interrupted(
+    tmp_path: Path,
+) -> None:
+    """The same crash, restarted after the instant: the start may have happened (the rule
+    cannot tell), so the run is interrupted and the retry policy decides; never run twice."""
+    image, task_id = await _crash_with_a_start_committed_ahead(tmp_path)
+    async with open_engine(image, clock=FakeClock(at(60)), start=True) as eng:
+        await eng.drain()
+        [row] = await eng.executions(task_id)
+        assert (row.status, row.status_msg) == (ExecutionStatus.ERROR, "interrupted")
+        assert eng.gate.calls == []

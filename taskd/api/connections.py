@@ -19,6 +19,7 @@ accept errors (out of file descriptors) logged once per interval, never per atte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 from typing import Any
 
@@ -176,32 +177,48 @@ class CappedTCPSite(web.TCPSite):
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 
 
-# The engine-first window: from this long before the scheduler's next claim...
+# The engine-first windows. With starts committed ahead, the engine needs the loop twice per
+# due instant: to claim and reserve its slots (from this long before the claim begins, i.e.
+# the scheduler's look-ahead plus this margin, until they are claimed), and for the release
+# itself (from this long before the instant until its starts were handed over: long enough
+# for the requests in flight to finish their current step, a page of tasks rendered say,
+# and wait at the gate; 5 ms let them delay the release by 30-80 ms under load, 20 ms and
+# 50 ms gave loaded p99 22 / 15 ms and health p99 44 / 55 ms, bench/README.md);
 ENGINE_FIRST_MARGIN_SEC = 0.05
-# ...until the due starts were handed over and begun, at most this long;
+ENGINE_FIRST_RELEASE_SEC = 0.05
+# each window at most this long;
 ENGINE_FIRST_MAX_SEC = 0.5
-# then the API reads for at least this long before the next window.
+# then the API reads for at least this long before the next release window.
 ENGINE_FIRST_MIN_OPEN_SEC = 0.1
-_CHECK_SEC = 0.005
 
 
 async def engine_first(cap: ConnectionCap, scheduler: Scheduler, runner: Runner) -> None:
     """Keep the API's TCP connections from being read while the engine claims and starts
     due runs (DESIGN.md, "The engine first"); runs until cancelled.
 
-    The window opens `lookahead_sec + ENGINE_FIRST_MARGIN_SEC` before the scheduler's next
-    due instant and closes once that instant has passed and its jobs left the runner's queue,
-    after at most `ENGINE_FIRST_MAX_SEC`; then the API has at least
-    `ENGINE_FIRST_MIN_OPEN_SEC`. Requests already being handled go on; new ones wait in the
-    kernel's buffers (nothing is refused). The Unix socket is never paused.
+    Two short windows per due instant: the claim window opens `lookahead + MARGIN` before
+    the instant and closes once its slots are claimed (`Scheduler.claim_pending`); the
+    release window opens `ENGINE_FIRST_RELEASE_SEC` before it and closes once the instant
+    has passed and its jobs were handed over (the runner announces each hand-over:
+    `Runner.handover`, no polling). Between the two the API reads as usual. Each
+    window lasts at most `ENGINE_FIRST_MAX_SEC`; after a release window the API has at
+    least `ENGINE_FIRST_MIN_OPEN_SEC`. Requests already being handled go on; new ones wait
+    in the kernel's buffers (nothing is refused). The Unix socket is never paused.
     """
     loop = asyncio.get_running_loop()
-    lead_sec = scheduler.settings.lookahead_sec + ENGINE_FIRST_MARGIN_SEC
     while True:
+        handover = runner.handover
+        handover.clear()
         due_us = scheduler.next_due_us()
         if due_us is None:
-            await asyncio.sleep(1.0)
+            await _wait(handover, 1.0)  # a new due time also wakes this up
             continue
+        claiming = scheduler.claim_pending(due_us)
+        lead_sec = (
+            scheduler.lookahead_sec() + ENGINE_FIRST_MARGIN_SEC
+            if claiming
+            else ENGINE_FIRST_RELEASE_SEC
+        )
         until_window = (due_us - to_micros(scheduler.clock.now())) / 1e6 - lead_sec
         if until_window > 0:
             await asyncio.sleep(min(until_window, 1.0))  # edits may bring a due time closer
@@ -209,15 +226,30 @@ async def engine_first(cap: ConnectionCap, scheduler: Scheduler, runner: Runner)
         cap.pause_all()
         try:
             deadline = loop.time() + ENGINE_FIRST_MAX_SEC
-            # Polled: the scheduler and the runner announce nothing the API could wait on.
-            for _ in range(int(ENGINE_FIRST_MAX_SEC / _CHECK_SEC)):
-                if loop.time() >= deadline or _fired(scheduler, runner, due_us):
+            while (left := deadline - loop.time()) > 0:
+                handover.clear()  # before the checks: no announcement is missed
+                now_us = to_micros(scheduler.clock.now())
+                if claiming and not scheduler.claim_pending(due_us):
+                    # Claimed (and reserved); the release window follows at the instant.
+                    if due_us - now_us > ENGINE_FIRST_RELEASE_SEC * 1e6:
+                        break
+                    claiming = False
+                if _fired(scheduler, runner, due_us):
                     break
-                await asyncio.sleep(_CHECK_SEC)
+                wait = left if now_us >= due_us else min(left, (due_us - now_us) / 1e6)
+                await _wait(handover, wait)
             await asyncio.sleep(0)  # the started runs take their first step first
         finally:
             cap.resume_all()
-        await asyncio.sleep(ENGINE_FIRST_MIN_OPEN_SEC)
+        if not claiming:
+            await asyncio.sleep(ENGINE_FIRST_MIN_OPEN_SEC)
+
+
+async def _wait(event: asyncio.Event, timeout_sec: float) -> None:
+    """Wait for `event`, at most `timeout_sec`."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_sec):
+            await event.wait()
 
 
 def _fired(scheduler: Scheduler, runner: Runner, due_us: int) -> bool:
@@ -227,7 +259,7 @@ def _fired(scheduler: Scheduler, runner: Runner, due_us: int) -> bool:
     following = scheduler.next_due_us()
     # Jobs queued behind a full runner start when a run ends, not at this instant: they
     # must not keep the API closed for the whole window.
-    runner_full = runner.running_count >= runner.max_running
+    runner_full = runner.running_count + runner.reserved_count >= runner.max_running
     handed_over = runner.starting == 0 and (runner.queued_count == 0 or runner_full)
     return (following is None or following > due_us) and handed_over
 

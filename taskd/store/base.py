@@ -39,6 +39,21 @@ it had (it stays in its transaction, which commits or rolls back when the storag
 it was not acknowledged, so a client retrying it meets the usual rules: a name taken, a
 version moved on). Either way the timeout is remembered as the store's `failure`.
 
+Starts committed ahead ("commit ahead, release at the instant"), for every implementation:
+
+- A start is committed before the module starts (at most once per slot), but it may be
+  committed before its instant: `mark_started_many` with a `started_at` in the future
+  records a start that will happen at `started_at`. The engine commits the starts of an
+  instant's slots during the look-ahead and releases the modules together at the instant.
+- So a `running` row whose `started_at` is still in the future has not started. If the
+  process dies, `recover_interrupted(now)` returns such a row to `queued` (claimed again by
+  the next start, at its time); a `running` row whose `started_at` has passed may have
+  started and is marked interrupted (the retry policy decides). A row the engine took back
+  before its instant (a task edited, a shutdown) goes back to `queued` with
+  `unstart_many`.
+- Caveat of the rule: it trusts the wall clock. A clock set back across a crash by more than
+  the look-ahead can make a started row look unstarted.
+
 Failing writes, for every implementation:
 
 - The store remembers why its last write failed (`failure`) until a write succeeds; `ping`
@@ -399,12 +414,24 @@ class Store(Protocol):
     async def mark_started_many(
         self, started: Sequence[tuple[int, int]], started_at: datetime, dispatcher: str
     ) -> None:
-        """Record that executions (execution id, task id) start now, in one atomic write.
+        """Record that executions (execution id, task id) start at `started_at`, in one
+        atomic write.
 
         Only `queued` executions start (others stay as they are): they become `running` with
         `started_at` and `dispatcher`; their tasks become `running` with this execution as
         the last one, `run_started_at` set and the other run fields cleared. An empty
-        sequence does nothing.
+        sequence does nothing. `started_at` may lie in the future: a start committed ahead
+        of its instant (see "Starts committed ahead" in the module docstring).
+        """
+        ...
+
+    async def unstart_many(self, started: Sequence[tuple[int, int]]) -> None:
+        """Take back starts committed ahead that did not happen, in one atomic write.
+
+        Each (execution id, task id) that is `running` goes back to `queued` (`started_at`
+        and `dispatcher` cleared); its task, if it shows that execution as running, becomes
+        `queued` with `run_started_at` cleared. Rows in another status stay as they are. The
+        caller guarantees the modules did not start (they wait for an instant not reached).
         """
         ...
 
@@ -522,9 +549,14 @@ class Store(Protocol):
         ...
 
     async def recover_interrupted(self, now: datetime) -> list[Execution]:
-        """Mark every `running` or `paused` execution `error` "interrupted", finished `now`,
-        and its task likewise if it shows it; one atomic write. Returns them as they are now,
-        oldest first (for the retry policy). Only for start-up, when no execution runs."""
+        """Mark every `running` or `paused` execution that may have started `error`
+        "interrupted", finished `now`, and its task likewise if it shows it; one atomic
+        write. Returns them as they are now, oldest first (for the retry policy). Only for
+        start-up, when no execution runs.
+
+        A `running` row whose `started_at` is after `now` was committed ahead and never
+        started: it goes back to `queued` as `unstart_many` does (not returned; it is among
+        `queued_executions` after this)."""
         ...
 
     async def queued_executions(self) -> list[Execution]:

@@ -946,6 +946,16 @@ class SqliteStore:
 
         await self._submit(apply)
 
+    async def unstart_many(self, started: Sequence[tuple[int, int]]) -> None:
+        """Return starts committed ahead that did not happen to `queued`, in one write."""
+        if not started:
+            return
+
+        def apply(cx: sqlite3.Connection) -> None:
+            _unstart(cx, started)
+
+        await self._submit(apply)
+
     def set_running_status_nowait(
         self, execution_id: int, task_id: int, status: ExecutionStatus
     ) -> None:
@@ -1203,6 +1213,12 @@ class SqliteStore:
         at = to_micros(now)
 
         def apply(cx: sqlite3.Connection) -> list[Execution]:
+            # Committed ahead, never started: claimed again at its time.
+            ahead = cx.execute(
+                "SELECT id, task_id FROM executions WHERE status = 'running' AND started_at > ?",
+                (at,),
+            ).fetchall()
+            _unstart(cx, ahead)
             rows = cx.execute(
                 f"SELECT {_EXECUTION_COLUMNS} FROM executions"
                 " WHERE status IN ('running', 'paused') ORDER BY id"
@@ -1515,3 +1531,29 @@ def _probe_room(cx: sqlite3.Connection) -> None:
             cx.execute("RELEASE probe")
     (application_id,) = cx.execute("PRAGMA application_id").fetchone()
     cx.execute(f"PRAGMA application_id = {int(application_id)}")
+
+
+def _unstart(cx: sqlite3.Connection, started: Sequence[tuple[int, int]]) -> None:
+    """Return `running` executions (id, task id) that never started to `queued`, their
+    tasks too where they show them (see `Store.unstart_many`)."""
+    # The task shows its run before this one again (as the claim left it), but `queued`.
+    cx.executemany(
+        "UPDATE tasks SET status = 'queued', last_execution_id = previous.id,"
+        " status_msg = previous.status_msg, run_started_at = previous.started_at,"
+        " run_finished_at = previous.finished_at, run_canceled_at = CASE WHEN"
+        " previous.status = 'canceled' THEN previous.finished_at END"
+        " FROM (SELECT max(id) AS last FROM executions WHERE task_id = ? AND id < ?"
+        "  AND status NOT IN ('queued', 'skipped')) AS prior"
+        " LEFT JOIN executions AS previous ON previous.id = prior.last"
+        " WHERE tasks.id = ? AND tasks.last_execution_id = ? AND tasks.status = 'running'"
+        " AND EXISTS (SELECT 1 FROM executions WHERE id = ? AND status = 'running')",
+        [
+            (task_id, execution_id, task_id, execution_id, execution_id)
+            for execution_id, task_id in started
+        ],
+    )
+    cx.executemany(
+        "UPDATE executions SET status = 'queued', started_at = NULL, dispatcher = NULL"
+        " WHERE id = ? AND status = 'running'",
+        [(execution_id,) for execution_id, _ in started],
+    )

@@ -1559,6 +1559,85 @@ async def test_recover_interrupted_marks_running_and_paused_as_error(store: Stor
     assert await store.recover_interrupted(at(200)) == []
 
 
+async def test_json_values_read_back_exactly_whatever_their_numbers(store: Store) -> None:
+    """Specs, state and trigger metadata read back as written: integers beyond 64 bits stay
+    integers, floats and unicode stay as they were."""
+    value = {"big": 2**70, "negative": -(2**63), "float": 0.1, "text": "é\u2028", "list": [1, 2.5]}
+    spec = {**SPEC, "task_params": value}
+    task = await insert(store, "numbers", spec=spec)
+    assert (await store.get_task(task.id)).spec == spec
+    assert (await store.get_tasks([task.id]))[task.id].spec == spec
+    await store.save_state(task.id, value)
+    assert (await store.get_task(task.id)).state == value
+    execution_id = await queue(store, task.id, at(1), trigger_metadata=value)
+    assert (await store.get_execution(execution_id)).trigger_metadata == value
+    assert type((await store.get_task(task.id)).spec["task_params"]["big"]) is int
+
+
+async def test_recovery_takes_back_starts_committed_ahead_of_an_instant_not_reached(
+    store: Store,
+) -> None:
+    """A start committed ahead (`started_at` in the future) has not happened: recovery
+    before that instant returns it to queued; one whose instant passed may have started and
+    is interrupted (the rule of "Starts committed ahead" in taskd/store/base.py)."""
+    early_task, late_task = await add_task(store, "early"), await add_task(store, "late")
+    passed = await queue(store, early_task, at(1))
+    ahead = await queue(store, late_task, at(1))
+    await store.mark_started_many([(passed, early_task)], at(50), "host-a")
+    await store.mark_started_many([(ahead, late_task)], at(150), "host-a")
+    assert (await store.get_execution(ahead)).status is ExecutionStatus.RUNNING
+
+    recovered = await store.recover_interrupted(at(100))
+
+    assert [e.id for e in recovered] == [passed]
+    assert recovered[0].status is ExecutionStatus.ERROR
+    assert recovered[0].status_msg == "interrupted"
+    back = await store.get_execution(ahead)
+    assert back.status is ExecutionStatus.QUEUED
+    assert back.started_at is None
+    assert back.finished_at is None
+    assert [e.id for e in await store.queued_executions()] == [ahead]
+    task = await store.get_task(late_task)
+    assert task.status is TaskStatus.QUEUED
+    assert task.run_started_at is None
+    # Claimed again, it starts once, at its time.
+    await store.mark_started_many([(ahead, late_task)], at(150), "host-b")
+    assert (await store.get_execution(ahead)).status is ExecutionStatus.RUNNING
+    assert (await store.get_task(late_task)).status is TaskStatus.RUNNING
+    assert await store.recover_interrupted(at(200)) != []
+
+
+async def test_unstart_many_returns_starts_committed_ahead_to_queued(store: Store) -> None:
+    """unstart_many() takes back running rows (and their tasks) and nothing else."""
+    a, b, c = [await add_task(store, name) for name in "abc"]
+    ahead = await queue(store, a, at(1))
+    other = await queue(store, b, at(1))
+    await store.mark_started_many([(ahead, a), (other, b)], at(10), "host-a")
+    ended = await start(store, c, at(2))
+    await store.finish(ended, c, ExecutionStatus.DONE, None, at(3))
+    ended_before = await store.get_execution(ended)
+
+    await store.unstart_many([(ahead, a), (ended, c)])
+    await store.unstart_many([])  # nothing to do, no error
+
+    back = await store.get_execution(ahead)
+    assert (back.status, back.started_at, back.dispatcher) == (ExecutionStatus.QUEUED, None, None)
+    task = await store.get_task(a)
+    assert (task.status, task.run_started_at) == (TaskStatus.QUEUED, None)
+    assert task.last_execution_id is None  # as before the start: it had no run
+    # A task with an earlier run shows that run again (and its ending), but `queued`.
+    again = await queue(store, c, at(4))
+    await store.mark_started_many([(again, c)], at(20), "host-a")
+    await store.unstart_many([(again, c)])
+    shown = await store.get_task(c)
+    assert (shown.status, shown.last_execution_id) == (TaskStatus.QUEUED, ended)
+    assert (shown.run_started_at, shown.run_finished_at) == (at(2), at(3))
+    assert (await store.get_execution(other)).status is ExecutionStatus.RUNNING
+    assert (await store.get_task(b)).status is TaskStatus.RUNNING
+    assert await store.get_execution(ended) == ended_before
+    assert [e.id for e in await store.queued_executions()] == [ahead, again]
+
+
 async def test_process_groups_of_running_executions_are_recorded_for_recovery(
     store_opener: StoreOpener,
 ) -> None:
