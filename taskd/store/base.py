@@ -66,6 +66,7 @@ Failing writes, for every implementation:
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -87,6 +88,16 @@ def separate_reads() -> Iterator[None]:
         yield
     finally:
         _SEPARATE_READS.reset(token)
+
+
+def new_defer_id() -> str:
+    """A fresh unguessable defer id (22 URL-safe characters) that never starts with `-`:
+    people pass it on a command line (`taskd ctl run-defer ID`), where a leading dash
+    reads as an option."""
+    while True:
+        defer_id = secrets.token_urlsafe(16)
+        if not defer_id.startswith("-"):
+            return defer_id
 
 
 def reads_separately() -> bool:
@@ -595,7 +606,8 @@ class Store(Protocol):
         self, task_id: int, metadata: Mapping[str, Any], now: datetime, expires_at: datetime
     ) -> str:
         """Record a deferred run of a task and return its unguessable `defer_id` (random,
-        at least 16 characters). Raises NotFoundError for an unknown task."""
+        at least 16 characters, never starting with `-`: made by `new_defer_id`). Raises
+        NotFoundError for an unknown task."""
         ...
 
     async def use_defer(self, defer_id: str, now: datetime) -> tuple[int, dict[str, Any]]:

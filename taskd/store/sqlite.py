@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import secrets
 import sqlite3
 import threading
 from collections import deque
@@ -59,6 +58,7 @@ from taskd.store.base import (
     SlotClaim,
     TaskInsert,
     TaskUpdate,
+    new_defer_id,
     reads_separately,
 )
 from taskd.store.migrations import check_version, migrate
@@ -1308,7 +1308,7 @@ class SqliteStore:
         self, task_id: int, metadata: Mapping[str, Any], now: datetime, expires_at: datetime
     ) -> str:
         """Record a deferred run of a task and return its unguessable `defer_id`."""
-        defer_id = secrets.token_urlsafe(16)
+        defer_id = new_defer_id()
 
         def apply(cx: sqlite3.Connection) -> None:
             try:

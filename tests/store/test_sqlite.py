@@ -36,6 +36,7 @@ from taskd.clock import to_micros
 from taskd.errors import ConflictError, DeferError, NotFoundError, StoreUnavailableError
 from taskd.model import TASK_QUERY_FIELDS, ExecutionStatus, TaskSource, TaskStatus, TriggerKind
 from taskd.store import DB_FILE, ClaimResult, NewExecution, Store, open_store
+from taskd.store.base import new_defer_id
 from taskd.store.migrations import MIGRATIONS
 from taskd.store.sqlite import _TASK_QUERY_SQL, SqliteStore
 
@@ -536,3 +537,12 @@ async def test_an_owners_list_uses_the_indexes(store: Store, db_path: Path) -> N
     details = " ".join(str(row[-1]) for row in plan)
     assert "tasks_owner" in details, details
     assert "tasks_source" in details, details
+
+
+def test_defer_ids_never_start_with_a_dash() -> None:
+    """A defer id is typed on command lines (`taskd ctl run-defer ID`): a leading `-` would
+    read as an option. 5,000 draws: a plain token_urlsafe starts with `-` 1 time in 64."""
+    ids = [new_defer_id() for _ in range(5_000)]
+    assert not [defer_id for defer_id in ids if defer_id.startswith("-")]
+    assert all(len(defer_id) >= 16 for defer_id in ids)
+    assert len(set(ids)) == len(ids)
