@@ -29,6 +29,11 @@ TASK_QUERY_FIELDS = frozenset(
         "workflow_type",
         "workflow_action",
         "priority",
+        # The `type`s of a task's `task_params.sources` (a list of objects) and
+        # `task_params.destination` (an object or a list of them), as one text
+        # `,type1,type2,` (empty or NULL without any): filter with `like '%,local,%'`.
+        "sources.type",
+        "destinations.type",
     }
 )
 

@@ -226,7 +226,7 @@ def _write_all(
             temporary = os.path.join(parent, temporary_name(os.path.basename(target), task_id))
             temporaries.append(temporary)
             fds.append(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-        _pump(source_fd, fds, hasher, counters, abort)
+        _pump(source_fd, before.st_size, fds, hasher, counters, abort)
         for fd in fds:
             _finish(fd, before, settings)
         digest = hasher.hexdigest() if hasher is not None else None
@@ -264,18 +264,21 @@ def _make_folders(folder: str) -> None:
 
 def _pump(
     source_fd: int,
+    size: int,
     fds: list[int],
     hasher: Hasher | None,
     counters: Counters,
     abort: threading.Event,
 ) -> None:
+    """Copy the first `size` bytes (what the source had when opened: a file that keeps
+    growing ends the copy all the same, and the check after it refuses the copy)."""
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     total = 0
-    while True:
+    while total < size:
         if abort.is_set():
             raise Aborted
-        count = os.readv(source_fd, [buffer])
+        count = os.readv(source_fd, [view[: min(CHUNK, size - total)]])
         if count == 0:
             break
         chunk = view[:count]
