@@ -1,7 +1,9 @@
 """The files module on real files in temporary folders: every action and option.
 
 The module runs with a `FakeContext` (progress, log and saved state recorded); validation
-is the registry's own, the definition checks (`check_task`) included.
+is the registry's own, the definition checks (`check_task`) included. The tests set their
+files up on the event loop (short blocking calls); `test_the_event_loop_is_never_blocked`
+sets up in a thread and runs every action under the `no_blocking` fixture.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from taskd.modules.base import LogLevel, ModuleError
 from taskd.modules.files import FilesModule
 from taskd.modules.registry import ModuleRegistry
 from taskd.testing import FakeContext, wait_until
-
-pytestmark = pytest.mark.usefixtures("no_blocking")  # nothing may block the event loop
 
 OLD_NS = 1_500_000_000_123_456_789  # 2017: a date no file written now has
 
@@ -199,6 +199,33 @@ async def test_copy_without_checksum_still_refuses_a_source_that_changed(
     monkeypatch.setattr(files_io.Counters, "add_bytes", append)
     with pytest.raises(ModuleError, match=rf"{source}: changed while it was copied"):
         await run(files_ctx([source.parent], tmp_path / "out", action="copy"))
+
+
+@pytest.mark.usefixtures("no_blocking")
+async def test_the_event_loop_is_never_blocked(tmp_path: Path) -> None:
+    """Copy (4 at once, with a checksum), check, duplicate, move, scan and erase 10 MB in
+    100 files: the scans, the copies and the hashing all run in worker threads."""
+    src = tmp_path / "src"
+
+    def make() -> None:
+        for i in range(100):
+            write(src / f"d{i % 7}" / f"f{i}.bin", os.urandom(100_000))
+
+    await asyncio.to_thread(make)
+    dst, twins = tmp_path / "dst", [tmp_path / "t1", tmp_path / "t2"]
+    options = {"file_checksum": "xxhash64", "parallel": 4}
+    for action, destination in [
+        ("copy", dst),
+        ("check_consistency", dst),
+        ("duplication", twins),
+        ("scan", None),
+        ("move", tmp_path / "moved"),
+        ("erase", None),
+    ]:
+        sources = [dst / "src"] if action == "erase" else [src]
+        ctx = files_ctx(sources, destination, action=action, **options)
+        await run(ctx)
+        assert last_report(ctx)["nodes_done"] == 100, action
 
 
 # ---- conflicts

@@ -250,7 +250,8 @@ def test_builtin_registry_holds_the_five_modules() -> None:
 
 def test_get_unknown_module_names_the_known_ones() -> None:
     """get("nope") raises NotFoundError (a LookupError) listing the known modules."""
-    with pytest.raises(NotFoundError, match=r"'nope'; known modules: files, http, python, shell, sleep"):
+    known = "files, http, python, shell, sleep"
+    with pytest.raises(NotFoundError, match=rf"'nope'; known modules: {known}"):
         ModuleRegistry.builtin().get("nope")
 
 
@@ -277,7 +278,8 @@ def test_validate_unknown_module_is_reported_at_task_module() -> None:
     with pytest.raises(ValidationError) as info:
         registry.validate("nope", {}, path="task[0].task_params", module_path="task[0].task_module")
     assert [str(e) for e in info.value.errors] == [
-        "task[0].task_module: unknown module 'nope'; known modules: files, http, python, shell, sleep"
+        "task[0].task_module: unknown module 'nope';"
+        " known modules: files, http, python, shell, sleep"
     ]
 
 
