@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,8 @@ def place(path: Path | str) -> dict[str, str]:
 
 
 def files_ctx(
-    sources: list[Path | str],
-    destination: Path | list[Path] | None = None,
+    sources: Sequence[Path | str],
+    destination: Path | Sequence[Path] | None = None,
     *,
     action: str | None = None,
     workflow_action: str | None = None,
@@ -50,7 +51,7 @@ def files_ctx(
     raw: dict[str, Any] = {"sources": [place(s) for s in sources]}
     if destination is not None:
         raw["destination"] = (
-            [place(d) for d in destination] if isinstance(destination, list) else place(destination)
+            place(destination) if isinstance(destination, Path) else [place(d) for d in destination]
         )
     if action is not None:
         raw["action"] = action
@@ -213,17 +214,17 @@ async def test_the_event_loop_is_never_blocked(tmp_path: Path) -> None:
 
     await asyncio.to_thread(make)
     dst, twins = tmp_path / "dst", [tmp_path / "t1", tmp_path / "t2"]
-    options = {"file_checksum": "xxhash64", "parallel": 4}
-    for action, destination in [
+    destinations: list[tuple[str, Path | list[Path] | None]] = [
         ("copy", dst),
         ("check_consistency", dst),
         ("duplication", twins),
         ("scan", None),
         ("move", tmp_path / "moved"),
         ("erase", None),
-    ]:
+    ]
+    for action, destination in destinations:
         sources = [dst / "src"] if action == "erase" else [src]
-        ctx = files_ctx(sources, destination, action=action, **options)
+        ctx = files_ctx(sources, destination, action=action, file_checksum="xxhash64", parallel=4)
         await run(ctx)
         assert last_report(ctx)["nodes_done"] == 100, action
 

@@ -34,6 +34,7 @@ from taskd.modules.files_io import (
     compare_file,
     copy_file,
     erase_file,
+    sync_folder,
 )
 from taskd.modules.files_options import PARAMS, Settings, check_params, check_task
 from taskd.modules.files_plan import Entry, Plan, build_plan
@@ -143,6 +144,7 @@ class _Run:
             await self.save(position)
             return f"stopped after {position} of {len(plan.entries)} files; resume continues"
         await self.in_thread(self.finish_folders)
+        await self.in_thread(self.counters.sync_folders)
         if ctx.state:
             await ctx.save_state({})  # done: the next run starts from the beginning
         if settings.action == "check_consistency":
@@ -178,10 +180,12 @@ class _Run:
         return position
 
     async def save(self, position: int) -> None:
-        """Save the position: every entry before it is done."""
+        """Save the position: every entry before it is done (and durable: the folders
+        written to are synced first)."""
         self.saved = time.monotonic()
         if self.settings.action not in _RESUMABLE or position == 0:
             return
+        await self.in_thread(self.counters.sync_folders)
         await self.ctx.save_state(
             {
                 "fingerprint": self.settings.fingerprint(),
@@ -267,6 +271,9 @@ class _Run:
         ]
         lines += [(LogLevel.INFO, f"kept {kept}") for kept in copied.kept]
         if settings.action == "move":
+            # The copy must be durable under its name before the source goes.
+            for folder in {os.path.dirname(target) for target in copied.written}:
+                sync_folder(folder)
             where = erase_file(entry, settings)
             lines.append(
                 (LogLevel.DEBUG, f"removed {entry.own_path}" + (f" to {where}" if where else ""))

@@ -36,6 +36,7 @@ __all__ = [
     "erase_file",
     "file_digest",
     "new_hasher",
+    "sync_folder",
 ]
 
 CHUNK = 1 << 20
@@ -85,12 +86,28 @@ class CopyError(Exception):
 
 
 class Counters:
-    """Bytes and files done, shared by the worker threads and the event loop."""
+    """Bytes and files done, and the folders written to since they were last synced;
+    shared by the worker threads and the event loop."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.bytes = 0
         self.files = 0
+        self._folders: set[str] = set()
+
+    def touch(self, folder: str) -> None:
+        """Note a folder that got a new name (to be synced by `sync_folders`)."""
+        with self._lock:
+            self._folders.add(folder)
+
+    def sync_folders(self) -> None:
+        """fsync every folder touched since the last call, so the renames into them are
+        durable: called before a position is saved and at the end of a run (one fsync per
+        folder, not one per file)."""
+        with self._lock:
+            folders, self._folders = self._folders, set()
+        for folder in folders:
+            sync_folder(folder)
 
     def add_bytes(self, count: int) -> None:
         """Count bytes read (a copy in progress shows in the bandwidth)."""
@@ -102,6 +119,18 @@ class Counters:
         with self._lock:
             self.files += 1
             self.bytes += unread
+
+
+def sync_folder(folder: str) -> None:
+    """fsync a folder (its new names become durable); nothing if it is gone."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return  # gone (moved or erased by someone else): nothing to make durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(slots=True)
@@ -244,6 +273,7 @@ def _write_all(
                     )
         for temporary, target in zip(temporaries, targets, strict=True):
             _put_in_place(temporary, target, settings.conflict_resolution == "overwrite")
+            counters.touch(os.path.dirname(target))
         temporaries.clear()
         return digest
     finally:
@@ -340,7 +370,8 @@ def _check_source(
 
 def _put_in_place(temporary: str, target: str, overwrite: bool) -> None:
     """Rename the checked file into place; without `overwrite`, never over another file
-    (a hard link fails if the name was taken meanwhile)."""
+    (a hard link fails if the name was taken meanwhile). The folder is synced later
+    (`Counters.sync_folders`)."""
     if overwrite:
         os.replace(temporary, target)
     else:
@@ -357,12 +388,6 @@ def _put_in_place(temporary: str, target: str, overwrite: bool) -> None:
             os.rename(temporary, target)
             return
         os.unlink(temporary)
-    # The rename itself is durable once its folder is synced.
-    folder_fd = os.open(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder_fd)
-    finally:
-        os.close(folder_fd)
 
 
 def erase_file(entry: Entry, settings: Settings) -> str:
