@@ -5,6 +5,7 @@ real run in `last_execution` and the executions list."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -182,3 +183,30 @@ destination = { type = "local", path = "/srv/out" } }
         "task[no-destination].task_params.destination",
         "task[relative].task_params.sources[0].path",
     ]
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_files_section() -> str:
+    """The README's "The files module" section."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("### The files module")
+    return text[start : text.index("\n## ", start)]
+
+
+async def test_the_readme_examples_are_valid(api: Api, tmp_path: Path) -> None:
+    """The section's TOML task loads as a config task, its curl body is accepted (201)."""
+    section = readme_files_section()
+    toml_task = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "readme.toml"
+    config.write_text('[daemon]\nstate_dir = "state"\n\n' + toml_task)
+    [task] = load_settings(config, ModuleRegistry.builtin()).tasks
+    assert task.options.files["file_checksum"] == "xxhash64"
+    body = json.loads(section.split("-d '", 1)[1].split("'", 1)[0])
+    status, created = await post(api, body)
+    assert status == 201, created
+    assert created["task_params"] == {
+        "sources": [{"type": "local", "path": "/srv/reports/*.pdf"}],
+        "destination": {"type": "local", "path": "/mnt/archive/reports"},
+    }
