@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import xxhash
+from api_fixtures import Api
 from test_daemon import Daemon, started, utc_in, wait_until
 
 from taskd.modules.base import LogLevel
@@ -184,3 +185,55 @@ async def test_a_1_gb_sparse_file_stays_sparse_and_checks_out(tmp_path: Path) ->
     expected = await asyncio.to_thread(digest, big)
     assert await asyncio.to_thread(digest, copy) == expected
     assert any(expected in message for message in ctx.messages(LogLevel.INFO))
+
+
+async def test_stop_and_run_again_through_the_api(api: Api, tmp_path: Path) -> None:
+    """A copy of 600 files, one at a time, is stopped over the API once files arrive: it
+    ends `canceled` with its position in the task's state; the next run does not even
+    look at the files up to that position, handles the others (copies them, or keeps the
+    ones the first run copied after its last save) and clears the state."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    names = [f"f{i:04}" for i in range(600)]
+
+    def make() -> None:
+        src.mkdir()
+        for i, name in enumerate(names):
+            (src / name).write_bytes(b"x" * (i + 1))
+
+    await asyncio.to_thread(make)
+    body = {
+        "name": "stoppable",
+        "task_module": "files",
+        "workflow_action": "copy",
+        "task_params": {
+            "sources": [{"type": "local", "path": str(src)}],
+            "destination": {"type": "local", "path": str(dst)},
+        },
+    }
+    created = await api.unix.post("/api/v2/tasks", body)
+    assert created.status == 201, created
+    task_id = created.json["id"]
+    assert (await api.unix.put(f"/api/v2/tasks/{task_id}/action/run")).status == 200
+    await api.wait_task(task_id, lambda _: dst.exists() and any(dst.rglob("f*")), "a copy")
+    assert (await api.unix.put(f"/api/v2/tasks/{task_id}/action/stop")).status == 200
+    stopped = await api.wait_status(task_id, "canceled")
+    assert stopped.state is not None
+    after = Path(stopped.state["after"]).name
+    assert after in names[:-1]
+    before_position = {name for name in names if name <= after}
+
+    assert (await api.unix.put(f"/api/v2/tasks/{task_id}/action/run")).status == 200
+    done = await api.wait_status(task_id, "done")
+    assert done.state == {}
+    assert await asyncio.to_thread(tree, dst / "src") == await asyncio.to_thread(tree, src)
+    await api.store.flush()
+    log = await api.unix.get(
+        f"/api/v2/tasks/{task_id}/log",
+        params={"execution_id": str(done.last_execution_id), "limit": "5000"},
+    )
+    handled = {
+        Path(entry["msg"].split()[1]).name
+        for entry in log.json["entries"]
+        if entry["msg"].startswith(("copied ", "kept "))
+    }
+    assert handled == set(names) - before_position

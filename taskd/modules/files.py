@@ -143,7 +143,13 @@ class _Run:
         if position < len(plan.entries):  # stopped
             await self.save(position)
             return f"stopped after {position} of {len(plan.entries)} files; resume continues"
-        await self.in_thread(self.finish_folders)
+        try:
+            await self.in_thread(self.finish_folders)
+        except OSError as error:
+            raise ModuleError(
+                f"files done, but a folder could not be finished: {error.filename}:"
+                f" {error.strerror}"
+            ) from None
         await self.in_thread(self.counters.sync_folders)
         if ctx.state:
             await ctx.save_state({})  # done: the next run starts from the beginning

@@ -229,7 +229,12 @@ def _same(entry: Entry, candidate: str, info: os.stat_result, settings: Settings
     if not settings.reset_file_date:
         return source.st_mtime_ns == info.st_mtime_ns
     name = settings.file_checksum or "xxhash64"
-    return file_digest(entry.path, name) == file_digest(candidate, name)
+    try:
+        return file_digest(entry.path, name) == file_digest(candidate, name)
+    except OSError as error:
+        raise CopyError(
+            f"{entry.path}: cannot compare with {candidate}: {error.strerror}"
+        ) from None
 
 
 def file_digest(path: str, name: str, abort: threading.Event | None = None) -> str:
