@@ -404,6 +404,21 @@ async def test_move_copies_verifies_then_removes_the_sources(tmp_path: Path) -> 
     assert list(src.iterdir()) == []
 
 
+async def test_move_with_ignore_leaves_a_conflicting_source_in_place(tmp_path: Path) -> None:
+    """A source whose target holds another file (ignored) is not removed: it was not
+    copied. An identical file at the target counts as copied: that source goes."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "differs.txt", "new")
+    write(src / "same.txt", "same")
+    write(dst / "src" / "differs.txt", "old", mtime_ns=OLD_NS + 1)
+    write(dst / "src" / "same.txt", "same")
+    ctx = files_ctx([src], dst, action="move", conflict_resolution="ignore")
+    await run(ctx)
+    assert tree(src) == {"differs.txt": b"new"}
+    assert tree(dst / "src") == {"differs.txt": b"old", "same.txt": b"same"}
+    assert f"not moved, left in place: {src / 'differs.txt'}" in ctx.messages(LogLevel.WARNING)
+
+
 async def test_erase_deletes_and_soft_erase_moves_to_the_trash(tmp_path: Path) -> None:
     """`erase` deletes the files and emptied subfolders; with soft_erase they go to the
     source's `.taskd-trash`, and a second erase finds nothing more to do."""

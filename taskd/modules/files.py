@@ -276,7 +276,9 @@ class _Run:
             for target in copied.written
         ]
         lines += [(LogLevel.INFO, f"kept {kept}") for kept in copied.kept]
-        if settings.action == "move":
+        if settings.action == "move" and copied.ignored:
+            lines.append((LogLevel.WARNING, f"not moved, left in place: {entry.own_path}"))
+        elif settings.action == "move":
             # The copy must be durable under its name before the source goes.
             for folder in {os.path.dirname(target) for target in copied.written}:
                 sync_folder(folder)

@@ -151,6 +151,7 @@ class Copied:
 
     written: list[str] = field(default_factory=list)  # final paths written
     kept: list[str] = field(default_factory=list)  # targets left as they were, and why
+    ignored: bool = False  # a different file was left at a target (`ignore`): not copied
     digest: str | None = None
 
 
@@ -173,6 +174,7 @@ def copy_file(
             result.kept.append(f"{final} (already there)")
         elif chosen == "":
             result.kept.append(f"{final} (exists; conflict_resolution is ignore)")
+            result.ignored = True
         else:
             targets.append(chosen)
     if not targets:
