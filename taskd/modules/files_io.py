@@ -20,8 +20,6 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import xxhash
-
 from taskd.modules.files_options import Settings
 from taskd.modules.files_plan import TRASH, Entry, temporary_name
 
@@ -85,7 +83,15 @@ def new_hasher(name: str) -> Hasher:
     if name == "md5":
         return hashlib.md5(usedforsecurity=False)
     if name == "xxhash64":
-        return xxhash.xxh64()
+        # Imported when used: the rest of taskd runs where the C extension is missing.
+        try:
+            import xxhash
+        except ImportError:
+            raise CopyError(
+                "xxhash64 needs the Python package xxhash (pip install xxhash)"
+            ) from None
+        hasher: Hasher = xxhash.xxh64()
+        return hasher
     raise ValueError(f"unknown checksum {name!r}")
 
 
