@@ -212,7 +212,7 @@ class Core:
             spec.task_module,
             spec.task_params,
             path=join_path(path, "task_params"),
-            task=spec.to_json(),
+            task=spec.to_json() if self.modules.checks_task(spec.task_module) else None,
             task_path=path,
         )
 
@@ -746,7 +746,7 @@ def config_errors_for(specs: Sequence[TaskSpec], modules: ModuleRegistry) -> lis
                 spec.task_module,
                 spec.task_params,
                 path=f"task[{spec.name}].task_params",
-                task=spec.to_json(),
+                task=spec.to_json() if modules.checks_task(spec.task_module) else None,
                 task_path=f"task[{spec.name}]",
             )
         except ValidationError as error:

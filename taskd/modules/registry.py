@@ -157,6 +157,11 @@ class ModuleRegistry:
                 f"no module named {name!r}; known modules: {self._known()}{hint}"
             ) from None
 
+    def checks_task(self, name: str) -> bool:
+        """Whether the module `name` has a `check_task` hook (so `validate` wants `task`;
+        callers build the definition's JSON only then)."""
+        return name in self._task_checkers
+
     def names(self) -> list[str]:
         """The names of the registered modules, sorted."""
         return sorted(self._modules)
