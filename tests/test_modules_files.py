@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,18 @@ async def test_copy_without_checksum_still_refuses_a_source_that_changed(
         await run(files_ctx([source.parent], tmp_path / "out", action="copy"))
 
 
-@pytest.mark.usefixtures("no_blocking")
+@pytest.fixture
+def frozen_heap() -> Iterator[None]:
+    """Collect, then freeze what earlier tests left on the heap: a full collection of it
+    (tens of ms late in a long test session) is no part of the module. Set up before
+    `no_blocking` (and off the event loop), undone after it."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+@pytest.mark.usefixtures("frozen_heap", "no_blocking")
 async def test_the_event_loop_is_never_blocked(tmp_path: Path) -> None:
     """Copy (4 at once, with a checksum), check, duplicate, move, scan and erase 10 MB in
     100 files: the scans, the copies and the hashing all run in worker threads."""
@@ -214,15 +225,7 @@ async def test_the_event_loop_is_never_blocked(tmp_path: Path) -> None:
             write(src / f"d{i % 7}" / f"f{i}.bin", os.urandom(100_000))
 
     await asyncio.to_thread(make)
-    # What earlier tests left on the heap makes a full collection in this process take
-    # longer than the bound (it is no part of the module): collected in a thread, then
-    # frozen for the test, so collections during the run only visit what it allocates.
-    await asyncio.to_thread(gc.collect)
-    gc.freeze()
-    try:
-        await run_every_action(tmp_path, src)
-    finally:
-        gc.unfreeze()
+    await run_every_action(tmp_path, src)
 
 
 async def run_every_action(tmp_path: Path, src: Path) -> None:
@@ -469,7 +472,8 @@ async def test_scan_counts_files_and_sizes(tmp_path: Path) -> None:
 
 async def test_check_consistency_passes_then_reports_every_difference(tmp_path: Path) -> None:
     """After a copy the check passes; then a missing file, a size and a content change
-    are each reported, and the run ends in error counting them."""
+    and a file only in the destination are each reported, and the run ends in error
+    counting them."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     sample(src)
     await run(files_ctx([src], dst, action="copy"))
@@ -479,10 +483,12 @@ async def test_check_consistency_passes_then_reports_every_difference(tmp_path: 
     (dst / "src" / "sub" / "b.bin").write_bytes(b"short")
     copy = dst / "src" / "sub" / "deeper" / "c.txt"
     copy.write_bytes(copy.read_bytes().replace(b"g", b"G", 1))
+    write(dst / "src" / "sub" / "extra.txt", "not from the source")
     ctx = files_ctx([src], dst, action="check_consistency", file_checksum="md5")
-    with pytest.raises(ModuleError, match="check_consistency: 3 differences in 4 files"):
+    with pytest.raises(ModuleError, match="check_consistency: 4 differences in 4 files"):
         await run(ctx)
     differences = ctx.messages(LogLevel.WARNING)
+    assert f"differs: {dst / 'src' / 'sub' / 'extra.txt'}: only in the destination" in differences
     assert any("a.txt: missing" in m for m in differences)
     assert any("b.bin: 5 bytes, source" in m for m in differences)
     assert any("c.txt: md5" in m for m in differences)

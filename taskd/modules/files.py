@@ -37,7 +37,7 @@ from taskd.modules.files_io import (
     sync_folder,
 )
 from taskd.modules.files_options import PARAMS, Settings, check_params, check_task
-from taskd.modules.files_plan import Entry, Plan, build_plan
+from taskd.modules.files_plan import TRASH, Entry, Plan, build_plan, is_temporary
 
 __all__ = ["FilesModule"]
 
@@ -154,6 +154,8 @@ class _Run:
         if ctx.state:
             await ctx.save_state({})  # done: the next run starts from the beginning
         if settings.action == "check_consistency":
+            for extra in await self.in_thread(self.only_in_destination):
+                ctx.log(LogLevel.WARNING, self.difference(extra))
             return self.consistency_outcome(summary)
         verb = {"erase": "erased", "move": "moved", "duplication": "duplicated"}
         return f"{verb.get(settings.action, 'copied')} {summary}"
@@ -295,6 +297,22 @@ class _Run:
             self.differences.append(text)
         return f"differs: {text}"
 
+    def only_in_destination(self) -> list[str]:
+        """The files below the copies of the source folders that no source file maps to
+        (with the same filters as the sources: hidden names, recursion, taskd's own)."""
+        settings = self.settings
+        expected = {entry.target for entry in self.plan.entries}
+        extra: list[str] = []
+        for folder in self.plan.folders:
+            if folder.depth != 0:
+                continue
+            for destination in settings.destinations:
+                top = os.path.join(destination, folder.target)
+                for path, target in _walk(top, folder.target, settings):
+                    if target not in expected:
+                        extra.append(f"{path}: only in the destination")
+        return extra
+
     def consistency_outcome(self, summary: str) -> str:
         if self.difference_count:
             first = self.differences[0] if self.differences else ""
@@ -356,3 +374,29 @@ class _Run:
             nodes_done=files,
             bandwidth=self.counters.bytes / elapsed if elapsed > 0 else 0.0,
         )
+
+
+def _walk(top: str, target: str, settings: Settings) -> list[tuple[str, str]]:
+    """(path, target) of the files below `top` (a copy of a source folder), filtered as
+    the sources are; nothing if `top` is missing."""
+    found: list[tuple[str, str]] = []
+    stack = [(top, target)]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                items = list(listing)
+        except OSError:
+            continue
+        for item in items:
+            if item.name == TRASH or is_temporary(item.name):
+                continue
+            if settings.ignore_hidden and item.name.startswith("."):
+                continue
+            item_target = f"{prefix}/{item.name}" if prefix else item.name
+            if item.is_dir(follow_symlinks=False):
+                if settings.recursive:
+                    stack.append((item.path, item_target))
+            else:
+                found.append((item.path, item_target))
+    return sorted(found)
