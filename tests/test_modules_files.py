@@ -23,9 +23,11 @@ import pytest
 import xxhash
 
 from taskd.errors import ValidationError
+from taskd.model import Trigger
 from taskd.modules import files_io
 from taskd.modules.base import LogLevel, ModuleError
 from taskd.modules.files import FilesModule
+from taskd.modules.files_options import Settings
 from taskd.modules.registry import ModuleRegistry
 from taskd.testing import FakeContext, wait_until
 
@@ -61,6 +63,11 @@ def files_ctx(
     return ctx_class(
         params=params, workflow_action=workflow_action, task_options=options, state=state
     )
+
+
+def fingerprint_of(ctx: FakeContext) -> dict[str, Any]:
+    """The fingerprint a run of `ctx` saves its position under."""
+    return Settings.resolve(ctx.params, ctx.workflow_action, ctx.task_options).fingerprint()
 
 
 async def run(ctx: FakeContext) -> str:
@@ -601,6 +608,7 @@ async def test_stop_saves_the_position_and_resume_copies_only_the_rest(tmp_path:
     first_copies = {p: (dst / "src" / p).stat().st_ino for p in tree(dst / "src")}
 
     resumed = files_ctx([src], dst, action="copy", state=state)
+    resumed.trigger = Trigger(kind="resume")
     await run(resumed)
     assert tree(dst / "src") == tree(src)
     copied = [m.split()[1] for m in resumed.messages() if m.startswith("copied ")]
@@ -610,11 +618,29 @@ async def test_stop_saves_the_position_and_resume_copies_only_the_rest(tmp_path:
     assert last_report(resumed)["nodes_done"] == 10
 
 
+async def test_a_new_run_starts_over_and_keeps_what_is_there(tmp_path: Path) -> None:
+    """A scheduled or manual run does not use the saved position (files before it may
+    have changed): it checks every file, keeps the identical ones, copies a changed one."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i in range(4):
+        write(src / f"f{i}.txt", f"file {i}")
+    await run(files_ctx([src], dst, action="copy"))
+    write(src / "f0.txt", "changed since")
+    state: dict[str, Any] = {"after": str(src / "f2.txt")}
+    ctx = files_ctx([src], dst, action="copy", state=state, conflict_resolution="overwrite")
+    state["fingerprint"] = fingerprint_of(ctx)
+    await run(ctx)
+    assert any("starting over" in m for m in ctx.messages())
+    assert tree(dst / "src")["f0.txt"] == b"changed since"
+    assert len([m for m in ctx.messages() if m.startswith("kept ")]) == 3
+
+
 async def test_saved_state_for_other_work_is_not_used(tmp_path: Path) -> None:
     """State saved for other sources starts the run over (and says so)."""
     src = write(tmp_path / "src" / "a.txt", "a").parent
     state = {"fingerprint": {"action": "copy"}, "after": str(src / "zzz")}
     ctx = files_ctx([src], tmp_path / "dst", action="copy", state=state)
+    ctx.trigger = Trigger(kind="retry")
     await run(ctx)
     assert tree(tmp_path / "dst" / "src") == {"a.txt": b"a"}
     assert any("starting over" in m for m in ctx.messages())

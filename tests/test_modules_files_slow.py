@@ -187,11 +187,11 @@ async def test_a_1_gb_sparse_file_stays_sparse_and_checks_out(tmp_path: Path) ->
     assert any(expected in message for message in ctx.messages(LogLevel.INFO))
 
 
-async def test_stop_and_run_again_through_the_api(api: Api, tmp_path: Path) -> None:
+async def test_stop_and_resume_through_the_api(api: Api, tmp_path: Path) -> None:
     """A copy of 600 files, one at a time, is stopped over the API once files arrive: it
-    ends `canceled` with its position in the task's state; the next run does not even
-    look at the files up to that position, handles the others (copies them, or keeps the
-    ones the first run copied after its last save) and clears the state."""
+    ends `canceled` with its position in the task's state; `resume` starts a run that does
+    not even look at the files up to that position, handles the others (copies them, or
+    keeps the ones the first run copied after its last save) and clears the state."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     names = [f"f{i:04}" for i in range(600)]
 
@@ -222,7 +222,7 @@ async def test_stop_and_run_again_through_the_api(api: Api, tmp_path: Path) -> N
     assert after in names[:-1]
     before_position = {name for name in names if name <= after}
 
-    assert (await api.unix.put(f"/api/v2/tasks/{task_id}/action/run")).status == 200
+    assert (await api.unix.put(f"/api/v2/tasks/{task_id}/action/resume")).status == 200
     done = await api.wait_status(task_id, "done")
     assert done.state == {}
     assert await asyncio.to_thread(tree, dst / "src") == await asyncio.to_thread(tree, src)

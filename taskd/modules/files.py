@@ -9,8 +9,9 @@ event loop only dispatches, counts and reports (`size_done`, `nodes_done`, `band
 `progress`). Pause and stop act between files: the files being copied are finished, no
 new one starts. The position (every file up to it is done) is saved as the task's state
 every few seconds, on a stop and on a failure, so a resumed or retried run skips what is
-done; a file that was copied but not yet counted in the saved position is found at the
-destination, identical, and kept rather than copied again. A forced stop or a timeout
+done (a new run, scheduled or manual, starts over); a file that was copied but not yet
+counted in the saved position is found at the destination, identical, and kept rather
+than copied again. A forced stop or a timeout
 aborts the copies in progress at their next chunk; their temporary files are removed.
 """
 
@@ -47,6 +48,8 @@ _REPORT_SEC = 0.5  # progress at most this often
 _SAVE_SEC = 2.0  # the position at most this often (each save waits for a commit)
 _MAX_DIFFERENCES_LOGGED = 1000
 _RESUMABLE = frozenset({"copy", "move", "erase", "duplication"})
+# The triggers that continue an earlier run from its saved position.
+_CONTINUING = frozenset({"resume", "retry"})
 
 # (level, message) lines a worker hands back for the task log.
 _Lines = list[tuple[LogLevel, str]]
@@ -166,6 +169,11 @@ class _Run:
         """How many entries (in order) an earlier run saved as done."""
         state = self.ctx.state
         if not state or self.settings.action not in _RESUMABLE:
+            return 0
+        if self.ctx.trigger.kind not in _CONTINUING:
+            # A new run (schedule, manual): files before the position may have changed
+            # since; starting over costs a check per file already copied (kept, not copied).
+            self.ctx.log(LogLevel.INFO, "a new run: starting over, not from the saved position")
             return 0
         if state.get("fingerprint") != self.settings.fingerprint():
             self.ctx.log(LogLevel.INFO, "saved position is for other work; starting over")
