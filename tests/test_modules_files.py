@@ -635,6 +635,16 @@ async def test_a_new_run_starts_over_and_keeps_what_is_there(tmp_path: Path) -> 
     assert len([m for m in ctx.messages() if m.startswith("kept ")]) == 3
 
 
+async def test_a_stop_during_the_scan_ends_it(tmp_path: Path) -> None:
+    """A stop requested before the scan reaches the next folder ends the run there (here:
+    requested before the run, so the first folder is not even listed)."""
+    src = write(tmp_path / "src" / "a" / "x.txt", "x").parent.parent
+    ctx = files_ctx([src], tmp_path / "dst", action="copy")
+    ctx.stop()
+    assert await run(ctx) == "stopped while scanning the sources"
+    assert not (tmp_path / "dst").exists()
+
+
 async def test_saved_state_for_other_work_is_not_used(tmp_path: Path) -> None:
     """State saved for other sources starts the run over (and says so)."""
     src = write(tmp_path / "src" / "a.txt", "a").parent

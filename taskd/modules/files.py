@@ -38,7 +38,14 @@ from taskd.modules.files_io import (
     sync_folder,
 )
 from taskd.modules.files_options import PARAMS, Settings, check_params, check_task
-from taskd.modules.files_plan import TRASH, Entry, Plan, build_plan, is_temporary
+from taskd.modules.files_plan import (
+    TRASH,
+    Entry,
+    Plan,
+    ScanStopped,
+    build_plan,
+    is_temporary,
+)
 
 __all__ = ["FilesModule"]
 
@@ -120,7 +127,10 @@ class _Run:
     async def run(self) -> str:
         ctx, settings = self.ctx, self.settings
         ctx.log(LogLevel.INFO, f"{settings.action}: scanning {', '.join(settings.sources)}")
-        self.plan = plan = await self.in_thread(build_plan, settings)
+        try:
+            self.plan = plan = await self.scan()
+        except ScanStopped:
+            return "stopped while scanning the sources"
         for warning in plan.warnings:
             ctx.log(LogLevel.WARNING, warning)
         if plan.warnings_left_out:
@@ -162,6 +172,26 @@ class _Run:
             return self.consistency_outcome(summary)
         verb = {"erase": "erased", "move": "moved", "duplication": "duplicated"}
         return f"{verb.get(settings.action, 'copied')} {summary}"
+
+    async def scan(self) -> Plan:
+        """The first pass, in a worker thread; a stop (or `abort`) ends it at the next
+        folder."""
+        halt = threading.Event()
+        if self.ctx.stopping:
+            halt.set()
+
+        async def follow_stop() -> None:
+            await self.ctx.wait_stopping()
+            halt.set()
+
+        watcher = asyncio.create_task(follow_stop())
+        try:
+            return await self.in_thread(build_plan, self.settings, halt)
+        except BaseException:
+            halt.set()  # cancelled: the thread stops walking too
+            raise
+        finally:
+            watcher.cancel()
 
     # -- the position ---------------------------------------------------------------------
 

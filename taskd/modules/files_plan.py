@@ -14,12 +14,22 @@ import glob
 import hashlib
 import os
 import stat
+import threading
 from dataclasses import dataclass, field
 
 from taskd.modules.base import ModuleError
 from taskd.modules.files_options import Settings
 
-__all__ = ["TRASH", "Entry", "Folder", "Plan", "build_plan", "is_temporary", "temporary_name"]
+__all__ = [
+    "TRASH",
+    "Entry",
+    "Folder",
+    "Plan",
+    "ScanStopped",
+    "build_plan",
+    "is_temporary",
+    "temporary_name",
+]
 
 TRASH = ".taskd-trash"
 _TMP_MARK = ".taskd-tmp-"
@@ -84,8 +94,13 @@ class Plan:
             self.warnings_left_out += 1
 
 
-def build_plan(settings: Settings) -> Plan:
-    """Walk the sources; raise ModuleError for a missing source or an unsafe destination."""
+class ScanStopped(Exception):
+    """The scan was asked to stop (`halt` set): a stop or a cancellation of the run."""
+
+
+def build_plan(settings: Settings, halt: threading.Event | None = None) -> Plan:
+    """Walk the sources; raise ModuleError for a missing source or an unsafe destination,
+    ScanStopped once `halt` is set (checked at every folder)."""
     plan = Plan()
     destinations = [os.path.realpath(path) for path in settings.destinations]
     for index, pattern in enumerate(settings.sources):
@@ -106,7 +121,7 @@ def build_plan(settings: Settings) -> Plan:
                         f"the destination {destination} is inside the source {root}"
                         f" (sources[{index}]): refusing to copy a folder into itself"
                     )
-            _add_root(plan, root, settings)
+            _add_root(plan, root, settings, halt)
     plan.entries.sort(
         key=lambda e: (e.own_path, e.target), reverse=settings.processing_order == "dsc"
     )
@@ -118,7 +133,7 @@ def _taskd_leftover(path: str) -> bool:
     return TRASH in path.split("/") or is_temporary(os.path.basename(path))
 
 
-def _add_root(plan: Plan, root: str, settings: Settings) -> None:
+def _add_root(plan: Plan, root: str, settings: Settings, halt: threading.Event | None) -> None:
     try:
         info = os.stat(root)
     except OSError as error:
@@ -135,6 +150,8 @@ def _add_root(plan: Plan, root: str, settings: Settings) -> None:
     plan.folders.append(Folder(root, base, root, 0))
     stack = [(root, base, 0)]
     while stack:
+        if halt is not None and halt.is_set():
+            raise ScanStopped
         folder, target, depth = stack.pop()
         try:
             with os.scandir(folder) as listing:
