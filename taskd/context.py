@@ -41,6 +41,9 @@ class ExecutionContext(ModuleContext):
         self.params = params
         self.trigger = job.trigger
         self.state = job.task.state
+        workflow_action = job.task.spec.get("workflow_action")
+        self.workflow_action = workflow_action if isinstance(workflow_action, str) else None
+        self.task_options = job.task.options.to_json()
         self.stop_grace_sec = stop_grace_sec
         self._is_paused = False
         self._is_stopping = False

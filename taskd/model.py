@@ -29,8 +29,31 @@ TASK_QUERY_FIELDS = frozenset(
         "workflow_type",
         "workflow_action",
         "priority",
+        # The `type`s of a task's `task_params.sources` (a list of objects) and
+        # `task_params.destination` (an object or a list of them), as one text
+        # `,type1,type2,` (empty or NULL without any): filter with `like '%,local,%'`.
+        "sources.type",
+        "destinations.type",
     }
 )
+
+
+# Nodeum's task options for data movers, with the values each takes (a tuple of choices, or
+# the type). taskspec validates them; the `files` module acts on them.
+FILE_OPTIONS: Mapping[str, tuple[str, ...] | type] = {
+    "conflict_resolution": ("rename", "overwrite", "ignore"),
+    "file_checksum": ("crc32", "md5", "xxhash64"),
+    "processing_order": ("asc", "dsc"),
+    "recursive": bool,
+    "ignore_hidden": bool,
+    "reset_file_date": bool,
+    "reset_folder_date": bool,
+    "keep_file_ownership": bool,
+    "soft_erase": bool,
+    "remove_root_folder": bool,
+    "parallel": int,
+}
+MAX_PARALLEL = 64
 
 
 class TaskStatus(StrEnum):
@@ -229,6 +252,9 @@ class TaskOptions:
     catch_up: CatchUp = CatchUp.ONCE
     max_retries: int = 0
     retry_delay_sec: float = 60.0
+    # Nodeum's options for data movers (`conflict_resolution`, `file_checksum`, ...; see
+    # FILE_OPTIONS): only those given, validated. The `files` module reads them.
+    files: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, stored: Mapping[str, Any] | None) -> TaskOptions:
@@ -246,6 +272,7 @@ class TaskOptions:
             catch_up=CatchUp(stored.get("catch_up", default.catch_up)),
             max_retries=int(stored.get("max_retries", default.max_retries)),
             retry_delay_sec=float(stored.get("retry_delay_sec", default.retry_delay_sec)),
+            files={key: stored[key] for key in FILE_OPTIONS if key in stored},
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -256,6 +283,7 @@ class TaskOptions:
             "catch_up": str(self.catch_up),
             "max_retries": self.max_retries,
             "retry_delay_sec": self.retry_delay_sec,
+            **self.files,
         }
 
 

@@ -16,7 +16,15 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from taskd.errors import FieldError, ValidationError, join_path
-from taskd.model import CatchUp, EmailRecipient, Overlap, TaskOptions, TaskSpec
+from taskd.model import (
+    FILE_OPTIONS,
+    MAX_PARALLEL,
+    CatchUp,
+    EmailRecipient,
+    Overlap,
+    TaskOptions,
+    TaskSpec,
+)
 from taskd.schedule import ScheduleSet, parse_instant, parse_schedules
 from taskd.validate import (
     Check,
@@ -251,9 +259,27 @@ def _task_options(value: Any, path: str) -> TaskOptions:
             number(minimum=0, exclusive=True, maximum=MAX_RETRY_DELAY_SEC),
             60.0,
         ),
+        files=_file_options(fields),
     )
     fields.close()
     return options
+
+
+def _file_options(fields: Fields) -> dict[str, Any]:
+    """The Nodeum data-mover options given (see model.FILE_OPTIONS), validated."""
+    files: dict[str, Any] = {}
+    for key, kind in FILE_OPTIONS.items():
+        check: Check[Any]
+        if isinstance(kind, tuple):
+            check = choice(kind)
+        elif kind is bool:
+            check = boolean
+        else:
+            check = integer(minimum=1, maximum=MAX_PARALLEL)
+        value = fields.get(key, check, None)
+        if value is not None:
+            files[key] = value
+    return files
 
 
 def _email(value: Any, path: str) -> tuple[EmailRecipient, ...]:

@@ -130,6 +130,8 @@ class FakeContext:
 
     params: Mapping[str, Any] = field(default_factory=dict)
     state: Mapping[str, Any] | None = None
+    workflow_action: str | None = None
+    task_options: Mapping[str, Any] = field(default_factory=dict)
     stop_grace_sec: float = 0.2
     task_id: int = 1
     task_name: str = "test-task"

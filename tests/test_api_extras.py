@@ -332,7 +332,7 @@ async def test_a_follower_that_goes_away_is_no_error(api: Api) -> None:
 async def test_v2_modules(api: Api) -> None:
     """GET /modules lists the modules with descriptions and params, sorted by name."""
     modules = (await api.unix.get("/api/v2/modules")).json["modules"]
-    assert [m["name"] for m in modules] == ["http", "python", "shell", "sleep"]
+    assert [m["name"] for m in modules] == ["files", "http", "python", "shell", "sleep"]
     shell = next(m for m in modules if m["name"] == "shell")
     assert {p["name"] for p in shell["params"]} >= {"argv", "command"}
     v1 = (await api.unix.get("/api/v1/task/modules")).json["modules"]

@@ -209,7 +209,7 @@ async def test_modules_and_the_singular_alias(api: Api) -> None:
     """/task/modules lists the built-in modules keyed by name, with descriptions and
     params; /task/module answers the same."""
     modules = (await api.unix.get("/api/v1/task/modules")).json["modules"]
-    assert set(modules) == {"shell", "http", "sleep", "python"}
+    assert set(modules) == {"shell", "http", "sleep", "python", "files"}
     assert modules["sleep"]["name"] == "sleep"
     assert set(modules["sleep"]["description"]) == {"en-US", "de-DE"}
     assert [param["name"] for param in modules["sleep"]["params"]] == ["seconds", "steps", "fail"]

@@ -17,7 +17,7 @@ from taskd.taskspec import validate_task_spec
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "etc" / "taskd.toml"
-BUILTIN_MODULES = {"shell", "http", "sleep", "python"}
+BUILTIN_MODULES = {"shell", "http", "sleep", "python", "files"}
 MINIMAL_TASK = '[[task]]\nname = "t"\ntask_module = "shell"\n'
 
 
@@ -497,8 +497,10 @@ def test_unknown_keys_are_errors_in_every_section() -> None:
         ),
         "task[t].schedule": reasons["task[t].schedule"],
         "task[t].options.overlapp": (
-            "unknown field; did you mean 'overlap'? expected one of: catch_up, max_retries, "
-            "overlap, priority, retry_delay_sec"
+            "unknown field; did you mean 'overlap'? expected one of: catch_up, "
+            "conflict_resolution, file_checksum, ignore_hidden, keep_file_ownership, "
+            "max_retries, overlap, parallel, priority, processing_order, recursive, "
+            "remove_root_folder, reset_file_date, reset_folder_date, retry_delay_sec, soft_erase"
         ),
         "task[t].email.recipients[0].problem_only": (
             "unknown field; did you mean 'problems_only'? expected one of: email, problems_only"

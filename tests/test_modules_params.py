@@ -238,10 +238,10 @@ def test_presentation_keys_are_allowed() -> None:
 # ---- The registry
 
 
-def test_builtin_registry_holds_the_four_modules() -> None:
-    """builtin() has shell, http, sleep and python, each a Module with valid params."""
+def test_builtin_registry_holds_the_five_modules() -> None:
+    """builtin() has shell, http, sleep, python and files, each a Module with valid params."""
     registry = ModuleRegistry.builtin()
-    assert registry.names() == ["http", "python", "shell", "sleep"]
+    assert registry.names() == ["files", "http", "python", "shell", "sleep"]
     for name in registry.names():
         module = registry.get(name)
         assert isinstance(module, Module)
@@ -252,7 +252,8 @@ def test_builtin_registry_holds_the_four_modules() -> None:
 
 def test_get_unknown_module_names_the_known_ones() -> None:
     """get("nope") raises NotFoundError (a LookupError) listing the known modules."""
-    with pytest.raises(NotFoundError, match=r"'nope'; known modules: http, python, shell, sleep"):
+    known = "files, http, python, shell, sleep"
+    with pytest.raises(NotFoundError, match=rf"'nope'; known modules: {known}"):
         ModuleRegistry.builtin().get("nope")
 
 
@@ -279,7 +280,8 @@ def test_validate_unknown_module_is_reported_at_task_module() -> None:
     with pytest.raises(ValidationError) as info:
         registry.validate("nope", {}, path="task[0].task_params", module_path="task[0].task_module")
     assert [str(e) for e in info.value.errors] == [
-        "task[0].task_module: unknown module 'nope'; known modules: http, python, shell, sleep"
+        "task[0].task_module: unknown module 'nope';"
+        " known modules: files, http, python, shell, sleep"
     ]
 
 
@@ -412,7 +414,7 @@ def test_broken_entry_points_are_skipped_logged_and_reported(
     assert [log["entry_point"] for log in logs] == list(reasons)
     assert all(log["event"] == "module_skipped" for log in logs)
     assert all(log["log_level"] == "warning" for log in logs)
-    assert registry.names() == ["http", "plugin", "python", "shell", "sleep"]
+    assert registry.names() == ["files", "http", "plugin", "python", "shell", "sleep"]
     assert str(registry.problems()[0]) == (
         "module 'gone' (plugins:gone) skipped: import failed: ModuleNotFoundError: "
         "No module named 'plugins'"

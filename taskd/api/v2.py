@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from datetime import UTC, datetime
@@ -56,7 +57,9 @@ routes = web.RouteTableDef()
 # keeps itself.
 _NOT_DEFINITION = frozenset({"id", "user"})
 MAX_PAGE = 1000
-_SORTABLE = frozenset(TASK_QUERY_FIELDS)
+_SORTABLE = frozenset(TASK_QUERY_FIELDS - {"sources.type", "destinations.type"})
+# What a place's `type` may be (see the `files` module): other text matches no task.
+_PLACE_TYPE = re.compile(r"[a-z0-9-]{1,50}")
 _TIME_FILTERS = ("created_at", "updated_at")
 
 
@@ -124,8 +127,13 @@ def _filters(request: web.Request) -> list[tuple[str, str, Any]]:
         if key in query:
             where.append((key, "=", query[key]))
     for key in ("sources.type", "destinations.type"):
-        if query.get(key):
-            where.append(("id", "in", []))  # taskd tasks have no sources or destinations
+        # The types of the task's `task_params.sources` / `.destination` (the `files`
+        # module's places); an empty value filters nothing.
+        if value := query.get(key):
+            if _PLACE_TYPE.fullmatch(value):
+                where.append((key, "like", f"%,{value},%"))
+            else:
+                where.append(("id", "in", []))
     for key in _TIME_FILTERS:
         if key in query:
             where.append(_time_condition(key, query[key]))

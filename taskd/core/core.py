@@ -216,7 +216,12 @@ class Core:
     ) -> None:
         """Validate a spec's params against its module. Raises ValidationError."""
         self.modules.validate(
-            spec.task_module, spec.task_params, path=join_path(path, "task_params"), files=files
+            spec.task_module,
+            spec.task_params,
+            path=join_path(path, "task_params"),
+            files=files,
+            task=spec.to_json() if self.modules.checks_task(spec.task_module) else None,
+            task_path=path,
         )
 
     def next_run_at(self, spec: TaskSpec, now: datetime) -> datetime | None:
@@ -787,7 +792,11 @@ def config_errors_for(specs: Sequence[TaskSpec], modules: ModuleRegistry) -> lis
     for spec in specs:
         try:
             modules.validate(
-                spec.task_module, spec.task_params, path=f"task[{spec.name}].task_params"
+                spec.task_module,
+                spec.task_params,
+                path=f"task[{spec.name}].task_params",
+                task=spec.to_json() if modules.checks_task(spec.task_module) else None,
+                task_path=f"task[{spec.name}]",
             )
         except ValidationError as error:
             errors.extend(error.errors)

@@ -45,6 +45,8 @@ class ModuleContext(Protocol):
     params: Mapping[str, Any]  # validated against the module's params, defaults filled in
     trigger: Trigger
     state: Mapping[str, Any] | None  # saved by an earlier, interrupted execution, or None
+    workflow_action: str | None  # the task's Nodeum `workflow_action`, if it has one
+    task_options: Mapping[str, Any]  # the task's `options` (stored form, defaults filled in)
     stop_grace_sec: float  # how long a cooperative stop may take before it is forced
 
     @property

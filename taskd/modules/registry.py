@@ -10,6 +10,12 @@ A module may also define `check_params(params) -> list[FieldError]` (see `Params
 rules across parameters that the per-parameter definitions cannot express ("exactly one of
 `argv` and `command`"). It gets the typed params with defaults filled in; the paths of its
 errors are relative to the params object (`""` for the object as a whole).
+
+A module may also define `check_task(params, task) -> list[FieldError]` (see `TaskChecker`):
+rules between its params and the rest of the definition (the `files` module's `action`
+defaults to the task's `workflow_action`). `task` is the definition's stored JSON form; the
+paths of its errors are relative to the definition. It runs when `validate` is given the
+definition (the core does so at every write and at config load).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from taskd.modules.params import (
 )
 from taskd.validate import did_you_mean, unknown_name_reason
 
-__all__ = ["ENTRY_POINT_GROUP", "ModuleProblem", "ModuleRegistry", "ParamsChecker"]
+__all__ = ["ENTRY_POINT_GROUP", "ModuleProblem", "ModuleRegistry", "ParamsChecker", "TaskChecker"]
 
 ENTRY_POINT_GROUP = "taskd.modules"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -51,6 +57,16 @@ class ParamsChecker(Protocol):
 
     def check_params(self, params: Mapping[str, Any]) -> list[FieldError]:
         """Return the problems of `params` (typed, defaults filled in); empty when fine."""
+        ...
+
+
+@runtime_checkable
+class TaskChecker(Protocol):
+    """The optional hook of a module whose params depend on the rest of the definition."""
+
+    def check_task(self, params: Mapping[str, Any], task: Mapping[str, Any]) -> list[FieldError]:
+        """Return the problems of `params` (typed, defaults filled in) within `task` (the
+        definition's JSON form); paths relative to the definition; empty when fine."""
         ...
 
 
@@ -73,21 +89,24 @@ class ModuleRegistry:
         """Register `modules`; raise `ValueError` if one is malformed or a name repeats."""
         self._modules: dict[str, Module] = {}
         self._checkers: dict[str, ParamsChecker] = {}
+        self._task_checkers: dict[str, TaskChecker] = {}
         self._problems: list[ModuleProblem] = []
         for module in modules:
             self.register(module)
 
     @classmethod
     def builtin(cls) -> ModuleRegistry:
-        """A registry holding the built-in modules: `shell`, `http`, `sleep`, `python`."""
+        """A registry holding the built-in modules: `shell`, `http`, `sleep`, `python`,
+        `files`."""
         # Imported here: the built-ins pull in aiohttp and friends, which a registry built
         # from other modules (tests, tools) does not need.
+        from taskd.modules.files import FilesModule
         from taskd.modules.http import HttpModule
         from taskd.modules.python import PythonModule
         from taskd.modules.shell import ShellModule
         from taskd.modules.sleep import SleepModule
 
-        return cls([ShellModule(), HttpModule(), SleepModule(), PythonModule()])
+        return cls([ShellModule(), HttpModule(), SleepModule(), PythonModule(), FilesModule()])
 
     def register(self, module: Module) -> None:
         """Add `module`; raise `ValueError` if it is malformed or its name is taken."""
@@ -100,6 +119,8 @@ class ModuleRegistry:
         # Decided once: a runtime Protocol check costs microseconds on every call.
         if isinstance(module, ParamsChecker):
             self._checkers[module.name] = module
+        if isinstance(module, TaskChecker):
+            self._task_checkers[module.name] = module
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> list[str]:
         """Register the modules of the entry-point group `group`; return the names added.
@@ -144,6 +165,11 @@ class ModuleRegistry:
                 f"no module named {name!r}; known modules: {self._known()}{hint}"
             ) from None
 
+    def checks_task(self, name: str) -> bool:
+        """Whether the module `name` has a `check_task` hook (so `validate` wants `task`;
+        callers build the definition's JSON only then)."""
+        return name in self._task_checkers
+
     def names(self) -> list[str]:
         """The names of the registered modules, sorted."""
         return sorted(self._modules)
@@ -170,11 +196,15 @@ class ModuleRegistry:
         path: str = "task_params",
         module_path: str = "task_module",
         files: SecretFiles | None = None,
+        task: Mapping[str, Any] | None = None,
+        task_path: str = "",
     ) -> dict[str, Any]:
         """Check `raw_params` for the module `module_name`; return them with defaults filled in.
 
         Raises `ValidationError`: at `module_path` for an unknown module; at or below `path`
-        for params that the module's definitions or its `check_params` refuse.
+        for params that the module's definitions or its `check_params` refuse; below
+        `task_path` for what its `check_task` refuses, when `task` (the definition's JSON
+        form) is given.
 
         Secret values named as files (`{"file": path}`) are taken from `files` (read before,
         off the loop: `read_files`); without `files` they are read here, which blocks: on
@@ -195,6 +225,13 @@ class ModuleRegistry:
             if errors:
                 raise ValidationError(
                     [FieldError(join_path(path, error.path), error.reason) for error in errors]
+                )
+        task_checker = self._task_checkers.get(module_name)
+        if task is not None and task_checker is not None:
+            errors = task_checker.check_task(params, task)
+            if errors:
+                raise ValidationError(
+                    [FieldError(join_path(task_path, error.path), error.reason) for error in errors]
                 )
         return params
 

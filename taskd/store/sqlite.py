@@ -103,6 +103,21 @@ _EXECUTION_COLUMNS = (
     "finished_at, status, status_msg, progress, size_todo, size_done, nodes_todo, nodes_done, "
     "bandwidth, dispatcher, attempt"
 )
+
+
+def _types_sql(param: str) -> str:
+    """`,type1,type2,` of the objects in `task_params.<param>` (an object or an array)."""
+    value = f"json_extract(spec, '$.task_params.{param}')"
+    items = (
+        f"CASE json_type(spec, '$.task_params.{param}') WHEN 'array' THEN {value}"
+        f" WHEN 'object' THEN '[' || {value} || ']' ELSE '[]' END"
+    )
+    return (
+        "(SELECT ',' || group_concat(DISTINCT json_extract(item.value, '$.type')) || ','"
+        f" FROM json_each({items}) AS item WHERE item.type = 'object')"
+    )
+
+
 # The SQL behind each of model.TASK_QUERY_FIELDS.
 _TASK_QUERY_SQL = {
     "id": "id",
@@ -116,6 +131,8 @@ _TASK_QUERY_SQL = {
     "workflow_type": "json_extract(spec, '$.workflow_type')",
     "workflow_action": "json_extract(spec, '$.workflow_action')",
     "priority": "coalesce(json_extract(spec, '$.options.priority'), 0)",
+    "sources.type": _types_sql("sources"),
+    "destinations.type": _types_sql("destination"),
 }
 _PROGRESS_FIELDS = ("progress", "size_todo", "size_done", "nodes_todo", "nodes_done", "bandwidth")
 

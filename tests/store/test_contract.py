@@ -504,6 +504,35 @@ async def test_query_tasks_owner_keeps_its_own_api_tasks_and_the_config_tasks(
     assert (len(tasks), total) == (3, -1)
 
 
+async def test_query_tasks_by_the_types_of_sources_and_destinations(store: Store) -> None:
+    """`sources.type` / `destinations.type` are `,type,...,` of the objects in
+    `task_params.sources` (a list) and `task_params.destination` (an object or a list);
+    a task without them, or with other shapes, matches no `like '%,x,%'`."""
+
+    def place(kind: str) -> dict[str, str]:
+        return {"type": kind, "path": "/data"}
+
+    specs = {
+        "one": {"sources": [place("local")], "destination": place("local")},
+        "two": {"sources": [place("local"), place("s3")], "destination": [place("tape")]},
+        "odd": {"sources": "local", "destination": ["local", 3]},
+        "none": {},
+    }
+    for name, params in specs.items():
+        await add_task(store, name, spec={"task_module": "files", "task_params": params})
+
+    async def names(field: str, kind: str) -> list[str]:
+        tasks, total = await store.query_tasks(where=[(field, "like", f"%,{kind},%")])
+        assert total == len(tasks)
+        return [t.name for t in tasks]
+
+    assert await names("sources.type", "local") == ["one", "two"]
+    assert await names("sources.type", "s3") == ["two"]
+    assert await names("sources.type", "tape") == []
+    assert await names("destinations.type", "local") == ["one"]
+    assert await names("destinations.type", "tape") == ["two"]
+
+
 async def test_query_tasks_accepts_every_query_field(store: Store) -> None:
     """Each of model.TASK_QUERY_FIELDS can be filtered and sorted on."""
     await add_task(store, "one", next_run_at=at(1))
