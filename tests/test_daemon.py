@@ -709,7 +709,8 @@ def test_shell_timeout_ends_in_error_and_kills_the_whole_process_group(
     params = "{ command = " + json.dumps(command) + ", cwd = " + json.dumps(str(work)) + " }"
     config = write_config(
         tmp_path / "taskd.toml",
-        task_toml("hang", "shell", params, task_timeout_sec="1", next_run_at=utc_in(0.5)),
+        # 3 s: long enough for the test to see the children alive on a loaded machine.
+        task_toml("hang", "shell", params, task_timeout_sec="3", next_run_at=utc_in(0.5)),
         stop_grace_sec=0.5,
         shutdown_grace_sec=0.5,
     )
