@@ -116,6 +116,13 @@ class Core:
         serves them apart from the engine's, so they never queue behind its writes."""
         return separate_reads()
 
+    def writes_committed(self) -> int:
+        """How many write transactions the store has run in this process: while it stays
+        the same, a read gives what it gave before. What the API's read cache keys on
+        (`taskd.api.cache`); it holds because the daemon is the store's only writer (the
+        state dir's lock)."""
+        return self.store.batches_written
+
     @property
     def default_timezone(self) -> str:
         """Where schedules without their own `timezone` are read (`[daemon].timezone`)."""
