@@ -42,12 +42,14 @@ def test_a_read_that_overlapped_a_commit_is_not_kept() -> None:
 
 
 def test_the_cache_is_bounded_and_drops_the_oldest_first() -> None:
-    cache = ReadCache(Version(), size=3)
+    cache = ReadCache(Version(), max_bytes=6)
     for key in "abcd":
-        cache.put(key, cache.stamp(), key.encode())
-    assert len(cache) == 3
+        cache.put(key, cache.stamp(), key.encode() * 2)
+    assert (len(cache), cache.bytes) == (3, 6)
     assert cache.get("a") is None
-    assert [cache.get(key) for key in "bcd"] == [b"b", b"c", b"d"]
+    assert [cache.get(key) for key in "bcd"] == [b"bb", b"cc", b"dd"]
+    cache.put("e", cache.stamp(), b"e" * 7)  # larger than the whole cache: not kept
+    assert (len(cache), cache.bytes) == (3, 6)
 
 
 def test_a_disabled_cache_keeps_nothing() -> None:

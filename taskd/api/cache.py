@@ -14,7 +14,8 @@ process's: the daemon holds the state dir's lock, so no other process writes its
 A store shared by several processes (several nodes over one PostgreSQL) must not use it
 (`enabled=False`).
 
-Bounded: at most `size` entries; when full, the oldest goes first. What is cached is
+Bounded: at most `max_bytes` of bodies (16 MiB: some 16,000 tasks with their last
+executions); when full, the oldest entries go first. What is cached is
 what every caller is shown (`Core.shown`: secrets masked); scopes are checked before a
 handler runs, so the cache never answers a request its credentials may not read.
 """
@@ -23,18 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
-# Entries kept: about 1-2 kB each (one task with its last execution).
-CACHE_ENTRIES = 4096
+# Bytes of bodies kept (about 1 kB each: one task with its last execution).
+CACHE_BYTES = 16 * 1024 * 1024
 
 
 class ReadCache:
     """Bodies by key, valid while `version()` (`Core.writes_committed`) does not move."""
 
     def __init__(
-        self, version: Callable[[], int], *, size: int = CACHE_ENTRIES, enabled: bool = True
+        self, version: Callable[[], int], *, max_bytes: int = CACHE_BYTES, enabled: bool = True
     ) -> None:
         self._version = version
-        self.size = size if enabled else 0
+        self.max_bytes = max_bytes if enabled else 0
+        self.bytes = 0  # of the bodies kept
         self._entries: dict[Hashable, bytes] = {}
         self._valid_for: int | None = None  # no entries yet
         self.hits = 0
@@ -44,7 +46,7 @@ class ReadCache:
         """The body cached for `key`, or None (the caller reads, then `put`s)."""
         version = self._version()
         if version != self._valid_for:
-            self._entries.clear()  # a write committed: every entry may be out of date
+            self._clear()  # a write committed: every entry may be out of date
             self._valid_for = version
         body = self._entries.get(key)
         if body is None:
@@ -59,14 +61,23 @@ class ReadCache:
 
     def put(self, key: Hashable, stamp: int, body: bytes) -> None:
         """Keep `body` for `key` if no write committed since `stamp` was taken."""
-        if not self.size or stamp != self._version():
+        if len(body) > self.max_bytes or stamp != self._version():
             return
         if stamp != self._valid_for:
-            self._entries.clear()
+            self._clear()
             self._valid_for = stamp
-        while len(self._entries) >= self.size:
-            del self._entries[next(iter(self._entries))]  # the oldest first (insertion order)
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old)
+        while self.bytes + len(body) > self.max_bytes:
+            # The oldest first (dicts keep insertion order).
+            self.bytes -= len(self._entries.pop(next(iter(self._entries))))
         self._entries[key] = body
+        self.bytes += len(body)
+
+    def _clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
