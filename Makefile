@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test test-fast lint bench zipapp clean
+.PHONY: run test test-fast lint bench bench-peers zipapp clean
 
 $(BIN)/python:
 	@echo "taskd: creating the virtual environment $(VENV) with $(PYTHON)..."
@@ -51,6 +51,12 @@ lint: $(TEST_STAMP)
 
 bench: $(RUNTIME_STAMP)
 	$(BIN)/python bench/schedule.py
+
+# taskd beside APScheduler 3.11 and 4.0 (pre-release): the same scenarios, alternating, with
+# ratios (bench/peers/run.py; ~15 min). APScheduler goes into virtual environments of its own
+# under $XDG_CACHE_HOME/taskd-bench-peers (else ~/.cache), made on first use, never into $(VENV).
+bench-peers: $(RUNTIME_STAMP)
+	$(BIN)/python bench/peers/run.py
 
 # One file, dist/taskd.pyz, that runs with the system's Python 3.11+ on a server without pip:
 # `python3 taskd.pyz serve --config /etc/taskd/taskd.toml`. Dependencies are bundled (built
