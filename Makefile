@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test test-fast lint bench bench-peers zipapp clean
+.PHONY: run test test-fast lint bench zipapp clean
 
 $(BIN)/python:
 	@echo "taskd: creating the virtual environment $(VENV) with $(PYTHON)..."
@@ -55,6 +55,7 @@ bench: $(RUNTIME_STAMP)
 # taskd beside APScheduler 3.11 and 4.0 (pre-release): the same scenarios, alternating, with
 # ratios (bench/peers/run.py; ~15 min). APScheduler goes into virtual environments of its own
 # under $XDG_CACHE_HOME/taskd-bench-peers (else ~/.cache), made on first use, never into $(VENV).
+.PHONY: bench-peers
 bench-peers: $(RUNTIME_STAMP)
 	$(BIN)/python bench/peers/run.py
 
