@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from api_fixtures import Api
 
+from taskd.api.app import build_app
 from taskd.api.cache import ReadCache
-from taskd.api.common import READ_CACHE
+from taskd.api.common import AUTH, HEALTH, READ_CACHE
 
 
 class Version:
@@ -98,3 +99,22 @@ async def test_the_engines_writes_are_seen_at_once(api: Api) -> None:
     assert shown["status"] == "done"
     assert shown["last_execution"]["id"] == run.json["execution_id"]
     assert shown["last_execution"]["status"] == "done"
+
+
+async def test_no_cache_when_other_processes_write_the_store(api: Api) -> None:
+    """A core whose store other processes write too (`sole_writer=False`, cluster nodes)
+    gets an app whose read cache keeps nothing."""
+    api.core.sole_writer = False
+    app = build_app(
+        core=api.core, auth=api.app[AUTH], api_settings=api.settings, health=api.app[HEALTH]
+    )
+    cache = app[READ_CACHE]
+    cache.put("a", cache.stamp(), b"1")
+    assert cache.get("a") is None
+    api.core.sole_writer = True
+    assert (
+        build_app(
+            core=api.core, auth=api.app[AUTH], api_settings=api.settings, health=api.app[HEALTH]
+        )[READ_CACHE].max_bytes
+        > 0
+    )

@@ -89,7 +89,10 @@ def build_app(
     app[LOGIN_LIMITER] = FailureLimiter(api_settings.auth_failures_per_minute)
     app[IN_FLIGHT] = InFlight(api_settings.max_in_flight)
     app[CONNECTIONS] = ConnectionCap(api_settings.max_connections)
-    app[READ_CACHE] = ReadCache(lambda: core.writes_committed())
+    # Reads are cached only while no other process writes the store (Core.sole_writer).
+    app[READ_CACHE] = ReadCache(
+        lambda: core.writes_committed(), enabled=core is None or core.sole_writer
+    )
     # Live log streams end before the server waits for its handlers to finish.
     app.on_shutdown.append(_stop_following)
     app.add_subapp(V2_PREFIX, v2.app())

@@ -11,8 +11,8 @@ store counts a transaction as it commits, before any awaited write returns, so a
 that wrote and then reads never gets the answer from before its write). An entry whose
 read overlapped a commit carries the old stamp and is never handed out. The count is this
 process's: the daemon holds the state dir's lock, so no other process writes its store.
-A store shared by several processes (several nodes over one PostgreSQL) must not use it
-(`enabled=False`).
+With a store several processes write (cluster nodes over one PostgreSQL) the cache is off:
+`build_app` passes `enabled=Core.sole_writer`, which such a store's wiring sets False.
 
 Bounded: at most `max_bytes` of bodies (16 MiB: some 16,000 tasks with their last
 executions); when full, the oldest entries go first. What is cached is

@@ -96,8 +96,13 @@ class Core:
         clock: Clock,
         default_timezone: str,
         config_source: str = "the config file",
+        sole_writer: bool = True,
     ) -> None:
         self.store = store
+        # Whether only this process writes the store (the daemon's state-dir lock, for
+        # SQLite): what lets the API cache reads until the next local commit. A store that
+        # several processes write (cluster nodes over one PostgreSQL) must pass False.
+        self.sole_writer = sole_writer
         self.scheduler = scheduler
         self.runner = runner
         self.modules = modules
@@ -118,9 +123,8 @@ class Core:
 
     def writes_committed(self) -> int:
         """How many write transactions the store has run in this process: while it stays
-        the same, a read gives what it gave before. What the API's read cache keys on
-        (`taskd.api.cache`); it holds because the daemon is the store's only writer (the
-        state dir's lock)."""
+        the same, a read gives what it gave before, if this process is the store's only
+        writer (`sole_writer`). What the API's read cache keys on (`taskd.api.cache`)."""
         return self.store.batches_written
 
     @property
