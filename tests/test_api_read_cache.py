@@ -118,3 +118,19 @@ async def test_no_cache_when_other_processes_write_the_store(api: Api) -> None:
         )[READ_CACHE].max_bytes
         > 0
     )
+
+
+async def test_each_principal_has_its_own_entries(api: Api) -> None:
+    """An answer cached for one principal is not handed to another (what a caller may see is
+    the principal's to decide): the first GET of each principal reads the store."""
+    cache = api.app[READ_CACHE]
+    task = await api.create("per-principal")
+    path = f"/api/v2/tasks/{task['id']}"
+    show = await api.tcp("show")
+    assert (await api.unix.get(path)).status == 200
+    misses = cache.misses
+    assert (await show.get(path)).status == 200
+    assert cache.misses == misses + 1, "another principal: not answered from the first's entry"
+    hits = cache.hits
+    assert (await show.get(path)).status == 200
+    assert cache.hits == hits + 1

@@ -178,7 +178,8 @@ async def show_task(request: web.Request) -> web.Response:
     since: `taskd.api.cache`)."""
     name_or_id = request.match_info["task_id"]
     cache = request.config_dict[READ_CACHE]
-    key = ("v2", name_or_id)
+    # Per principal: what a caller may see (and so the answer) is the principal's to decide.
+    key = ("v2", principal(request), name_or_id)
     body = cache.get(key)
     if body is None:
         stamp = cache.stamp()
