@@ -68,6 +68,13 @@ lint: $(TEST_STAMP)
 bench: $(RUNTIME_STAMP)
 	$(BIN)/python bench/schedule.py
 
+# taskd beside APScheduler 3.11 and 4.0 (pre-release): the same scenarios, alternating, with
+# ratios (bench/peers/run.py; ~15 min). APScheduler goes into virtual environments of its own
+# under $XDG_CACHE_HOME/taskd-bench-peers (else ~/.cache), made on first use, never into $(VENV).
+.PHONY: bench-peers
+bench-peers: $(RUNTIME_STAMP)
+	$(BIN)/python bench/peers/run.py
+
 # One file, dist/taskd.pyz, that runs with the system's Python 3.11+ on a server without pip:
 # `python3 taskd.pyz serve --config /etc/taskd/taskd.toml`. Dependencies are bundled (built
 # for this machine's Python version and architecture).

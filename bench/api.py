@@ -123,8 +123,17 @@ class Result:
 HEADER = (
     f"{'scenario':<8} {'generator':<9} {'requests':>8} {'errors':>6} {'req/s':>7}"
     f" {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'loop cpu':>8} {'db cpu':>6}"
-    f" {'client':>6} {'drain s':>7}"
+    f" {'client':>6} {'cpu µs/req':>10} {'drain s':>7}"
 )
+
+
+def cpu_per_request(result: Result) -> float:
+    """The daemon's CPU (all threads) per request in µs: the figure that a shared machine
+    does not skew much (wall-clock rates depend on what else runs)."""
+    if not result.requests or math.isnan(result.loop_cpu):
+        return math.nan
+    db = 0.0 if math.isnan(result.db_cpu) else result.db_cpu
+    return (result.loop_cpu + db) / 100 * result.seconds / result.requests * 1e6
 
 
 def _pct(value: float) -> str:
@@ -138,7 +147,7 @@ def row(result: Result) -> str:
         f"{result.scenario:<8} {result.generator:<9} {result.requests:>8} {result.errors:>6}"
         f" {result.rps:>7.0f} {result.p50_ms:>7.2f} {result.p99_ms:>7.2f} {result.max_ms:>7.1f}"
         f" {_pct(result.loop_cpu):>8} {_pct(result.db_cpu):>6} {_pct(result.client_cpu):>6}"
-        f" {drain:>7}"
+        f" {cpu_per_request(result):>10.0f} {drain:>7}"
     )
     if result.error_kinds:
         line += "  errors: " + ", ".join(f"{kind} x{n}" for kind, n in result.error_kinds)
@@ -629,7 +638,8 @@ async def scenarios(
     results: list[Result] = []
     pid = daemon.process.pid
     rng = random.Random(1)
-    get_ids = [rng.choice(ids) for _ in range(args.get + args.warmup)]
+    spread = ids[: args.get_tasks] if args.get_tasks else ids
+    get_ids = [rng.choice(spread) for _ in range(args.get + args.warmup)]
     profile_dir: Path | None = args.profile_dir if args.profile == "py-spy" else None
 
     async with aiohttp.ClientSession(
@@ -862,6 +872,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--concurrency", type=int, default=64, help="connections and workers")
     parser.add_argument("--get", type=int, default=20_000, help="single-task GET requests")
+    parser.add_argument(
+        "--get-tasks",
+        type=int,
+        default=0,
+        help="GET only the first N stored tasks (default 0: every one; 1: always the same)",
+    )
     parser.add_argument("--list", type=int, default=5_000, help="list (limit=50) requests")
     parser.add_argument("--run", type=int, default=5_000, help="run-action requests")
     parser.add_argument(
@@ -912,7 +928,8 @@ def main() -> None:
     print(f"# {taskd_source()}")
     print(
         f"# tasks={args.tasks} history={args.history} concurrency={args.concurrency}"
-        f" get={args.get} list={args.list} run={args.run} warmup={args.warmup}"
+        f" get={args.get} get-tasks={args.get_tasks or 'all'} list={args.list} run={args.run}"
+        f" warmup={args.warmup}"
         f" wrk={wrk_version(args.wrk) if args.wrk else 'off'} repeat={args.repeat}"
         f" profile={args.profile} pin={'daemon on CPU 0' if args.pin else 'off'}"
     )

@@ -21,6 +21,7 @@ from aiohttp.web_urldispatcher import AbstractRoute
 
 from taskd.api import v1, v2
 from taskd.api.auth import Authenticator
+from taskd.api.cache import ReadCache
 from taskd.api.common import (
     API_SETTINGS,
     AUTH,
@@ -30,6 +31,7 @@ from taskd.api.common import (
     IN_FLIGHT,
     LOGIN_LIMITER,
     METRICS,
+    READ_CACHE,
     scope,
 )
 from taskd.api.connections import (
@@ -88,6 +90,10 @@ def build_app(
     app[LOGIN_LIMITER] = FailureLimiter(api_settings.auth_failures_per_minute)
     app[IN_FLIGHT] = InFlight(api_settings.max_in_flight)
     app[CONNECTIONS] = ConnectionCap(api_settings.max_connections)
+    # Reads are cached only while no other process writes the store (Core.sole_writer).
+    app[READ_CACHE] = ReadCache(
+        lambda: core.writes_committed(), enabled=core is None or core.sole_writer
+    )
     # Live log streams end before the server waits for its handlers to finish.
     app.on_shutdown.append(_stop_following)
     app.add_subapp(V2_PREFIX, v2.app())

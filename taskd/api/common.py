@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from taskd.api.auth import Authenticator, Principal
+from taskd.api.cache import ReadCache
 from taskd.api.errors import ApiError
 from taskd.api.limits import ConnectionCap, FailureLimiter, InFlight
 from taskd.core import Core
@@ -30,6 +31,7 @@ METRICS = web.AppKey("metrics", Metrics)
 LOGIN_LIMITER = web.AppKey("login_limiter", FailureLimiter)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 CONNECTIONS = web.AppKey("connections", ConnectionCap)
+READ_CACHE = web.AppKey("read_cache", ReadCache)
 if TYPE_CHECKING or hasattr(web, "RequestKey"):
     # A typed key: aiohttp 3.14 warns about str keys, and a warning must not fail a request
     # where warnings are errors (the test suite).
@@ -78,6 +80,11 @@ async def json_array(request: web.Request, items: Sequence[T], render: Callable[
         await gate.wait_open()
         parts.extend(json.dumps(render(item)) for item in items[start : start + RENDER_STEP])
     return "[" + ", ".join(parts) + "]"
+
+
+def json_body_response(body: bytes, status: int = 200) -> web.Response:
+    """A response whose body is `body`, JSON already encoded as UTF-8."""
+    return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
 
 
 def json_text_response(text: str, status: int = 200) -> web.Response:

@@ -96,8 +96,13 @@ class Core:
         clock: Clock,
         default_timezone: str,
         config_source: str = "the config file",
+        sole_writer: bool = True,
     ) -> None:
         self.store = store
+        # Whether only this process writes the store (the daemon's state-dir lock, for
+        # SQLite): what lets the API cache reads until the next local commit. A store that
+        # several processes write (cluster nodes over one PostgreSQL) must pass False.
+        self.sole_writer = sole_writer
         self.scheduler = scheduler
         self.runner = runner
         self.modules = modules
@@ -115,6 +120,12 @@ class Core:
         """Mark the reads made inside the block as a front end's (the API's): the store
         serves them apart from the engine's, so they never queue behind its writes."""
         return separate_reads()
+
+    def writes_committed(self) -> int:
+        """How many write transactions the store has run in this process: while it stays
+        the same, a read gives what it gave before, if this process is the store's only
+        writer (`sole_writer`). What the API's read cache keys on (`taskd.api.cache`)."""
+        return self.store.batches_written
 
     @property
     def default_timezone(self) -> str:
