@@ -156,6 +156,7 @@ async def test_401_without_credentials_403_outside_the_scopes(api: Api) -> None:
     assert (forbidden_v1.status, forbidden_v1.json["code"]) == (403, "error.api.forbidden")
 
 
+@pytest.mark.slow
 async def test_a_wrong_key_is_told_apart_from_missing_credentials(api: Api) -> None:
     """401 says which: no credentials ("credentials required"), a key that is not valid,
     or a user name or password that is not valid; each answer still has its dialect's

@@ -103,6 +103,7 @@ async def test_log_offset_limit_and_execution_id(api: Api) -> None:
         ("sleep", {"seconds": 0.5, "steps": 5}),
     ],
 )
+@pytest.mark.slow
 async def test_follow_streams_a_running_task_until_end(
     api: Api, module: str, params: dict[str, Any]
 ) -> None:
@@ -137,6 +138,7 @@ async def test_follow_streams_a_running_task_until_end(
         ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("follow", ["1", "true", "execution"])
 async def test_follow_a_task_that_never_ran_waits_for_its_first_run(api: Api, follow: str) -> None:
     """Following an execution (`follow=execution`, or `true` as before) of a task that
@@ -173,6 +175,7 @@ async def sse(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, str]]
             fields = {}
 
 
+@pytest.mark.slow
 async def test_follow_task_streams_every_run_with_a_header_event_and_stays_open(
     api: Api,
 ) -> None:
@@ -253,6 +256,7 @@ async def test_followers_wake_on_commits_not_on_a_timer(
     assert seen[-1] == RunEnded(seen[0].execution.id, ExecutionStatus.DONE)
 
 
+@pytest.mark.slow
 async def test_follow_task_sends_keep_alive_comments_while_idle(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -273,6 +277,7 @@ async def test_follow_task_sends_keep_alive_comments_while_idle(
                     break
 
 
+@pytest.mark.slow
 async def test_follow_streams_end_when_the_daemon_shuts_down(tmp_path: Path) -> None:
     """Shutting the API down ends every live stream at once with a `shutdown` event, in
     both modes, instead of keeping the shutdown waiting for them."""
@@ -379,6 +384,7 @@ async def test_openapi_document_covers_every_registered_route(api: Api) -> None:
     assert registered == documented
 
 
+@pytest.mark.slow
 async def test_beyond_the_specs_answers_conform_to_taskds_own_document(api: Api) -> None:
     """Executions, logs, modules, health and their 404s validate against openapi.json."""
     c = await api.tcp("all")
@@ -487,6 +493,7 @@ async def test_health_reports_a_failing_store_with_its_reason_until_a_write_succ
     assert (health.status, health.json["store"]) == (200, "writable")
 
 
+@pytest.mark.slow
 async def test_a_write_that_gets_no_answer_is_503_not_a_hang(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -522,6 +529,7 @@ async def test_a_write_that_gets_no_answer_is_503_not_a_hang(
     assert await api.store.find_task("frozen1") is None
 
 
+@pytest.mark.slow
 async def test_a_read_that_gets_no_answer_is_503_not_a_hang(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -50,6 +50,7 @@ async def limited(tmp_path: Path, hashed: None) -> AsyncIterator[Api]:
         assert not served.failures()
 
 
+@pytest.mark.slow
 async def test_wrong_passwords_do_not_stall_the_loop(limited: Api) -> None:
     """16 concurrent wrong Basic credentials run scrypt in threads: health answers while
     they are still being checked (the loop is never blocked 50 ms: `no_blocking`), each
@@ -73,6 +74,7 @@ async def test_wrong_passwords_do_not_stall_the_loop(limited: Api) -> None:
     assert answered_while_busy >= 8
 
 
+@pytest.mark.slow
 async def test_failed_logins_are_limited_per_address(limited: Api) -> None:
     """After 20 failures from one address, the next request gets 429 with Retry-After in
     each dialect's shape, without a password check; the Unix socket is not limited."""
@@ -164,6 +166,7 @@ async def _closed(reader: asyncio.StreamReader, within_sec: float = 5.0) -> bool
     return True
 
 
+@pytest.mark.slow
 async def test_idle_and_slow_connections_are_closed(tmp_path: Path, hashed: None) -> None:
     """20 connections that never send a request, and 5 that send half a request head, are
     all closed by the server after the timeouts (0.5 s here), counted out of the cap."""
@@ -204,6 +207,7 @@ async def test_the_unix_socket_answers_when_tcp_is_full(tmp_path: Path, hashed: 
             other.close()
 
 
+@pytest.mark.slow
 async def test_requests_in_flight_are_capped(tmp_path: Path, hashed: None) -> None:
     """With `max_in_flight` requests held (their bodies trickle), one more gets 503 with
     Retry-After in its dialect's shape; health still answers; the held ones end with 408
@@ -285,6 +289,7 @@ def test_pressure_settings_are_read_and_checked(tmp_path: Path) -> None:
         load_config(config)
 
 
+@pytest.mark.slow
 async def test_the_api_steps_aside_while_the_engine_claims_and_while_it_fires() -> None:
     """`engine_first` pauses reading on every TCP connection in two windows per due
     instant: from shortly before the claim until the slots are claimed, and from just

@@ -337,6 +337,7 @@ async def test_config_tasks_run_but_cannot_be_edited_or_deleted(api: Api) -> Non
     assert (after.version, after.spec.get("description")) == (1, "")
 
 
+@pytest.mark.slow
 async def test_resume_continues_an_execution_a_crash_interrupted(tmp_path: Path) -> None:
     """After a crash (an execution left `running` with saved state), the restarted daemon
     marks it `error`/interrupted; `resume` then starts a new execution that continues from

@@ -321,6 +321,7 @@ async def test_resume_of_a_stopped_task_continues_from_its_saved_state(eng: Engi
         await eng.core.resume(task.id)
 
 
+@pytest.mark.slow
 async def test_resume_with_the_sleep_module_skips_the_steps_done(eng: Engine) -> None:
     """The real sleep module, stopped after a step, resumes after that step."""
     task = await eng.core.create_task(

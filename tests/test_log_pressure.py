@@ -51,6 +51,7 @@ async def test_a_flood_keeps_head_marker_and_tail_and_the_last_line(tmp_path: Pa
     assert [entry.idx for entry in entries] == list(range(1000))
 
 
+@pytest.mark.slow
 async def test_the_log_backlog_stays_bounded_and_reading_pauses(tmp_path: Path) -> None:
     """A head far larger than the backlog bound: reading pauses whenever the backlog is
     full, what waits to be written never passes the bound by more than one slice of lines,

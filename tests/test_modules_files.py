@@ -221,6 +221,7 @@ def frozen_heap() -> Iterator[None]:
     gc.unfreeze()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("frozen_heap", "no_blocking")
 async def test_the_event_loop_is_never_blocked(tmp_path: Path) -> None:
     """Copy (4 at once, with a checksum), check, duplicate, move, scan and erase 10 MB in

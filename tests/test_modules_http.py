@@ -90,6 +90,7 @@ def http_ctx(**raw: Any) -> FakeContext:
     return FakeContext.for_module(HttpModule(), raw)
 
 
+@pytest.mark.slow
 async def test_ok_status_returns_and_logs_body(server: Server) -> None:
     """A 200 answer returns "HTTP 200" and logs the request line, status and body excerpt."""
     ctx = http_ctx(url=f"{server.url}/ok")
@@ -172,6 +173,7 @@ async def test_body_excerpt_is_bounded(server: Server) -> None:
     assert ctx.messages()[-1] == "response body: " + "x" * MAX_EXCERPT_BYTES + " [cut]"
 
 
+@pytest.mark.slow
 async def test_timeout_raises_module_error(server: Server) -> None:
     """No answer within timeout_sec raises ModuleError saying so, in about that time."""
     ctx = http_ctx(url=f"{server.url}/slow", timeout_sec=0.2)

@@ -283,6 +283,7 @@ async def test_leftover_background_process_is_killed_at_exit(subreaper: None) ->
 # ---- Pause and resume
 
 
+@pytest.mark.slow
 async def test_pause_stops_the_group_and_resume_continues_it() -> None:
     """Paused: the process is in state T and prints nothing; resumed: it prints again."""
     # One process that never forks: a shell forking a child with vfork would show state D
@@ -365,6 +366,7 @@ async def test_cancel_kills_the_whole_group(subreaper: None) -> None:
     assert f"cancelled: killed process group {leader}" in ctx.messages(LogLevel.WARNING)
 
 
+@pytest.mark.slow
 async def test_timeout_kills_the_whole_group(subreaper: None) -> None:
     """A timeout (asyncio.wait_for) leaves no process of the group behind."""
     ctx = shell_ctx(command=_FAMILY)

@@ -558,6 +558,7 @@ async def test_server_never_up_logs_the_failure_and_raises_nothing(tmp_path: Pat
     assert (notifier.sent, notifier.failed) == (0, 1)
 
 
+@pytest.mark.slow
 async def test_notify_returns_before_the_first_attempt_ends(tmp_path: Path) -> None:
     """notify() only queues: it returns while the server has not even answered the connect."""
     connected = asyncio.Event()
@@ -634,6 +635,7 @@ async def test_mail_without_smtp_section_is_logged_once(tmp_path: Path) -> None:
     assert notifier.sent == 0
 
 
+@pytest.mark.slow
 async def test_close_abandons_what_cannot_go_out_within_the_deadline(tmp_path: Path) -> None:
     """At shutdown, deliveries still retrying are given the deadline, then abandoned (logged)."""
     port = free_port()

@@ -79,6 +79,7 @@ def test_a_surviving_group_is_ended_with_sigterm(spawn: Spawn) -> None:
     assert not alive(child)
 
 
+@pytest.mark.slow
 def test_a_group_ignoring_sigterm_gets_sigkill_after_the_grace(spawn: Spawn) -> None:
     """A command that ignores SIGTERM is killed once the grace has passed."""
     script = (

@@ -404,6 +404,7 @@ async def test_max_running_queue_orders_by_priority_then_due_time(tmp_path: Path
 # -- shutdown -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_shutdown_lets_short_runs_finish_and_stops_long_ones(tmp_path: Path) -> None:
     """shutdown(grace): runs ending within it finish; the rest are stopped (cooperatively,
     then forced) and their endings recorded; queued jobs stay queued."""

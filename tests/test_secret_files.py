@@ -48,6 +48,7 @@ def fifo(tmp_path: Path) -> Iterator[Path]:
         os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # a reader waiting gets EOF
 
 
+@pytest.mark.slow
 async def test_a_slow_secret_file_holds_neither_the_write_nor_the_run_on_the_loop(
     api: Api, fifo: Path
 ) -> None:

@@ -241,6 +241,7 @@ def block_the_event_loop(seconds: float) -> None:
     time.sleep(seconds)
 
 
+@pytest.mark.slow
 async def test_a_blocked_event_loop_sends_no_ping(listener: NotifyListener) -> None:
     """While the loop is blocked no WATCHDOG=1 goes out, so systemd would restart taskd;
     once it runs again the pings resume."""

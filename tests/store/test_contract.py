@@ -590,6 +590,7 @@ async def test_closing_commits_pending_nowait_writes(store_opener: StoreOpener) 
         assert [e.msg for e in await store.read_log(task_id)] == ["last words"]
 
 
+@pytest.mark.slow
 async def test_flush_returns_while_writes_of_others_keep_coming(store: Store) -> None:
     """flush() returns once earlier writes committed, even if new writes keep arriving."""
     chatty, quiet = await add_task(store, "chatty"), await add_task(store, "quiet")
@@ -693,6 +694,7 @@ async def test_ping_clears_a_remembered_failure_once_writes_succeed_again(
     assert [task.name for task in await store.list_tasks()] == ["small"]  # left nothing
 
 
+@pytest.mark.slow
 async def test_an_awaited_write_on_a_frozen_store_times_out_and_is_withdrawn(
     store_opener: StoreOpener, disk: DiskFaults
 ) -> None:

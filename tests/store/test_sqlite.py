@@ -243,6 +243,7 @@ async def test_closing_commits_pending_nowait_writes(db_path: Path) -> None:
     assert query(db_path, "SELECT msg FROM log_entries") == [("last words",)]
 
 
+@pytest.mark.slow
 async def test_flush_returns_while_other_writes_keep_coming(store: Store, db_path: Path) -> None:
     """flush() returns once earlier writes committed, even if new writes keep arriving."""
     task_id = await add_task(store)
@@ -447,6 +448,7 @@ async def test_defer_of_an_unknown_task_is_not_found(store: Store, db_path: Path
 # an unusable file or disk
 
 
+@pytest.mark.slow
 async def test_a_read_that_gets_no_answer_times_out_as_store_unavailable(db_path: Path) -> None:
     """A read waiting behind a database thread that hangs (a frozen file system, here a
     sleep on that thread) raises StoreUnavailableError after `read_timeout_sec`."""
