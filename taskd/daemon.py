@@ -31,6 +31,7 @@ from taskd.api.app import build_app, serve_api
 from taskd.api.auth import Authenticator
 from taskd.api.limits import LogThrottle
 from taskd.clock import Clock, SystemClock
+from taskd.cluster import Cluster, open_cluster, open_store_retrying
 from taskd.config import load_config
 from taskd.core import Core, config_errors_for
 from taskd.engine import EngineSettings, build_engine
@@ -40,7 +41,6 @@ from taskd.modules.registry import ModuleRegistry
 from taskd.notify import Notifier
 from taskd.scheduler import Scheduler
 from taskd.settings import Settings
-from taskd.store import open_store
 
 log = structlog.get_logger("taskd.daemon")
 
@@ -203,6 +203,7 @@ class Daemon:
         # signal announces, so one more reload follows (however many signals came).
         self._reload_again = False
         self.auth: Authenticator | None = None
+        self.cluster: Cluster | None = None  # with a PostgreSQL store (`taskd.cluster`)
 
     async def run(self) -> int:
         """Serve until SIGTERM / SIGINT; return the exit code."""
@@ -253,16 +254,22 @@ class Daemon:
             )
             stack.callback(watchdog.cancel)
             try:
+                # Cluster hook: a PostgreSQL server that does not answer is waited for.
                 store = await stack.enter_async_context(
-                    open_store(
-                        daemon.state_dir,
-                        history_per_task=daemon.history_per_task,
-                        log_entries_per_execution=daemon.log_entries_per_execution,
+                    open_store_retrying(
+                        settings,
+                        stopping=self.stopping,
+                        status=lambda text: _notify(f"STATUS={text}"),
                     )
                 )
             except (StoreUnavailableError, RuntimeError) as error:  # RuntimeError: newer file
-                _unusable_state_dir(daemon.state_dir, str(error))
+                if settings.store.url is not None:
+                    log.error("cannot use the database", problem=str(error))
+                else:
+                    _unusable_state_dir(daemon.state_dir, str(error))
                 return 2
+            if store is None:  # stopped while waiting for the database
+                return 0
             notifier = await stack.enter_async_context(
                 Notifier.from_settings(settings, store=store, clock=self.clock)
             )
@@ -276,6 +283,7 @@ class Daemon:
                     max_running=daemon.max_running,
                     stop_grace_sec=daemon.stop_grace_sec,
                     config_source=str(self.config_path),
+                    dispatcher=daemon.node or None,
                 ),
                 # Queued: mail and webhooks never hold up the runner.
                 on_ended=[notifier.submit],
@@ -309,6 +317,12 @@ class Daemon:
             _say_how_to_reach(site_runner.addresses, settings)
             await stack.enter_async_context(scheduler)
             self.scheduler = scheduler
+            # Cluster hook: heartbeats, failover and other nodes' task edits (PostgreSQL).
+            self.cluster = await stack.enter_async_context(
+                open_cluster(
+                    store, settings=settings, scheduler=scheduler, runner=runner, clock=self.clock
+                )
+            )
             self._install_signals()
             status = asyncio.create_task(systemd.status_loop(self._status, on_error=_notify_failed))
             stack.callback(status.cancel)
@@ -371,6 +385,12 @@ class Daemon:
         report["running"] = self.core.runner.running_count
         report["queued"] = self.core.runner.queued_count
         report["unrecorded"] = self.core.runner.unrecorded_count
+        if self.cluster is not None:  # cluster hook: this node and every node's heartbeat
+            report["node"] = self.cluster.node
+            try:
+                report["nodes"] = [node.as_json() for node in await self.cluster.nodes()]
+            except StoreUnavailableError as error:
+                report["nodes"] = f"unknown: {error.reason}"
         if not alive:
             report["status"] = "degraded"
         return report
@@ -495,11 +515,14 @@ def _state_lock(state_dir: Path) -> Iterator[None]:
 
 
 def secret_files(settings: Settings) -> list[tuple[Path, bool]]:
-    """The files holding secrets the config names: API keys, SMTP password, webhook secrets."""
+    """The files holding secrets the config names: API keys, SMTP password, webhook secrets,
+    the database password."""
     files = [key.key_file for key in settings.api.keys]
     if settings.smtp is not None and settings.smtp.password_file is not None:
         files.append(settings.smtp.password_file)
     files += [hook.secret_file for hook in settings.notify.webhooks if hook.secret_file]
+    if settings.store.password_file is not None:
+        files.append(settings.store.password_file)
     return [(path, True) for path in files]
 
 

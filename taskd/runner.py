@@ -244,6 +244,11 @@ class Runner:
             self._queued_ids.discard(job.execution_id)
         return removed
 
+    def running_ids(self) -> list[int]:
+        """Ids of the executions running now. Cluster hook (`taskd.cluster`): a node found
+        declared dead stops them."""
+        return sorted(self._running)
+
     def is_active(self, execution_id: int) -> bool:
         """Whether the execution is queued here or running."""
         return execution_id in self._running or execution_id in self._queued_ids
@@ -322,7 +327,7 @@ class Runner:
                 continue
             startable.append((job, params))
         try:
-            await self.store.mark_started_many(
+            started = await self.store.mark_started_many(
                 [(job.execution_id, job.task.id) for job, _ in startable], now, self.dispatcher
             )
         except StoreUnavailableError as error:
@@ -343,6 +348,10 @@ class Runner:
             log.exception("could not record executions as started; they stay queued")
             return
         self._start_retry_sec = ENDING_RETRY_FIRST_SEC
+        if started is not None:
+            # Cluster hook (`taskd.cluster`): a shared store started only the executions
+            # this node owns; another node took the others over (or they ended).
+            startable = [(job, params) for job, params in startable if job.execution_id in started]
         for job, job_params in startable:
             self.events.started(job, (now - job.due).total_seconds())
             context = ExecutionContext(

@@ -21,12 +21,14 @@ __all__ = [
     "ApiKeyRef",
     "ApiSettings",
     "ApiUser",
+    "ClusterSettings",
     "DaemonSettings",
     "ListenAddress",
     "NotifySettings",
     "Settings",
     "SmtpSecurity",
     "SmtpSettings",
+    "StoreSettings",
     "WebhookSettings",
     "resolve_path",
 ]
@@ -65,6 +67,7 @@ class DaemonSettings:
     stop_grace_sec: float = 10.0
     history_per_task: int = 100
     log_entries_per_execution: int = 1000
+    node: str = ""  # this server's name in a cluster; "" means the host name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,6 +175,32 @@ class NotifySettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StoreSettings:
+    """The `[store]` section: where taskd keeps its state.
+
+    `url` None: the SQLite file in `daemon.state_dir` (a single server). A
+    `postgresql://user@host/db` URL: that PostgreSQL database, shared by the nodes of a
+    cluster; its password stays in `password_file` (absolute; it existed when the config
+    was loaded), read when taskd connects.
+    """
+
+    url: str | None = None
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSettings:
+    """The `[cluster]` section: how nodes sharing a PostgreSQL store watch each other.
+
+    Each node writes a heartbeat every `heartbeat_sec`; one silent for `failover_sec` is
+    declared dead by a survivor, which takes over its work.
+    """
+
+    failover_sec: float = 5.0
+    heartbeat_sec: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """One validated snapshot of the config file; a reload builds a new one."""
 
@@ -181,3 +210,5 @@ class Settings:
     tasks: tuple[TaskSpec, ...] = ()
     smtp: SmtpSettings | None = None  # None: no `[smtp]`, no mail
     notify: NotifySettings = field(default_factory=NotifySettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)

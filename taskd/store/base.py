@@ -45,7 +45,7 @@ Failing writes, for every implementation:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -379,13 +379,17 @@ class Store(Protocol):
 
     async def mark_started_many(
         self, started: Sequence[tuple[int, int]], started_at: datetime, dispatcher: str
-    ) -> None:
+    ) -> Collection[int] | None:
         """Record that executions (execution id, task id) start now, in one atomic write.
 
         Only `queued` executions start (others stay as they are): they become `running` with
         `started_at` and `dispatcher`; their tasks become `running` with this execution as
         the last one, `run_started_at` set and the other run fields cleared. An empty
         sequence does nothing.
+
+        Returns the ids that started, or None for "all that were queued" (a store only one
+        process uses). A store shared by cluster nodes starts only the executions this node
+        owns and returns their ids: the runner runs no other (`taskd.cluster`).
         """
         ...
 

@@ -103,6 +103,8 @@ _TASK_QUERY_SQL: dict[str, tuple[str, str]] = {
     "workflow_action": ("(spec->>'workflow_action') COLLATE \"C\"", "text"),
     "priority": ("coalesce((spec #>> '{options,priority}')::numeric, 0)", "numeric"),
 }
+# Every committed task write is announced here, "<node>:<task id>" (see `taskd.cluster`).
+TASKS_CHANNEL = "taskd_tasks"
 _PROGRESS_FIELDS = ("progress", "size_todo", "size_done", "nodes_todo", "nodes_done", "bandwidth")
 _WHOLE_FIELDS = ("size_todo", "size_done", "nodes_todo", "nodes_done")
 
@@ -152,7 +154,8 @@ def _task_from_row(row: Sequence[Any]) -> Task:
     )
 
 
-def _execution_from_row(row: Sequence[Any]) -> Execution:
+def execution_from_row(row: Sequence[Any]) -> Execution:
+    """An `Execution` from a row of `execution_columns()`."""
     return Execution(
         id=row[0],
         task_id=row[1],
@@ -175,6 +178,11 @@ def _execution_from_row(row: Sequence[Any]) -> Execution:
         attempt=row[18],
         node=row[19],
     )
+
+
+def execution_columns() -> str:
+    """The columns `execution_from_row` reads, in order."""
+    return _EXECUTION_COLUMNS
 
 
 def unavailable(error: BaseException) -> StoreUnavailableError | None:
@@ -617,6 +625,7 @@ class PostgresStore:
 
         async def apply(cx: Cx) -> Task:
             task_id = await _insert_task(cx, source, definition, now_us, by)
+            await _announce(cx, self.node, [task_id])
             return await _get_task(cx, task_id)
 
         return await self._submit(apply)
@@ -660,6 +669,7 @@ class PostgresStore:
                     task_id,
                 ),
             )
+            await _announce(cx, self.node, [task_id])
             return await _get_task(cx, task_id)
 
         return await self._submit(apply)
@@ -686,6 +696,7 @@ class PostgresStore:
                 if definition is not None:
                     await _update_task(cx, write.task_id, definition, now_us, by)
                 ids.append(write.task_id)
+            await _announce(cx, self.node, ids)
             return [await _get_task(cx, task_id) for task_id in ids]
 
         return await self._submit(apply)
@@ -705,6 +716,7 @@ class PostgresStore:
             )
             if done == "UPDATE 0":
                 raise NotFoundError(f"task {task_id} not found")
+            await _announce(cx, self.node, [task_id])
             return await _get_task(cx, task_id)
 
         return await self._submit(apply)
@@ -716,6 +728,7 @@ class PostgresStore:
             await cx.execute(
                 "UPDATE tasks SET next_run_at = $1 WHERE id = $2", _micros(next_run_at), task_id
             )
+            await _announce(cx, self.node, [task_id])
 
         await self._submit(apply)
 
@@ -729,6 +742,7 @@ class PostgresStore:
             if await cx.execute("DELETE FROM tasks WHERE id = $1", task_id) == "DELETE 0":
                 raise NotFoundError(f"task {task_id} not found")
             self._finished_since_prune.pop(task_id, None)
+            await _announce(cx, self.node, [task_id])
 
         await self._submit(apply)
 
@@ -768,7 +782,7 @@ class PostgresStore:
             return None
         row = tuple(rows[0])
         width = len(_TASK_COLUMNS.split(","))
-        last = None if row[width] is None else _execution_from_row(row[width:])
+        last = None if row[width] is None else execution_from_row(row[width:])
         return _task_from_row(row[:width]), last
 
     async def find_task(self, name: str) -> Task | None:
@@ -848,7 +862,7 @@ class PostgresStore:
                 ids[start : start + 5000],
             )
             for row in rows:
-                found[row[0]] = _execution_from_row(row)
+                found[row[0]] = execution_from_row(row)
         return found
 
     async def due_index(self) -> list[tuple[int, int]]:
@@ -945,16 +959,17 @@ class PostgresStore:
 
     async def mark_started_many(
         self, started: Sequence[tuple[int, int]], started_at: datetime, dispatcher: str
-    ) -> None:
+    ) -> set[int]:
         """Record that executions (execution id, task id) start now, in one write.
 
         Only this node's queued executions start: a node starts only what it claimed.
+        Returns the ids that started.
         """
         if not started:
-            return
+            return set()
         at = to_micros(started_at)
 
-        async def apply(cx: Cx) -> None:
+        async def apply(cx: Cx) -> set[int]:
             ids = await cx.fetch(
                 "UPDATE executions SET status = 'running', started_at = $1, dispatcher = $2"
                 " WHERE id = ANY($3::bigint[]) AND status = 'queued' AND node = $4"
@@ -965,15 +980,16 @@ class PostgresStore:
                 self.node,
             )
             if not ids:
-                return
+                return set()
             await cx.executemany(
                 "UPDATE tasks SET status = 'running', status_msg = NULL,"
                 " status_percent = NULL, run_started_at = $1, run_finished_at = NULL,"
                 " run_canceled_at = NULL, last_execution_id = $2 WHERE id = $3",
                 [(at, row[0], row[1]) for row in sorted(ids, key=lambda row: row[1])],
             )
+            return {int(row[0]) for row in ids}
 
-        await self._submit(apply)
+        return await self._submit(apply)
 
     def set_running_status_nowait(
         self, execution_id: int, task_id: int, status: ExecutionStatus
@@ -1300,7 +1316,7 @@ class PostgresStore:
             " AND node = $1 ORDER BY id",
             self.node,
         )
-        return [_execution_from_row(row) for row in rows]
+        return [execution_from_row(row) for row in rows]
 
     async def get_execution(self, execution_id: int) -> Execution:
         """Return one execution; NotFoundError if there is none."""
@@ -1309,7 +1325,7 @@ class PostgresStore:
         )
         if not rows:
             raise NotFoundError(f"execution {execution_id} not found")
-        return _execution_from_row(rows[0])
+        return execution_from_row(rows[0])
 
     async def list_executions(
         self, task_id: int, *, limit: int = 50, offset: int = 0
@@ -1322,7 +1338,7 @@ class PostgresStore:
             limit,
             offset,
         )
-        return [_execution_from_row(row) for row in rows]
+        return [execution_from_row(row) for row in rows]
 
     async def read_log(
         self,
@@ -1410,6 +1426,17 @@ async def _nothing(cx: Cx) -> None:
 
 def _param(value: Any) -> Any:
     return to_micros(value) if isinstance(value, datetime) else value
+
+
+async def _announce(cx: Cx, node: str, task_ids: Sequence[int]) -> None:
+    """Tell the other nodes (on commit) that these tasks changed."""
+    if task_ids:
+        await cx.execute(
+            "SELECT pg_notify($1, $2 || ':' || id) FROM unnest($3::bigint[]) AS id",
+            TASKS_CHANNEL,
+            node,
+            list(task_ids),
+        )
 
 
 async def _get_task(cx: Cx, task_id: int) -> Task:
@@ -1521,6 +1548,6 @@ async def interrupt_executions(cx: Cx, node: str, now: datetime, message: str) -
         [(message, at, row[1], row[0]) for row in sorted(rows, key=lambda row: row[1])],
     )
     return [
-        _execution_from_row((*tuple(row)[:8], at, ExecutionStatus.ERROR, message, *tuple(row)[11:]))
+        execution_from_row((*tuple(row)[:8], at, ExecutionStatus.ERROR, message, *tuple(row)[11:]))
         for row in rows
     ]

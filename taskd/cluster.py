@@ -1,0 +1,453 @@
+"""Several taskd nodes over one PostgreSQL store: heartbeats, failover, task-change news.
+
+Every node runs the scheduler, the runner and the API against the shared database. What
+keeps them from stepping on each other lives in the store (`taskd.store.postgres`): a slot
+is claimed once (a compare-and-set of the task's due time, the unique (task, slot) index),
+and an execution belongs to the node that queued it, which alone starts it. This module
+adds what needs a loop:
+
+- **Heartbeats.** Each node has a row in `nodes` and stamps it every `heartbeat_sec` with
+  the database server's clock (one clock for all nodes: no skew between machines).
+- **Failover.** A node that finds another silent for `failover_sec` declares it dead, in
+  one transaction, with the row locked `FOR UPDATE SKIP LOCKED` (one survivor does it): the
+  dead node's running and paused executions end `error` with a message naming the node,
+  and its queued ones become the survivor's. The survivor's scheduler then applies each
+  interrupted run's retry policy and takes up the queued ones (`Scheduler.adopt`). Queued
+  executions of a node that stopped cleanly are taken over the same way; its running ones
+  ended before it stopped (a clean stop hands nothing over).
+- **Fencing.** A node that finds itself declared dead (it was cut off from the database
+  longer than `failover_sec`, its work was taken over) stops what it still runs, without
+  recording anything (the endings are recorded already), and joins again.
+- **Task changes.** The store announces each task write with `NOTIFY taskd_tasks` (in the
+  write's transaction, so only committed changes); each node listens on a connection of
+  its own and hands other nodes' changes to its scheduler, so an edit made through any
+  node's API is seen by every scheduler within milliseconds, not at the next restart.
+  After the listening connection is lost, the node re-reads every due time.
+
+Single servers (SQLite) have no cluster: `open_cluster` yields None for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncpg
+import structlog
+
+from taskd.clock import Clock, from_micros
+from taskd.errors import NotFoundError, StoreUnavailableError
+from taskd.model import Execution, Task
+from taskd.schedule import format_utc
+from taskd.settings import ClusterSettings, Settings
+from taskd.store import Store, open_store
+from taskd.store.postgres import (
+    TASKS_CHANNEL,
+    Cx,
+    PostgresStore,
+    connect,
+    execution_columns,
+    execution_from_row,
+    interrupt_executions,
+)
+
+log = structlog.get_logger("taskd.cluster")
+
+# The database server's clock, in microseconds since the epoch.
+DB_NOW = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+OPEN_RETRY_FIRST_SEC = 1.0
+OPEN_RETRY_MAX_SEC = 30.0
+LISTEN_RETRY_SEC = 1.0
+
+
+def node_name(settings: Settings) -> str:
+    """This server's node name: `[daemon] node`, else the host name."""
+    return settings.daemon.node or socket.gethostname()
+
+
+def read_password(path: Path | None) -> str | None:
+    """The database password kept in `path` (one trailing newline dropped), or None."""
+    if path is None:
+        return None
+    text = path.read_text(encoding="utf-8")
+    return text[:-1] if text.endswith("\n") else text
+
+
+@asynccontextmanager
+async def open_store_retrying(
+    settings: Settings, *, stopping: asyncio.Event, status: Callable[[str], None]
+) -> AsyncIterator[Store | None]:
+    """Open the configured store; a PostgreSQL server that cannot be reached is tried again
+    with backoff (1 s doubling to 30 s), each failure logged with its reason and shown
+    through `status` (systemd's STATUS=), until it answers or `stopping` is set (None).
+
+    SQLite (no `[store] url`) is opened once: its errors are raised as they come.
+    """
+    daemon = settings.daemon
+    url = settings.store.url
+
+    def opener() -> contextlib.AbstractAsyncContextManager[Store]:
+        return open_store(
+            daemon.state_dir,
+            history_per_task=daemon.history_per_task,
+            log_entries_per_execution=daemon.log_entries_per_execution,
+            url=url,
+            password=read_password(settings.store.password_file),
+            node=node_name(settings),
+        )
+
+    if url is None:
+        async with opener() as store:
+            yield store
+        return
+    delay = OPEN_RETRY_FIRST_SEC
+    async with contextlib.AsyncExitStack() as stack:
+        while True:
+            try:
+                store = await stack.enter_async_context(opener())
+                break
+            except StoreUnavailableError as error:
+                log.error(
+                    "database unreachable",
+                    problem=error.reason,
+                    url=_without_secrets(url),
+                    retry_in_sec=delay,
+                )
+                status(f"waiting for the database: {error.reason}")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stopping.wait()
+                if stopping.is_set():
+                    yield None
+                    return
+                delay = min(delay * 2, OPEN_RETRY_MAX_SEC)
+        yield store
+
+
+def _without_secrets(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+class ClusterScheduler(Protocol):
+    """What the cluster needs of the scheduler (`taskd.scheduler.Scheduler`)."""
+
+    def task_changed(self, task_id: int, task: Task | None) -> None:
+        """A task was created, edited or (None) deleted."""
+        ...
+
+    async def adopt(self, interrupted: Sequence[Execution], queued: Sequence[Execution]) -> None:
+        """Apply the retry policy of runs interrupted elsewhere; take up queued ones."""
+        ...
+
+    async def resync(self) -> None:
+        """Re-read every due time (after news of task changes may have been missed)."""
+        ...
+
+
+class ClusterRunner(Protocol):
+    """What the cluster needs of the runner: to stop what a fenced node still runs."""
+
+    def running_ids(self) -> list[int]:
+        """Ids of the executions this node runs now."""
+        ...
+
+    def force_stop(self, execution_id: int, reason: str = "force stopped") -> None:
+        """Stop an execution now."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A node as health shows it."""
+
+    name: str
+    state: str  # alive, silent (late, not yet declared dead), dead, stopped
+    heartbeat_at: datetime
+    started_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON health shows."""
+        return {
+            "name": self.name,
+            "state": self.state,
+            "last_heartbeat": format_utc(self.heartbeat_at),
+            "started_at": format_utc(self.started_at),
+        }
+
+
+class Cluster:
+    """This node's membership in the cluster: `async with Cluster(...)` while it serves."""
+
+    def __init__(
+        self,
+        store: PostgresStore,
+        *,
+        settings: ClusterSettings,
+        scheduler: ClusterScheduler,
+        runner: ClusterRunner,
+        clock: Clock,
+        password: str | None = None,
+    ) -> None:
+        self.store = store
+        self.node = store.node
+        self.settings = settings
+        self.scheduler = scheduler
+        self.runner = runner
+        self.clock = clock
+        self._password = password
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failovers = 0  # dead nodes this node took over from
+        self.fenced = 0  # times this node found itself declared dead
+        self.last_beat_ok = True
+
+    async def __aenter__(self) -> Cluster:
+        await self.store.run_write(self._register)
+        self._tasks = [
+            asyncio.create_task(self._beat_loop(), name="taskd-cluster-heartbeat"),
+            asyncio.create_task(self._listen_loop(), name="taskd-cluster-listen"),
+        ]
+        log.info("node joined the cluster", node=self.node)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(StoreUnavailableError, RuntimeError):
+            await self.store.run_write(self._leave)
+        log.info("node left the cluster", node=self.node)
+
+    async def _register(self, cx: Cx) -> None:
+        await cx.execute(
+            f"INSERT INTO nodes (name, started_at, heartbeat_at) VALUES ($1, {DB_NOW}, {DB_NOW})"
+            f" ON CONFLICT (name) DO UPDATE SET started_at = {DB_NOW}, heartbeat_at = {DB_NOW},"
+            " stopped_at = NULL, dead_at = NULL, dead_by = NULL",
+            self.node,
+        )
+
+    async def _leave(self, cx: Cx) -> None:
+        await cx.execute(
+            f"UPDATE nodes SET stopped_at = {DB_NOW} WHERE name = $1 AND dead_at IS NULL",
+            self.node,
+        )
+
+    # -- heartbeats and failover ----------------------------------------------------------
+
+    async def _beat_loop(self) -> None:
+        while True:
+            try:
+                await self.beat()
+                self.last_beat_ok = True
+            except (StoreUnavailableError, asyncpg.PostgresError) as error:
+                if self.last_beat_ok:
+                    log.warning("heartbeat failed", node=self.node, problem=str(error))
+                self.last_beat_ok = False
+            except Exception:
+                log.exception("heartbeat failed")
+                self.last_beat_ok = False
+            await asyncio.sleep(self.settings.heartbeat_sec)
+
+    async def beat(self) -> None:
+        """One heartbeat: stamp this node, then take over from nodes found dead."""
+        fenced, taken = await self.store.run_write(self._beat)
+        if fenced:
+            self._fence()
+        for dead, interrupted, queued in taken:
+            self.failovers += 1
+            log.warning(
+                "node declared dead: its work is taken over",
+                dead_node=dead,
+                node=self.node,
+                interrupted=[e.id for e in interrupted],
+                queued=[e.id for e in queued],
+            )
+        interrupted_all = [e for _, interrupted, _ in taken for e in interrupted]
+        queued_all = [e for _, _, queued in taken for e in queued]
+        if interrupted_all or queued_all:
+            await self.scheduler.adopt(interrupted_all, queued_all)
+
+    async def _beat(
+        self, cx: Cx
+    ) -> tuple[bool, list[tuple[str, list[Execution], list[Execution]]]]:
+        stamped = await cx.fetchval(
+            f"UPDATE nodes SET heartbeat_at = {DB_NOW} WHERE name = $1 AND dead_at IS NULL"
+            " AND stopped_at IS NULL RETURNING 1",
+            self.node,
+        )
+        fenced = stamped is None
+        if fenced:
+            await self._register(cx)
+        failover_us = int(self.settings.failover_sec * 1_000_000)
+        dead_rows = await cx.fetch(
+            "SELECT name, heartbeat_at FROM nodes WHERE name <> $1 AND dead_at IS NULL"
+            f" AND stopped_at IS NULL AND heartbeat_at < {DB_NOW} - $2::bigint"
+            " ORDER BY name FOR UPDATE SKIP LOCKED",
+            self.node,
+            failover_us,
+        )
+        now = self.clock.now()
+        taken: list[tuple[str, list[Execution], list[Execution]]] = []
+        for row in dead_rows:
+            dead = row[0]
+            await cx.execute(
+                f"UPDATE nodes SET dead_at = {DB_NOW}, dead_by = $2 WHERE name = $1",
+                dead,
+                self.node,
+            )
+            message = (
+                f"interrupted: node {dead} stopped answering (no heartbeat for "
+                f"{self.settings.failover_sec:g} s); taken over by {self.node}"
+            )
+            interrupted = await interrupt_executions(cx, dead, now, message)
+            taken.append((dead, interrupted, []))
+        # Queued runs of nodes that are gone (dead, or stopped cleanly) start here.
+        queued_rows = await cx.fetch(
+            f"UPDATE executions SET node = $1 WHERE id IN (SELECT e.id FROM executions e"
+            " JOIN nodes n ON n.name = e.node WHERE e.status = 'queued'"
+            " AND (n.dead_at IS NOT NULL OR n.stopped_at IS NOT NULL) AND n.name <> $1"
+            f" ORDER BY e.id FOR UPDATE OF e SKIP LOCKED) RETURNING {execution_columns()}",
+            self.node,
+        )
+        if queued_rows:
+            queued = sorted((execution_from_row(row) for row in queued_rows), key=lambda e: e.id)
+            taken.append(("(gone)", [], queued))
+        return fenced, taken
+
+    def _fence(self) -> None:
+        """This node was declared dead while it still ran: its runs were taken over and
+        retried elsewhere, so what still runs here is stopped (its endings are recorded
+        already; `finish` leaves an ended execution as it is)."""
+        self.fenced += 1
+        running = self.runner.running_ids()
+        log.error(
+            "this node was declared dead by another (cut off from the database for longer "
+            "than failover_sec): stopping what it still runs, joining again",
+            node=self.node,
+            stopping=running,
+        )
+        for execution_id in running:
+            self.runner.force_stop(execution_id, "this node was declared dead; taken over")
+
+    # -- news of task changes -------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        first = True
+        while True:
+            try:
+                conn = await connect(self.store.url, self._password)
+            except StoreUnavailableError as error:
+                log.warning("cannot listen for task changes", problem=error.reason)
+                await asyncio.sleep(LISTEN_RETRY_SEC)
+                continue
+            lost = asyncio.Event()
+            try:
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                await conn.add_listener(TASKS_CHANNEL, self._on_notify)
+                if not first:
+                    # News may have been missed while the connection was down.
+                    await self.scheduler.resync()
+                first = False
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.settings.heartbeat_sec * 5):
+                            await lost.wait()
+                    if not lost.is_set():
+                        try:
+                            async with asyncio.timeout(self.settings.heartbeat_sec * 5):
+                                await conn.fetchval("SELECT 1")
+                        except Exception:
+                            lost.set()
+                log.warning("lost the connection listening for task changes")
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+                log.warning("listening for task changes failed", problem=str(error))
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            await asyncio.sleep(LISTEN_RETRY_SEC)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        node, _, task_text = payload.partition(":")
+        if node == self.node or not task_text.isdigit():
+            return  # our own change: the scheduler heard of it already
+        _spawn(self._task_changed(int(task_text)))
+
+    async def _task_changed(self, task_id: int) -> None:
+        try:
+            task: Task | None = await self.store.get_task(task_id)
+        except NotFoundError:
+            task = None
+        except StoreUnavailableError as error:
+            log.warning("cannot read a changed task", task_id=task_id, problem=error.reason)
+            return
+        self.scheduler.task_changed(task_id, task)
+
+    # -- health ---------------------------------------------------------------------------
+
+    async def nodes(self) -> list[NodeInfo]:
+        """Every node that ever joined, with its state and last heartbeat."""
+        rows = await self.store.read(
+            f"SELECT name, heartbeat_at, started_at, stopped_at, dead_at, {DB_NOW}"
+            " FROM nodes ORDER BY name"
+        )
+        failover_us = int(self.settings.failover_sec * 1_000_000)
+        nodes = []
+        for name, heartbeat_at, started_at, stopped_at, dead_at, now_us in rows:
+            if dead_at is not None:
+                state = "dead"
+            elif stopped_at is not None:
+                state = "stopped"
+            elif heartbeat_at < now_us - failover_us // 2:
+                state = "silent"
+            else:
+                state = "alive"
+            nodes.append(
+                NodeInfo(
+                    name=name,
+                    state=state,
+                    heartbeat_at=from_micros(heartbeat_at),
+                    started_at=from_micros(started_at),
+                )
+            )
+        return nodes
+
+
+@asynccontextmanager
+async def open_cluster(
+    store: Store,
+    *,
+    settings: Settings,
+    scheduler: ClusterScheduler,
+    runner: ClusterRunner,
+    clock: Clock,
+) -> AsyncIterator[Cluster | None]:
+    """This node's `Cluster` when the store is shared (PostgreSQL); None for SQLite."""
+    if not isinstance(store, PostgresStore):
+        yield None
+        return
+    async with Cluster(
+        store,
+        settings=settings.cluster,
+        scheduler=scheduler,
+        runner=runner,
+        clock=clock,
+        password=read_password(settings.store.password_file),
+    ) as cluster:
+        yield cluster
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coroutine: Any) -> None:
+    task = asyncio.ensure_future(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
