@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -43,12 +45,14 @@ import asyncpg
 import structlog
 
 from taskd.clock import Clock, from_micros
-from taskd.errors import NotFoundError, StoreUnavailableError
-from taskd.model import Execution, Task
+from taskd.core import ConfigChanges, Core
+from taskd.errors import ActionError, NodeTimeoutError, NotFoundError, StoreUnavailableError
+from taskd.model import Execution, Task, TaskSpec
 from taskd.schedule import format_utc
 from taskd.settings import ClusterSettings, Settings
 from taskd.store import Store, open_store
 from taskd.store.postgres import (
+    HANDOFF_CHANNEL,
     TASKS_CHANNEL,
     Cx,
     PostgresStore,
@@ -65,6 +69,13 @@ DB_NOW = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
 OPEN_RETRY_FIRST_SEC = 1.0
 OPEN_RETRY_MAX_SEC = 30.0
 LISTEN_RETRY_SEC = 1.0
+# Actions sent to another node: announced here (payload: that node's name), answered in
+# the command row within COMMAND_TIMEOUT_SEC or the API answers 504.
+COMMANDS_CHANNEL = "taskd_commands"
+COMMAND_TIMEOUT_SEC = 5.0
+COMMAND_POLL_SEC = 0.05
+COMMANDS_KEPT_SEC = 3600  # answered commands are deleted after this
+FORWARDED_ACTIONS = frozenset({"pause", "resume", "stop", "force_stop"})
 
 
 def node_name(settings: Settings) -> str:
@@ -152,7 +163,20 @@ class ClusterScheduler(Protocol):
 
 
 class ClusterRunner(Protocol):
-    """What the cluster needs of the runner: to stop what a fenced node still runs."""
+    """What the cluster needs of the runner: to act on its executions for other nodes'
+    API calls, and to stop what a fenced node still runs."""
+
+    def pause(self, execution_id: int) -> None:
+        """Pause a running execution (ActionError if it cannot)."""
+        ...
+
+    def resume(self, execution_id: int) -> None:
+        """Resume a paused execution (ActionError if it cannot)."""
+        ...
+
+    def stop(self, execution_id: int, reason: str = "stopped") -> None:
+        """Ask an execution to stop (ActionError if it does not run here)."""
+        ...
 
     def running_ids(self) -> list[int]:
         """Ids of the executions this node runs now."""
@@ -206,6 +230,8 @@ class Cluster:
         self.failovers = 0  # dead nodes this node took over from
         self.fenced = 0  # times this node found itself declared dead
         self.last_beat_ok = True
+        self._handoff_lock = asyncio.Lock()
+        self._commands_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Cluster:
         await self.store.run_write(self._register)
@@ -274,6 +300,9 @@ class Cluster:
         queued_all = [e for _, _, queued in taken for e in queued]
         if interrupted_all or queued_all:
             await self.scheduler.adopt(interrupted_all, queued_all)
+        # News may be missed (a lost listening connection): what waits is picked up here.
+        await self.take_handoffs()
+        await self.run_commands()
 
     async def _beat(
         self, cx: Cx
@@ -311,7 +340,8 @@ class Cluster:
             taken.append((dead, interrupted, []))
         # Queued runs of nodes that are gone (dead, or stopped cleanly) start here.
         queued_rows = await cx.fetch(
-            f"UPDATE executions SET node = $1 WHERE id IN (SELECT e.id FROM executions e"
+            "UPDATE executions SET node = $1, handoff = false WHERE id IN (SELECT e.id FROM"
+            " executions e"
             " JOIN nodes n ON n.name = e.node WHERE e.status = 'queued'"
             " AND (n.dead_at IS NOT NULL OR n.stopped_at IS NOT NULL) AND n.name <> $1"
             f" ORDER BY e.id FOR UPDATE OF e SKIP LOCKED) RETURNING {execution_columns()}",
@@ -320,6 +350,10 @@ class Cluster:
         if queued_rows:
             queued = sorted((execution_from_row(row) for row in queued_rows), key=lambda e: e.id)
             taken.append(("(gone)", [], queued))
+        await cx.execute(
+            f"DELETE FROM commands WHERE done_at < {DB_NOW} - $1::bigint",
+            COMMANDS_KEPT_SEC * 1_000_000,
+        )
         return fenced, taken
 
     def _fence(self) -> None:
@@ -352,6 +386,8 @@ class Cluster:
             try:
                 conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await conn.add_listener(TASKS_CHANNEL, self._on_notify)
+                await conn.add_listener(HANDOFF_CHANNEL, self._on_node_news)
+                await conn.add_listener(COMMANDS_CHANNEL, self._on_node_news)
                 if not first:
                     # News may have been missed while the connection was down.
                     await self.scheduler.resync()
@@ -373,6 +409,141 @@ class Cluster:
                 with contextlib.suppress(Exception):
                     await conn.close()
             await asyncio.sleep(LISTEN_RETRY_SEC)
+
+    def _on_node_news(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        if payload != self.node:
+            return
+        if channel == HANDOFF_CHANNEL:
+            _spawn(self.take_handoffs())
+        else:
+            _spawn(self.run_commands())
+
+    async def take_handoffs(self) -> None:
+        """Take up the runs other nodes queued here (this node is busy with their task):
+        the scheduler applies the task's overlap policy to each, as to its own slots."""
+        async with self._handoff_lock:
+            try:
+                taken = await self.store.take_handoffs()
+            except StoreUnavailableError as error:
+                log.warning("cannot take up handed-over runs", problem=error.reason)
+                return
+            if taken:
+                log.info("runs handed over by other nodes", executions=[e.id for e in taken])
+                await self.scheduler.adopt([], taken)
+
+    # -- actions through any node ---------------------------------------------------------
+
+    async def forward(self, task_id: int, action: str, reason: str | None = None) -> list[int]:
+        """Send `action` on the task's runs that other nodes run to those nodes; return the
+        ids of the executions they acted on ([] if no other node runs the task).
+
+        Each is a command row and a NOTIFY; the answer is the row's result, awaited up to
+        COMMAND_TIMEOUT_SEC. Raises NodeTimeoutError (API: 504) naming the node that did
+        not answer, ActionError with the owner's reason when none could act.
+        """
+        if action not in FORWARDED_ACTIONS:
+            raise ValueError(f"unknown action {action!r}")
+        rows = await self.store.read(
+            "SELECT id, node FROM executions WHERE task_id = $1"
+            " AND status IN ('running', 'paused') AND node <> $2 ORDER BY id",
+            task_id,
+            self.node,
+        )
+        if not rows:
+            return []
+        targets = [(int(row[0]), str(row[1])) for row in rows]
+
+        async def send(cx: Cx) -> list[int]:
+            ids = []
+            for execution_id, node in targets:
+                ids.append(
+                    await cx.fetchval(
+                        "INSERT INTO commands (node, execution_id, action, reason, created_at)"
+                        f" VALUES ($1, $2, $3, $4, {DB_NOW}) RETURNING id",
+                        node,
+                        execution_id,
+                        action,
+                        reason,
+                    )
+                )
+            for node in sorted({node for _, node in targets}):
+                await cx.execute("SELECT pg_notify($1, $2)", COMMANDS_CHANNEL, node)
+            return [int(command_id) for command_id in ids]
+
+        command_ids = await self.store.run_write(send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + COMMAND_TIMEOUT_SEC
+        while True:
+            answers = {
+                int(row[0]): row[1]
+                for row in await self.store.read(
+                    "SELECT id, result FROM commands WHERE id = ANY($1::bigint[])"
+                    " AND done_at IS NOT NULL",
+                    command_ids,
+                )
+            }
+            if len(answers) == len(command_ids):
+                break
+            if loop.time() > deadline:
+                waiting = [
+                    target
+                    for command_id, target in zip(command_ids, targets, strict=True)
+                    if command_id not in answers
+                ]
+                execution_id, node = waiting[0]
+                raise NodeTimeoutError(
+                    f"node {node} runs execution {execution_id} and did not answer {action} "
+                    f"within {COMMAND_TIMEOUT_SEC:g} s"
+                )
+            await asyncio.sleep(COMMAND_POLL_SEC)
+        acted = [
+            execution_id
+            for command_id, (execution_id, _) in zip(command_ids, targets, strict=True)
+            if answers[command_id] == "ok"
+        ]
+        if not acted:
+            raise ActionError(str(answers[command_ids[0]]))
+        return acted
+
+    async def run_commands(self) -> None:
+        """Carry out the actions other nodes sent here, and answer each."""
+        async with self._commands_lock:
+            try:
+                rows = await self.store.read(
+                    "SELECT id, execution_id, action, reason FROM commands"
+                    " WHERE node = $1 AND done_at IS NULL ORDER BY id",
+                    self.node,
+                )
+                if not rows:
+                    return
+                answers = [(int(row[0]), self._act(row[1], row[2], row[3])) for row in rows]
+
+                async def answer(cx: Cx) -> None:
+                    await cx.executemany(
+                        f"UPDATE commands SET done_at = {DB_NOW}, result = $2 WHERE id = $1",
+                        answers,
+                    )
+
+                await self.store.run_write(answer)
+            except StoreUnavailableError as error:
+                log.warning("cannot answer other nodes' actions", problem=error.reason)
+
+    def _act(self, execution_id: int, action: str, reason: str | None) -> str:
+        try:
+            if action == "pause":
+                self.runner.pause(execution_id)
+            elif action == "resume":
+                self.runner.resume(execution_id)
+            elif action == "stop":
+                self.runner.stop(execution_id, reason or "stopped")
+            elif action == "force_stop":
+                self.runner.force_stop(execution_id, reason or "force stopped")
+            else:
+                return f"unknown action {action!r}"
+        except ActionError as error:
+            return str(error)
+        log.info("action from another node", action=action, execution_id=execution_id)
+        return "ok"
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         node, _, task_text = payload.partition(":")
@@ -418,6 +589,84 @@ class Cluster:
                 )
             )
         return nodes
+
+
+# -- config-file tasks in a cluster --------------------------------------------------------
+
+_CONFIG_LOCK = 0x7461736B64636667  # the advisory lock nodes take to apply their files
+
+
+def config_fingerprint(specs: Sequence[TaskSpec]) -> str:
+    """The content hash of a file's tasks (order of the file does not count)."""
+    canonical = json.dumps(
+        sorted((spec.to_json() for spec in specs), key=lambda spec: str(spec.get("name"))),
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigOutcome:
+    """What applying this node's config file did: `changes` (None when it was not applied
+    because another node applied a newer file: `stale`)."""
+
+    changes: ConfigChanges | None
+    stale_against: str | None = None  # the node whose newer file is applied
+
+    @property
+    def state(self) -> str:
+        """`current` or `stale`, as health shows it."""
+        return "stale" if self.changes is None else "current"
+
+
+async def apply_config_file(
+    core: Core, store: Store, specs: Sequence[TaskSpec], *, config_path: Path, settings: Settings
+) -> ConfigOutcome:
+    """Apply the config file's tasks; on a cluster, only if no node applied a newer file.
+
+    Each node applies its own file, one node at a time (an advisory lock). The file's
+    content hash and modification time are recorded on the node's row: when the files of
+    the nodes differ, the newest file wins. A node whose file is older (and different)
+    leaves the stored definitions alone, logs a warning and reports `config: stale` in
+    health, so the definitions never flap between nodes; tasks it lacks are not retired
+    either. Identical files (the same hash) are applied by each node, changing nothing.
+    """
+    if not isinstance(store, PostgresStore):
+        return ConfigOutcome(await core.apply_config(specs))
+    digest = config_fingerprint(specs)
+    written_us = (await asyncio.to_thread(config_path.stat)).st_mtime_ns // 1000
+    conn = await connect(store.url, read_password(settings.store.password_file))
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _CONFIG_LOCK)
+        newest = await conn.fetchrow(
+            "SELECT name, config_hash, config_at FROM nodes WHERE config_hash IS NOT NULL"
+            " AND name <> $1 ORDER BY config_at DESC, name LIMIT 1",
+            store.node,
+        )
+        await conn.execute(
+            "INSERT INTO nodes (name, started_at, heartbeat_at, config_hash, config_at)"
+            f" VALUES ($1, {DB_NOW}, {DB_NOW}, $2, $3) ON CONFLICT (name) DO UPDATE"
+            " SET config_hash = $2, config_at = $3",
+            store.node,
+            digest,
+            written_us,
+        )
+        if newest is not None and newest[1] != digest and newest[2] > written_us:
+            log.warning(
+                "config file is older than the one another node applied: its tasks are left "
+                "as stored (the newest file wins); update this node's file",
+                node=store.node,
+                newer_on=newest[0],
+                file=str(config_path),
+            )
+            return ConfigOutcome(None, stale_against=str(newest[0]))
+        return ConfigOutcome(await core.apply_config(specs))
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.execute("SELECT pg_advisory_unlock($1)", _CONFIG_LOCK)
+        await conn.close()
 
 
 @asynccontextmanager

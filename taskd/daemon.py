@@ -31,9 +31,9 @@ from taskd.api.app import build_app, serve_api
 from taskd.api.auth import Authenticator
 from taskd.api.limits import LogThrottle
 from taskd.clock import Clock, SystemClock
-from taskd.cluster import Cluster, open_cluster, open_store_retrying
+from taskd.cluster import Cluster, apply_config_file, open_cluster, open_store_retrying
 from taskd.config import load_config
-from taskd.core import Core, config_errors_for
+from taskd.core import ConfigChanges, Core, config_errors_for
 from taskd.engine import EngineSettings, build_engine
 from taskd.errors import FieldError, StoreUnavailableError, ValidationError
 from taskd.metrics import Metrics
@@ -204,6 +204,7 @@ class Daemon:
         self._reload_again = False
         self.auth: Authenticator | None = None
         self.cluster: Cluster | None = None  # with a PostgreSQL store (`taskd.cluster`)
+        self.config_state = "current"  # "stale": another node applied a newer file
 
     async def run(self) -> int:
         """Serve until SIGTERM / SIGINT; return the exit code."""
@@ -292,7 +293,12 @@ class Daemon:
             runner, scheduler = engine.runner, engine.scheduler
             await stack.enter_async_context(runner)
             self.core = engine.core
-            changes = await self.core.apply_config(settings.tasks)
+            # Cluster hook: on a shared store the newest file wins (`taskd.cluster`).
+            outcome = await apply_config_file(
+                self.core, store, settings.tasks, config_path=self.config_path, settings=settings
+            )
+            self.config_state = outcome.state
+            changes = outcome.changes or ConfigChanges()
             log.info(
                 "config applied",
                 added=len(changes.added),
@@ -323,6 +329,7 @@ class Daemon:
                     store, settings=settings, scheduler=scheduler, runner=runner, clock=self.clock
                 )
             )
+            self.core.remote = self.cluster
             self._install_signals()
             status = asyncio.create_task(systemd.status_loop(self._status, on_error=_notify_failed))
             stack.callback(status.cancel)
@@ -387,6 +394,7 @@ class Daemon:
         report["unrecorded"] = self.core.runner.unrecorded_count
         if self.cluster is not None:  # cluster hook: this node and every node's heartbeat
             report["node"] = self.cluster.node
+            report["config"] = self.config_state
             try:
                 report["nodes"] = [node.as_json() for node in await self.cluster.nodes()]
             except StoreUnavailableError as error:
@@ -460,7 +468,15 @@ class Daemon:
         moved = await self.core.set_default_timezone(settings.daemon.timezone)
         if moved:
             log.info("default timezone changed", timezone=settings.daemon.timezone, moved=moved)
-        changes = await self.core.apply_config(settings.tasks)
+        outcome = await apply_config_file(
+            self.core,
+            self.core.store,
+            settings.tasks,
+            config_path=self.config_path,
+            settings=settings,
+        )
+        self.config_state = outcome.state
+        changes = outcome.changes or ConfigChanges()
         self.core.runner.max_running = settings.daemon.max_running
         if self.auth is not None:
             # Keys and users as the file names them now: a revoked one gets 401 at once.

@@ -8,10 +8,15 @@ Every wait is bounded; every daemon is killed at teardown.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import os
+import shutil
 import signal
+import socket
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,12 +36,21 @@ FAILOVER_SEC = 2.0
 HEARTBEAT_SEC = 0.5
 
 
-def node_config(directory: Path, url: str, node: str, tasks: str = "", **daemon: object) -> Path:
-    """A node's config: its own state_dir, the shared database, the API off."""
+def node_config(
+    directory: Path,
+    url: str,
+    node: str,
+    tasks: str = "",
+    api_socket: Path | None = None,
+    **daemon: object,
+) -> Path:
+    """A node's config: its own state_dir, the shared database, the API off (or on a
+    trusted Unix socket at `api_socket`)."""
     directory.mkdir(parents=True, exist_ok=True)
     settings = {"state_dir": "state", "node": node, **daemon}
     lines = ["[daemon]", *(f"{key} = {json.dumps(value)}" for key, value in settings.items())]
-    lines += ["", "[api]", "listen = []", "unix_socket = false", ""]
+    socket_value = json.dumps(str(api_socket)) if api_socket else "false"
+    lines += ["", "[api]", "listen = []", f"unix_socket = {socket_value}", ""]
     lines += ["[store]", f"url = {json.dumps(url)}", ""]
     lines += ["[cluster]", f"failover_sec = {FAILOVER_SEC}", f"heartbeat_sec = {HEARTBEAT_SEC}"]
     lines += ["", tasks]
@@ -60,13 +74,25 @@ def rows(url: str, sql: str, *params: Any) -> list[asyncpg.Record]:
 
 
 def start_nodes(
-    start: Callable[[Path], Daemon], tmp_path: Path, url: str, names: list[str], tasks: str = ""
+    start: Callable[[Path], Daemon],
+    tmp_path: Path,
+    url: str,
+    names: list[str],
+    tasks: str = "",
+    sockets: Path | None = None,
 ) -> dict[str, Daemon]:
-    """Start one daemon per name (the same tasks in each file); wait until each serves."""
+    """Start one daemon per name (the same tasks in each file), each with its API on
+    `sockets/<name>` if given; wait until each serves."""
     nodes = {
         name: start(
             node_config(
-                tmp_path / name, url, name, tasks, stop_grace_sec=0.5, shutdown_grace_sec=0.5
+                tmp_path / name,
+                url,
+                name,
+                tasks,
+                api_socket=None if sockets is None else sockets / name,
+                stop_grace_sec=0.5,
+                shutdown_grace_sec=0.5,
             )
         )
         for name in names
@@ -187,3 +213,113 @@ def test_a_clean_stop_hands_nothing_over_and_the_node_shows_stopped(
     )
     assert stopped_at is not None
     assert dead_at is None
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (the API trusts its socket: no credentials)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=20)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        """Connect to the socket instead of a TCP address."""
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(20)
+        conn.connect(str(self.socket_path))
+        self.sock = conn
+
+
+def call(path: Path, method: str, url: str) -> tuple[int, Any]:
+    """One request to the API on the socket at `path`: (status, JSON body)."""
+    conn = UnixHTTPConnection(path)
+    try:
+        conn.request(method, url)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def sockets() -> Iterator[Path]:
+    """A short directory for the nodes' API sockets (sun_path holds 107 bytes)."""
+    directory = Path(tempfile.mkdtemp(prefix="taskd-api-", dir="/tmp"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_actions_through_any_node_reach_the_node_that_runs_the_execution(
+    tmp_path: Path,
+    start_daemon: Callable[[Path], Daemon],
+    postgres_database_url: str,
+    sockets: Path,
+) -> None:
+    """pause / resume / stop sent to the node that does not run the execution are carried
+    out by the one that does; health on either node lists both nodes. A node that does not
+    answer (stopped with SIGSTOP) makes the action 504 naming it."""
+    url = postgres_database_url
+    tasks = task_toml(
+        "long",
+        "sleep",
+        "{ seconds = 30, steps = 60 }",
+        next_run_at=json.dumps((datetime.now(UTC) + timedelta(seconds=1)).isoformat()),
+    )
+    nodes = start_nodes(start_daemon, tmp_path, url, ["node-a", "node-b"], tasks, sockets)
+
+    def running() -> list[asyncpg.Record]:
+        return rows(url, "SELECT id, node, task_id FROM executions WHERE status = 'running'")
+
+    [(execution_id, owner, task_id)] = wait_until(running, "the execution to run")
+    other = "node-b" if owner == "node-a" else "node-a"
+    status, body = call(sockets / other, "GET", "/api/v2/health")
+    assert status == 200, body
+    assert {node["name"] for node in body["nodes"]} == {"node-a", "node-b"}
+    assert {node["state"] for node in body["nodes"]} == {"alive"}
+    assert body["node"] == other
+
+    status, body = call(sockets / other, "PUT", f"/api/v2/tasks/{task_id}/action/pause")
+    assert (status, body) == (200, {"msg": f"pause: execution {execution_id}"})
+    [(state,)] = rows(url, "SELECT status FROM executions WHERE id = $1", execution_id)
+    assert state == "paused"
+    status, body = call(sockets / other, "PUT", f"/api/v2/tasks/{task_id}/action/resume")
+    assert (status, body) == (200, {"msg": f"resume: execution {execution_id}"})
+
+    nodes[owner].send(signal.SIGSTOP)
+    try:
+        status, body = call(sockets / other, "PUT", f"/api/v2/tasks/{task_id}/action/stop")
+    finally:
+        nodes[owner].send(signal.SIGCONT)
+    assert status == 504, body
+    assert f"node {owner}" in json.dumps(body)
+
+
+def test_when_the_nodes_files_differ_the_newest_file_wins_and_the_older_node_is_stale(
+    tmp_path: Path,
+    start_daemon: Callable[[Path], Daemon],
+    postgres_database_url: str,
+    sockets: Path,
+) -> None:
+    """node-a's file is newer: its definition is stored; node-b, started after it with an
+    older, different file, leaves it alone (no flapping, nothing retired) and its health
+    says `config: stale`; node-a's says `current`."""
+    url = postgres_database_url
+    newer = task_toml("t", "sleep", "{ seconds = 1 }", description='"from the newer file"')
+    older = task_toml("u", "sleep", "{ seconds = 1 }", description='"from the older file"')
+    a = start_daemon(node_config(tmp_path / "a", url, "node-a", newer, sockets / "a"))
+    a.wait_for("node joined the cluster")
+    config_b = node_config(tmp_path / "b", url, "node-b", older, sockets / "b")
+    stamp = time.time() - 3600
+    os.utime(config_b, (stamp, stamp))
+    b = start_daemon(config_b)
+    b.wait_for("node joined the cluster")
+    assert b.find(
+        "config file is older than the one another node applied: its tasks are "
+        "left as stored (the newest file wins); update this node's file"
+    )
+    stored = rows(url, "SELECT name, retired_at FROM tasks ORDER BY name")
+    assert [(row[0], row[1]) for row in stored] == [("t", None)]
+    assert call(sockets / "b", "GET", "/api/v2/health")[1]["config"] == "stale"
+    assert call(sockets / "a", "GET", "/api/v2/health")[1]["config"] == "current"

@@ -64,8 +64,11 @@ MIGRATIONS: tuple[str, ...] = (
         process_group integer,
         process_start text,
         -- The node that claimed (queued) the execution: only it starts and runs it.
-        node text
+        node text,
+        -- Queued by one node for another (the node busy with the task): not yet taken up.
+        handoff boolean NOT NULL DEFAULT false
     );
+    CREATE INDEX executions_handoff ON executions (node) WHERE handoff;
     -- A schedule slot is accounted for once: run, or skipped with a reason. Never twice,
     -- whichever node claims it.
     CREATE UNIQUE INDEX executions_slot ON executions (task_id, slot_at)
@@ -110,6 +113,18 @@ MIGRATIONS: tuple[str, ...] = (
         config_hash text,
         config_at bigint
     );
+    -- Actions sent through one node to the node that runs the execution.
+    CREATE TABLE commands (
+        id bigserial PRIMARY KEY,
+        node text NOT NULL,
+        execution_id bigint NOT NULL,
+        action text NOT NULL,
+        reason text,
+        created_at bigint NOT NULL,
+        done_at bigint,
+        result text
+    );
+    CREATE INDEX commands_pending ON commands (node) WHERE done_at IS NULL;
     """,
 )
 

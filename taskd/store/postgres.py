@@ -105,6 +105,8 @@ _TASK_QUERY_SQL: dict[str, tuple[str, str]] = {
 }
 # Every committed task write is announced here, "<node>:<task id>" (see `taskd.cluster`).
 TASKS_CHANNEL = "taskd_tasks"
+# A node queued a run for another (the one busy with the task): payload, that node's name.
+HANDOFF_CHANNEL = "taskd_handoff"
 _PROGRESS_FIELDS = ("progress", "size_todo", "size_done", "nodes_todo", "nodes_done", "bandwidth")
 _WHOLE_FIELDS = ("size_todo", "size_done", "nodes_todo", "nodes_done")
 
@@ -918,20 +920,27 @@ class PostgresStore:
                 if moved is None:
                     results.append(ClaimResult(False))
                     continue
+                owner = await self._busy_elsewhere(cx, claim.task_id)
+                inserted = [
+                    await _insert_execution(cx, new, now_us, owner or self.node, bool(owner))
+                    if owner and new.status is ExecutionStatus.QUEUED
+                    else await _insert_execution(cx, new, now_us, self.node)
+                    for new in claim.executions
+                ]
                 ids = tuple(
-                    [
-                        await _insert_execution(cx, new, now_us, self.node)
-                        for new in claim.executions
-                    ]
+                    None if owner and new.status is ExecutionStatus.QUEUED else execution_id
+                    for execution_id, new in zip(inserted, claim.executions, strict=True)
                 )
                 for new in claim.executions:
                     if new.status is ExecutionStatus.SKIPPED:
                         await self._prune(cx, claim.task_id)
                 if any(
                     i is not None and new.status is ExecutionStatus.QUEUED
-                    for i, new in zip(ids, claim.executions, strict=True)
+                    for i, new in zip(inserted, claim.executions, strict=True)
                 ):
                     await _mark_task_queued(cx, claim.task_id)
+                    if owner:
+                        await cx.execute("SELECT pg_notify($1, $2)", HANDOFF_CHANNEL, owner)
                 results.append(ClaimResult(True, ids))
             return results
 
@@ -946,14 +955,54 @@ class PostgresStore:
         async def apply(cx: Cx) -> list[int | None]:
             ids = []
             for new in executions:
+                owner = None
+                if new.status is ExecutionStatus.QUEUED:
+                    owner = await self._busy_elsewhere(cx, new.task_id)
                 try:
-                    execution_id = await _insert_execution(cx, new, now_us, self.node)
+                    execution_id = await _insert_execution(
+                        cx, new, now_us, owner or self.node, bool(owner)
+                    )
                 except asyncpg.ForeignKeyViolationError as error:
                     raise NotFoundError(f"task {new.task_id} not found") from error
                 if execution_id is not None and new.status is ExecutionStatus.QUEUED:
                     await _mark_task_queued(cx, new.task_id)
+                    if owner:
+                        await cx.execute("SELECT pg_notify($1, $2)", HANDOFF_CHANNEL, owner)
                 ids.append(execution_id)
             return ids
+
+        return await self._submit(apply)
+
+    async def _busy_elsewhere(self, cx: Cx, task_id: int) -> str | None:
+        """The live node, other than this one, that runs (or has queued) a run of the task,
+        if the task's overlap policy is not `parallel`: a new run of it goes to that node,
+        whose scheduler applies the policy (`skip`, `queue`, `replace`) against what it runs.
+        The task row is locked by the caller's write, so two nodes never both decide the
+        task is free."""
+        await cx.execute("SELECT 1 FROM tasks WHERE id = $1 FOR NO KEY UPDATE", task_id)
+        row = await cx.fetchrow(
+            "SELECT e.node FROM executions e JOIN tasks t ON t.id = e.task_id"
+            " JOIN nodes n ON n.name = e.node WHERE e.task_id = $1"
+            " AND e.status IN ('queued', 'running', 'paused') AND e.node <> $2"
+            " AND n.dead_at IS NULL AND n.stopped_at IS NULL"
+            " AND coalesce(t.spec #>> '{options,overlap}', 'skip') <> 'parallel'"
+            " ORDER BY e.id DESC LIMIT 1",
+            task_id,
+            self.node,
+        )
+        return None if row is None else str(row[0])
+
+    async def take_handoffs(self) -> list[Execution]:
+        """Take up the runs other nodes queued for this one (see `_busy_elsewhere`), oldest
+        first; each is returned once."""
+
+        async def apply(cx: Cx) -> list[Execution]:
+            rows = await cx.fetch(
+                f"UPDATE executions SET handoff = false WHERE node = $1 AND handoff"
+                f" RETURNING {_EXECUTION_COLUMNS}",
+                self.node,
+            )
+            return sorted((execution_from_row(row) for row in rows), key=lambda e: e.id)
 
         return await self._submit(apply)
 
@@ -1501,11 +1550,13 @@ async def _mark_task_queued(cx: Cx, task_id: int) -> None:
     )
 
 
-async def _insert_execution(cx: Cx, new: NewExecution, now_us: int, node: str) -> int | None:
+async def _insert_execution(
+    cx: Cx, new: NewExecution, now_us: int, node: str, handoff: bool = False
+) -> int | None:
     execution_id = await cx.fetchval(
         "INSERT INTO executions (task_id, trigger, trigger_metadata, slot_at, scheduled_for,"
-        " queued_at, status, status_msg, attempt, finished_at, node) VALUES ($1, $2, $3, $4,"
-        " $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (task_id, slot_at)"
+        " queued_at, status, status_msg, attempt, finished_at, node, handoff) VALUES ($1, $2,"
+        " $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (task_id, slot_at)"
         " WHERE slot_at IS NOT NULL DO NOTHING RETURNING id",
         new.task_id,
         str(new.trigger),
@@ -1518,6 +1569,7 @@ async def _insert_execution(cx: Cx, new: NewExecution, now_us: int, node: str) -
         new.attempt,
         now_us if new.status is ExecutionStatus.SKIPPED else None,
         node,
+        handoff,
     )
     return None if execution_id is None else int(execution_id)
 
