@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 import asyncpg
 import structlog
+from prometheus_client import CollectorRegistry, Gauge, Info
 
 from taskd.clock import Clock, from_micros
 from taskd.core import ConfigChanges, Core
@@ -265,6 +266,23 @@ class Cluster:
             f"UPDATE nodes SET stopped_at = {DB_NOW} WHERE name = $1 AND dead_at IS NULL",
             self.node,
         )
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Add this node's name and failover counts to its `/metrics` (each node serves
+        its own figures: scrape every node)."""
+        Info("taskd_node", "This cluster node.", registry=registry).info({"node": self.node})
+        failovers = Gauge(
+            "taskd_node_failovers",
+            "Dead nodes this node declared dead and took the work of, since it started.",
+            registry=registry,
+        )
+        failovers.set_function(lambda: self.failovers)
+        fenced = Gauge(
+            "taskd_node_fenced",
+            "Times this node found itself declared dead by another, since it started.",
+            registry=registry,
+        )
+        fenced.set_function(lambda: self.fenced)
 
     # -- heartbeats and failover ----------------------------------------------------------
 

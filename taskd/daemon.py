@@ -330,6 +330,8 @@ class Daemon:
                 )
             )
             self.core.remote = self.cluster
+            if self.cluster is not None:
+                self.cluster.register_metrics(engine.metrics.registry)
             self._install_signals()
             status = asyncio.create_task(systemd.status_loop(self._status, on_error=_notify_failed))
             stack.callback(status.cancel)

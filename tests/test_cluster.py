@@ -232,11 +232,17 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 def call(path: Path, method: str, url: str) -> tuple[int, Any]:
     """One request to the API on the socket at `path`: (status, JSON body)."""
+    status, body = call_raw(path, method, url)
+    return status, json.loads(body or b"null")
+
+
+def call_raw(path: Path, method: str, url: str) -> tuple[int, bytes]:
+    """One request to the API on the socket at `path`: (status, body)."""
     conn = UnixHTTPConnection(path)
     try:
         conn.request(method, url)
         response = conn.getresponse()
-        return response.status, json.loads(response.read() or b"null")
+        return response.status, response.read()
     finally:
         conn.close()
 
@@ -279,6 +285,9 @@ def test_actions_through_any_node_reach_the_node_that_runs_the_execution(
     assert {node["name"] for node in body["nodes"]} == {"node-a", "node-b"}
     assert {node["state"] for node in body["nodes"]} == {"alive"}
     assert body["node"] == other
+    status, metrics = call_raw(sockets / other, "GET", "/metrics")
+    assert status == 200
+    assert f'taskd_node_info{{node="{other}"}} 1.0' in metrics.decode()
 
     status, body = call(sockets / other, "PUT", f"/api/v2/tasks/{task_id}/action/pause")
     assert (status, body) == (200, {"msg": f"pause: execution {execution_id}"})
