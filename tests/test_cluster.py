@@ -332,3 +332,119 @@ def test_when_the_nodes_files_differ_the_newest_file_wins_and_the_older_node_is_
     assert [(row[0], row[1]) for row in stored] == [("t", None)]
     assert call(sockets / "b", "GET", "/api/v2/health")[1]["config"] == "stale"
     assert call(sockets / "a", "GET", "/api/v2/health")[1]["config"] == "current"
+
+
+# ---------------------------------------------------------------------------------------
+# The multi-node crash test. In the suite: 2 rounds. By hand, longer and with the default
+# failover: `TASKD_CLUSTER_ROUNDS=20 TASKD_CLUSTER_FAILOVER_SEC=5 pytest
+# tests/test_cluster.py -k crash -s` (prints the failover times).
+
+CRASH_ROUNDS = int(os.environ.get("TASKD_CLUSTER_ROUNDS", "2"))
+CRASH_FAILOVER_SEC = float(os.environ.get("TASKD_CLUSTER_FAILOVER_SEC", str(FAILOVER_SEC)))
+CRASH_TASKS = 50
+
+
+def _crash_config(directory: Path, url: str, node: str, tasks: str) -> Path:
+    path = node_config(directory, url, node, tasks, stop_grace_sec=0.5, shutdown_grace_sec=0.5)
+    text = (
+        path.read_text()
+        .replace(f"failover_sec = {FAILOVER_SEC}", f"failover_sec = {CRASH_FAILOVER_SEC}")
+        .replace(f"heartbeat_sec = {HEARTBEAT_SEC}", f"heartbeat_sec = {CRASH_FAILOVER_SEC / 4}")
+    )
+    path.write_text(text)
+    return path
+
+
+def _event_time(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def test_crash_three_nodes_fifty_tasks_a_node_killed_each_round(
+    tmp_path: Path, start_daemon: Callable[[Path], Daemon], postgres_database_url: str
+) -> None:
+    """3 nodes, 50 tasks firing every second; each round one node is killed with kill -9
+    and restarted once a survivor declared it dead. Afterwards: no slot stored (so run)
+    twice, every slot of every task between its first and last became an execution or a
+    recorded skip, every run the killed node was running was taken over (ended, naming
+    the node) and nothing is left running; the failover times are printed."""
+    url = postgres_database_url
+    tasks = "\n".join(
+        task_toml(
+            f"t{n:02d}",
+            "sleep",
+            "{ seconds = 0.3, steps = 3 }",
+            schedules="[{ interval_sec = 1 }]",
+            options="{ max_retries = 1, retry_delay_sec = 0.2, overlap = 'skip' }",
+        )
+        for n in range(CRASH_TASKS)
+    )
+    names = ["node-a", "node-b", "node-c"]
+    configs = {name: _crash_config(tmp_path / name, url, name, tasks) for name in names}
+    nodes = {name: start_daemon(configs[name]) for name in names}
+    for daemon in nodes.values():
+        daemon.wait_for("node joined the cluster", timeout=30)
+    failovers: list[float] = []
+    taken_over: dict[str, list[int]] = {}
+    for round_ in range(CRASH_ROUNDS):
+        time.sleep(2 + round_ % 3)  # a few seconds of work between kills
+        victim = names[round_ % len(names)]
+        nodes[victim].send(signal.SIGKILL)
+        killed_at = time.time()
+        nodes[victim].wait_exit()
+        running = [
+            row[0]
+            for row in rows(
+                url, "SELECT id FROM executions WHERE node = $1 AND status = 'running'", victim
+            )
+        ]
+        survivors = [nodes[name] for name in names if name != victim]
+
+        def declared(
+            victim: str = victim, survivors: list[Daemon] = survivors, killed_at: float = killed_at
+        ) -> float | None:
+            for survivor in survivors:
+                for event in survivor.find("node declared dead: its work is taken over"):
+                    if event.get("dead_node") == victim and _event_time(event) > killed_at:
+                        return _event_time(event)
+            return None
+
+        declared_at = wait_until(declared, f"{victim} declared dead", timeout=30)
+        failovers.append(declared_at - killed_at)
+        taken_over.setdefault(victim, []).extend(running)
+        nodes[victim] = start_daemon(configs[victim])
+        nodes[victim].wait_for("node joined the cluster", timeout=30)
+    time.sleep(1)
+    for daemon in nodes.values():
+        daemon.send(signal.SIGTERM)
+    for daemon in nodes.values():
+        assert daemon.wait_exit(30) == 0
+
+    twice = rows(
+        url,
+        "SELECT task_id, slot_at FROM executions WHERE slot_at IS NOT NULL"
+        " GROUP BY task_id, slot_at HAVING count(*) > 1",
+    )
+    assert twice == []
+    assert rows(url, "SELECT id FROM executions WHERE status IN ('running', 'paused')") == []
+    gaps = rows(
+        url,
+        "SELECT task_id, count(*), (max(slot_at) - min(slot_at)) / 1000000 + 1"
+        " FROM executions WHERE slot_at IS NOT NULL GROUP BY task_id",
+    )
+    assert len(gaps) == CRASH_TASKS
+    for task_id, count, span in gaps:
+        assert count == span, f"task {task_id}: {count} slots recorded over {span} seconds"
+    for ids in taken_over.values():
+        for execution_id in ids:
+            [(status, message)] = rows(
+                url, "SELECT status, status_msg FROM executions WHERE id = $1", execution_id
+            )
+            assert status == "error", (execution_id, status, message)
+            assert message.startswith("interrupted"), message
+    assert len(rows(url, "SELECT id FROM tasks WHERE enabled")) == CRASH_TASKS
+    ordered = sorted(failovers)
+    print(
+        f"\nfailover over {len(ordered)} kills (failover_sec {CRASH_FAILOVER_SEC:g}): "
+        f"p50 {ordered[len(ordered) // 2]:.2f} s, max {ordered[-1]:.2f} s; "
+        f"runs taken over: {sum(len(ids) for ids in taken_over.values())}"
+    )
