@@ -54,6 +54,7 @@ from taskd.settings import ClusterSettings, Settings
 from taskd.store import Store, open_store
 from taskd.store.postgres import (
     HANDOFF_CHANNEL,
+    TAKEN_OVER_PREFIX,
     TASKS_CHANNEL,
     Cx,
     PostgresStore,
@@ -351,7 +352,7 @@ class Cluster:
                 self.node,
             )
             message = (
-                f"interrupted: node {dead} stopped answering (no heartbeat for "
+                f"{TAKEN_OVER_PREFIX}{dead} stopped answering (no heartbeat for "
                 f"{self.settings.failover_sec:g} s); taken over by {self.node}"
             )
             interrupted = await interrupt_executions(cx, dead, now, message)

@@ -105,6 +105,8 @@ _TASK_QUERY_SQL: dict[str, tuple[str, str]] = {
 }
 # Every committed task write is announced here, "<node>:<task id>" (see `taskd.cluster`).
 TASKS_CHANNEL = "taskd_tasks"
+# How the message of a run another node took over (its node was declared dead) begins.
+TAKEN_OVER_PREFIX = "interrupted: node "
 # A node queued a run for another (the one busy with the task): payload, that node's name.
 HANDOFF_CHANNEL = "taskd_handoff"
 _PROGRESS_FIELDS = ("progress", "size_todo", "size_done", "nodes_todo", "nodes_done", "bandwidth")
@@ -1339,21 +1341,35 @@ class PostgresStore:
 
     async def interrupted_process_groups(self) -> list[tuple[int, int, int, str]]:
         """(execution id, task id, pgid, start) of this node's running or paused executions:
-        a process group means something on its own machine only."""
+        a process group means something on its own machine only. Those another node took
+        over while this one was dead count too (they are marked interrupted already, but
+        their processes may have outlived the taskd that was killed); `recover_interrupted`
+        forgets them once they are ended."""
         rows = await self._fetch(
             "SELECT id, task_id, process_group, process_start FROM executions"
-            " WHERE status IN ('running', 'paused') AND process_group IS NOT NULL"
-            " AND node = $1 ORDER BY id",
+            " WHERE node = $1 AND process_group IS NOT NULL AND (status IN ('running', 'paused')"
+            " OR (status = 'error' AND status_msg LIKE $2)) ORDER BY id",
             self.node,
+            TAKEN_OVER_PREFIX + "%",
         )
         return [(row[0], row[1], row[2], row[3]) for row in rows]
 
     async def recover_interrupted(self, now: datetime) -> list[Execution]:
         """Mark this node's executions left `running` or `paused` as `error`, "interrupted"
         (other nodes' runs go on; a dead node's are taken over by `taskd.cluster`)."""
-        recovered = await self._submit(
-            lambda cx: interrupt_executions(cx, self.node, now, "interrupted")
-        )
+
+        async def apply(cx: Cx) -> list[Execution]:
+            # The process groups of runs taken over while this node was dead were ended
+            # by now (`interrupted_process_groups`): forget them.
+            await cx.execute(
+                "UPDATE executions SET process_group = NULL WHERE node = $1"
+                " AND process_group IS NOT NULL AND status = 'error' AND status_msg LIKE $2",
+                self.node,
+                TAKEN_OVER_PREFIX + "%",
+            )
+            return await interrupt_executions(cx, self.node, now, "interrupted")
+
+        recovered = await self._submit(apply)
         for execution in recovered:
             self._write_tail(execution.id)
         return recovered

@@ -90,3 +90,24 @@ async def test_a_database_of_a_newer_schema_is_refused_unchanged(
     with pytest.raises(RuntimeError, match="upgrade taskd"):
         async with _open(tmp_path, postgres_url, "node-a"):
             pass
+
+
+async def test_process_groups_of_runs_taken_over_are_ended_at_the_nodes_restart(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A run another node took over (marked interrupted naming this node) keeps its process
+    group for this node's next start, which ends it; recovery then forgets it."""
+    async with _open(tmp_path, postgres_url, "node-a") as a:
+        task_id = await add_task(a)
+        execution_id = await start(a, task_id)
+        await a.record_process_group(execution_id, 4242, "boot:1")
+        await a.finish(
+            execution_id,
+            task_id,
+            ExecutionStatus.ERROR,
+            "interrupted: node node-a stopped answering; taken over by node-b",
+            at(3),
+        )
+        assert [row[0] for row in await a.interrupted_process_groups()] == [execution_id]
+        assert await a.recover_interrupted(at(4)) == []
+        assert await a.interrupted_process_groups() == []
