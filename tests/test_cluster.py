@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from pg_server import PostgresServer
 from test_daemon import Daemon, start_daemon, task_toml, wait_until
 
 from taskd.model import TaskSource
@@ -451,3 +452,25 @@ def test_crash_three_nodes_fifty_tasks_a_node_killed_each_round(
             assert status == "error", (execution_id, status, message)
             assert message.startswith("interrupted"), message
     assert len(rows(url, "SELECT id FROM tasks WHERE enabled")) == CRASH_TASKS
+
+
+def test_serve_waits_for_a_database_it_cannot_reach_and_starts_once_it_answers(
+    tmp_path: Path,
+    start_daemon: Callable[[Path], Daemon],
+    postgres_server: PostgresServer,
+) -> None:
+    """A database that does not exist yet: `taskd serve` logs `database unreachable` with
+    the server's reason and tries again; once the database is created it starts."""
+    name = f"late_{os.getpid()}"
+    url = postgres_server.url(name)
+    daemon = start_daemon(node_config(tmp_path / "a", url, "node-a"))
+    event = daemon.wait_for("database unreachable")
+    assert name in event["problem"]
+    assert event["retry_in_sec"] == 1.0
+    postgres_server.psql(f'CREATE DATABASE "{name}"')
+    try:
+        daemon.wait_for("node joined the cluster", timeout=20)
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait_exit() == 0
+    finally:
+        postgres_server.drop_database(name)
