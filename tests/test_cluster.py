@@ -290,6 +290,9 @@ def test_actions_through_any_node_reach_the_node_that_runs_the_execution(
     assert status == 200
     assert f'taskd_node_info{{node="{other}"}} 1.0' in metrics.decode()
 
+    status, body = call(sockets / other, "GET", f"/api/v2/executions/{execution_id}")
+    assert status == 200, body
+    assert body["node"] == owner
     status, body = call(sockets / other, "PUT", f"/api/v2/tasks/{task_id}/action/pause")
     assert (status, body) == (200, {"msg": f"pause: execution {execution_id}"})
     [(state,)] = rows(url, "SELECT status FROM executions WHERE id = $1", execution_id)
