@@ -341,6 +341,8 @@ def main() -> None:
         asyncio.run(worker(args))
         return
 
+    # SIGTERM (timeout, kill): unwind, so the nodes and the server are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     server = None
     admin_url = args.url
     if admin_url is None:

@@ -248,6 +248,9 @@ class _Write:
     probe: bool = False
     log_bytes: int = -1
     log_record: _LogRecord | None = None  # a log entry: inserted with its neighbours
+    # A write that refuses nothing (it can fail only with the whole transaction): it runs
+    # without a savepoint of its own, which saves two round trips to the server.
+    safe: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +320,9 @@ class PostgresStore:
         self._closing = False
         # Entries logged per execution, for the cap (an execution logs on one node only).
         self._log_count: dict[int, int] = {}
+        # What the batch being written changed in `_log_count` (old values): a batch that
+        # is rolled back gives them back.
+        self._log_undo: dict[int, int | None] = {}
         self._finished_since_prune: dict[int, int] = {}
         self.batches_written = 0
         self.last_batch_seconds = 0.0
@@ -388,11 +394,13 @@ class PostgresStore:
 
     # -- group commit -------------------------------------------------------------------
 
-    async def _submit(self, apply: Callable[[Cx], Awaitable[T]], *, probe: bool = False) -> T:
+    async def _submit(
+        self, apply: Callable[[Cx], Awaitable[T]], *, probe: bool = False, safe: bool = False
+    ) -> T:
         if self._closing:
             raise RuntimeError("store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Write(apply, future, probe))
+        self._pending.append(_Write(apply, future, probe, safe=safe))
         self._wake.set()
         return await future
 
@@ -404,7 +412,9 @@ class PostgresStore:
     ) -> None:
         if self._closing:
             return
-        self._pending.append(_Write(apply, None, log_bytes=log_bytes, log_record=log_record))
+        self._pending.append(
+            _Write(apply, None, log_bytes=log_bytes, log_record=log_record, safe=True)
+        )
         if log_bytes >= 0:
             self._log_pending_entries += 1
             self._log_pending_bytes += log_bytes
@@ -438,7 +448,7 @@ class PostgresStore:
 
     async def flush(self) -> None:
         """Return once everything submitted before this call has been committed."""
-        await self._submit(_nothing, probe=True)
+        await self._submit(_nothing, probe=True, safe=True)
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -487,21 +497,59 @@ class PostgresStore:
         return self._conn
 
     async def _apply_batch(self, conn: Cx, batch: Sequence[_Write]) -> list[Any]:
-        """Run a batch of writes in one transaction, each in its own savepoint."""
+        """Run a batch of writes in one transaction: each write that may be refused in its
+        own savepoint (a refusal undoes that write only), the others (`safe`) without one.
+
+        A safe write that fails takes the transaction down: the batch is tried again, at
+        once when it lost a deadlock or serialization race with another node, else with a
+        savepoint for every write, so that each write gets its own result (the server
+        refusing writes fails them one by one, and an empty write still commits).
+        """
+        for attempt in range(CONFLICT_RETRIES + 1):
+            self._log_undo = {}
+            try:
+                return await self._apply_batch_once(conn, batch, savepoints=False)
+            except Exception as error:
+                self._undo_log_counts()
+                if conn.is_closed():
+                    raise
+                if not (_retryable(error) and attempt < CONFLICT_RETRIES):
+                    break
+        self._log_undo = {}
+        try:
+            return await self._apply_batch_once(conn, batch, savepoints=True)
+        except BaseException:
+            self._undo_log_counts()
+            raise
+
+    def _undo_log_counts(self) -> None:
+        """Give the per-execution log counts back what a rolled-back batch added."""
+        for execution_id, count in self._log_undo.items():
+            if count is None:
+                self._log_count.pop(execution_id, None)
+            else:
+                self._log_count[execution_id] = count
+        self._log_undo = {}
+
+    async def _apply_batch_once(
+        self, conn: Cx, batch: Sequence[_Write], *, savepoints: bool
+    ) -> list[Any]:
         results: list[Any] = []
         async with conn.transaction():
             start = 0
             while start < len(batch):
                 end = start + 1
-                records = [batch[start].log_record]
-                if records[0] is not None:  # a run of log entries goes in as one write
+                write = batch[start]
+                apply: Callable[[Cx], Awaitable[Any]] = write.apply
+                if write.log_record is not None:  # a run of log entries goes in as one write
                     while end < len(batch) and batch[end].log_record is not None:
-                        records.append(batch[end].log_record)
                         end += 1
-                    logs = [record for record in records if record is not None]
-                    result = await self._in_savepoint(conn, partial(self._insert_logs, logs=logs))
+                    logs = [w.log_record for w in batch[start:end] if w.log_record is not None]
+                    apply = partial(self._insert_logs, logs=logs)
+                if write.safe and not savepoints:
+                    result = await apply(conn)
                 else:
-                    result = await self._in_savepoint(conn, batch[start].apply)
+                    result = await self._in_savepoint(conn, apply)
                 results.extend([result] * (end - start))
                 start = end
         return results
@@ -574,7 +622,7 @@ class PostgresStore:
 
     async def ping(self) -> None:
         """Commit an empty write; raises the remembered failure while there is one."""
-        await self._submit(_nothing, probe=True)
+        await self._submit(_nothing, probe=True, safe=True)
         if self._failure is not None:
             raise StoreUnavailableError(self._failure)
 
@@ -734,7 +782,7 @@ class PostgresStore:
             )
             await _announce(cx, self.node, [task_id])
 
-        await self._submit(apply)
+        await self._submit(apply, safe=True)
 
     async def delete_task(self, task_id: int) -> None:
         """Delete a task with its executions, log and deferred runs. NotFoundError if absent."""
@@ -896,7 +944,7 @@ class PostgresStore:
         async def apply(cx: Cx) -> None:
             await cx.execute("UPDATE tasks SET state = $1 WHERE id = $2", value, task_id)
 
-        await self._submit(apply)
+        await self._submit(apply, safe=True)
 
     # -- slots and executions -------------------------------------------------------------
 
@@ -912,17 +960,24 @@ class PostgresStore:
         async def apply(cx: Cx) -> list[ClaimResult]:
             results = []
             for claim in claims:
-                moved = await cx.fetchval(
+                # RETURNING whether the task runs in parallel: then no other node's run
+                # of it matters (one query less per claim).
+                parallel = await cx.fetchval(
                     "UPDATE tasks SET next_run_at = $1 WHERE id = $2"
-                    " AND next_run_at IS NOT DISTINCT FROM $3 RETURNING id",
+                    " AND next_run_at IS NOT DISTINCT FROM $3"
+                    " RETURNING coalesce(spec #>> '{options,overlap}', 'skip') = 'parallel'",
                     _micros(claim.next_run_at),
                     claim.task_id,
                     _micros(claim.expected_next_run_at),
                 )
-                if moved is None:
+                if parallel is None:
                     results.append(ClaimResult(False))
                     continue
-                owner = await self._busy_elsewhere(cx, claim.task_id)
+                owner = None
+                if not parallel and any(
+                    new.status is ExecutionStatus.QUEUED for new in claim.executions
+                ):
+                    owner = await self._busy_elsewhere(cx, claim.task_id, locked=True)
                 inserted = [
                     await _insert_execution(cx, new, now_us, owner or self.node, bool(owner))
                     if owner and new.status is ExecutionStatus.QUEUED
@@ -946,7 +1001,7 @@ class PostgresStore:
                 results.append(ClaimResult(True, ids))
             return results
 
-        return await self._submit(apply)
+        return await self._submit(apply, safe=True)
 
     async def add_executions(
         self, executions: Sequence[NewExecution], now: datetime
@@ -975,13 +1030,14 @@ class PostgresStore:
 
         return await self._submit(apply)
 
-    async def _busy_elsewhere(self, cx: Cx, task_id: int) -> str | None:
+    async def _busy_elsewhere(self, cx: Cx, task_id: int, *, locked: bool = False) -> str | None:
         """The live node, other than this one, that runs (or has queued) a run of the task,
         if the task's overlap policy is not `parallel`: a new run of it goes to that node,
         whose scheduler applies the policy (`skip`, `queue`, `replace`) against what it runs.
         The task row is locked by the caller's write, so two nodes never both decide the
-        task is free."""
-        await cx.execute("SELECT 1 FROM tasks WHERE id = $1 FOR NO KEY UPDATE", task_id)
+        task is free (`locked`: the caller's write holds it already)."""
+        if not locked:
+            await cx.execute("SELECT 1 FROM tasks WHERE id = $1 FOR NO KEY UPDATE", task_id)
         row = await cx.fetchrow(
             "SELECT e.node FROM executions e JOIN tasks t ON t.id = e.task_id"
             " JOIN nodes n ON n.name = e.node WHERE e.task_id = $1"
@@ -1006,7 +1062,7 @@ class PostgresStore:
             )
             return sorted((execution_from_row(row) for row in rows), key=lambda e: e.id)
 
-        return await self._submit(apply)
+        return await self._submit(apply, safe=True)
 
     async def mark_started_many(
         self, started: Sequence[tuple[int, int]], started_at: datetime, dispatcher: str
@@ -1040,7 +1096,7 @@ class PostgresStore:
             )
             return {int(row[0]) for row in ids}
 
-        return await self._submit(apply)
+        return await self._submit(apply, safe=True)
 
     def set_running_status_nowait(
         self, execution_id: int, task_id: int, status: ExecutionStatus
@@ -1208,6 +1264,8 @@ class PostgresStore:
                     count = counts.get(record.execution_id, 0)
                 if count >= self._log_cap:
                     continue
+                if record.execution_id not in self._log_undo:
+                    self._log_undo[record.execution_id] = self._log_count.get(record.execution_id)
                 self._log_count[record.execution_id] = count + 1
             kept.append(record)
         if not kept:
@@ -1303,7 +1361,7 @@ class PostgresStore:
             )
             await self._prune(cx, task_id)
 
-        await self._submit(apply)
+        await self._submit(apply, safe=True)
 
     async def _prune(self, cx: Cx, task_id: int) -> None:
         """Keep the newest `history_per_task` executions of a task (once per tenth)."""
@@ -1337,7 +1395,7 @@ class PostgresStore:
                 execution_id,
             )
 
-        await self._submit(apply)
+        await self._submit(apply, safe=True)
 
     async def interrupted_process_groups(self) -> list[tuple[int, int, int, str]]:
         """(execution id, task id, pgid, start) of this node's running or paused executions:
@@ -1369,7 +1427,7 @@ class PostgresStore:
             )
             return await interrupt_executions(cx, self.node, now, "interrupted")
 
-        recovered = await self._submit(apply)
+        recovered = await self._submit(apply, safe=True)
         for execution in recovered:
             self._write_tail(execution.id)
         return recovered
