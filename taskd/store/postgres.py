@@ -956,8 +956,13 @@ class PostgresStore:
         the condition on the newest row), the claim is void.
         """
         now_us = to_micros(now)
+        bulk = len({claim.task_id for claim in claims}) == len(claims) and all(
+            new.slot_at is not None for claim in claims for new in claim.executions
+        )
 
         async def apply(cx: Cx) -> list[ClaimResult]:
+            if bulk:  # the usual case: a handful of statements for the whole batch
+                return await self._claim_bulk(cx, claims, now_us)
             results = []
             for claim in claims:
                 # RETURNING whether the task runs in parallel: then no other node's run
@@ -1002,6 +1007,104 @@ class PostgresStore:
             return results
 
         return await self._submit(apply, safe=True)
+
+    async def _claim_bulk(
+        self, cx: Cx, claims: Sequence[SlotClaim], now_us: int
+    ) -> list[ClaimResult]:
+        """`claim` for claims of distinct tasks whose rows all have a slot: one UPDATE and
+        one INSERT for all of them (a statement per claim would cap a node at the round
+        trips to the server). Tasks are locked in id order (no deadlock between nodes)."""
+        order = sorted(range(len(claims)), key=lambda i: claims[i].task_id)
+        rows = await cx.fetch(
+            "UPDATE tasks t SET next_run_at = c.next FROM unnest($1::bigint[], $2::bigint[],"
+            " $3::bigint[], $4::int[]) AS c(id, expected, next, ord)"
+            " WHERE t.id = c.id AND t.next_run_at IS NOT DISTINCT FROM c.expected"
+            " RETURNING c.ord, coalesce(t.spec #>> '{options,overlap}', 'skip') = 'parallel'",
+            [claims[i].task_id for i in order],
+            [_micros(claims[i].expected_next_run_at) for i in order],
+            [_micros(claims[i].next_run_at) for i in order],
+            order,
+        )
+        applied = {int(row[0]): bool(row[1]) for row in rows}
+        owners: dict[int, str] = {}
+        for index in sorted(applied, key=lambda i: claims[i].task_id):
+            claim = claims[index]
+            if not applied[index] and any(
+                new.status is ExecutionStatus.QUEUED for new in claim.executions
+            ):
+                owner = await self._busy_elsewhere(cx, claim.task_id, locked=True)
+                if owner:
+                    owners[index] = owner
+        columns: tuple[list[Any], ...] = tuple([] for _ in range(11))
+        for index in sorted(applied):
+            owner = owners.get(index)
+            for new in claims[index].executions:
+                handoff = owner is not None and new.status is ExecutionStatus.QUEUED
+                values = (
+                    new.task_id,
+                    str(new.trigger),
+                    _dumps(dict(new.trigger_metadata)) if new.trigger_metadata else None,
+                    _micros(new.slot_at),
+                    _micros(new.scheduled_for),
+                    str(new.status),
+                    new.status_msg,
+                    new.attempt,
+                    now_us if new.status is ExecutionStatus.SKIPPED else None,
+                    owner if handoff else self.node,
+                    handoff,
+                )
+                for column, value in zip(columns, values, strict=True):
+                    column.append(value)
+        inserted: dict[tuple[int, int], int] = {}
+        if columns[0]:
+            rows = await cx.fetch(
+                "INSERT INTO executions (task_id, trigger, trigger_metadata, slot_at,"
+                " scheduled_for, queued_at, status, status_msg, attempt, finished_at, node,"
+                " handoff) SELECT r.task_id, r.trigger, r.metadata::jsonb, r.slot_at,"
+                " r.scheduled_for, $12, r.status, r.status_msg, r.attempt, r.finished_at,"
+                " r.node, r.handoff FROM unnest($1::bigint[], $2::text[], $3::text[],"
+                " $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::int[], $9::bigint[],"
+                " $10::text[], $11::bool[]) WITH ORDINALITY AS r(task_id, trigger, metadata,"
+                " slot_at, scheduled_for, status, status_msg, attempt, finished_at, node,"
+                " handoff, ord) ORDER BY r.ord ON CONFLICT (task_id, slot_at)"
+                " WHERE slot_at IS NOT NULL DO NOTHING RETURNING id, task_id, slot_at",
+                *columns,
+                now_us,
+            )
+            inserted = {(int(row[1]), int(row[2])): int(row[0]) for row in rows}
+        results: list[ClaimResult] = []
+        queued_tasks: list[int] = []
+        notify: set[str] = set()
+        for index, claim in enumerate(claims):
+            if index not in applied:
+                results.append(ClaimResult(False))
+                continue
+            owner = owners.get(index)
+            ids: list[int | None] = []
+            queued = False
+            for new in claim.executions:
+                key = (new.task_id, _micros(new.slot_at) or 0)
+                execution_id = inserted.pop(key, None)  # a slot is inserted once
+                if execution_id is not None and new.status is ExecutionStatus.QUEUED:
+                    queued = True
+                handed = owner is not None and new.status is ExecutionStatus.QUEUED
+                ids.append(None if handed else execution_id)
+                if new.status is ExecutionStatus.SKIPPED:
+                    await self._prune(cx, claim.task_id)
+            if queued:
+                queued_tasks.append(claim.task_id)
+                if owner is not None:
+                    notify.add(owner)
+            results.append(ClaimResult(True, tuple(ids)))
+        if queued_tasks:
+            await cx.execute(
+                "UPDATE tasks SET status = 'queued' WHERE id = ANY($1::bigint[])"
+                " AND status NOT IN ('running', 'paused')",
+                sorted(queued_tasks),
+            )
+        for owner in sorted(notify):
+            await cx.execute("SELECT pg_notify($1, $2)", HANDOFF_CHANNEL, owner)
+        return results
 
     async def add_executions(
         self, executions: Sequence[NewExecution], now: datetime
