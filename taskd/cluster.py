@@ -62,6 +62,7 @@ from taskd.store.postgres import (
     execution_columns,
     execution_from_row,
     interrupt_executions,
+    unavailable,
 )
 
 log = structlog.get_logger("taskd.cluster")
@@ -234,6 +235,7 @@ class Cluster:
         self.last_beat_ok = True
         self._handoff_lock = asyncio.Lock()
         self._commands_lock = asyncio.Lock()
+        self._beat_conn: Cx | None = None
 
     async def __aenter__(self) -> Cluster:
         await self.store.run_write(self._register)
@@ -250,6 +252,9 @@ class Cluster:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._beat_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._beat_conn.close()
         with contextlib.suppress(StoreUnavailableError, RuntimeError):
             await self.store.run_write(self._leave)
         log.info("node left the cluster", node=self.node)
@@ -302,8 +307,27 @@ class Cluster:
             await asyncio.sleep(self.settings.heartbeat_sec)
 
     async def beat(self) -> None:
-        """One heartbeat: stamp this node, then take over from nodes found dead."""
-        fenced, taken = await self.store.run_write(self._beat)
+        """One heartbeat: stamp this node, then take over from nodes found dead.
+
+        On a connection of its own, in a transaction of its own: a long write batch of
+        the store (thousands of claims) never delays the heartbeat into a false death.
+        """
+        if self._beat_conn is None or self._beat_conn.is_closed():
+            self._beat_conn = None
+            self._beat_conn = await connect(self.store.url, self._password)
+        conn = self._beat_conn
+        try:
+            async with asyncio.timeout(self.settings.failover_sec), conn.transaction():
+                fenced, taken = await self._beat(conn)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
+            if conn.is_closed() or isinstance(error, TimeoutError):
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                self._beat_conn = None
+            problem = unavailable(error)
+            if problem is None:
+                raise
+            raise problem from error
         if fenced:
             self._fence()
         for dead, interrupted, queued in taken:
