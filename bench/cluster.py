@@ -336,6 +336,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     parser.add_argument("--repeat", type=int, default=1, help="runs (medians printed)")
     parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument("--failover-only", action="store_true", help="only the failover time")
     args = parser.parse_args()
     if args.worker:
         asyncio.run(worker(args))
@@ -363,6 +364,16 @@ def main() -> None:
         configs: list[tuple[str, int]] = [("postgresql", n) for n in (1, 2, 3)]
         if not args.skip_sqlite:
             configs.insert(0, ("sqlite", 1))
+        if args.failover_only:
+            fails = [
+                failover(args, fresh_database(admin_url, f"bench_failover_{run}"))
+                for run in range(args.repeat)
+            ]
+            print(
+                f"failover: {', '.join(f'{f:.2f}' for f in fails)} s; median "
+                f"{statistics.median(fails):.2f} s"
+            )
+            return
         for store, count in configs:
             rates, fires, fails = [], [], []
             for run in range(args.repeat):

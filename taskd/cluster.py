@@ -6,9 +6,10 @@ is claimed once (a compare-and-set of the task's due time, the unique (task, slo
 and an execution belongs to the node that queued it, which alone starts it. This module
 adds what needs a loop:
 
-- **Heartbeats.** Each node has a row in `nodes` and stamps it every `heartbeat_sec` with
-  the database server's clock (one clock for all nodes: no skew between machines).
-- **Failover.** A node that finds another silent for `failover_sec` declares it dead, in
+- **Heartbeats.** Each node has a row in `nodes` and stamps it twice per `heartbeat_sec`
+  with the database server's clock (one clock for all nodes: no skew between machines).
+- **Failover.** A node that finds another silent for `failover_sec - heartbeat_sec`
+  declares it dead (so its work is taken over within `failover_sec` of its death), in
   one transaction, with the row locked `FOR UPDATE SKIP LOCKED` (one survivor does it): the
   dead node's running and paused executions end `error` with a message naming the node,
   and its queued ones become the survivor's. The survivor's scheduler then applies each
@@ -304,7 +305,9 @@ class Cluster:
             except Exception:
                 log.exception("heartbeat failed")
                 self.last_beat_ok = False
-            await asyncio.sleep(self.settings.heartbeat_sec)
+            # Twice per heartbeat_sec: a stamp is never late by more than half of it, and a
+            # dead node is found within half of it.
+            await asyncio.sleep(self.settings.heartbeat_sec / 2)
 
     async def beat(self) -> None:
         """One heartbeat: stamp this node, then take over from nodes found dead.
@@ -358,7 +361,10 @@ class Cluster:
         fenced = stamped is None
         if fenced:
             await self._register(cx)
-        failover_us = int(self.settings.failover_sec * 1_000_000)
+        # Dead once its heartbeat is older than failover_sec - heartbeat_sec: found within
+        # half a heartbeat after that, its work is taken over at most failover_sec after
+        # it died (its last stamp was at most half a heartbeat before).
+        failover_us = int((self.settings.failover_sec - self.settings.heartbeat_sec) * 1_000_000)
         dead_rows = await cx.fetch(
             "SELECT name, heartbeat_at FROM nodes WHERE name <> $1 AND dead_at IS NULL"
             f" AND stopped_at IS NULL AND heartbeat_at < {DB_NOW} - $2::bigint"

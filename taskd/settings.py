@@ -192,8 +192,9 @@ class StoreSettings:
 class ClusterSettings:
     """The `[cluster]` section: how nodes sharing a PostgreSQL store watch each other.
 
-    Each node writes a heartbeat every `heartbeat_sec`; one silent for `failover_sec` is
-    declared dead by a survivor, which takes over its work.
+    Each node writes a heartbeat twice per `heartbeat_sec`; one silent for `failover_sec -
+    heartbeat_sec` is declared dead by a survivor, which takes over its work: within
+    `failover_sec` of the node's death.
     """
 
     failover_sec: float = 5.0
