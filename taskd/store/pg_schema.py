@@ -41,6 +41,8 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX tasks_due ON tasks (next_run_at) WHERE next_run_at IS NOT NULL AND enabled;
     CREATE INDEX tasks_source ON tasks (source);
+    -- An owner's API tasks (`query_tasks(owner=...)`).
+    CREATE INDEX tasks_owner ON tasks (created_by) WHERE source = 'api';
     CREATE TABLE executions (
         id bigserial PRIMARY KEY,
         task_id bigint NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,

@@ -862,9 +862,13 @@ class PostgresStore:
         limit: int | None = None,
         offset: int = 0,
         with_total: bool = True,
+        owner: str | None = None,
     ) -> tuple[list[Task], int]:
         """Return one page of tasks and the total count matching all conditions (see the
-        Protocol). `like` is case-insensitive for ASCII letters, as in SQLite."""
+        Protocol). `like` is case-insensitive for ASCII letters, as in SQLite. With `owner`,
+        only its API tasks and every config task (main's owners contract, ported ahead).
+        Empty values sort after the others ascending, before them descending (PostgreSQL's
+        own rule)."""
         for name in (*(name for name, _, _ in where), *(name for name, _ in order)):
             if name not in _TASK_QUERY_SQL:
                 raise ValueError(f"unknown task field {name!r}")
@@ -884,6 +888,9 @@ class PostgresStore:
                 raise ValueError(f"unknown operator {operator!r}")
             params.append(_param(value))
             clauses.append(f"{column} {operator} ${len(params)}::{kind}")
+        if owner is not None:
+            params.append(owner)
+            clauses.append(f"(created_by = ${len(params)} AND source = 'api' OR source = 'config')")
         where_sql = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         order_sql = ", ".join(
             f"{_TASK_QUERY_SQL[name][0]} {'DESC' if descending else 'ASC'}"
@@ -1200,6 +1207,39 @@ class PostgresStore:
             return {int(row[0]) for row in ids}
 
         return await self._submit(apply, safe=True)
+
+    async def unstart_many(self, started: Sequence[tuple[int, int]]) -> None:
+        """Take back starts committed ahead that did not happen (main's contract, ported
+        ahead): this node's `running` executions go back to `queued`, their tasks (where
+        they show them) to `queued` showing the run before."""
+        if not started:
+            return
+
+        async def apply(cx: Cx) -> None:
+            for execution_id, task_id in sorted(started, key=lambda pair: pair[1]):
+                await cx.execute(
+                    "UPDATE tasks SET status = 'queued', last_execution_id = previous.id,"
+                    " status_msg = previous.status_msg, run_started_at = previous.started_at,"
+                    " run_finished_at = previous.finished_at, run_canceled_at = CASE WHEN"
+                    " previous.status = 'canceled' THEN previous.finished_at END"
+                    " FROM (SELECT max(id) AS last FROM executions WHERE task_id = $1"
+                    "  AND id < $2 AND status NOT IN ('queued', 'skipped')) AS prior"
+                    " LEFT JOIN executions AS previous ON previous.id = prior.last"
+                    " WHERE tasks.id = $1 AND tasks.last_execution_id = $2"
+                    " AND tasks.status = 'running' AND EXISTS (SELECT 1 FROM executions"
+                    " WHERE id = $2 AND status = 'running' AND node = $3)",
+                    task_id,
+                    execution_id,
+                    self.node,
+                )
+            await cx.execute(
+                "UPDATE executions SET status = 'queued', started_at = NULL, dispatcher = NULL"
+                " WHERE id = ANY($1::bigint[]) AND status = 'running' AND node = $2",
+                [execution_id for execution_id, _ in started],
+                self.node,
+            )
+
+        await self._submit(apply, safe=True)
 
     def set_running_status_nowait(
         self, execution_id: int, task_id: int, status: ExecutionStatus

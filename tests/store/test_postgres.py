@@ -13,7 +13,7 @@ import pytest
 from store_helpers import T0, add_task, at, queue, slot_claim, start
 
 from taskd.errors import StoreUnavailableError
-from taskd.model import ExecutionStatus
+from taskd.model import ExecutionStatus, TaskSource, TaskStatus
 from taskd.store import open_store
 from taskd.store.pg_schema import MIGRATIONS
 
@@ -111,3 +111,25 @@ async def test_process_groups_of_runs_taken_over_are_ended_at_the_nodes_restart(
         assert [row[0] for row in await a.interrupted_process_groups()] == [execution_id]
         assert await a.recover_interrupted(at(4)) == []
         assert await a.interrupted_process_groups() == []
+
+
+async def test_query_by_owner_and_unstart_ported_from_mains_contract(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """main's contract additions, ported ahead of the merge: `query_tasks(owner=...)` gives
+    the owner's API tasks and every config task; `unstart_many` takes a start back to
+    `queued`, the task showing its run before."""
+    async with _open(tmp_path, postgres_url, "node-a") as a:
+        mine = await add_task(a, "mine", by="alice")
+        await add_task(a, "theirs", by="bob")
+        await add_task(a, "config", source=TaskSource.CONFIG)
+        tasks, total = await a.query_tasks(owner="alice")  # type: ignore[call-arg]
+        assert ([t.name for t in tasks], total) == (["mine", "config"], 2)
+        first = await start(a, mine)
+        await a.finish(first, mine, ExecutionStatus.DONE, "ok", at(1))
+        second = await start(a, mine, at(2))
+        await a.unstart_many([(second, mine)])  # type: ignore[attr-defined]
+        execution = await a.get_execution(second)
+        assert (execution.status, execution.started_at) == (ExecutionStatus.QUEUED, None)
+        task = await a.get_task(mine)
+        assert (task.status, task.last_execution_id) == (TaskStatus.QUEUED, first)
