@@ -20,7 +20,10 @@ import asyncio
 import threading
 from typing import Any, Protocol
 
+import asyncpg
+
 from taskd.store import Store
+from taskd.store.postgres import PostgresStore
 from taskd.store.sqlite import SqliteStore
 
 
@@ -98,3 +101,64 @@ class SqliteDiskFaults:
 
 
 BIG_TEXT = "x" * 64_000  # needs new pages whatever the file's free space
+
+
+class PostgresDiskFaults:
+    """`DiskFaults` of the PostgreSQL store.
+
+    Writes refused: the store's own session is made read-only (`default_transaction_read_only`),
+    so every write fails with SQLSTATE 25006, as on a server whose database was switched to
+    read-only (or a hot standby). A full disk: PostgreSQL has no per-database size cap to
+    set, so triggers on the store's tables raise SQLSTATE 53100 (`disk_full`, the server's
+    own "could not extend file" error class) for a row that needs more than 8 kB, the
+    share of a full disk a test can make without mounting a small file system (root and
+    CAP_SYS_ADMIN). Both changes are made as empty writes of the store (`probe`), so they
+    do not count as a write that succeeded.
+    """
+
+    _TABLES = ("tasks", "executions", "log_entries", "deferred_runs")
+
+    async def _session(self, store: Store, sql: str) -> None:
+        assert isinstance(store, PostgresStore)
+
+        async def apply(cx: Any) -> None:
+            await cx.execute(sql)
+
+        await store._submit(apply, probe=True)
+
+    async def _admin(self, store: Store, sql: str) -> None:
+        assert isinstance(store, PostgresStore)
+        conn = await asyncpg.connect(store.url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def fill(self, store: Store) -> None:
+        """Refuse rows of more than 8 kB with the server's disk-full error."""
+        statements = [
+            "CREATE OR REPLACE FUNCTION taskd_test_disk_full() RETURNS trigger"
+            " LANGUAGE plpgsql AS $$ BEGIN IF octet_length(NEW::text) > 8192 THEN"
+            " RAISE EXCEPTION 'could not extend file: No space left on device'"
+            " USING ERRCODE = 'disk_full'; END IF; RETURN NEW; END $$"
+        ]
+        statements += [
+            f"CREATE TRIGGER taskd_test_disk_full BEFORE INSERT OR UPDATE ON {table}"
+            " FOR EACH ROW EXECUTE FUNCTION taskd_test_disk_full()"
+            for table in self._TABLES
+        ]
+        await self._admin(store, "; ".join(statements))
+
+    async def refuse_writes(self, store: Store) -> None:
+        """Make the store's session read-only."""
+        await self._session(store, "SET SESSION default_transaction_read_only = on")
+
+    async def restore(self, store: Store) -> None:
+        """Drop the disk-full triggers and make the session writable again."""
+        await self._session(store, "SET SESSION default_transaction_read_only = off")
+        await self._admin(
+            store,
+            "; ".join(
+                f"DROP TRIGGER IF EXISTS taskd_test_disk_full ON {table}" for table in self._TABLES
+            ),
+        )
