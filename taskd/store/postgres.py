@@ -88,6 +88,23 @@ _EXECUTION_COLUMNS = (
     "finished_at, status, status_msg, progress, size_todo, size_done, nodes_todo, nodes_done, "
     "bandwidth, dispatcher, attempt, node"
 )
+
+
+def _types_sql(param: str) -> str:
+    """`,type1,type2,` of the objects in `task_params.<param>` (an object or an array), as
+    SQLite's store computes it; NULL when there is none (matches no `like`)."""
+    value = f"(spec #> '{{task_params,{param}}}')"
+    items = (
+        f"CASE jsonb_typeof({value}) WHEN 'array' THEN {value}"
+        f" WHEN 'object' THEN jsonb_build_array({value}) ELSE '[]'::jsonb END"
+    )
+    return (
+        "((SELECT ',' || string_agg(DISTINCT item->>'type', ',') || ','"
+        f" FROM jsonb_array_elements({items}) AS item"
+        " WHERE jsonb_typeof(item) = 'object') COLLATE \"C\")"
+    )
+
+
 # The SQL behind each of model.TASK_QUERY_FIELDS, with the type of its values. Text sorts
 # and compares bytewise (COLLATE "C"), as in SQLite, whatever the database's locale.
 _TASK_QUERY_SQL: dict[str, tuple[str, str]] = {
@@ -102,6 +119,8 @@ _TASK_QUERY_SQL: dict[str, tuple[str, str]] = {
     "workflow_type": ("(spec->>'workflow_type') COLLATE \"C\"", "text"),
     "workflow_action": ("(spec->>'workflow_action') COLLATE \"C\"", "text"),
     "priority": ("coalesce((spec #>> '{options,priority}')::numeric, 0)", "numeric"),
+    "sources.type": (_types_sql("sources"), "text"),
+    "destinations.type": (_types_sql("destination"), "text"),
 }
 # Every committed task write is announced here, "<node>:<task id>" (see `taskd.cluster`).
 TASKS_CHANNEL = "taskd_tasks"
