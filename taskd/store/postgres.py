@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -58,6 +57,7 @@ from taskd.store.base import (
     SlotClaim,
     TaskInsert,
     TaskUpdate,
+    new_defer_id,
 )
 from taskd.store.pg_schema import migrate
 
@@ -1662,7 +1662,7 @@ class PostgresStore:
         self, task_id: int, metadata: Mapping[str, Any], now: datetime, expires_at: datetime
     ) -> str:
         """Record a deferred run of a task and return its unguessable `defer_id`."""
-        defer_id = secrets.token_urlsafe(16)
+        defer_id = new_defer_id()
 
         async def apply(cx: Cx) -> None:
             done = await cx.execute(
