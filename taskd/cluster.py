@@ -11,11 +11,13 @@ adds what needs a loop:
 - **Failover.** A node that finds another silent for `failover_sec - heartbeat_sec`
   declares it dead (so its work is taken over within `failover_sec` of its death), in
   one transaction, with the row locked `FOR UPDATE SKIP LOCKED` (one survivor does it): the
-  dead node's running and paused executions end `error` with a message naming the node,
-  and its queued ones become the survivor's. The survivor's scheduler then applies each
-  interrupted run's retry policy and takes up the queued ones (`Scheduler.adopt`). Queued
-  executions of a node that stopped cleanly are taken over the same way; its running ones
-  ended before it stopped (a clean stop hands nothing over).
+  dead node's running and paused executions end `error` with a message naming the node
+  (but a start it committed ahead of an instant not yet reached never began: it goes back
+  to `queued`, as in a node's own recovery), and its queued ones become the survivor's.
+  The survivor's scheduler then applies each interrupted run's retry policy and takes up
+  the queued ones (`Scheduler.adopt`). Queued executions of a node that stopped cleanly
+  are taken over the same way; its running ones ended before it stopped (a clean stop
+  hands nothing over).
 - **Fencing.** A node that finds itself declared dead (it was cut off from the database
   longer than `failover_sec`, its work was taken over) stops what it still runs, without
   recording anything (the endings are recorded already), and joins again.

@@ -1235,28 +1235,7 @@ class PostgresStore:
             return
 
         async def apply(cx: Cx) -> None:
-            for execution_id, task_id in sorted(started, key=lambda pair: pair[1]):
-                await cx.execute(
-                    "UPDATE tasks SET status = 'queued', last_execution_id = previous.id,"
-                    " status_msg = previous.status_msg, run_started_at = previous.started_at,"
-                    " run_finished_at = previous.finished_at, run_canceled_at = CASE WHEN"
-                    " previous.status = 'canceled' THEN previous.finished_at END"
-                    " FROM (SELECT max(id) AS last FROM executions WHERE task_id = $1"
-                    "  AND id < $2 AND status NOT IN ('queued', 'skipped')) AS prior"
-                    " LEFT JOIN executions AS previous ON previous.id = prior.last"
-                    " WHERE tasks.id = $1 AND tasks.last_execution_id = $2"
-                    " AND tasks.status = 'running' AND EXISTS (SELECT 1 FROM executions"
-                    " WHERE id = $2 AND status = 'running' AND node = $3)",
-                    task_id,
-                    execution_id,
-                    self.node,
-                )
-            await cx.execute(
-                "UPDATE executions SET status = 'queued', started_at = NULL, dispatcher = NULL"
-                " WHERE id = ANY($1::bigint[]) AND status = 'running' AND node = $2",
-                [execution_id for execution_id, _ in started],
-                self.node,
-            )
+            await _unstart(cx, started, self.node)
 
         await self._submit(apply, safe=True)
 
@@ -1576,7 +1555,8 @@ class PostgresStore:
 
     async def recover_interrupted(self, now: datetime) -> list[Execution]:
         """Mark this node's executions left `running` or `paused` as `error`, "interrupted"
-        (other nodes' runs go on; a dead node's are taken over by `taskd.cluster`)."""
+        (other nodes' runs go on; a dead node's are taken over by `taskd.cluster`); a start
+        committed ahead of an instant after `now` goes back to `queued` instead."""
 
         async def apply(cx: Cx) -> list[Execution]:
             # The process groups of runs taken over while this node was dead were ended
@@ -1810,17 +1790,53 @@ async def _insert_execution(
     return None if execution_id is None else int(execution_id)
 
 
+async def _unstart(cx: Cx, started: Sequence[tuple[int, int]], node: str) -> None:
+    """Return `node`'s `running` executions (id, task id) that never started to `queued`,
+    their tasks too where they show them (see `Store.unstart_many`): the task shows its run
+    before this one again (as the claim left it), but `queued`."""
+    for execution_id, task_id in sorted(started, key=lambda pair: pair[1]):
+        await cx.execute(
+            "UPDATE tasks SET status = 'queued', last_execution_id = previous.id,"
+            " status_msg = previous.status_msg, run_started_at = previous.started_at,"
+            " run_finished_at = previous.finished_at, run_canceled_at = CASE WHEN"
+            " previous.status = 'canceled' THEN previous.finished_at END"
+            " FROM (SELECT max(id) AS last FROM executions WHERE task_id = $1"
+            "  AND id < $2 AND status NOT IN ('queued', 'skipped')) AS prior"
+            " LEFT JOIN executions AS previous ON previous.id = prior.last"
+            " WHERE tasks.id = $1 AND tasks.last_execution_id = $2"
+            " AND tasks.status = 'running' AND EXISTS (SELECT 1 FROM executions"
+            " WHERE id = $2 AND status = 'running' AND node = $3)",
+            task_id,
+            execution_id,
+            node,
+        )
+    await cx.execute(
+        "UPDATE executions SET status = 'queued', started_at = NULL, dispatcher = NULL"
+        " WHERE id = ANY($1::bigint[]) AND status = 'running' AND node = $2",
+        [execution_id for execution_id, _ in started],
+        node,
+    )
+
+
 async def interrupt_executions(cx: Cx, node: str, now: datetime, message: str) -> list[Execution]:
     """Mark `node`'s running and paused executions `error` with `message`, finished `now`,
     and their tasks likewise where they show them; return them as they are now, oldest
     first. Rows another transaction holds are skipped (SKIP LOCKED): a node that is
-    finishing them right now wins."""
+    finishing them right now wins.
+
+    A `running` row whose `started_at` is after `now` was committed ahead of an instant
+    not reached ("Starts committed ahead" in `taskd.store.base`): it never started, so it
+    goes back to `queued` (still `node`'s; not returned) instead."""
     at = to_micros(now)
     rows = await cx.fetch(
         f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE status IN ('running', 'paused')"
         " AND node = $1 ORDER BY id FOR UPDATE SKIP LOCKED",
         node,
     )
+    ahead = {row[0] for row in rows if row[9] == "running" and (row[7] or 0) > at}
+    if ahead:
+        await _unstart(cx, [(row[0], row[1]) for row in rows if row[0] in ahead], node)
+        rows = [row for row in rows if row[0] not in ahead]
     if not rows:
         return []
     await cx.execute(

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from store_helpers import T0, add_task, at, queue, slot_claim, start
 
 from taskd.errors import StoreUnavailableError
-from taskd.model import ExecutionStatus, TaskSource, TaskStatus
+from taskd.model import Execution, ExecutionStatus, TaskSource, TaskStatus
 from taskd.store import open_store
 from taskd.store.pg_schema import MIGRATIONS
+from taskd.store.postgres import interrupt_executions
 
 
 def _open(tmp_path: Path, url: str, node: str):  # type: ignore[no-untyped-def]
@@ -133,3 +135,36 @@ async def test_query_by_owner_and_unstart_ported_from_mains_contract(
         assert (execution.status, execution.started_at) == (ExecutionStatus.QUEUED, None)
         task = await a.get_task(mine)
         assert (task.status, task.last_execution_id) == (TaskStatus.QUEUED, first)
+
+
+async def test_a_dead_nodes_start_committed_ahead_is_taken_over_as_queued(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The cluster's takeover of a dead node's runs (`interrupt_executions`, as
+    `Cluster._beat` calls it) keeps the rule of "Starts committed ahead": a start whose
+    instant passed is interrupted, one still ahead goes back to `queued` (the dead node's
+    still, until the takeover of queued rows moves it), its task too."""
+    async with (
+        _open(tmp_path, postgres_url, "node-a") as a,
+        _open(tmp_path, postgres_url, "node-b") as b,
+    ):
+        early_task, late_task = await add_task(b, "early"), await add_task(b, "late")
+        passed = await queue(b, early_task, at(1))
+        ahead = await queue(b, late_task, at(1))
+        await b.mark_started_many([(passed, early_task)], at(50), "host-b")
+        await b.mark_started_many([(ahead, late_task)], at(150), "host-b")
+
+        async def take_over(cx: Any) -> list[Execution]:
+            return await interrupt_executions(cx, "node-b", at(100), "interrupted: node b")
+
+        interrupted = await a.run_write(take_over)  # type: ignore[attr-defined]
+
+        assert [(e.id, e.status) for e in interrupted] == [(passed, ExecutionStatus.ERROR)]
+        back = await a.get_execution(ahead)
+        assert (back.status, back.started_at, back.node) == (
+            ExecutionStatus.QUEUED,
+            None,
+            "node-b",
+        )
+        assert (await a.get_task(late_task)).status is TaskStatus.QUEUED
+        assert (await a.get_task(early_task)).status is TaskStatus.ERROR
