@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from taskd.store import Store
-from taskd.store.postgres import PostgresStore
+from taskd.store.postgres import PostgresStore, _Write
 from taskd.store.sqlite import SqliteStore
 
 
@@ -113,10 +113,18 @@ class PostgresDiskFaults:
     own "could not extend file" error class) for a row that needs more than 8 kB, the
     share of a full disk a test can make without mounting a small file system (root and
     CAP_SYS_ADMIN). Both changes are made as empty writes of the store (`probe`), so they
-    do not count as a write that succeeded.
+    do not count as a write that succeeded. A frozen file system (`fsfreeze` under the
+    server, a hung network): a second session holds every table of the store locked
+    (`ACCESS EXCLUSIVE`) in an open transaction until `thaw`, and the store's writer is
+    held inside a statement waiting for that lock, as a write() or fsync() would hang.
     """
 
     _TABLES = ("tasks", "executions", "log_entries", "deferred_runs")
+    _ALL_TABLES = (*_TABLES, "log_counters", "nodes", "commands")
+
+    def __init__(self) -> None:
+        self._locker: Any = None  # the session holding the locks while frozen
+        self._released: asyncio.Event | None = None
 
     async def _session(self, store: Store, sql: str) -> None:
         assert isinstance(store, PostgresStore)
@@ -162,3 +170,38 @@ class PostgresDiskFaults:
                 f"DROP TRIGGER IF EXISTS taskd_test_disk_full ON {table}" for table in self._TABLES
             ),
         )
+
+    async def freeze(self, store: Store) -> None:
+        """Lock every table from another session; hold the store's writer waiting for it."""
+        assert isinstance(store, PostgresStore)
+        assert self._locker is None
+        locker = await asyncpg.connect(store.url)
+        await locker.execute("BEGIN")
+        await locker.execute(f"LOCK TABLE {', '.join(self._ALL_TABLES)} IN ACCESS EXCLUSIVE MODE")
+        self._locker = locker
+        entered, released = asyncio.Event(), asyncio.Event()
+        self._released = released
+
+        async def hang(cx: Any) -> None:
+            entered.set()
+            try:
+                await cx.execute("SELECT 1 FROM tasks LIMIT 1")  # waits for the locks
+            finally:
+                released.set()
+
+        # An empty write queued behind the store's API, as the SQLite faults use the
+        # connection's thread: its batch holds the writer until the locks go.
+        store._pending.append(_Write(hang, None, probe=True, safe=True))
+        store._wake.set()
+        await entered.wait()  # the writer is in the batch: what comes later waits
+
+    async def thaw(self, store: Store) -> None:
+        """End the locking session's transaction; wait for the writer to go on."""
+        assert self._locker is not None
+        assert self._released is not None
+        try:
+            await self._locker.execute("ROLLBACK")
+        finally:
+            await self._locker.close()
+        await self._released.wait()
+        self._locker = self._released = None

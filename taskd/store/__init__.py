@@ -73,6 +73,7 @@ async def open_store(
             history_per_task=history_per_task,
             log_entries_per_execution=log_entries_per_execution,
             log_backlog_entries=log_backlog_entries,
+            write_timeout_sec=write_timeout_sec,
         ) as pg_store:
             yield pg_store
         return

@@ -20,7 +20,10 @@ Failures: when the server cannot be reached, refuses writes (read-only) or is ou
 writes raise `StoreUnavailableError` with the reason; the store remembers it until a write
 succeeds, holds failed `*_nowait` writes (bounded) and retries them with backoff, and
 reconnects the write connection on the next batch. Deadlocks and serialization failures
-between nodes are retried inside the batch. Reads time out after `read_timeout_sec`.
+between nodes are retried inside the batch. Reads time out after `read_timeout_sec`;
+awaited writes after `write_timeout_sec` (a server that hangs, a lock another session
+holds): a write the batch has not begun is withdrawn then (never run), one it has begun
+stays in its transaction, which commits or rolls back whenever the server answers.
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ HELD_WRITES_MAX = 10_000
 HELD_RETRY_FIRST_SEC = 0.1
 HELD_RETRY_MAX_SEC = 5.0
 READ_TIMEOUT_SEC = 10.0
+# How long an awaited write waits for its commit before it raises StoreUnavailableError.
+WRITE_TIMEOUT_SEC = 10.0
+# The result of a write withdrawn before its batch began it (not run).
+_WITHDRAWN = object()
 CONNECT_TIMEOUT_SEC = 10.0
 # A statement that gets no answer this long fails (the server hangs, the network is gone).
 COMMAND_TIMEOUT_SEC = 30.0
@@ -270,6 +277,10 @@ class _Write:
     # A write that refuses nothing (it can fail only with the whole transaction): it runs
     # without a savepoint of its own, which saves two round trips to the server.
     safe: bool = False
+    # Set by the writer as it begins the write (`begun`), or by `_overdue` when the caller
+    # stopped waiting before that (`withdrawn`): never both (one thread, the event loop's).
+    begun: bool = False
+    withdrawn: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +322,7 @@ class PostgresStore:
         read_timeout_sec: float = READ_TIMEOUT_SEC,
         log_backlog_entries: int = LOG_BACKLOG_ENTRIES,
         log_backlog_bytes: int = LOG_BACKLOG_BYTES,
+        write_timeout_sec: float = WRITE_TIMEOUT_SEC,
     ) -> None:
         self.url = url
         self.node = node
@@ -320,6 +332,7 @@ class PostgresStore:
         self._history = history_per_task
         self._log_cap = log_entries_per_execution
         self._read_timeout_sec = read_timeout_sec
+        self._write_timeout_sec = write_timeout_sec
         self._log_tail = (log_entries_per_execution - 1) // 2
         self._log_head = log_entries_per_execution - 1 - self._log_tail
         self._execution_logs: dict[int, _ExecutionLog] = {}
@@ -359,6 +372,7 @@ class PostgresStore:
         log_entries_per_execution: int = 1000,
         read_timeout_sec: float = READ_TIMEOUT_SEC,
         log_backlog_entries: int = LOG_BACKLOG_ENTRIES,
+        write_timeout_sec: float = WRITE_TIMEOUT_SEC,
     ) -> AsyncIterator[PostgresStore]:
         """Connect to the database at `url` (migrating it if needed) as node `node`.
 
@@ -374,6 +388,7 @@ class PostgresStore:
             log_entries_per_execution=log_entries_per_execution,
             read_timeout_sec=read_timeout_sec,
             log_backlog_entries=log_backlog_entries,
+            write_timeout_sec=write_timeout_sec,
         )
         conn = await connect(url, password)
         try:
@@ -419,9 +434,37 @@ class PostgresStore:
         if self._closing:
             raise RuntimeError("store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Write(apply, future, probe, safe=safe))
+        write = _Write(apply, future, probe, safe=safe)
+        self._pending.append(write)
         self._wake.set()
-        return await future
+        try:
+            async with asyncio.timeout(self._write_timeout_sec):
+                return await future
+        except TimeoutError:
+            raise self._overdue(write) from None
+
+    def _overdue(self, write: _Write) -> StoreUnavailableError:
+        """The error of an awaited write that got no answer in time (the server hangs, or
+        a lock another session holds keeps the batch waiting).
+
+        A write the writer has not begun is withdrawn: it will not run, so it changed
+        nothing and may be tried again. One it has begun cannot be taken back: it stays in
+        its transaction, which commits or rolls back when the server answers (not
+        acknowledged either way; the message says so). The failure is remembered, so
+        health reports it until a write succeeds.
+        """
+        if not write.begun:
+            write.withdrawn = True
+            with contextlib.suppress(ValueError):
+                self._pending.remove(write)
+            outcome = "nothing was written"
+        else:
+            outcome = "the write was under way and may still be recorded"
+        reason = f"no answer from the database within {self._write_timeout_sec:g} s"
+        if self._failure is None:
+            log.warning("store writes fail", reason=reason)
+            self._failure = reason
+        return StoreUnavailableError(f"{reason}; {outcome}")
 
     def _submit_nowait(
         self,
@@ -559,6 +602,11 @@ class PostgresStore:
             while start < len(batch):
                 end = start + 1
                 write = batch[start]
+                if write.withdrawn:  # its caller stopped waiting (see `_overdue`)
+                    results.append(_WITHDRAWN)
+                    start = end
+                    continue
+                write.begun = True
                 apply: Callable[[Cx], Awaitable[Any]] = write.apply
                 if write.log_record is not None:  # a run of log entries goes in as one write
                     while end < len(batch) and batch[end].log_record is not None:
@@ -592,6 +640,8 @@ class PostgresStore:
         failure: StoreUnavailableError | None = None
         succeeded = False
         for write, result in zip(batch, results, strict=True):
+            if write.withdrawn:  # never run: it proves nothing, its caller has its error
+                continue
             if isinstance(result, BaseException):
                 problem = unavailable(result)
                 if problem is not None:
@@ -640,8 +690,18 @@ class PostgresStore:
         return self._failure
 
     async def ping(self) -> None:
-        """Commit an empty write; raises the remembered failure while there is one."""
-        await self._submit(_nothing, probe=True, safe=True)
+        """Commit an empty write: proves the database takes writes (for health checks).
+
+        An empty write may commit on a server out of space: while a failure is remembered
+        (see `failure`), a probe that needs room is written instead (`_probe_room`); if it
+        commits the failure is forgotten, so health recovers on an idle daemon, else that
+        failure is raised as StoreUnavailableError.
+        """
+        if self._failure is None:
+            await self._submit(_nothing, probe=True, safe=True)
+        else:
+            with contextlib.suppress(StoreUnavailableError):
+                await self._submit(partial(_probe_room, node=self.node))
         if self._failure is not None:
             raise StoreUnavailableError(self._failure)
 
@@ -1687,6 +1747,27 @@ class PostgresStore:
 
 async def _nothing(cx: Cx) -> None:
     """An empty write (flush, ping)."""
+
+
+class _ProbeWritten(Exception):
+    """Raised inside `_probe_room`'s savepoint once its row is written, to roll it back."""
+
+
+async def _probe_room(cx: Cx, *, node: str) -> None:
+    """A write that needs room and leaves nothing behind: a task row of about 16 kB of
+    incompressible text (new pages for the row's TOAST), inserted and rolled back in a
+    savepoint. Refused wherever a real write would be: a read-only server, a full disk
+    (and the test's disk-full triggers); it takes no id from the tasks' sequence."""
+    with contextlib.suppress(_ProbeWritten):
+        async with cx.transaction():
+            await cx.execute(
+                "INSERT INTO tasks (id, name, source, spec, created_at, updated_at)"
+                " SELECT -1 - floor(random() * 1e15)::bigint, 'taskd room probe ' || $1,"
+                " 'api', jsonb_build_object('pad', string_agg(md5(random()::text), '')), 0, 0"
+                " FROM generate_series(1, 512)",
+                node,
+            )
+            raise _ProbeWritten
 
 
 def _param(value: Any) -> Any:

@@ -55,6 +55,7 @@ def postgresql_opener(tmp_path: Path, postgres_url: str) -> StoreOpener:
         history_per_task: int = 100,
         log_entries_per_execution: int = 1000,
         log_backlog_entries: int = 8192,
+        write_timeout_sec: float = 10.0,
     ) -> AbstractAsyncContextManager[Store]:
         return open_store(
             tmp_path / "unused",
@@ -63,6 +64,7 @@ def postgresql_opener(tmp_path: Path, postgres_url: str) -> StoreOpener:
             history_per_task=history_per_task,
             log_entries_per_execution=log_entries_per_execution,
             log_backlog_entries=log_backlog_entries,
+            write_timeout_sec=write_timeout_sec,
         )
 
     return opener
@@ -90,7 +92,8 @@ def sqlite_disk() -> DiskFaults:
 
 @pytest.fixture
 def postgresql_disk() -> DiskFaults:
-    """Faults of the PostgreSQL store (a read-only session, disk-full triggers)."""
+    """Faults of the PostgreSQL store (a read-only session, disk-full triggers, tables
+    locked by another session)."""
     return PostgresDiskFaults()
 
 

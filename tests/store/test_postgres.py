@@ -168,3 +168,27 @@ async def test_a_dead_nodes_start_committed_ahead_is_taken_over_as_queued(
         )
         assert (await a.get_task(late_task)).status is TaskStatus.QUEUED
         assert (await a.get_task(early_task)).status is TaskStatus.ERROR
+
+
+async def test_a_write_begun_when_the_server_stops_answering_may_still_be_recorded(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A write the batch had begun when its deadline passed (it waits for a lock another
+    session holds) raises StoreUnavailableError saying it may still be recorded; it stays
+    in its transaction and commits once the lock goes; the failure is remembered until
+    then and a ping clears it."""
+    async with open_store(tmp_path, url=postgres_url, node="node-a", write_timeout_sec=0.3) as a:
+        await add_task(a, "before")
+        locker = await asyncpg.connect(postgres_url)
+        try:
+            await locker.execute("BEGIN")
+            await locker.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StoreUnavailableError, match="may still be recorded"):
+                await add_task(a, "begun")
+            assert a.failure is not None
+        finally:
+            await locker.execute("ROLLBACK")
+            await locker.close()
+        await a.ping()
+        assert a.failure is None
+        assert sorted(t.name for t in await a.list_tasks()) == ["before", "begun"]
