@@ -231,17 +231,22 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = conn
 
 
-def call(path: Path, method: str, url: str) -> tuple[int, Any]:
-    """One request to the API on the socket at `path`: (status, JSON body)."""
-    status, body = call_raw(path, method, url)
-    return status, json.loads(body or b"null")
+def call(path: Path, method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    """One request to the API on the socket at `path` (`body` sent as JSON if given):
+    (status, JSON body)."""
+    status, answer = call_raw(path, method, url, body)
+    return status, json.loads(answer or b"null")
 
 
-def call_raw(path: Path, method: str, url: str) -> tuple[int, bytes]:
+def call_raw(path: Path, method: str, url: str, body: Any = None) -> tuple[int, bytes]:
     """One request to the API on the socket at `path`: (status, body)."""
     conn = UnixHTTPConnection(path)
     try:
-        conn.request(method, url)
+        if body is None:
+            conn.request(method, url)
+        else:
+            headers = {"Content-Type": "application/json"}
+            conn.request(method, url, json.dumps(body).encode(), headers)
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -307,6 +312,35 @@ def test_actions_through_any_node_reach_the_node_that_runs_the_execution(
         nodes[owner].send(signal.SIGCONT)
     assert status == 504, body
     assert f"node {owner}" in json.dumps(body)
+
+
+def test_a_task_read_through_one_node_shows_an_update_made_through_another(
+    tmp_path: Path,
+    start_daemon: Callable[[Path], Daemon],
+    postgres_database_url: str,
+    sockets: Path,
+) -> None:
+    """GET of a task on node A, an update through node B, GET on node A again: A shows
+    the update at once. Another node writes the shared store, so the API's read cache (kept
+    only while the daemon is the store's sole writer) is off on a PostgreSQL store."""
+    url = postgres_database_url
+    start_nodes(start_daemon, tmp_path, url, ["node-a", "node-b"], sockets=sockets)
+    a, b = sockets / "node-a", sockets / "node-b"
+    definition = {"name": "shared", "task_module": "sleep", "task_params": {"seconds": 0}}
+    status, created = call(a, "POST", "/api/v2/tasks", definition)
+    assert status == 201, created
+    path = f"/api/v2/tasks/{created['id']}"
+    for _ in range(2):  # read twice: a cache would hold the task now
+        status, before = call(a, "GET", path)
+        assert (status, before.get("comment")) == (200, None), before
+
+    status, updated = call(b, "PUT", path, {"comment": "edited through node-b"})
+    assert (status, updated["comment"]) == (200, "edited through node-b"), updated
+
+    status, after = call(a, "GET", path)
+    assert status == 200, after
+    assert after["comment"] == "edited through node-b"
+    assert after == updated
 
 
 def test_when_the_nodes_files_differ_the_newest_file_wins_and_the_older_node_is_stale(
