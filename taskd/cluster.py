@@ -12,8 +12,9 @@ adds what needs a loop:
   declares it dead (so its work is taken over within `failover_sec` of its death), in
   one transaction, with the row locked `FOR UPDATE SKIP LOCKED` (one survivor does it): the
   dead node's running and paused executions end `error` with a message naming the node
-  (but a start it committed ahead of an instant not yet reached never began: it goes back
-  to `queued`, as in a node's own recovery), and its queued ones become the survivor's.
+  (a start it committed ahead of an instant not yet reached too: a node declared dead may
+  only be cut off and still release it, so it runs again only under its retry policy, as
+  any interrupted run), and its queued ones become the survivor's.
   The survivor's scheduler then applies each interrupted run's retry policy and takes up
   the queued ones (`Scheduler.adopt`). Queued executions of a node that stopped cleanly
   are taken over the same way; its running ones ended before it stopped (a clean stop
@@ -387,7 +388,7 @@ class Cluster:
                 f"{TAKEN_OVER_PREFIX}{dead} stopped answering (no heartbeat for "
                 f"{self.settings.failover_sec:g} s); taken over by {self.node}"
             )
-            interrupted = await interrupt_executions(cx, dead, now, message)
+            interrupted = await interrupt_executions(cx, dead, now, message, own=False)
             taken.append((dead, interrupted, []))
         # Queued runs of nodes that are gone (dead, or stopped cleanly) start here.
         queued_rows = await cx.fetch(

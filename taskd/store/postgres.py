@@ -1899,22 +1899,28 @@ async def _unstart(cx: Cx, started: Sequence[tuple[int, int]], node: str) -> Non
     )
 
 
-async def interrupt_executions(cx: Cx, node: str, now: datetime, message: str) -> list[Execution]:
+async def interrupt_executions(
+    cx: Cx, node: str, now: datetime, message: str, *, own: bool = True
+) -> list[Execution]:
     """Mark `node`'s running and paused executions `error` with `message`, finished `now`,
     and their tasks likewise where they show them; return them as they are now, oldest
     first. Rows another transaction holds are skipped (SKIP LOCKED): a node that is
     finishing them right now wins.
 
-    A `running` row whose `started_at` is after `now` was committed ahead of an instant
-    not reached ("Starts committed ahead" in `taskd.store.base`): it never started, so it
-    goes back to `queued` (still `node`'s; not returned) instead."""
+    In a node's own recovery (`own`: the process that committed them is gone), a `running`
+    row whose `started_at` is after `now` was committed ahead of an instant not reached
+    ("Starts committed ahead" in `taskd.store.base`): it never started, so it goes back to
+    `queued` (still `node`'s; not returned) instead. Taking over another node (`own`
+    False), such a row is interrupted like the others: a node declared dead may only be
+    cut off, and would still release it at its instant, so running it again here would
+    run the slot twice; it runs again only under its retry policy."""
     at = to_micros(now)
     rows = await cx.fetch(
         f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE status IN ('running', 'paused')"
         " AND node = $1 ORDER BY id FOR UPDATE SKIP LOCKED",
         node,
     )
-    ahead = {row[0] for row in rows if row[9] == "running" and (row[7] or 0) > at}
+    ahead = {row[0] for row in rows if own and row[9] == "running" and (row[7] or 0) > at}
     if ahead:
         await _unstart(cx, [(row[0], row[1]) for row in rows if row[0] in ahead], node)
         rows = [row for row in rows if row[0] not in ahead]

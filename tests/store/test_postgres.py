@@ -137,13 +137,14 @@ async def test_query_by_owner_and_unstart_ported_from_mains_contract(
         assert (task.status, task.last_execution_id) == (TaskStatus.QUEUED, first)
 
 
-async def test_a_dead_nodes_start_committed_ahead_is_taken_over_as_queued(
+async def test_a_dead_nodes_start_committed_ahead_is_interrupted_not_run_again(
     tmp_path: Path, postgres_url: str
 ) -> None:
-    """The cluster's takeover of a dead node's runs (`interrupt_executions`, as
-    `Cluster._beat` calls it) keeps the rule of "Starts committed ahead": a start whose
-    instant passed is interrupted, one still ahead goes back to `queued` (the dead node's
-    still, until the takeover of queued rows moves it), its task too."""
+    """The cluster's takeover of a dead node's runs (`interrupt_executions(own=False)`, as
+    `Cluster._beat` calls it) interrupts its starts committed ahead too: a node declared
+    dead may only be cut off and still release them at their instant, so queuing them here
+    would run the slot twice (they run again only under their retry policy). The node's
+    own recovery (`own`, the default) puts such a start back to `queued`."""
     async with (
         _open(tmp_path, postgres_url, "node-a") as a,
         _open(tmp_path, postgres_url, "node-b") as b,
@@ -155,19 +156,33 @@ async def test_a_dead_nodes_start_committed_ahead_is_taken_over_as_queued(
         await b.mark_started_many([(ahead, late_task)], at(150), "host-b")
 
         async def take_over(cx: Any) -> list[Execution]:
-            return await interrupt_executions(cx, "node-b", at(100), "interrupted: node b")
+            return await interrupt_executions(
+                cx, "node-b", at(100), "interrupted: node b", own=False
+            )
 
         interrupted = await a.run_write(take_over)  # type: ignore[attr-defined]
 
-        assert [(e.id, e.status) for e in interrupted] == [(passed, ExecutionStatus.ERROR)]
-        back = await a.get_execution(ahead)
+        assert [(e.id, e.status) for e in interrupted] == [
+            (passed, ExecutionStatus.ERROR),
+            (ahead, ExecutionStatus.ERROR),
+        ]
+        assert (await a.get_task(late_task)).status is TaskStatus.ERROR
+        assert (await a.get_task(early_task)).status is TaskStatus.ERROR
+
+        # The node's own recovery: what it committed ahead never began.
+        again = await queue(b, late_task, at(2))
+        await b.mark_started_many([(again, late_task)], at(150), "host-b")
+
+        async def recover(cx: Any) -> list[Execution]:
+            return await interrupt_executions(cx, "node-b", at(100), "interrupted")
+
+        assert await b.run_write(recover) == []  # type: ignore[attr-defined]
+        back = await b.get_execution(again)
         assert (back.status, back.started_at, back.node) == (
             ExecutionStatus.QUEUED,
             None,
             "node-b",
         )
-        assert (await a.get_task(late_task)).status is TaskStatus.QUEUED
-        assert (await a.get_task(early_task)).status is TaskStatus.ERROR
 
 
 async def test_a_write_begun_when_the_server_stops_answering_may_still_be_recorded(
