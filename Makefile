@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-fast lint bench zipapp clean browser
+.PHONY: run test test-fast lint bench zipapp clean browser postgresql
 
 $(BIN)/python:
 	@echo "taskd: creating the virtual environment $(VENV) with $(PYTHON)..."
@@ -49,14 +49,27 @@ browser:
 		fi; \
 	fi
 
-test: $(TEST_STAMP) browser
+# The tests start a PostgreSQL server of their own from the machine's binaries (no server
+# needs to run). A new machine lacks them: as root with apt-get, install Debian's package;
+# otherwise say what to install (the PostgreSQL tests skip then, except in CI).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "taskd: installing PostgreSQL for the tests (first run only)..."; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+	else \
+		echo "taskd: PostgreSQL's server binaries are missing: install them as root" \
+			"(Debian: apt-get install postgresql); the PostgreSQL tests skip until then"; \
+	fi
+
+test: $(TEST_STAMP) browser postgresql
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # The quick loop while editing: everything but the tests marked `slow` (subprocess daemons,
 # the zipapp build, the API fuzz, long property tests); under 30 s on two cores.
-test-fast: $(TEST_STAMP)
+test-fast: $(TEST_STAMP) postgresql
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow"
 

@@ -41,6 +41,7 @@ from taskd.settings import (
     ApiKeyRef,
     ApiSettings,
     ApiUser,
+    ClusterSettings,
     DaemonSettings,
     JwtIssuer,
     ListenAddress,
@@ -48,6 +49,7 @@ from taskd.settings import (
     Settings,
     SmtpSecurity,
     SmtpSettings,
+    StoreSettings,
     WebhookSettings,
     resolve_path,
 )
@@ -185,6 +187,8 @@ def _build_settings(
     tasks_raw: list[Any] = top.get("task", array_of_tables("[[task]]"), [])
     smtp_raw: dict[str, Any] | None = top.get("smtp", table, None)
     notify_raw: dict[str, Any] = top.get("notify", table, {})
+    store_raw: dict[str, Any] = top.get("store", table, {})
+    cluster_raw: dict[str, Any] = top.get("cluster", table, {})
     errors = top.unknown_keys()
     # Sections fall back to the default of each value they refuse, so the rest is still
     # checked and one round shows every problem; an invalid daemon.timezone, for one, is
@@ -195,9 +199,20 @@ def _build_settings(
     tasks = _task_specs(tasks_raw, "task", task_lines, daemon.timezone, known_modules, errors)
     smtp = None if smtp_raw is None else _smtp_settings(smtp_raw, "smtp", base_dir, errors)
     notify = _notify_settings(notify_raw, "notify", base_dir, errors)
+    store = _store_settings(store_raw, "store", base_dir, errors)
+    cluster = _cluster_settings(cluster_raw, "cluster", errors)
     if errors:
         raise ValidationError(errors)
-    return Settings(source=source, daemon=daemon, api=api, tasks=tasks, smtp=smtp, notify=notify)
+    return Settings(
+        source=source,
+        daemon=daemon,
+        api=api,
+        tasks=tasks,
+        smtp=smtp,
+        notify=notify,
+        store=store,
+        cluster=cluster,
+    )
 
 
 def _daemon_settings(
@@ -218,6 +233,7 @@ def _daemon_settings(
         history_per_task=fields.get("history_per_task", integer(minimum=1), 100),
         log_entries_per_execution=fields.get("log_entries_per_execution", integer(minimum=1), 1000),
         event_loop=fields.get("event_loop", choice(EVENT_LOOPS), DEFAULT_EVENT_LOOP),
+        node=fields.get("node", _node_name, ""),
     )
     errors.extend(fields.unknown_keys())
     return settings
@@ -425,6 +441,104 @@ def _notify_settings(
     )
     errors.extend(fields.unknown_keys())
     return settings
+
+
+# -- [store] and [cluster] (several servers over one PostgreSQL) --------------------------
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# What a store URL's query may set: where the server is and how to talk to it.
+_STORE_URL_PARAMS = frozenset(
+    {"host", "port", "sslmode", "application_name", "connect_timeout", "search_path"}
+)
+
+
+def _node_name(value: Any, path: str) -> str:
+    name = string()(value, path)
+    if not _NODE_NAME.fullmatch(name):
+        fail(
+            path,
+            f"{name!r} is not a node name: 1 to 63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+        )
+    return name
+
+
+def _store_url(value: Any, path: str) -> str:
+    """A `postgresql://[user@][host][:port]/database[?host=/socket/dir&...]` URL, without a
+    password (that goes in `password_file`)."""
+    url = string()(value, path)
+    example = "such as 'postgresql://taskd@db.example.org/taskd'"
+    if any(char.isspace() or not char.isprintable() for char in url):
+        fail(path, f"must be a postgresql:// URL {example}, without spaces, got {url!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises ValueError when out of range or not a number
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+    except ValueError as error:
+        fail(path, f"must be a postgresql:// URL {example}: {error}")
+    if parts.scheme not in ("postgresql", "postgres"):
+        fail(path, f"must be a postgresql:// URL {example}, got {url!r}")
+    if parts.password is not None:
+        fail(
+            path,
+            "a secret is never written in the config file: put the password in a file only "
+            "taskd can read and name that file in password_file",
+        )
+    database = parts.path.lstrip("/")
+    if not database or "/" in database:
+        fail(path, f"must name the database after the host ({example}), got {url!r}")
+    if port == 0:
+        fail(path, f"port must be in 1..65535, got {url!r}")
+    unknown = sorted(set(query) - _STORE_URL_PARAMS)
+    if unknown:
+        fail(
+            path,
+            f"unknown URL parameter {unknown[0]!r}: known are "
+            f"{', '.join(sorted(_STORE_URL_PARAMS))}",
+        )
+    for host in query.get("host", []):
+        if not host.startswith("/"):
+            fail(
+                path,
+                f"host= must be the absolute path of the server's socket directory, got {host!r}",
+            )
+    if not parts.hostname and "host" not in query:
+        fail(
+            path,
+            f"must name the server: a host ({example}) or a socket directory "
+            "('postgresql:///taskd?host=/run/postgresql')",
+        )
+    return url
+
+
+def _store_settings(
+    raw: Mapping[str, Any], path: str, base_dir: Path, errors: list[FieldError]
+) -> StoreSettings:
+    fields = Fields(raw, path)
+    url = fields.get("url", _store_url, None)
+    password_file = fields.get("password_file", _existing_file(base_dir), None)
+    _refuse_inline_secret(raw, "password", "password_file", fields)
+    if "password_file" in raw and "url" not in raw:
+        fields.error("url", "is required when password_file is set")
+    errors.extend(fields.unknown_keys())
+    return StoreSettings(url=url, password_file=password_file)
+
+
+def _cluster_settings(
+    raw: Mapping[str, Any], path: str, errors: list[FieldError]
+) -> ClusterSettings:
+    fields = Fields(raw, path)
+    defaults = ClusterSettings()
+    heartbeat = fields.get("heartbeat_sec", number(minimum=0.1, maximum=60), defaults.heartbeat_sec)
+    failover = fields.get("failover_sec", number(minimum=1, maximum=3600), defaults.failover_sec)
+    if failover < 2 * heartbeat:
+        fields.error(
+            "failover_sec",
+            f"must be at least twice heartbeat_sec ({heartbeat:g}), or one late heartbeat "
+            "would declare a live node dead",
+        )
+    errors.extend(fields.unknown_keys())
+    return ClusterSettings(failover_sec=failover, heartbeat_sec=heartbeat)
 
 
 def _webhook(base_dir: Path) -> Check[WebhookSettings]:

@@ -31,8 +31,9 @@ from taskd.api.app import build_app, serve_api
 from taskd.api.auth import Authenticator
 from taskd.api.limits import LogThrottle
 from taskd.clock import Clock, SystemClock
+from taskd.cluster import Cluster, apply_config_file, open_cluster, open_store_retrying
 from taskd.config import load_config
-from taskd.core import Core, config_errors_for
+from taskd.core import ConfigChanges, Core, config_errors_for
 from taskd.engine import EngineSettings, build_engine
 from taskd.errors import FieldError, StoreUnavailableError, ValidationError
 from taskd.metrics import Metrics
@@ -40,7 +41,7 @@ from taskd.modules.registry import ModuleRegistry
 from taskd.notify import Notifier
 from taskd.scheduler import Scheduler
 from taskd.settings import DEFAULT_EVENT_LOOP, Settings
-from taskd.store import Store, open_store
+from taskd.store import Store
 
 log = structlog.get_logger("taskd.daemon")
 
@@ -220,6 +221,8 @@ class Daemon:
         # signal announces, so one more reload follows (however many signals came).
         self._reload_again = False
         self.auth: Authenticator | None = None
+        self.cluster: Cluster | None = None  # with a PostgreSQL store (`taskd.cluster`)
+        self.config_state = "current"  # "stale": another node applied a newer file
 
     async def run(self) -> int:
         """Serve until SIGTERM / SIGINT; return the exit code."""
@@ -270,16 +273,22 @@ class Daemon:
             )
             stack.callback(watchdog.cancel)
             try:
+                # Cluster hook: a PostgreSQL server that does not answer is waited for.
                 store = await stack.enter_async_context(
-                    open_store(
-                        daemon.state_dir,
-                        history_per_task=daemon.history_per_task,
-                        log_entries_per_execution=daemon.log_entries_per_execution,
+                    open_store_retrying(
+                        settings,
+                        stopping=self.stopping,
+                        status=lambda text: _notify(f"STATUS={text}"),
                     )
                 )
             except (StoreUnavailableError, RuntimeError) as error:  # RuntimeError: newer file
-                _unusable_state_dir(daemon.state_dir, str(error))
+                if settings.store.url is not None:
+                    log.error("cannot use the database", problem=str(error))
+                else:
+                    _unusable_state_dir(daemon.state_dir, str(error))
                 return 2
+            if store is None:  # stopped while waiting for the database
+                return 0
             notifier = await stack.enter_async_context(
                 Notifier.from_settings(settings, store=store, clock=self.clock)
             )
@@ -293,6 +302,8 @@ class Daemon:
                     max_running=daemon.max_running,
                     stop_grace_sec=daemon.stop_grace_sec,
                     config_source=str(self.config_path),
+                    dispatcher=daemon.node or None,
+                    sole_writer=settings.store.url is None,
                 ),
                 # Queued: mail and webhooks never hold up the runner.
                 on_ended=[notifier.submit],
@@ -301,7 +312,12 @@ class Daemon:
             runner, scheduler = engine.runner, engine.scheduler
             await stack.enter_async_context(runner)
             self.core = engine.core
-            changes = await self.core.apply_config(settings.tasks)
+            # Cluster hook: on a shared store the newest file wins (`taskd.cluster`).
+            outcome = await apply_config_file(
+                self.core, store, settings.tasks, config_path=self.config_path, settings=settings
+            )
+            self.config_state = outcome.state
+            changes = outcome.changes or ConfigChanges()
             log.info(
                 "config applied",
                 added=len(changes.added),
@@ -326,6 +342,15 @@ class Daemon:
             _say_how_to_reach(site_runner.addresses, settings)
             await stack.enter_async_context(scheduler)
             self.scheduler = scheduler
+            # Cluster hook: heartbeats, failover and other nodes' task edits (PostgreSQL).
+            self.cluster = await stack.enter_async_context(
+                open_cluster(
+                    store, settings=settings, scheduler=scheduler, runner=runner, clock=self.clock
+                )
+            )
+            self.core.remote = self.cluster
+            if self.cluster is not None:
+                self.cluster.register_metrics(engine.metrics.registry)
             self._install_signals()
             status = asyncio.create_task(systemd.status_loop(self._status, on_error=_notify_failed))
             stack.callback(status.cancel)
@@ -390,6 +415,13 @@ class Daemon:
         report["running"] = self.core.runner.running_count
         report["queued"] = self.core.runner.queued_count
         report["unrecorded"] = self.core.runner.unrecorded_count
+        if self.cluster is not None:  # cluster hook: this node and every node's heartbeat
+            report["node"] = self.cluster.node
+            report["config"] = self.config_state
+            try:
+                report["nodes"] = [node.as_json() for node in await self.cluster.nodes()]
+            except StoreUnavailableError as error:
+                report["nodes"] = f"unknown: {error.reason}"
         if not alive:
             report["status"] = "degraded"
         return report
@@ -460,7 +492,15 @@ class Daemon:
         moved = await self.core.set_default_timezone(settings.daemon.timezone)
         if moved:
             log.info("default timezone changed", timezone=settings.daemon.timezone, moved=moved)
-        changes = await self.core.apply_config(settings.tasks)
+        outcome = await apply_config_file(
+            self.core,
+            self.core.store,
+            settings.tasks,
+            config_path=self.config_path,
+            settings=settings,
+        )
+        self.config_state = outcome.state
+        changes = outcome.changes or ConfigChanges()
         self.core.runner.max_running = settings.daemon.max_running
         if self.auth is not None:
             # Keys and users as the file names them now: a revoked one gets 401 at once.
@@ -518,12 +558,15 @@ def _state_lock(state_dir: Path) -> Iterator[None]:
 
 def secret_files(settings: Settings) -> list[tuple[Path, bool]]:
     """The files holding secrets the config names (API keys, SMTP password, webhook and
-    JWT secrets), then those only taskd and root may write (JWT public keys)."""
+    JWT secrets, the database password), then those only taskd and root may write (JWT
+    public keys)."""
     files = [key.key_file for key in settings.api.keys]
     if settings.smtp is not None and settings.smtp.password_file is not None:
         files.append(settings.smtp.password_file)
     files += [hook.secret_file for hook in settings.notify.webhooks if hook.secret_file]
     files += [issuer.secret_file for issuer in settings.api.jwt if issuer.secret_file]
+    if settings.store.password_file is not None:
+        files.append(settings.store.password_file)
     # A JWT issuer's public key is no secret, but whoever may change it may forge tokens.
     public = [issuer.public_key_file for issuer in settings.api.jwt if issuer.public_key_file]
     return [(path, True) for path in files] + [(path, False) for path in public]

@@ -30,6 +30,9 @@ class EngineSettings:
     stop_grace_sec: float = 10.0
     dispatcher: str | None = None  # the host name when None
     config_source: str = "the config file"  # named in "edit it there" refusals
+    # False when other processes write the store too (cluster nodes over one PostgreSQL):
+    # the API then caches no reads (`Core.sole_writer`).
+    sole_writer: bool = True
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
 
 
@@ -91,6 +94,7 @@ def build_engine(
         clock=clock,
         default_timezone=settings.default_timezone,
         config_source=settings.config_source,
+        sole_writer=settings.sole_writer,
     )
 
     def on_batch(seconds: float, writes: int) -> None:

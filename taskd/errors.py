@@ -73,6 +73,11 @@ class ActionError(TaskdError):
     """An action that cannot apply now (pause with nothing running, run while `skip` runs, ...)."""
 
 
+class NodeTimeoutError(ActionError, TimeoutError):
+    """An action sent to the cluster node that runs the execution got no answer in time
+    (API: 504, with the node named)."""
+
+
 class DeferError(TaskdError, LookupError):
     """A defer id that is unknown, already used or expired."""
 

@@ -211,6 +211,8 @@ class Execution:
     bandwidth: float | None = None
     dispatcher: str | None = None
     attempt: int = 0
+    # The cluster node that claimed and runs it (PostgreSQL store); None on a single server.
+    node: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

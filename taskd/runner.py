@@ -315,6 +315,11 @@ class Runner:
             self._queued_ids.discard(job.execution_id)
         return removed
 
+    def running_ids(self) -> list[int]:
+        """Ids of the executions running now. Cluster hook (`taskd.cluster`): a node found
+        declared dead stops them."""
+        return sorted(self._running)
+
     def is_active(self, execution_id: int) -> bool:
         """Whether the execution is queued here or running."""
         return execution_id in self._running or execution_id in self._queued_ids
@@ -427,7 +432,7 @@ class Runner:
             gate.members[job.execution_id] = running
             members.append(running)
         try:
-            await self.store.mark_started_many(
+            started = await self.store.mark_started_many(
                 [(job.execution_id, job.task.id) for job, _ in startable],
                 from_micros(at_us),
                 self.dispatcher,
@@ -441,6 +446,13 @@ class Runner:
             if not isinstance(error, StoreUnavailableError):
                 log.exception("could not record starts ahead; they start at their instant")
             return jobs
+        if started is not None:
+            # Cluster hook (`taskd.cluster`): a shared store started only the executions
+            # this node owns; another node took the others over (or they ended).
+            for running in [r for r in members if r.job.execution_id not in started]:
+                self._unregister(running)
+                gate.members.pop(running.job.execution_id, None)
+                members.remove(running)
         for running in members:
             if running.taken_back:
                 continue  # its task changed while the starts were being committed
@@ -579,7 +591,7 @@ class Runner:
                 continue
             startable.append((job, params))
         try:
-            await self.store.mark_started_many(
+            started = await self.store.mark_started_many(
                 [(job.execution_id, job.task.id) for job, _ in startable], now, self.dispatcher
             )
         except StoreUnavailableError as error:
@@ -600,6 +612,10 @@ class Runner:
             log.exception("could not record executions as started; they stay queued")
             return
         self._start_retry_sec = ENDING_RETRY_FIRST_SEC
+        if started is not None:
+            # Cluster hook (`taskd.cluster`): a shared store started only the executions
+            # this node owns; another node took the others over (or they ended).
+            startable = [(job, params) for job, params in startable if job.execution_id in started]
         for job, job_params in startable:
             self.events.started(job, (now - job.due).total_seconds())
             context = ExecutionContext(

@@ -244,6 +244,27 @@ class Scheduler:
         """How many of the task's runs wait here for their time or for a running one."""
         return self._waiting_by_task[task_id] + len(self._parked.get(task_id, ()))
 
+    # -- cluster hooks (`taskd.cluster`; PostgreSQL store only) ---------------------------
+
+    async def adopt(self, interrupted: Sequence[Execution], queued: Sequence[Execution]) -> None:
+        """Take over the work of a node that died or stopped: apply the retry policy of its
+        runs that were interrupted (already marked so in the store), and take up its queued
+        runs (already this node's in the store), as a restart does with its own."""
+        now = self.clock.now()
+        tasks = await self.store.get_tasks(sorted({e.task_id for e in interrupted}))
+        for execution in interrupted:
+            task = tasks.get(execution.task_id)
+            if task is not None:
+                await self._maybe_retry(task, execution.attempt, now)
+        await self._requeue(queued, now)
+
+    async def resync(self) -> None:
+        """Re-read every due time into the heap, after news of other nodes' edits may have
+        been missed; entries made stale meanwhile are skipped when they come up."""
+        for entry in await self.store.due_index():
+            heapq.heappush(self._heap, entry)
+        self._wake.set()
+
     # -- the loop -------------------------------------------------------------------------
 
     async def _run(self) -> None:

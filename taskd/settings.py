@@ -21,6 +21,7 @@ __all__ = [
     "ApiKeyRef",
     "ApiSettings",
     "ApiUser",
+    "ClusterSettings",
     "DaemonSettings",
     "JwtIssuer",
     "ListenAddress",
@@ -28,6 +29,7 @@ __all__ = [
     "Settings",
     "SmtpSecurity",
     "SmtpSettings",
+    "StoreSettings",
     "WebhookSettings",
     "resolve_path",
 ]
@@ -74,6 +76,7 @@ class DaemonSettings:
     # but malformed requests and running out of descriptors are handled as asyncio does
     # only on asyncio's loop; asyncio's loop if uvloop is not installed). Read at start.
     event_loop: str = DEFAULT_EVENT_LOOP
+    node: str = ""  # this server's name in a cluster; "" means the host name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,6 +202,33 @@ class NotifySettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StoreSettings:
+    """The `[store]` section: where taskd keeps its state.
+
+    `url` None: the SQLite file in `daemon.state_dir` (a single server). A
+    `postgresql://user@host/db` URL: that PostgreSQL database, shared by the nodes of a
+    cluster; its password stays in `password_file` (absolute; it existed when the config
+    was loaded), read when taskd connects.
+    """
+
+    url: str | None = None
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSettings:
+    """The `[cluster]` section: how nodes sharing a PostgreSQL store watch each other.
+
+    Each node writes a heartbeat twice per `heartbeat_sec`; one silent for `failover_sec -
+    heartbeat_sec` is declared dead by a survivor, which takes over its work: within
+    `failover_sec` of the node's death.
+    """
+
+    failover_sec: float = 5.0
+    heartbeat_sec: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """One validated snapshot of the config file; a reload builds a new one."""
 
@@ -208,3 +238,5 @@ class Settings:
     tasks: tuple[TaskSpec, ...] = ()
     smtp: SmtpSettings | None = None  # None: no `[smtp]`, no mail
     notify: NotifySettings = field(default_factory=NotifySettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)

@@ -10,6 +10,9 @@
 - `no_blocking`: fails the test if a callback held the event loop 50 ms or longer (practice
   14). Opt in per module: `pytestmark = pytest.mark.usefixtures("no_blocking")`.
 
+- `postgres_server`, `postgres_url`, `postgres_database_url`: the run's own PostgreSQL
+  server, and a fresh schema (or database) on it per test (`pg_server.py`).
+
 The store fixtures live in `tests/store/conftest.py`.
 """
 
@@ -23,8 +26,15 @@ from typing import Any
 import pytest
 from api_fixtures import Api, open_api
 from engine_fixtures import Engine, at, open_engine
+from pg_server import postgres_database_url, postgres_server, postgres_url
 
 from taskd.testing import SLOW_CALLBACK_SEC, FakeClock, slow_callbacks
+
+__all__ = [
+    "postgres_database_url",
+    "postgres_server",
+    "postgres_url",
+]  # fixtures, re-exported for pytest
 
 
 @pytest.fixture

@@ -488,7 +488,8 @@ def test_unknown_keys_are_errors_in_every_section() -> None:
     reasons = {error.path: error.reason for error in errors_of(text)}
     assert reasons == {
         "tasks": (
-            "unknown field; did you mean 'task'? expected one of: api, daemon, notify, smtp, task"
+            "unknown field; did you mean 'task'? expected one of: api, cluster, daemon, notify,"
+            " smtp, store, task"
         ),
         "daemon.max_runing": reasons["daemon.max_runing"],
         "api.lisen": reasons["api.lisen"],

@@ -37,6 +37,7 @@ from taskd.errors import (
     ActionError,
     ConflictError,
     DeferError,
+    NodeTimeoutError,
     NotFoundError,
     StoreUnavailableError,
     ValidationError,
@@ -79,6 +80,8 @@ def _as_api_error(error: Exception, style: ErrorStyle) -> ApiError | None:
             f"store unavailable: {error.reason}",
             headers={"Retry-After": str(STORE_RETRY_AFTER_SEC)},
         )
+    if isinstance(error, NodeTimeoutError):  # cluster: the owner node did not answer
+        return ApiError(504, "node_timeout", str(error))
     if isinstance(error, ActionError | DeferError):
         status = 404 if isinstance(error, DeferError) and "unknown" in str(error) else 409
         return ApiError(status, style.refused_code, str(error))

@@ -80,6 +80,7 @@ _EXECUTION = {
         "nodes_done": {"type": "integer"},
         "bandwidth": {"type": "number"},
         "dispatcher": {"type": "string"},
+        "node": {"type": "string", "description": "The cluster node that ran it."},
     },
 }
 _LOG_ENTRY = {

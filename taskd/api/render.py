@@ -65,6 +65,7 @@ def execution_json(execution: Execution) -> dict[str, Any]:
             "nodes_done": execution.nodes_done,
             "bandwidth": execution.bandwidth,
             "dispatcher": execution.dispatcher,
+            "node": execution.node,  # the cluster node that ran it (PostgreSQL store)
         }
     )
 

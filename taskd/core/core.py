@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -83,6 +83,15 @@ def _has_zoneless_schedule(spec_json: Mapping[str, Any]) -> bool:
     )
 
 
+class RemoteActions(Protocol):
+    """Actions on runs other cluster nodes run (`taskd.cluster.Cluster`)."""
+
+    async def forward(self, task_id: int, action: str, reason: str | None = None) -> list[int]:
+        """Have the nodes running the task's executions apply `action`; return the ids
+        acted on ([] if no other node runs the task)."""
+        ...
+
+
 class Core:
     """Task operations on top of the store, scheduler and runner."""
 
@@ -114,6 +123,9 @@ class Core:
         # dict when its last holder or waiter is done, so the dict stays as small as the
         # number of tasks being started right now.
         self._run_locks: dict[int, tuple[asyncio.Lock, int]] = {}
+        # Cluster hook: set by the daemon with a shared (PostgreSQL) store, so that an
+        # action on a run another node runs reaches that node.
+        self.remote: RemoteActions | None = None
 
     @staticmethod
     def front_end_reads() -> AbstractContextManager[None]:
@@ -575,9 +587,19 @@ class Core:
             raise ActionError(f"task {task.name!r} has no running execution")
         return running
 
+    async def _forwarded(self, task_id: int, action: str, reason: str | None = None) -> list[int]:
+        """Cluster hook: when no run of the task runs here, send `action` to the nodes that
+        run it; the ids they acted on ([] without a cluster or when none runs elsewhere)."""
+        if self.remote is None or self.runner.running_for_task(task_id):
+            return []
+        return await self.remote.forward(task_id, action, reason)
+
     async def pause(self, task_id: int) -> list[int]:
         """Pause the task's running executions. ActionError if none runs or all are paused."""
         task = await self.store.get_task(task_id)
+        forwarded = await self._forwarded(task_id, "pause")
+        if forwarded:
+            return forwarded
         paused = []
         for execution_id in self._running(task):
             try:
@@ -594,6 +616,9 @@ class Core:
         new execution that continues from the saved state. ActionError otherwise.
         """
         task = await self.store.get_task(task_id)
+        forwarded = await self._forwarded(task_id, "resume")
+        if forwarded:
+            return forwarded
         resumed = []
         for execution_id in self.runner.running_for_task(task_id):
             try:
@@ -615,14 +640,22 @@ class Core:
 
     async def stop(self, task_id: int, reason: str = "stopped") -> list[int]:
         """Ask the task's running executions to stop (forced after the grace period)."""
-        running = self._running(await self.store.get_task(task_id))
+        task = await self.store.get_task(task_id)
+        forwarded = await self._forwarded(task_id, "stop", reason)
+        if forwarded:
+            return forwarded
+        running = self._running(task)
         for execution_id in running:
             self.runner.stop(execution_id, reason)
         return running
 
     async def force_stop(self, task_id: int) -> list[int]:
         """Cancel the task's running executions now, killing their processes."""
-        running = self._running(await self.store.get_task(task_id))
+        task = await self.store.get_task(task_id)
+        forwarded = await self._forwarded(task_id, "force_stop")
+        if forwarded:
+            return forwarded
+        running = self._running(task)
         for execution_id in running:
             self.runner.force_stop(execution_id)
         return running

@@ -1,11 +1,13 @@
 """Persistent state: the `Store` contract (`base.py`) and the factory that opens a store.
 
 Everything outside this package types its store as `Store` and opens it with `open_store`;
-only this module and `sqlite.py` name the SQLite implementation.
+only this module and `sqlite.py` name the SQLite implementation, only this module and
+`postgres.py` the PostgreSQL one (`[store] url`, shared by the nodes of a cluster).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from taskd.store.base import (
     TaskInsert,
     TaskUpdate,
 )
+from taskd.store.postgres import PostgresStore
 from taskd.store.sqlite import DB_FILE, LOG_BACKLOG_ENTRIES, WRITE_TIMEOUT_SEC, SqliteStore
 
 __all__ = [
@@ -42,6 +45,9 @@ async def open_store(
     log_entries_per_execution: int = 1000,
     log_backlog_entries: int = LOG_BACKLOG_ENTRIES,
     write_timeout_sec: float = WRITE_TIMEOUT_SEC,
+    url: str | None = None,
+    password: str | None = None,
+    node: str | None = None,
 ) -> AsyncIterator[Store]:
     """Open the store of a state directory (`state_dir / DB_FILE`, created and migrated if
     needed) and close it on exit, committing pending `*_nowait` writes.
@@ -54,7 +60,23 @@ async def open_store(
     newer schema version than this taskd knows, StoreUnavailableError (naming the path and
     the reason) if the directory cannot be created or the database cannot be opened or
     written.
+
+    With `url` (`postgresql://...`), the PostgreSQL database there instead (`state_dir` is
+    not used), logged in with `password` if given, as cluster node `node` (default: the
+    host name); StoreUnavailableError gives the server's reason when it cannot be reached.
     """
+    if url is not None:
+        async with PostgresStore.open(
+            url,
+            node=node or socket.gethostname(),
+            password=password,
+            history_per_task=history_per_task,
+            log_entries_per_execution=log_entries_per_execution,
+            log_backlog_entries=log_backlog_entries,
+            write_timeout_sec=write_timeout_sec,
+        ) as pg_store:
+            yield pg_store
+        return
     async with SqliteStore.open(
         state_dir / DB_FILE,
         history_per_task=history_per_task,

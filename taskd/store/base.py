@@ -67,7 +67,7 @@ Failing writes, for every implementation:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -424,7 +424,7 @@ class Store(Protocol):
 
     async def mark_started_many(
         self, started: Sequence[tuple[int, int]], started_at: datetime, dispatcher: str
-    ) -> None:
+    ) -> Collection[int] | None:
         """Record that executions (execution id, task id) start at `started_at`, in one
         atomic write.
 
@@ -433,6 +433,10 @@ class Store(Protocol):
         the last one, `run_started_at` set and the other run fields cleared. An empty
         sequence does nothing. `started_at` may lie in the future: a start committed ahead
         of its instant (see "Starts committed ahead" in the module docstring).
+
+        Returns the ids that started, or None for "all that were queued" (a store only one
+        process uses). A store shared by cluster nodes starts only the executions this node
+        owns and returns their ids: the runner runs no other (`taskd.cluster`).
         """
         ...
 

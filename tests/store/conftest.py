@@ -15,12 +15,12 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
-from disk_faults import DiskFaults, SqliteDiskFaults
+from disk_faults import DiskFaults, PostgresDiskFaults, SqliteDiskFaults
 from store_helpers import StoreOpener
 
 from taskd.store import Store, open_store
 
-STORE_IMPLEMENTATIONS = ["sqlite"]
+STORE_IMPLEMENTATIONS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture
@@ -37,6 +37,30 @@ def sqlite_opener(tmp_path: Path) -> StoreOpener:
     ) -> AbstractAsyncContextManager[Store]:
         return open_store(
             state_dir,
+            history_per_task=history_per_task,
+            log_entries_per_execution=log_entries_per_execution,
+            log_backlog_entries=log_backlog_entries,
+            write_timeout_sec=write_timeout_sec,
+        )
+
+    return opener
+
+
+@pytest.fixture
+def postgresql_opener(tmp_path: Path, postgres_url: str) -> StoreOpener:
+    """Open the PostgreSQL store of a fresh database (`postgres_url`), as node `node-a`."""
+
+    def opener(
+        *,
+        history_per_task: int = 100,
+        log_entries_per_execution: int = 1000,
+        log_backlog_entries: int = 8192,
+        write_timeout_sec: float = 10.0,
+    ) -> AbstractAsyncContextManager[Store]:
+        return open_store(
+            tmp_path / "unused",
+            url=postgres_url,
+            node="node-a",
             history_per_task=history_per_task,
             log_entries_per_execution=log_entries_per_execution,
             log_backlog_entries=log_backlog_entries,
@@ -64,6 +88,13 @@ async def store(store_opener: StoreOpener) -> AsyncIterator[Store]:
 def sqlite_disk() -> DiskFaults:
     """Disk faults of the SQLite store."""
     return SqliteDiskFaults()
+
+
+@pytest.fixture
+def postgresql_disk() -> DiskFaults:
+    """Faults of the PostgreSQL store (a read-only session, disk-full triggers, tables
+    locked by another session)."""
+    return PostgresDiskFaults()
 
 
 @pytest.fixture
