@@ -535,7 +535,10 @@ async def openapi(request: web.Request) -> web.Response:
     """taskd's OpenAPI document. Any valid credentials may read it (no scope is needed);
     health is the only route TCP serves without credentials (DESIGN.md, "Access").
     """
-    return web.json_response(openapi_document(metrics=METRICS in request.config_dict))
+    document = openapi_document(
+        metrics=METRICS in request.config_dict, modules=request.config_dict[CORE].modules
+    )
+    return web.json_response(document)
 
 
 def app() -> web.Application:
