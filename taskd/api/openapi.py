@@ -659,6 +659,9 @@ def _describe_taskd_additions(document: dict[str, Any]) -> None:
     defer_id = document["components"]["parameters"]["nodeum_task_defer_id"]
     defer_id["required"] = True
     defer_id["schema"] = {**defer_id.get("schema", {"type": "string"}), "minLength": 1}
+    # A run's trigger metadata: taskd reads a JSON null (or no body) as none.
+    metadata = document["components"]["requestBodies"]["nodeum_task_trigger_metadata"]
+    metadata["content"]["application/json"]["schema"]["nullable"] = True
     owners = (
         "\n\nThe caller's own tasks and the config tasks; with `all=true` (scope `admin` only: "
         "403 otherwise) every owner's."
