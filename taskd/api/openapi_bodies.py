@@ -291,13 +291,15 @@ def _variant(
         description = f"A `{name}` task."
         if rules:
             description += f" Beyond its params' schema: {rules}"
-    return {
+    schema: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
-        "required": required,
         "properties": properties,
         "description": description,
     }
+    if required:  # an empty `required` is not valid OpenAPI 3.0
+        schema["required"] = required
+    return schema
 
 
 def _body(
