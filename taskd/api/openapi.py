@@ -659,6 +659,7 @@ def _describe_taskd_additions(document: dict[str, Any]) -> None:
     defer_id = document["components"]["parameters"]["nodeum_task_defer_id"]
     defer_id["required"] = True
     defer_id["schema"] = {**defer_id.get("schema", {"type": "string"}), "minLength": 1}
+    _describe_task_superset(document["components"]["schemas"])
     # A run's trigger metadata: taskd reads a JSON null (or no body) as none.
     metadata = document["components"]["requestBodies"]["nodeum_task_trigger_metadata"]
     metadata["content"]["application/json"]["schema"]["nullable"] = True
@@ -725,6 +726,53 @@ def _module_infos(registry: ModuleRegistry) -> list[ModuleInfo]:
         ]
         infos.append((name, copy.deepcopy(module.params), " ".join(rules) or None))
     return infos
+
+
+_ANY_OBJECT = {"type": "object", "additionalProperties": True}
+# The fields taskd shows in a task of either dialect beyond its spec (render.SPEC_FIELDS and
+# the live fields): the definition, the owner, the version, where it comes from.
+_TASK_SUPERSET = {
+    "task_module": {"type": "string"},
+    "task_params": {**_ANY_OBJECT, "description": "Secret values show as `***`."},
+    "task_timeout_sec": {"type": "integer"},
+    "schedules": {"type": "array", "items": _ANY_OBJECT},
+    "email": _ANY_OBJECT,
+    "frontend_prefs": _ANY_OBJECT,
+    "metadata": _ANY_OBJECT,
+    "enabled": {"type": "boolean"},
+    "next_run_at": _TIME,
+    "status_msg": {"type": "string"},
+    "status_percent": {"type": "number"},
+    "run_started_at": _TIME,
+    "run_finished_at": _TIME,
+    "run_canceled_at": _TIME,
+    "state": {**_ANY_OBJECT, "description": "The module's resumable state (`files`)."},
+    "version": {"type": "integer"},
+    "created_at": _TIME,
+    "updated_at": _TIME,
+    "created_by": {"type": "string", "description": "The principal that created the task."},
+    "updated_by": {"type": "string", "description": "The principal that changed it last."},
+    "source": {"type": "string", "description": "`api`, or the config file it comes from."},
+    "retired": {"type": "boolean"},
+    "retired_at": _TIME,
+}
+_OPTIONS_SUPERSET = {
+    "overlap": {"type": "string"},
+    "catch_up": {"type": "string"},
+    "max_retries": {"type": "integer"},
+    "retry_delay_sec": {"type": "number"},
+}
+
+
+def _describe_task_superset(schemas: dict[str, Any]) -> None:
+    """Add what taskd shows of a task beyond each spec's `task` (a spec's own field stays)."""
+    for properties, extra in (
+        (schemas["nodeum_task"]["properties"], _TASK_SUPERSET),
+        (schemas["fylr_task"]["properties"]["task"]["properties"], _TASK_SUPERSET),
+        (schemas["nodeum_task_options"]["properties"], _OPTIONS_SUPERSET),
+    ):
+        for name, schema in extra.items():
+            properties.setdefault(name, copy.deepcopy(schema))
 
 
 @functools.lru_cache(maxsize=4)
