@@ -796,6 +796,19 @@ def openapi_document(
     return copy.deepcopy(_document(metrics, key))
 
 
+def openapi_text(*, metrics: bool = True, modules: ModuleRegistry | None = None) -> str:
+    """`openapi_document` as JSON text, serialized once per (metrics, modules): serving it
+    costs no copy and no encoding of its ~200 KB on the event loop."""
+    registry = modules if modules is not None else _builtin()
+    key = json.dumps(_module_infos(registry), sort_keys=True, default=str)
+    return _text(metrics, key)
+
+
+@functools.lru_cache(maxsize=4)
+def _text(metrics: bool, modules_key: str) -> str:
+    return json.dumps(_document(metrics, modules_key))
+
+
 @functools.cache
 def _builtin() -> ModuleRegistry:
     return ModuleRegistry.builtin()
