@@ -256,6 +256,8 @@ def test_the_checker_refuses_answers_that_break_the_spec(dialect: str, reply: Re
     assert SpecCheck(dialect).response_errors(reply) != []
 
 
+# About 3 s: openapi-core compiles taskd's whole document (every zone name, every module).
+@pytest.mark.slow
 async def test_issue_13_routes_and_bodies_conform_to_taskds_own_document(api: Api) -> None:
     """The preview routes, whoami, owners' `all`, and task bodies of every module (both
     dialects) validate, request and response, against the document taskd serves."""
