@@ -971,7 +971,8 @@ def _collapse_single_ranges(expression: str) -> str:
 
 
 def _cron_set(values: Sequence[int | str], full: tuple[int, ...]) -> tuple[int, ...]:
-    if values == ["*"]:
+    # croniter keeps a `*` that is one item of a list (`*,31`) as is: the list is the field.
+    if "*" in values:
         return full
     return tuple(sorted({int(v) for v in values}))
 

@@ -254,3 +254,80 @@ def fake_reply(method: str, path: str, status: int, body: Any) -> Reply:
 def test_the_checker_refuses_answers_that_break_the_spec(dialect: str, reply: Reply) -> None:
     """The harness is not vacuous: answers that break the spec (or the error shape) fail."""
     assert SpecCheck(dialect).response_errors(reply) != []
+
+
+# About 3 s: openapi-core compiles taskd's whole document (every zone name, every module).
+@pytest.mark.slow
+async def test_issue_13_routes_and_bodies_conform_to_taskds_own_document(api: Api) -> None:
+    """The preview routes, whoami, owners' `all`, and task bodies of every module (both
+    dialects) validate, request and response, against the document taskd serves."""
+    c = await api.tcp("all")
+    start = len(api.exchanges)
+    created = await c.post(
+        "/api/v2/tasks",
+        {
+            "name": "mover",
+            "task_module": "files",
+            "workflow_type": "data_migration",
+            "workflow_action": "copy",
+            "task_params": {
+                "sources": [{"type": "local", "path": "/srv/in"}],
+                "destination": {"type": "local", "path": "/srv/out"},
+            },
+            "options": {
+                "file_checksum": "xxhash64",
+                "parallel": 2,
+                "conflict_resolution": "rename",
+            },
+            "schedules": [
+                {"cron": "30 2 * * mon-fri", "timezone": "Europe/Berlin"},
+                {"hours": [3], "minutes": [0], "weekdays": ["sat"], "dst_gap": "skip"},
+                {"interval_sec": 3600, "start_at": "2026-01-01T00:00:00Z"},
+            ],
+        },
+    )
+    assert created.status == 201, str(created)
+    task_id = created.json["id"]
+    for module, params in (
+        ("shell", {"argv": ["true"], "env": {"A": "1"}}),
+        ("http", {"url": "http://127.0.0.1:9/", "expect_status": [200]}),
+        ("python", {"target": "json:dumps"}),
+    ):
+        reply = await c.post(
+            "/api/v2/tasks", {"name": f"m-{module}", "task_module": module, "task_params": params}
+        )
+        assert reply.status == 201, str(reply)
+    updated = await c.put(f"/api/v2/tasks/{task_id}", {"comment": "moved", "enabled": False})
+    assert updated.status == 200, str(updated)
+    v1 = await c.post(
+        "/api/v1/task",
+        [{"task": {"task_module": "sleep", "task_params": {"seconds": 0}, "description": "x"}}],
+    )
+    assert v1.status == 200, str(v1)
+    await c.get(f"/api/v2/tasks/{task_id}/next_runs?count=5&after=2026-03-27T00:00:00Z")
+    await c.get("/api/v2/tasks/999999/next_runs")
+    preview = {
+        "schedules": [{"hours": [2], "minutes": [30]}],
+        "count": 3,
+        "after": "2026-03-28T00:00:00Z",
+        "timezone": "Europe/Berlin",
+    }
+    ok = await c.post("/api/v2/schedules/preview", preview)
+    assert ok.status == 200, str(ok)
+    assert ok.json["next_runs"][1]["dst"] == "gap_shifted", str(ok)
+    await c.get("/api/v2/whoami")
+    await c.get("/api/v2/tasks?all=true&sort_by=name:desc|id&id=1,2&created_at=>=2020-01-01")
+    await c.get("/api/v1/task?all=true&limit=5")
+    stranger = await api.tcp(None, authorization="Bearer not-a-key")
+    await stranger.get("/api/v2/whoami")
+    assert spec_problems(api.exchanges[start:], dialect="taskd") == []
+    # Refused on purpose: only the answers are checked.
+    start = len(api.exchanges)
+    refused = [
+        await c.get(f"/api/v2/tasks/{task_id}/next_runs?count=0"),
+        await c.post("/api/v2/schedules/preview", {"schedules": [{"cron": "0 0 31 2 *"}]}),
+        await c.post("/api/v2/schedules/preview", {"schedules": [{"hours": [24]}], "count": 0}),
+        await c.post("/api/v2/tasks", {"name": "bad", "task_module": "files", "task_params": {}}),
+    ]
+    assert [reply.status for reply in refused] == [400, 422, 422, 422]
+    assert spec_problems(api.exchanges[start:], meant_invalid=refused, dialect="taskd") == []

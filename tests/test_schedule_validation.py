@@ -543,3 +543,16 @@ def test_bad_default_timezone_is_refused() -> None:
     """A schedule falling back on an unknown default_timezone is refused."""
     with pytest.raises(ValidationError):
         parse_schedules([{"hours": [1]}], default_timezone="Nowhere/Land")
+
+
+@pytest.mark.parametrize(
+    "expression", ["0 0 *,31 * *", "*,5 * * * *", "0 0 * jan,* *", "0 0 * * *,mon"]
+)
+def test_a_star_within_a_cron_list_is_the_whole_field(expression: str) -> None:
+    """`*,31` is every day (it was a 500: croniter keeps the `*` among the numbers)."""
+    [schedule] = parse_schedules([{"cron": expression}]).schedules
+    every = parse_schedules([{"cron": "* * * * *"}]).schedules[0]
+    fields = expression.split()
+    for index, name in enumerate(("minutes", "hours", "days_of_month", "months", "weekdays")):
+        if "*" in fields[index].split(","):
+            assert getattr(schedule, name) == getattr(every, name)

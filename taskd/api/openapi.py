@@ -15,6 +15,9 @@ from importlib import resources
 from typing import Any
 
 from taskd import __version__
+from taskd.api.openapi_bodies import ModuleInfo, input_schemas, list_filter_parameters
+from taskd.model import TASK_QUERY_FIELDS
+from taskd.modules.registry import ModuleRegistry, ParamsChecker, TaskChecker
 
 METRICS_PATH = "/metrics"  # where Prometheus scrapes by default
 _SPECS = (("fylr", "/api/v1", "fylr-openapi.json"), ("nodeum", "/api/v2", "nodeum-openapi.json"))
@@ -413,25 +416,6 @@ _NEXT_RUNS = {
         }
     },
 }
-_PREVIEW_REQUEST = {
-    "type": "object",
-    "required": ["schedules"],
-    "additionalProperties": False,
-    "properties": {
-        "schedules": {
-            "type": "array",
-            "maxItems": 100,
-            "items": {"type": "object"},
-            "description": "Schedules as a task's `schedules` (calendar, cron, interval).",
-        },
-        "count": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
-        "after": {**_TIME, "description": "Default: now."},
-        "timezone": {
-            "type": "string",
-            "description": "Where schedules without a zone are read; default: the daemon's.",
-        },
-    },
-}
 # taskd's v1 error object (fylr's spec declares no error responses).
 _V1_ERROR = {
     "type": "object",
@@ -462,7 +446,6 @@ _EXTRA_SCHEMAS = {
     },
     "taskd_v1_error": _V1_ERROR,
     "taskd_next_runs": _NEXT_RUNS,
-    "taskd_preview_request": _PREVIEW_REQUEST,
     "taskd_execution": _EXECUTION,
     "taskd_log_event": _LOG_EVENT,
     "taskd_log_entry": _LOG_ENTRY,
@@ -677,6 +660,10 @@ def _describe_taskd_additions(document: dict[str, Any]) -> None:
     defer_id = document["components"]["parameters"]["nodeum_task_defer_id"]
     defer_id["required"] = True
     defer_id["schema"] = {**defer_id.get("schema", {"type": "string"}), "minLength": 1}
+    _describe_task_superset(document["components"]["schemas"])
+    # A run's trigger metadata: taskd reads a JSON null (or no body) as none.
+    metadata = document["components"]["requestBodies"]["nodeum_task_trigger_metadata"]
+    metadata["content"]["application/json"]["schema"]["nullable"] = True
     owners = (
         "\n\nThe caller's own tasks and the config tasks; with `all=true` (scope `admin` only: "
         "403 otherwise) every owner's."
@@ -686,10 +673,143 @@ def _describe_taskd_additions(document: dict[str, Any]) -> None:
         operation["description"] = operation.get("description", "") + owners
 
 
-def openapi_document(*, metrics: bool = True) -> dict[str, Any]:
-    """Return taskd's OpenAPI document (a fresh copy); without `/metrics` unless `metrics`
-    (an app built without metrics does not serve it)."""
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _describe_inputs(document: dict[str, Any], modules: list[ModuleInfo]) -> None:
+    """The exact inputs (see `openapi_bodies`): task bodies with one variant per module,
+    schedules, the preview request, the v2 list filters."""
+    schemas = document["components"]["schemas"]
+    schemas.update(input_schemas(modules))
+    paths = document["paths"]
+    ref = "#/components/schemas/"
+    paths["/api/v2/tasks"]["post"]["requestBody"] = _json_body(
+        {"$ref": ref + "taskd_task_v2_create"}
+    )
+    paths["/api/v2/tasks/{task_id}"]["put"]["requestBody"] = _json_body(
+        {"$ref": ref + "taskd_task_v2_update"}
+    )
+    paths["/api/v1/task"]["post"]["requestBody"] = _json_body(
+        {"type": "array", "items": {"$ref": ref + "taskd_task_v1_item"}}
+    )
+    exact = list_filter_parameters(TASK_QUERY_FIELDS - {"sources.type", "destinations.type"})
+    components = document["components"]["parameters"]
+    listing = paths["/api/v2/tasks"]["get"]
+    parameters = []
+    for parameter in listing["parameters"]:
+        resolved = (
+            components[parameter["$ref"].rsplit("/", 1)[1]] if "$ref" in parameter else parameter
+        )
+        if resolved["name"] in exact:
+            parameter = {
+                "name": resolved["name"],
+                "in": "query",
+                "description": resolved.get("description", ""),
+                "schema": exact[resolved["name"]],
+            }
+        parameters.append(parameter)
+    listing["parameters"] = parameters
+
+
+def _module_infos(registry: ModuleRegistry) -> list[ModuleInfo]:
+    """Each module's name, param definitions, and the docstrings of its rules beyond them."""
+    infos: list[ModuleInfo] = []
+    for name in registry.names():
+        module = registry.get(name)
+        rules = [
+            " ".join((hook.__doc__ or "").split())
+            for hook, kind in (
+                (getattr(module, "check_params", None), ParamsChecker),
+                (getattr(module, "check_task", None), TaskChecker),
+            )
+            if hook is not None and isinstance(module, kind)
+        ]
+        infos.append((name, copy.deepcopy(module.params), " ".join(rules) or None))
+    return infos
+
+
+_ANY_OBJECT = {"type": "object", "additionalProperties": True}
+# The fields taskd shows in a task of either dialect beyond its spec (render.SPEC_FIELDS and
+# the live fields): the definition, the owner, the version, where it comes from.
+_TASK_SUPERSET = {
+    "task_module": {"type": "string"},
+    "task_params": {**_ANY_OBJECT, "description": "Secret values show as `***`."},
+    "task_timeout_sec": {"type": "integer"},
+    "schedules": {"type": "array", "items": _ANY_OBJECT},
+    "email": _ANY_OBJECT,
+    "frontend_prefs": _ANY_OBJECT,
+    "metadata": _ANY_OBJECT,
+    "enabled": {"type": "boolean"},
+    "next_run_at": _TIME,
+    "status_msg": {"type": "string"},
+    "status_percent": {"type": "number"},
+    "run_started_at": _TIME,
+    "run_finished_at": _TIME,
+    "run_canceled_at": _TIME,
+    "state": {**_ANY_OBJECT, "description": "The module's resumable state (`files`)."},
+    "version": {"type": "integer"},
+    "created_at": _TIME,
+    "updated_at": _TIME,
+    "created_by": {"type": "string", "description": "The principal that created the task."},
+    "updated_by": {"type": "string", "description": "The principal that changed it last."},
+    "source": {"type": "string", "description": "`api`, or the config file it comes from."},
+    "retired": {"type": "boolean"},
+    "retired_at": _TIME,
+}
+_OPTIONS_SUPERSET = {
+    "overlap": {"type": "string"},
+    "catch_up": {"type": "string"},
+    "max_retries": {"type": "integer"},
+    "retry_delay_sec": {"type": "number"},
+}
+
+
+def _describe_task_superset(schemas: dict[str, Any]) -> None:
+    """Add what taskd shows of a task beyond each spec's `task` (a spec's own field stays)."""
+    for properties, extra in (
+        (schemas["nodeum_task"]["properties"], _TASK_SUPERSET),
+        (schemas["fylr_task"]["properties"]["task"]["properties"], _TASK_SUPERSET),
+        (schemas["nodeum_task_options"]["properties"], _OPTIONS_SUPERSET),
+    ):
+        for name, schema in extra.items():
+            properties.setdefault(name, copy.deepcopy(schema))
+
+
+@functools.lru_cache(maxsize=4)
+def _document(metrics: bool, modules_key: str) -> dict[str, Any]:
     document = copy.deepcopy(_base_document())
     if not metrics:
         del document["paths"][METRICS_PATH]
+    modules: list[ModuleInfo] = [tuple(item) for item in json.loads(modules_key)]
+    _describe_inputs(document, modules)
     return document
+
+
+def openapi_document(
+    *, metrics: bool = True, modules: ModuleRegistry | None = None
+) -> dict[str, Any]:
+    """Return taskd's OpenAPI document (a fresh copy); without `/metrics` unless `metrics`
+    (an app built without metrics does not serve it). Task bodies have one variant per
+    module of `modules` (default: the built-in modules)."""
+    registry = modules if modules is not None else _builtin()
+    key = json.dumps(_module_infos(registry), sort_keys=True, default=str)
+    return copy.deepcopy(_document(metrics, key))
+
+
+def openapi_text(*, metrics: bool = True, modules: ModuleRegistry | None = None) -> str:
+    """`openapi_document` as JSON text, serialized once per (metrics, modules): serving it
+    costs no copy and no encoding of its ~200 KB on the event loop."""
+    registry = modules if modules is not None else _builtin()
+    key = json.dumps(_module_infos(registry), sort_keys=True, default=str)
+    return _text(metrics, key)
+
+
+@functools.lru_cache(maxsize=4)
+def _text(metrics: bool, modules_key: str) -> str:
+    return json.dumps(_document(metrics, modules_key))
+
+
+@functools.cache
+def _builtin() -> ModuleRegistry:
+    return ModuleRegistry.builtin()

@@ -38,7 +38,7 @@ from taskd.api.common import (
 )
 from taskd.api.errors import ApiError
 from taskd.api.middleware import V2, dialect_app
-from taskd.api.openapi import openapi_document
+from taskd.api.openapi import openapi_text
 from taskd.api.render import execution_json, log_entry_json, task_v2
 from taskd.config import SCOPES
 from taskd.core import Closing, Core, Follow, LogEvent, Quiet, RunEnded, RunFollowed
@@ -545,7 +545,10 @@ async def openapi(request: web.Request) -> web.Response:
     """taskd's OpenAPI document. Any valid credentials may read it (no scope is needed);
     health is the only route TCP serves without credentials (DESIGN.md, "Access").
     """
-    return web.json_response(openapi_document(metrics=METRICS in request.config_dict))
+    text = openapi_text(
+        metrics=METRICS in request.config_dict, modules=request.config_dict[CORE].modules
+    )
+    return web.Response(text=text, content_type="application/json")
 
 
 def app() -> web.Application:

@@ -49,6 +49,7 @@ from taskd.errors import FieldError, ValidationError, join_path
 from taskd.validate import boolean, describe, did_you_mean, fail, json_copy, string, suggest
 
 __all__ = [
+    "EMAIL_PATTERN",
     "PARAM_TYPES",
     "SECRET_FILE_READ_SEC",
     "SECRET_MASK",
@@ -134,7 +135,8 @@ _PRESENTATION_KEYS = frozenset(
 )
 # Plausible, not RFC 5322: one @, something on each side, a dot in the domain, no spaces or
 # list separators (a common mistake is pasting "a@x.org, b@x.org" into one field).
-_EMAIL = re.compile(r"[^@\s,;<>\"]+@[^@\s,;<>\".]+(\.[^@\s,;<>\".]+)+")
+EMAIL_PATTERN = r"[^@\s,;<>\"]+@[^@\s,;<>\".]+(\.[^@\s,;<>\".]+)+"
+_EMAIL = re.compile(EMAIL_PATTERN)
 # Strings of any kind, the empty one included.
 _text = string(allow_empty=True)
 
