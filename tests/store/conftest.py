@@ -21,6 +21,9 @@ from store_helpers import StoreOpener
 from taskd.store import Store, open_store
 
 STORE_IMPLEMENTATIONS = ["sqlite", "postgresql"]
+# `make test-fast` runs the contract on SQLite only (a server round trip per step doubles
+# its time); `make test` runs it on both.
+_SLOW_IMPLEMENTATIONS = {"postgresql"}
 
 
 @pytest.fixture
@@ -70,7 +73,12 @@ def postgresql_opener(tmp_path: Path, postgres_url: str) -> StoreOpener:
     return opener
 
 
-@pytest.fixture(params=STORE_IMPLEMENTATIONS)
+@pytest.fixture(
+    params=[
+        pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_IMPLEMENTATIONS else name
+        for name in STORE_IMPLEMENTATIONS
+    ]
+)
 def store_opener(request: pytest.FixtureRequest) -> StoreOpener:
     """Open a store of the implementation under test (keywords: its limits)."""
     opener: StoreOpener = request.getfixturevalue(f"{request.param}_opener")
