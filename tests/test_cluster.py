@@ -190,11 +190,9 @@ def test_a_clean_stop_hands_nothing_over_and_the_node_shows_stopped(
     """SIGTERM: the node's run ends as on a single server (canceled by the shutdown), it
     is not declared dead, and its row says stopped."""
     url = postgres_database_url
+    instant = datetime.now(UTC) + timedelta(seconds=1)
     tasks = task_toml(
-        "long",
-        "sleep",
-        "{ seconds = 30, steps = 30 }",
-        next_run_at=json.dumps((datetime.now(UTC) + timedelta(seconds=1)).isoformat()),
+        "long", "sleep", "{ seconds = 30, steps = 30 }", next_run_at=json.dumps(instant.isoformat())
     )
     nodes = start_nodes(start_daemon, tmp_path, url, ["node-a", "node-b"], tasks)
 
@@ -202,6 +200,9 @@ def test_a_clean_stop_hands_nothing_over_and_the_node_shows_stopped(
         return rows(url, "SELECT id, node FROM executions WHERE status = 'running'")
 
     [(execution_id, owner)] = wait_until(running, "the execution to run")
+    # `running` shows from the start committed ahead of the instant; a stop before the
+    # instant gives the run back to the queue (and so to the other node). Stop after it.
+    time.sleep(max(0.0, (instant - datetime.now(UTC)).total_seconds()) + 0.5)
     survivor = "node-b" if owner == "node-a" else "node-a"
     nodes[owner].send(signal.SIGTERM)
     assert nodes[owner].wait_exit() == 0
