@@ -38,7 +38,7 @@ import inspect
 import itertools
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -462,6 +462,11 @@ class Runner:
         if gate.event.is_set():  # the instant passed during the commit
             self._notify_started([r.job for r in members])
         self.handover.set()
+        await self._end_refused(refused)
+        return rest
+
+    async def _end_refused(self, refused: Sequence[tuple[Job, str]]) -> None:
+        """Record runs whose stored definition no longer fits their module as `error`."""
         for job, reason in refused:
             if await self._record(job, ExecutionStatus.ERROR, reason):
                 await self._tell(
@@ -472,7 +477,6 @@ class Runner:
                         stopped_by_user=False,
                     )
                 )
-        return rest
 
     def _unregister(self, running: _Running) -> None:
         self._running.pop(running.job.execution_id, None)
@@ -632,16 +636,7 @@ class Runner:
             running.task = asyncio.create_task(
                 self._execute(running), name=f"taskd-execution-{job.execution_id}"
             )
-        for job, reason in refused:
-            if await self._record(job, ExecutionStatus.ERROR, reason):
-                await self._tell(
-                    Outcome(
-                        job=job,
-                        status=ExecutionStatus.ERROR,
-                        status_msg=reason,
-                        stopped_by_user=False,
-                    )
-                )
+        await self._end_refused(refused)
 
     async def _execute(self, running: _Running) -> None:
         job, ctx = running.job, running.context
