@@ -33,6 +33,8 @@ run: $(RUNTIME_STAMP)
 	@chmod go-w etc/taskd.toml
 	@test -e var/keys/admin || $(BIN)/taskd gen-key --out var/keys/admin
 	$(BIN)/taskd check-config etc/taskd.toml
+	@# Shown on this terminal only (the daemon never logs a key): what the web page asks for.
+	@echo "taskd: web page http://127.0.0.1:8470/ui/ - sign in with the admin key (var/keys/admin): $$(cat var/keys/admin)"
 	$(BIN)/taskd serve --config etc/taskd.toml
 
 # The web page's tests drive Debian's headless Chromium (Playwright's own browser builds are
