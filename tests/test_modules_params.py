@@ -17,6 +17,7 @@ from taskd.modules.params import (
     PARAM_TYPES,
     has_secret_files,
     keep_secrets,
+    load_secret_files,
     read_secret_files,
     redact_params,
     scrub,
@@ -641,3 +642,12 @@ def test_secret_values_and_scrub_mask_every_secret_string() -> None:
     assert scrub(text, secrets) == "GET https://bot:***@example.org/ said ***, ***; on"
     assert scrub({"k listed-1": ["x Bearer abcdef", 3]}, secrets) == {"k ***": ["x ***", 3]}
     assert scrub("visible-text", secrets) == "visible-text"
+
+
+def test_a_secret_file_path_with_a_nul_character_is_refused_not_an_error() -> None:
+    """No file can be named with NUL (os.stat raises ValueError): the reference is refused
+    with a reason, as the API fuzz found when it answered 500."""
+    [(path, unusable)] = load_secret_files(["/\u00d8\x00"]).items()
+    assert path == "/\u00d8\x00"
+    assert not isinstance(unusable, str)
+    assert "NUL" in unusable.reason

@@ -417,6 +417,8 @@ class _Unusable:
 def _load_secret_file(text: str) -> str | _Unusable:
     """The secret in the file `text` names (one trailing newline dropped), or why it cannot
     be used: a relative path, an unreadable file, one others may read or change. Blocking."""
+    if "\0" in text:  # no file can have that name (os.stat raises ValueError)
+        return _Unusable("must be a path without NUL characters")
     file = Path(text)
     if not file.is_absolute():
         return _Unusable(f"must be an absolute path, got {text!r}")
