@@ -534,7 +534,10 @@ class Core:
     async def _run_locked(
         self, task_id: int, metadata: Mapping[str, Any] | None, kind: TriggerKind
     ) -> int:
-        task = await self.store.get_task(task_id)
+        # Read apart from the engine's writes (a committed row by its key): a run's start
+        # waits for no batch to reach its task.
+        with separate_reads():
+            task = await self.store.get_task(task_id)
         if task.retired_at is not None:
             raise ActionError(
                 f"task {task.name!r} is retired: it left {self.config_source}; name it there"

@@ -778,7 +778,10 @@ class SqliteStore:
 
     async def get_task(self, task_id: int) -> Task:
         """Return the task with id `task_id`; NotFoundError if there is none."""
-        rows = await self._read(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
+        sql = f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?"
+        rows = self._read_on_loop(sql, (task_id,))
+        if rows is None:
+            rows = await self._read(sql, (task_id,))
         if not rows:
             raise NotFoundError(f"task {task_id} not found")
         return _task_from_row(rows[0])
