@@ -25,28 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
-import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from _peer import WARM_UP, export, lateness_figures, main, noop, rss_bytes, wait_for
 from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-STARTS: list[float] = []
-WARM_UP = 20  # jobs added before the memory scenario's first reading
-
-
-async def noop() -> None:
-    """The job: note when it started (module level, so the SQLite store can name it)."""
-    STARTS.append(time.time())
-
-
-async def export(argv: list[str]) -> None:
-    """The memory scenario's job (never due while measured)."""
-    STARTS.append(time.time())
 
 
 def make_scheduler(store: str, directory: Path) -> AsyncIOScheduler:
@@ -65,30 +50,6 @@ def make_scheduler(store: str, directory: Path) -> AsyncIOScheduler:
         job_defaults={"misfire_grace_time": 3600, "coalesce": False, "max_instances": 1},
         timezone="UTC",
     )
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of sorted `values`."""
-    index = max(0, min(len(values) - 1, round(fraction * len(values) + 0.5) - 1))
-    return values[index]
-
-
-def rss_bytes() -> int:
-    """This process's resident set size."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-async def wait_for(count: int, seconds: float) -> None:
-    """Until `count` starts were noted (RuntimeError after `seconds`)."""
-    deadline = time.monotonic() + seconds
-    while len(STARTS) < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(STARTS)} of {count} jobs ran within {seconds} s")
-        await asyncio.sleep(0.005)
 
 
 async def fire(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,13 +74,7 @@ async def fire(args: argparse.Namespace) -> dict[str, Any]:
     added_at = time.time()
     await wait_for(args.k, args.timeout + max(0.0, instant - time.time()))
     scheduler.shutdown(wait=False)
-    lateness = sorted(1000 * (start - instant) for start in STARTS)
-    return {
-        "p50_ms": percentile(lateness, 0.50),
-        "p99_ms": percentile(lateness, 0.99),
-        "max_ms": lateness[-1],
-        "lead_ms": 1000 * (instant - added_at),
-    }
+    return lateness_figures(instant, added_at)
 
 
 async def throughput(args: argparse.Namespace) -> dict[str, Any]:
@@ -175,23 +130,8 @@ async def memory(args: argparse.Namespace) -> dict[str, Any]:
     return {"jobs": args.jobs, "bytes_per_job": (after - before) / args.jobs}
 
 
-def main() -> None:
-    """Run one scenario and print its figures as one JSON line."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--scenario", choices=("fire", "throughput", "memory"), required=True)
-    parser.add_argument("--store", choices=("memory", "sqlite"), default="memory")
-    parser.add_argument("--dir", type=Path, required=True, help="a fresh directory for files")
-    parser.add_argument("--k", type=int, default=1000)
-    parser.add_argument("--lead", type=float, default=2.0)
-    parser.add_argument("--executions", type=int, default=20_000)
-    parser.add_argument("--jobs", type=int, default=100_000)
-    parser.add_argument("--timeout", type=float, default=300.0)
-    args = parser.parse_args()
-    scenario = {"fire": fire, "throughput": throughput, "memory": memory}[args.scenario]
-    figures = asyncio.run(scenario(args))
-    figures.update(peer=f"APScheduler {version('apscheduler')}", python=sys.version.split()[0])
-    print(json.dumps(figures), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    main(
+        (__doc__ or "").splitlines()[0],
+        {"fire": fire, "throughput": throughput, "memory": memory},
+    )
