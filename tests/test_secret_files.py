@@ -2,6 +2,9 @@
 14): on an API write and before each run the files are read in a thread, a few at a time,
 within a deadline. A FIFO stands for a slow or hung file system: opening it for reading
 blocks until a writer comes, as a read on a hung mount would.
+
+No secret is stored here: the "secret" is the made-up text `from-fifo`, written at run time
+into a FIFO under the test's temporary directory (named `token` only for what it stands for).
 """
 
 from __future__ import annotations
